@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The berth command line: global options and the command table. Only this layer prints or exits. */
+#pragma once
+
+#include <stdbool.h>
+
+#include "lib/config.h"
+#include "lib/err.h"
+
+struct cli_globals {
+        const char *data_dir;    /* --data-dir / $BERTH_DATA_DIR / default */
+        const char *config_path; /* --config / $BERTH_CONFIG / <data-dir>/config.yaml */
+        bool config_explicit;    /* a missing explicit config file is an error */
+        struct berth_config *config;
+};
+
+/* A command returns a process exit code; errors are printed by main from *err. */
+typedef int (*cli_command_fn)(struct cli_globals *g, int argc, char **argv, struct berr **err);
+
+int cmd_image(struct cli_globals *g, int argc, char **argv, struct berr **err);
+
+/* Print an error the way every berth command does: "berth: <message>" on stderr. */
+void cli_print_error(const struct berr *e);
+/* Exit code for an error: 2 for usage errors (-EINVAL from option parsing), 1 otherwise. */
+#define CLI_EXIT_FAILURE 1
+#define CLI_EXIT_USAGE   2
+
+/* Progress display for pulls: bars on a TTY, plain lines otherwise. */
+struct pull_progress;
+struct progress_ui;
+struct progress_ui *progress_ui_new(bool quiet);
+void progress_ui_event(void *ui, const struct pull_progress *p);
+void progress_ui_free(struct progress_ui *ui);

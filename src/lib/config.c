@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <ctype.h>
+#include <strings.h>
+#include <fcntl.h>
+#include <string.h>
+
+#include "lib/config.h"
+#include "lib/fs.h"
+#include "lib/json.h"
+#include "lib/yaml_json.h"
+
+#define CONFIG_MAX_BYTES (1024 * 1024)
+
+struct berth_config *config_new_default(void)
+{
+        struct berth_config *c = xcalloc(1, sizeof(*c));
+        c->max_parallel_layers = 4;
+        c->max_layer_bytes = 20ULL << 30;
+        c->max_layer_entries = 2000000;
+        c->max_image_bytes = 100ULL << 30;
+        return c;
+}
+
+void config_free(struct berth_config *c)
+{
+        if (!c)
+                return;
+        for (size_t i = 0; i < c->n_registries; i++) {
+                free(c->registries[i].host);
+                free(c->registries[i].ca_file);
+        }
+        free(c->registries);
+        for (size_t i = 0; i < c->n_ca_files; i++)
+                free(c->ca_files[i]);
+        free(c->ca_files);
+        free(c);
+}
+
+static char *lower_dup(const char *s)
+{
+        char *d = xstrdup(s);
+        for (char *p = d; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+        return d;
+}
+
+static struct config_registry *registry_entry(struct berth_config *c, const char *host)
+{
+        _cleanup_free_ char *h = lower_dup(host);
+        for (size_t i = 0; i < c->n_registries; i++)
+                if (strcmp(c->registries[i].host, h) == 0)
+                        return &c->registries[i];
+        c->registries = xrealloc(c->registries, (c->n_registries + 1) * sizeof(*c->registries));
+        struct config_registry *r = &c->registries[c->n_registries++];
+        *r = (struct config_registry){ .host = TAKE_PTR(h) };
+        return r;
+}
+
+static int check_keys(const json_t *obj, const char *where, const char *const *allowed, struct berr **err)
+{
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)obj, k, v)
+        {
+                bool ok = false;
+                for (size_t i = 0; allowed[i]; i++)
+                        ok = ok || strcmp(k, allowed[i]) == 0;
+                if (!ok)
+                        return berr_set(err, -EINVAL, "%s: unknown key \"%.64s\"", where, k);
+        }
+        return 0;
+}
+
+static int get_u64(const json_t *obj, const char *key, uint64_t *ret, struct berr **err)
+{
+        int64_t v = -1;
+        int r = json_get_int(obj, key, false, &v, err);
+        if (r < 0)
+                return r;
+        if (!json_object_get(obj, key))
+                return 0;
+        if (v <= 0)
+                return berr_set(err, -EINVAL, "\"%s\" must be a positive integer", key);
+        *ret = (uint64_t)v;
+        return 0;
+}
+
+static int parse_registries(struct berth_config *c, const json_t *regs, struct berr **err)
+{
+        static const char *const keys[] = { "insecure", "ca_files", "hosts", NULL };
+        if (!json_is_object(regs))
+                return berr_set(err, -EINVAL, "\"registries\" must be a mapping");
+        int r = check_keys(regs, "registries", keys, err);
+        if (r < 0)
+                return r;
+        json_t *ins = json_object_get(regs, "insecure");
+        if (ins && !json_is_null(ins)) {
+                if (!json_is_array(ins))
+                        return berr_set(err, -EINVAL, "registries.insecure must be a list of host[:port]");
+                size_t i;
+                json_t *v;
+                json_array_foreach(ins, i, v)
+                {
+                        if (!json_is_string(v) || !*json_string_value(v))
+                                return berr_set(err, -EINVAL, "registries.insecure[%zu] must be a host[:port]", i);
+                        registry_entry(c, json_string_value(v))->insecure = true;
+                }
+        }
+        json_t *cas = json_object_get(regs, "ca_files");
+        if (cas && !json_is_null(cas)) {
+                if (!json_is_array(cas))
+                        return berr_set(err, -EINVAL, "registries.ca_files must be a list of paths");
+                size_t i;
+                json_t *v;
+                json_array_foreach(cas, i, v)
+                {
+                        if (!json_is_string(v) || json_string_value(v)[0] != '/')
+                                return berr_set(err, -EINVAL, "registries.ca_files[%zu] must be an absolute path", i);
+                        c->ca_files = xrealloc(c->ca_files, (c->n_ca_files + 1) * sizeof(char *));
+                        c->ca_files[c->n_ca_files++] = xstrdup(json_string_value(v));
+                }
+        }
+        json_t *hosts = json_object_get(regs, "hosts");
+        if (hosts && !json_is_null(hosts)) {
+                if (!json_is_object(hosts))
+                        return berr_set(err, -EINVAL, "registries.hosts must be a mapping of host[:port]");
+                const char *h;
+                json_t *v;
+                json_object_foreach(hosts, h, v)
+                {
+                        static const char *const hkeys[] = { "insecure", "ca_file", NULL };
+                        if (!json_is_object(v))
+                                return berr_set(err, -EINVAL, "registries.hosts.%.64s must be a mapping", h);
+                        if ((r = check_keys(v, "registries.hosts entry", hkeys, err)) < 0)
+                                return r;
+                        struct config_registry *e = registry_entry(c, h);
+                        if ((r = json_get_bool(v, "insecure", &e->insecure, err)) < 0)
+                                return berr_prefix(err, r, "registries.hosts.%.64s", h);
+                        const char *ca = NULL;
+                        if ((r = json_get_string(v, "ca_file", false, &ca, err)) < 0)
+                                return berr_prefix(err, r, "registries.hosts.%.64s", h);
+                        if (ca) {
+                                if (ca[0] != '/')
+                                        return berr_set(err, -EINVAL,
+                                                        "registries.hosts.%.64s.ca_file must be an absolute path", h);
+                                free(e->ca_file);
+                                e->ca_file = xstrdup(ca);
+                        }
+                }
+        }
+        return 0;
+}
+
+int config_parse(const char *buf, size_t len, struct berth_config **ret, struct berr **err)
+{
+        _cleanup_json_ json_t *doc = NULL;
+        int r = yaml_to_json(buf, len, &doc, err);
+        if (r < 0)
+                return r;
+        _cleanup_(config_freep) struct berth_config *c = config_new_default();
+        if (json_is_null(doc)) {
+                *ret = TAKE_PTR(c);
+                return 0;
+        }
+        if (!json_is_object(doc))
+                return berr_set(err, -EINVAL, "configuration must be a mapping");
+        static const char *const top[] = { "registries", "image", NULL };
+        if ((r = check_keys(doc, "configuration", top, err)) < 0)
+                return r;
+        json_t *regs = json_object_get(doc, "registries");
+        if (regs && !json_is_null(regs) && (r = parse_registries(c, regs, err)) < 0)
+                return r;
+        json_t *img = json_object_get(doc, "image");
+        if (img && !json_is_null(img)) {
+                static const char *const ikeys[] = { "max_parallel_layers", "max_layer_bytes", "max_layer_entries",
+                                                     "max_image_bytes", NULL };
+                if (!json_is_object(img))
+                        return berr_set(err, -EINVAL, "\"image\" must be a mapping");
+                if ((r = check_keys(img, "image", ikeys, err)) < 0)
+                        return r;
+                uint64_t par = (uint64_t)c->max_parallel_layers;
+                if ((r = get_u64(img, "max_parallel_layers", &par, err)) < 0 ||
+                    (r = get_u64(img, "max_layer_bytes", &c->max_layer_bytes, err)) < 0 ||
+                    (r = get_u64(img, "max_layer_entries", &c->max_layer_entries, err)) < 0 ||
+                    (r = get_u64(img, "max_image_bytes", &c->max_image_bytes, err)) < 0)
+                        return berr_prefix(err, r, "image");
+                if (par > 64)
+                        return berr_set(err, -EINVAL, "image.max_parallel_layers must be at most 64");
+                c->max_parallel_layers = (int)par;
+        }
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+int config_load(const char *path, bool must_exist, struct berth_config **ret, struct berr **err)
+{
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        int r = fs_read_file_at(AT_FDCWD, path, CONFIG_MAX_BYTES, &buf, &len);
+        if (r == -ENOENT && !must_exist) {
+                *ret = config_new_default();
+                return 0;
+        }
+        if (r < 0)
+                return berr_set_errno(err, r, "read configuration %s", path);
+        r = config_parse(buf, len, ret, err);
+        if (r < 0)
+                return berr_prefix(err, r, "configuration %s", path);
+        return 0;
+}
+
+const struct config_registry *config_find_registry(const struct berth_config *c, const char *host)
+{
+        if (!c || !host)
+                return NULL;
+        for (size_t i = 0; i < c->n_registries; i++)
+                if (strcasecmp(c->registries[i].host, host) == 0)
+                        return &c->registries[i];
+        return NULL;
+}
