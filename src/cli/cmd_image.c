@@ -13,15 +13,18 @@
 
 static void image_usage(FILE *f)
 {
-        fprintf(f, "Usage: berth image COMMAND\n\n"
-                   "Commands:\n"
-                   "  pull REF [--platform OS/ARCH[/VARIANT]] [--username U] [-q]\n"
-                   "                        fetch, verify and unpack an image (password: $BERTH_REGISTRY_PASSWORD)\n"
-                   "  ls [--json]           list images\n"
-                   "  inspect REF           show an image as JSON (digest, config, layers, sizes)\n"
-                   "  rm REF...             remove image references\n"
-                   "  prune                 remove layers no image or container uses\n"
-                   "  export REF DEST       write the image's filesystem to directory DEST, or a tar if DEST ends in .tar\n");
+        fprintf(
+            f,
+            "Usage: berth image COMMAND\n\n"
+            "Commands:\n"
+            "  pull REF [--platform OS/ARCH[/VARIANT]] [--username U] [-q]\n"
+            "                        fetch, verify and unpack an image (password: $BERTH_REGISTRY_PASSWORD)\n"
+            "  ls [--json]           list images\n"
+            "  inspect REF           show an image as JSON (digest, config, layers, sizes)\n"
+            "  rm REF...             remove image references\n"
+            "  prune                 remove layers no image or container uses\n"
+            "  export REF DEST       write the image's filesystem to directory DEST, or a tar if DEST ends "
+            "in .tar\n");
 }
 
 static void human_size(uint64_t b, char *buf, size_t n)
@@ -74,7 +77,8 @@ static int image_pull(struct cli_globals *g, int argc, char **argv, struct berr 
                 }
         }
         if (optind + 1 != argc) {
-                berr_set(err, -EINVAL, "usage: berth image pull REF [--platform OS/ARCH[/VARIANT]] [--username U]");
+                berr_set(err, -EINVAL,
+                         "usage: berth image pull REF [--platform OS/ARCH[/VARIANT]] [--username U]");
                 return CLI_EXIT_USAGE;
         }
         po.password = getenv("BERTH_REGISTRY_PASSWORD");
@@ -129,14 +133,14 @@ static int image_ls(struct cli_globals *g, int argc, char **argv, struct berr **
         printf("%-50s %-20s %-19s %-12s %s\n", "REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED");
         size_t i;
         json_t *e;
-        json_array_foreach(list, i, e)
-        {
+        json_array_foreach (list, i, e) {
                 const char *repo = json_string_value(json_object_get(e, "repository"));
                 const char *tag = json_string_value(json_object_get(e, "tag"));
                 const char *digest = json_string_value(json_object_get(e, "digest"));
                 const char *created = json_string_value(json_object_get(e, "created"));
                 char size[32];
-                human_size((uint64_t)json_integer_value(json_object_get(e, "unpacked_size")), size, sizeof(size));
+                human_size((uint64_t)json_integer_value(json_object_get(e, "unpacked_size")), size,
+                           sizeof(size));
                 printf("%-50s %-20s %-19.19s %-12s %s\n", repo ? repo : "", tag ? tag : "<none>",
                        digest ? digest : "", size, created ? created : "");
         }
@@ -221,9 +225,9 @@ int cmd_image(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 const char *name;
                 cli_command_fn fn;
         } sub[] = {
-                { "pull", image_pull },     { "ls", image_ls },       { "list", image_ls },
-                { "inspect", image_inspect }, { "rm", image_rm },     { "remove", image_rm },
-                { "prune", image_prune },   { "export", image_export },
+                { "pull", image_pull },       { "ls", image_ls },         { "list", image_ls },
+                { "inspect", image_inspect }, { "rm", image_rm },         { "remove", image_rm },
+                { "prune", image_prune },     { "export", image_export },
         };
         if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
                 image_usage(argc < 2 ? stderr : stdout);

@@ -18,15 +18,16 @@ static const struct {
 
 static void usage(FILE *f)
 {
-        fprintf(f, "Usage: berth [--data-dir DIR] [--config FILE] COMMAND [ARGS...]\n\n"
-                   "Run Docker/OCI images as routed, supervised web apps.\n\n"
-                   "Global options:\n"
-                   "  --data-dir DIR   state directory (env BERTH_DATA_DIR, default %s)\n"
-                   "  --config FILE    configuration file (env BERTH_CONFIG, default DATA_DIR/config.yaml)\n"
-                   "  --debug          verbose diagnostics on stderr\n"
-                   "  -h, --help       this help\n"
-                   "  --version        print the version\n\n"
-                   "Commands:\n",
+        fprintf(f,
+                "Usage: berth [--data-dir DIR] [--config FILE] COMMAND [ARGS...]\n\n"
+                "Run Docker/OCI images as routed, supervised web apps.\n\n"
+                "Global options:\n"
+                "  --data-dir DIR   state directory (env BERTH_DATA_DIR, default %s)\n"
+                "  --config FILE    configuration file (env BERTH_CONFIG, default DATA_DIR/config.yaml)\n"
+                "  --debug          verbose diagnostics on stderr\n"
+                "  -h, --help       this help\n"
+                "  --version        print the version\n\n"
+                "Commands:\n",
                 BERTH_DEFAULT_DATA_DIR);
         for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
                 fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);

@@ -20,7 +20,7 @@ struct progress_ui {
                 char digest[20];
                 const char *state;
                 uint64_t done, total;
-        } *lines;
+        } * lines;
         struct timespec last;
 };
 

@@ -26,5 +26,6 @@ static inline uint32_t idmap_to_host(uint32_t id)
 /* Host id back to the container's id; ids outside the range become 65534 (nobody), as the kernel shows. */
 static inline uint32_t idmap_to_container(uint32_t host)
 {
-        return (host >= IDMAP_HOST_BASE && host - IDMAP_HOST_BASE < IDMAP_SIZE) ? host - IDMAP_HOST_BASE : 65534u;
+        return (host >= IDMAP_HOST_BASE && host - IDMAP_HOST_BASE < IDMAP_SIZE) ? host - IDMAP_HOST_BASE
+                                                                                : 65534u;
 }

@@ -25,11 +25,12 @@
 #define MEDIA_OCI_LAYER_ZSTD  "application/vnd.oci.image.layer.v1.tar+zstd"
 
 /* The Accept header berth sends for manifests (no schema1). */
-#define MANIFEST_ACCEPT                                                                                      \
+#define MANIFEST_ACCEPT \
         MEDIA_OCI_INDEX ", " MEDIA_DOCKER_LIST ", " MEDIA_OCI_MANIFEST ", " MEDIA_DOCKER_MANIFEST
 
-#define MANIFEST_MAX_BYTES (4 * 1024 * 1024) /* manifests and configs, as containers/image (CVE-2020-1702) */
-#define MANIFEST_MAX_LAYERS 500               /* overlayfs' practical lower-layer limit */
+#define MANIFEST_MAX_BYTES (4 * 1024 * 1024) /* manifests and configs, as containers/image (CVE-2020-1702) \
+                                              */
+#define MANIFEST_MAX_LAYERS 500              /* overlayfs' practical lower-layer limit */
 #define INDEX_MAX_ENTRIES   4096
 
 enum doc_kind {

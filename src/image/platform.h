@@ -14,7 +14,8 @@ struct image_platform {
 
 /* Parse "linux/arm64/v8", "linux/amd64", "arm64" (os defaults to linux); result normalized. */
 int platform_parse(const char *s, struct image_platform *ret, struct berr **err);
-/* x86_64->amd64, aarch64->arm64 (v8 -> ""), armhf->arm/v7, armel->arm/v6, arm ""->v7, i386->386, lower-case. */
+/* x86_64->amd64, aarch64->arm64 (v8 -> ""), armhf->arm/v7, armel->arm/v6, arm ""->v7, i386->386, lower-case.
+ */
 void platform_normalize(struct image_platform *p);
 /* The platform this binary runs on (normalized). */
 void platform_host(struct image_platform *ret);

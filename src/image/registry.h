@@ -34,8 +34,8 @@ struct registry_opts {
 };
 
 /* One client per (registry, repository). Nothing is sent until the first request. Caller owns *ret. */
-int registry_client_new(const struct image_ref *ref, const struct registry_opts *o, struct registry_client **ret,
-                        struct berr **err);
+int registry_client_new(const struct image_ref *ref, const struct registry_opts *o,
+                        struct registry_client **ret, struct berr **err);
 void registry_client_free(struct registry_client *c);
 static inline void registry_client_freep(struct registry_client **c)
 {
@@ -53,8 +53,8 @@ int registry_get_manifest(struct registry_client *c, const char *object, const c
                           char ret_digest[static DIGEST_STR_MAX], struct berr **err);
 
 /* Fetch a small blob (configs) into memory, at most `max` bytes, verified against digest and size. */
-int registry_get_blob(struct registry_client *c, const char *digest, int64_t size, size_t max, char **ret_body,
-                      size_t *ret_len, struct berr **err);
+int registry_get_blob(struct registry_client *c, const char *digest, int64_t size, size_t max,
+                      char **ret_body, size_t *ret_len, struct berr **err);
 
 /*
  * Stream a blob. registry_blob_read() returns the next chunk of the body in *ret_buf (valid until the next
@@ -62,8 +62,8 @@ int registry_get_blob(struct registry_client *c, const char *digest, int64_t siz
  * a negative error (-EBADMSG digest mismatch, -EFBIG more bytes than `size`, -EPROTO truncated after
  * retries, -EACCES auth...). Connection resets are resumed transparently with Range.
  */
-int registry_blob_open(struct registry_client *c, const char *digest, int64_t size, struct registry_blob **ret,
-                       struct berr **err);
+int registry_blob_open(struct registry_client *c, const char *digest, int64_t size,
+                       struct registry_blob **ret, struct berr **err);
 ssize_t registry_blob_read(struct registry_blob *b, const void **ret_buf, struct berr **err);
 /* Bytes of the body delivered so far. */
 uint64_t registry_blob_offset(const struct registry_blob *b);

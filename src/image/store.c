@@ -2,7 +2,8 @@
 /* Temporary stubs while the store is written. */
 #include "image/store.h"
 
-int store_open(const char *data_dir, const struct berth_config *cfg, struct image_store **ret, struct berr **err)
+int store_open(const char *data_dir, const struct berth_config *cfg, struct image_store **ret,
+               struct berr **err)
 {
         (void)data_dir, (void)cfg, (void)ret;
         return berr_set(err, -ENOSYS, "image store not implemented yet");

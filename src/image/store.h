@@ -24,7 +24,8 @@
 struct image_store;
 
 /* Open (creating) the store under data_dir and recover from any crash. Caller owns *ret. */
-int store_open(const char *data_dir, const struct berth_config *cfg, struct image_store **ret, struct berr **err);
+int store_open(const char *data_dir, const struct berth_config *cfg, struct image_store **ret,
+               struct berr **err);
 void store_close(struct image_store *s);
 static inline void store_closep(struct image_store **s)
 {
@@ -43,7 +44,7 @@ enum pull_event {
 
 struct pull_progress {
         enum pull_event event;
-        size_t layer;    /* index into the manifest's layers */
+        size_t layer; /* index into the manifest's layers */
         size_t n_layers;
         const char *digest; /* layer digest, or manifest digest for RESOLVED/DONE */
         uint64_t done;
@@ -72,7 +73,8 @@ int store_inspect(struct image_store *s, const char *ref, json_t **ret, struct b
 int store_remove(struct image_store *s, const char *ref, struct berr **err);
 /* Remove layers and blobs no image or container references. */
 int store_prune(struct image_store *s, uint64_t *ret_layers, uint64_t *ret_bytes, struct berr **err);
-/* Write the merged filesystem with the image's own ownership into a directory, or a tar if dest ends in .tar. */
+/* Write the merged filesystem with the image's own ownership into a directory, or a tar if dest ends in .tar.
+ */
 int store_export(struct image_store *s, const char *ref, const char *dest, struct berr **err);
 
 /*
@@ -80,6 +82,6 @@ int store_export(struct image_store *s, const char *ref, const char *dest, struc
  * with a fresh upper dir at <store>/containers/<id>/merged, or with upper/work under `upper_base` when not
  * NULL (e.g. a quota-limited btrfs subvolume). The layers stay referenced until store_rootfs_remove().
  */
-int store_rootfs_create(struct image_store *s, const char *ref, const char *container_id, const char *upper_base,
-                        char **ret_rootfs, struct berr **err);
+int store_rootfs_create(struct image_store *s, const char *ref, const char *container_id,
+                        const char *upper_base, char **ret_rootfs, struct berr **err);
 int store_rootfs_remove(struct image_store *s, const char *container_id, struct berr **err);

@@ -32,10 +32,10 @@ struct unpack_opts {
 
 struct unpack_result {
         char diff_id[DIGEST_STR_MAX];
-        uint64_t tar_bytes;      /* uncompressed stream length */
+        uint64_t tar_bytes; /* uncompressed stream length */
         uint64_t entries;
-        uint64_t content_bytes;  /* regular file bytes written */
-        char **implicit_dirs;    /* parents created without a tar entry (relative paths), NULL-terminated */
+        uint64_t content_bytes; /* regular file bytes written */
+        char **implicit_dirs;   /* parents created without a tar entry (relative paths), NULL-terminated */
         size_t n_implicit_dirs;
 };
 

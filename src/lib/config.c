@@ -60,8 +60,7 @@ static int check_keys(const json_t *obj, const char *where, const char *const *a
 {
         const char *k;
         json_t *v;
-        json_object_foreach((json_t *)obj, k, v)
-        {
+        json_object_foreach ((json_t *)obj, k, v) {
                 bool ok = false;
                 for (size_t i = 0; allowed[i]; i++)
                         ok = ok || strcmp(k, allowed[i]) == 0;
@@ -99,10 +98,10 @@ static int parse_registries(struct berth_config *c, const json_t *regs, struct b
                         return berr_set(err, -EINVAL, "registries.insecure must be a list of host[:port]");
                 size_t i;
                 json_t *v;
-                json_array_foreach(ins, i, v)
-                {
+                json_array_foreach (ins, i, v) {
                         if (!json_is_string(v) || !*json_string_value(v))
-                                return berr_set(err, -EINVAL, "registries.insecure[%zu] must be a host[:port]", i);
+                                return berr_set(err, -EINVAL,
+                                                "registries.insecure[%zu] must be a host[:port]", i);
                         registry_entry(c, json_string_value(v))->insecure = true;
                 }
         }
@@ -112,10 +111,10 @@ static int parse_registries(struct berth_config *c, const json_t *regs, struct b
                         return berr_set(err, -EINVAL, "registries.ca_files must be a list of paths");
                 size_t i;
                 json_t *v;
-                json_array_foreach(cas, i, v)
-                {
+                json_array_foreach (cas, i, v) {
                         if (!json_is_string(v) || json_string_value(v)[0] != '/')
-                                return berr_set(err, -EINVAL, "registries.ca_files[%zu] must be an absolute path", i);
+                                return berr_set(err, -EINVAL,
+                                                "registries.ca_files[%zu] must be an absolute path", i);
                         c->ca_files = xrealloc(c->ca_files, (c->n_ca_files + 1) * sizeof(char *));
                         c->ca_files[c->n_ca_files++] = xstrdup(json_string_value(v));
                 }
@@ -126,8 +125,7 @@ static int parse_registries(struct berth_config *c, const json_t *regs, struct b
                         return berr_set(err, -EINVAL, "registries.hosts must be a mapping of host[:port]");
                 const char *h;
                 json_t *v;
-                json_object_foreach(hosts, h, v)
-                {
+                json_object_foreach (hosts, h, v) {
                         static const char *const hkeys[] = { "insecure", "ca_file", NULL };
                         if (!json_is_object(v))
                                 return berr_set(err, -EINVAL, "registries.hosts.%.64s must be a mapping", h);
@@ -141,8 +139,9 @@ static int parse_registries(struct berth_config *c, const json_t *regs, struct b
                                 return berr_prefix(err, r, "registries.hosts.%.64s", h);
                         if (ca) {
                                 if (ca[0] != '/')
-                                        return berr_set(err, -EINVAL,
-                                                        "registries.hosts.%.64s.ca_file must be an absolute path", h);
+                                        return berr_set(
+                                            err, -EINVAL,
+                                            "registries.hosts.%.64s.ca_file must be an absolute path", h);
                                 free(e->ca_file);
                                 e->ca_file = xstrdup(ca);
                         }
@@ -172,8 +171,8 @@ int config_parse(const char *buf, size_t len, struct berth_config **ret, struct 
                 return r;
         json_t *img = json_object_get(doc, "image");
         if (img && !json_is_null(img)) {
-                static const char *const ikeys[] = { "max_parallel_layers", "max_layer_bytes", "max_layer_entries",
-                                                     "max_image_bytes", NULL };
+                static const char *const ikeys[] = { "max_parallel_layers", "max_layer_bytes",
+                                                     "max_layer_entries", "max_image_bytes", NULL };
                 if (!json_is_object(img))
                         return berr_set(err, -EINVAL, "\"image\" must be a mapping");
                 if ((r = check_keys(img, "image", ikeys, err)) < 0)

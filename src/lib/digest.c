@@ -83,13 +83,15 @@ int digest_validate(const char *d, struct berr **err)
         if (strncmp(d, "sha256:", 7) == 0) {
                 if (strlen(d + 7) != 64 || !all_lower_hex(d + 7, 64))
                         return berr_set(err, -EINVAL,
-                                        "invalid digest \"%.80s\": sha256 needs 64 lowercase hex characters", d);
+                                        "invalid digest \"%.80s\": sha256 needs 64 lowercase hex characters",
+                                        d);
                 return 0;
         }
         if (strncmp(d, "sha512:", 7) == 0) {
                 if (strlen(d + 7) != 128 || !all_lower_hex(d + 7, 128))
                         return berr_set(err, -EINVAL,
-                                        "invalid digest \"%.80s\": sha512 needs 128 lowercase hex characters", d);
+                                        "invalid digest \"%.80s\": sha512 needs 128 lowercase hex characters",
+                                        d);
                 return 0;
         }
         const char *colon = strchr(d, ':');

@@ -79,7 +79,8 @@ static int rm_rf_children(int dfd, dev_t dev)
                                 ret = ret ? ret : -EXDEV; /* a mount point: never descend */
                                 continue;
                         }
-                        int cfd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                        int cfd =
+                            openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
                         if (cfd < 0) {
                                 ret = ret ? ret : -errno;
                                 continue;
@@ -202,7 +203,8 @@ int fs_write_file_atomic_at(int dirfd, const char *path, const void *data, size_
         char rnd[17];
         fs_random_hex(rnd, 8);
         _cleanup_free_ char *tmp = xasprintf("%s.tmp-%s", path, rnd);
-        _cleanup_close_ int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+        _cleanup_close_ int fd =
+            openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
         if (fd < 0)
                 return -errno;
         int r = fs_write_all(fd, data, len);

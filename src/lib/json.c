@@ -16,7 +16,8 @@ int json_parse_buf(const char *buf, size_t len, json_t **ret, struct berr **err)
 
 char *json_dump_str(const json_t *j, bool pretty)
 {
-        char *s = json_dumps(j, pretty ? JSON_INDENT(2) | JSON_PRESERVE_ORDER : JSON_COMPACT | JSON_PRESERVE_ORDER);
+        char *s =
+            json_dumps(j, pretty ? JSON_INDENT(2) | JSON_PRESERVE_ORDER : JSON_COMPACT | JSON_PRESERVE_ORDER);
         if (!s)
                 abort();
         return s;

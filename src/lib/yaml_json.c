@@ -45,8 +45,8 @@ static int parse_node(struct yctx *y, yaml_event_t *first, json_t **ret, int dep
 static int next_event(struct yctx *y, yaml_event_t *ev, struct berr **err)
 {
         if (!yaml_parser_parse(&y->parser, ev))
-                return berr_set(err, -EINVAL, "YAML line %zu column %zu: %s",
-                                y->parser.problem_mark.line + 1, y->parser.problem_mark.column + 1,
+                return berr_set(err, -EINVAL, "YAML line %zu column %zu: %s", y->parser.problem_mark.line + 1,
+                                y->parser.problem_mark.column + 1,
                                 y->parser.problem ? y->parser.problem : "syntax error");
         return 0;
 }
@@ -111,8 +111,8 @@ static int parse_node(struct yctx *y, yaml_event_t *ev, json_t **ret, int depth,
                                 json_decref(obj);
                                 return berr_set(err, -EINVAL, "YAML mapping keys must be scalars");
                         }
-                        _cleanup_free_ char *key = xstrndup((const char *)k.data.scalar.value,
-                                                            k.data.scalar.length);
+                        _cleanup_free_ char *key =
+                            xstrndup((const char *)k.data.scalar.value, k.data.scalar.length);
                         size_t klen = k.data.scalar.length;
                         yaml_event_delete(&k);
                         if (strlen(key) != klen) {

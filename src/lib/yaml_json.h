@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* YAML → jansson. Plain scalars resolve to null/bool/int/real like YAML 1.2's core schema; quoted stay strings. */
+/* YAML → jansson. Plain scalars resolve to null/bool/int/real like YAML 1.2's core schema; quoted stay
+ * strings. */
 #pragma once
 
 #include <jansson.h>
