@@ -11,6 +11,8 @@
  */
 #pragma once
 
+#include <stdbool.h>
+
 #include "lib/digest.h"
 #include "lib/err.h"
 
