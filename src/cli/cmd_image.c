@@ -57,7 +57,7 @@ static int image_pull(struct cli_globals *g, int argc, char **argv, struct berr 
         struct pull_opts po = { 0 };
         bool quiet = false;
         int c;
-        optind = 1;
+        optind = 0; /* re-initialise getopt: main() parsed in '+' mode */
         while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
                 switch (c) {
                 case 'p':

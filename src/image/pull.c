@@ -188,6 +188,21 @@ static int layer_fetch_commit(struct pull_ctx *c, struct layer_job *j, struct be
         r = unpack_layer(dfd, decompressor_source_read, dc, &uo, &res, err);
         if (r < 0) {
                 unpack_result_done(&res);
+                /* Corrupt data usually means the blob is not what the manifest promised: read the rest
+                 * (bounded by its size) so the error names the real cause, a digest mismatch. */
+                const void *buf;
+                ssize_t n;
+                _cleanup_berr_ struct berr *derr = NULL;
+                if (r != -ECANCELED)
+                        while ((n = registry_blob_read(blob, &buf, &derr)) > 0)
+                                ;
+                else
+                        n = 0;
+                if (n == -EBADMSG && err) {
+                        berr_free(*err);
+                        *err = TAKE_PTR(derr);
+                        r = -EBADMSG;
+                }
                 goto out;
         }
         if (strcmp(res.diff_id, j->diff_id) != 0) {

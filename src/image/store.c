@@ -432,13 +432,21 @@ int store_remove(struct image_store *s, const char *ref, struct berr **err)
                                 json_object_del(refs, k);
                 }
         }
-        bool referenced = false;
+        /* As `docker rmi`: once no tag names the image, its digest references and the record go too. */
+        bool tagged = false;
         const char *k;
         json_t *v;
-        json_object_foreach (refs, k, v)
-                referenced = referenced || (json_is_string(v) && strcmp(json_string_value(v), digest) == 0);
-        if (!referenced)
+        json_object_foreach(refs, k, v) tagged = tagged || (json_is_string(v) && strcmp(json_string_value(v), digest) == 0 &&
+                                                            !strchr(k, '@'));
+        if (!tagged) {
+                void *tmp;
+                json_object_foreach_safe(refs, tmp, k, v)
+                {
+                        if (json_is_string(v) && strcmp(json_string_value(v), digest) == 0)
+                                json_object_del(refs, k);
+                }
                 json_object_del(json_object_get(doc, "images"), digest);
+        }
         return store_images_write(s, doc, err);
 }
 

@@ -46,6 +46,7 @@ char *xstrndup(const char *s, size_t n)
         return p;
 }
 
+static char *vasprintf_or_die(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 static char *vasprintf_or_die(const char *fmt, va_list ap)
 {
         char *s = NULL;

@@ -37,6 +37,12 @@ int fs_mkdir_p_at(int dirfd, const char *path, mode_t mode)
         _cleanup_free_ char *p = xstrdup(path);
         _cleanup_close_ int cur = -1;
         int at = dirfd;
+        if (path[0] == '/') {
+                cur = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (cur < 0)
+                        return -errno;
+                at = cur;
+        }
         char *save = NULL;
         for (char *c = strtok_r(p, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
                 if (strcmp(c, ".") == 0)

@@ -12,7 +12,7 @@
 int fs_openat2(int dirfd, const char *path, int flags, mode_t mode, uint64_t resolve);
 /* Open a directory under dirfd, resolving inside it (RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS). */
 int fs_open_dir_in_root(int dirfd, const char *path);
-/* mkdir -p relative to dirfd (path relative; components must not be symlinks). */
+/* mkdir -p relative to dirfd (an absolute path starts at "/"); no component may be a symlink or "..". */
 int fs_mkdir_p_at(int dirfd, const char *path, mode_t mode);
 /* rm -rf relative to dirfd; never follows symlinks, never crosses into other mounts. -ENOENT is success. */
 int fs_rm_rf_at(int dirfd, const char *path);

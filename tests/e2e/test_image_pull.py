@@ -187,7 +187,7 @@ def test_image_id_prefix_lookup(registry_plain, berth_data):
 
 
 @pytest.mark.parametrize("ref,needle", [
-    ("UPPER/case", "lowercase"),
+    ("test/UPPER", "lowercase"),
     ("test/x:bad tag", "invalid"),
     ("test/x@sha256:abc", "digest"),
     ("", "empty"),
