@@ -418,20 +418,12 @@ int store_export(struct image_store *s, const char *ref, const char *dest, struc
         _cleanup_close_ int gc = store_lock(s, "gc", false, true);
         if (gc < 0)
                 return berr_set_errno(err, gc, "lock image store");
-        _cleanup_json_ json_t *doc = NULL;
         _cleanup_json_ json_t *img = NULL;
         char **lowers = NULL;
         size_t n = 0;
-        int r;
-        {
-                _cleanup_close_ int lk = store_lock(s, "store", false, true);
-                if (lk < 0)
-                        return berr_set_errno(err, lk, "lock image store");
-                if ((r = store_images_read(s, &doc, err)) < 0 ||
-                    (r = store_images_find(doc, ref, &img, NULL, err)) < 0 ||
-                    (r = store_image_lowers(s, img, &lowers, &n, err)) < 0)
-                        goto cleanup_dest;
-        }
+        int r = store_image_resolve(s, ref, &img, &lowers, &n, err);
+        if (r < 0)
+                goto cleanup_dest;
         _cleanup_free_ char *staging = NULL;
         _cleanup_close_ int sfd = -1;
         if ((r = store_staging_new(s, "export", &staging, &sfd, err)) < 0)

@@ -394,9 +394,9 @@ static int pull_cached_by_digest(struct image_store *s, const struct image_ref *
 {
         if (!ref->digest)
                 return -ENOENT;
-        _cleanup_close_ int lk = store_lock(s, "store", false, true);
+        _cleanup_close_ int lk = -1;
         _cleanup_json_ json_t *doc = NULL;
-        if (lk < 0 || store_images_read(s, &doc, NULL) < 0)
+        if (store_images_open(s, false, &lk, &doc, NULL) < 0)
                 return -ENOENT;
         json_t *img = json_object_get(json_object_get(doc, "images"), ref->digest);
         if (!img)
@@ -413,11 +413,9 @@ static int pull_cached_by_digest(struct image_store *s, const struct image_ref *
 
 static int record_image(struct image_store *s, const struct image_ref *ref, json_t *record, struct berr **err)
 {
-        _cleanup_close_ int lk = store_lock(s, "store", true, true);
-        if (lk < 0)
-                return berr_set_errno(err, lk, "lock image store");
+        _cleanup_close_ int lk = -1;
         _cleanup_json_ json_t *doc = NULL;
-        int r = store_images_read(s, &doc, err);
+        int r = store_images_open(s, true, &lk, &doc, err);
         if (r < 0)
                 return r;
         const char *digest = json_string_value(json_object_get(record, "digest"));

@@ -101,19 +101,10 @@ int store_rootfs_create(struct image_store *s, const char *ref, const char *cont
         _cleanup_close_ int gc = store_lock(s, "gc", false, true);
         if (gc < 0)
                 return berr_set_errno(err, gc, "lock image store");
-        _cleanup_json_ json_t *doc = NULL;
         _cleanup_json_ json_t *img = NULL;
-        {
-                _cleanup_close_ int lk = store_lock(s, "store", false, true);
-                if (lk < 0)
-                        return berr_set_errno(err, lk, "lock image store");
-                int r = store_images_read(s, &doc, err);
-                if (r < 0 || (r = store_images_find(doc, ref, &img, NULL, err)) < 0)
-                        return r;
-        }
         char **lowers = NULL;
         size_t n = 0;
-        int r = store_image_lowers(s, img, &lowers, &n, err);
+        int r = store_image_resolve(s, ref, &img, &lowers, &n, err);
         if (r < 0)
                 return r;
         if (mkdirat(s->containers_fd, container_id, 0700) < 0) {

@@ -178,6 +178,20 @@ int store_images_read(struct image_store *s, json_t **ret, struct berr **err)
         return 0;
 }
 
+int store_images_open(struct image_store *s, bool exclusive, int *ret_lock, json_t **ret, struct berr **err)
+{
+        int lk = store_lock(s, "store", exclusive, true);
+        if (lk < 0)
+                return berr_set_errno(err, lk, "lock image store");
+        int r = store_images_read(s, ret, err);
+        if (r < 0) {
+                close(lk);
+                return r;
+        }
+        *ret_lock = lk;
+        return 0;
+}
+
 int store_images_write(struct image_store *s, json_t *doc, struct berr **err)
 {
         _cleanup_free_ char *text = json_dump_str(doc, true);
@@ -248,6 +262,23 @@ int store_image_lowers(struct image_store *s, json_t *image, char ***ret, size_t
         return 0;
 }
 
+int store_image_resolve(struct image_store *s, const char *ref, json_t **ret_image, char ***ret_lowers,
+                        size_t *ret_n, struct berr **err)
+{
+        _cleanup_close_ int lk = -1;
+        _cleanup_json_ json_t *doc = NULL;
+        json_t *img = NULL;
+        int r = store_images_open(s, false, &lk, &doc, err);
+        if (r < 0 || (r = store_images_find(doc, ref, &img, NULL, err)) < 0)
+                return r;
+        if ((r = store_image_lowers(s, img, ret_lowers, ret_n, err)) < 0) {
+                json_decref(img);
+                return r;
+        }
+        *ret_image = img;
+        return 0;
+}
+
 static bool is_hex_prefix(const char *s)
 {
         size_t n = strlen(s);
@@ -312,11 +343,9 @@ int store_images_find(json_t *doc, const char *ref, json_t **ret_image, char **r
 
 int store_list(struct image_store *s, json_t **ret, struct berr **err)
 {
-        _cleanup_close_ int lk = store_lock(s, "store", false, true);
-        if (lk < 0)
-                return berr_set_errno(err, lk, "lock image store");
+        _cleanup_close_ int lk = -1;
         _cleanup_json_ json_t *doc = NULL;
-        int r = store_images_read(s, &doc, err);
+        int r = store_images_open(s, false, &lk, &doc, err);
         if (r < 0)
                 return r;
         json_t *out = json_array();
@@ -373,11 +402,9 @@ int store_list(struct image_store *s, json_t **ret, struct berr **err)
 
 int store_inspect(struct image_store *s, const char *ref, json_t **ret, struct berr **err)
 {
-        _cleanup_close_ int lk = store_lock(s, "store", false, true);
-        if (lk < 0)
-                return berr_set_errno(err, lk, "lock image store");
+        _cleanup_close_ int lk = -1;
         _cleanup_json_ json_t *doc = NULL;
-        int r = store_images_read(s, &doc, err);
+        int r = store_images_open(s, false, &lk, &doc, err);
         if (r < 0)
                 return r;
         json_t *img = NULL;
@@ -406,11 +433,9 @@ int store_inspect(struct image_store *s, const char *ref, json_t **ret, struct b
 
 int store_remove(struct image_store *s, const char *ref, struct berr **err)
 {
-        _cleanup_close_ int lk = store_lock(s, "store", true, true);
-        if (lk < 0)
-                return berr_set_errno(err, lk, "lock image store");
+        _cleanup_close_ int lk = -1;
         _cleanup_json_ json_t *doc = NULL;
-        int r = store_images_read(s, &doc, err);
+        int r = store_images_open(s, true, &lk, &doc, err);
         if (r < 0)
                 return r;
         _cleanup_json_ json_t *img = NULL;
@@ -436,8 +461,9 @@ int store_remove(struct image_store *s, const char *ref, struct berr **err)
         bool tagged = false;
         const char *k;
         json_t *v;
-        json_object_foreach(refs, k, v) tagged = tagged || (json_is_string(v) && strcmp(json_string_value(v), digest) == 0 &&
-                                                            !strchr(k, '@'));
+        json_object_foreach (refs, k, v)
+                tagged = tagged ||
+                         (json_is_string(v) && strcmp(json_string_value(v), digest) == 0 && !strchr(k, '@'));
         if (!tagged) {
                 void *tmp;
                 json_object_foreach_safe(refs, tmp, k, v)
@@ -504,11 +530,9 @@ int store_prune(struct image_store *s, uint64_t *ret_layers, uint64_t *ret_bytes
         _cleanup_close_ int gc = store_lock(s, "gc", true, true);
         if (gc < 0)
                 return berr_set_errno(err, gc, "lock image store for pruning");
-        _cleanup_close_ int lk = store_lock(s, "store", false, true);
-        if (lk < 0)
-                return berr_set_errno(err, lk, "lock image store");
+        _cleanup_close_ int lk = -1;
         _cleanup_json_ json_t *doc = NULL;
-        int r = store_images_read(s, &doc, err);
+        int r = store_images_open(s, false, &lk, &doc, err);
         if (r < 0)
                 return r;
         _cleanup_json_ json_t *used = json_object();

@@ -27,6 +27,8 @@ int store_lock(struct image_store *s, const char *name, bool exclusive, bool wai
 /* images.json: read (an empty document when absent) and replace atomically; callers hold the "store" lock. */
 int store_images_read(struct image_store *s, json_t **ret, struct berr **err);
 int store_images_write(struct image_store *s, json_t *doc, struct berr **err);
+/* Take the "store" lock (shared or exclusive) and read images.json; *ret_lock holds the lock until closed. */
+int store_images_open(struct image_store *s, bool exclusive, int *ret_lock, json_t **ret, struct berr **err);
 
 /* Find the image record a user's reference names: "name:tag", "name@digest", "sha256:<manifest|config>",
  * or a unique prefix of at least 12 hex digits of either. Returns a new reference to the record. */
@@ -46,6 +48,9 @@ int store_staging_new(struct image_store *s, const char *prefix, char **ret_name
  */
 int store_image_lowers(struct image_store *s, json_t *image, char ***ret, size_t *ret_n, struct berr **err);
 void strv_free(char **v);
+/* Look up `ref` (any form store_images_find accepts) and list its layer dirs, under the store lock. */
+int store_image_resolve(struct image_store *s, const char *ref, json_t **ret_image, char ***ret_lowers,
+                        size_t *ret_n, struct berr **err);
 
 /*
  * Mount an overlay at `target`: lowers[0] is the TOP layer. With upper == NULL the mount is read-only
