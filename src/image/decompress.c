@@ -6,7 +6,9 @@
  *   zlib is the fallback when berth is built without ISA-L (and in tests, to cover both paths);
  * - zstd uses the streaming ZSTD_decompressStream into the same buffer.
  * Each read fills the whole output buffer unless the stream ends, so the consumer (libarchive in
- * unpack.c) sees few large chunks.
+ * unpack.c) sees few large chunks; tiny source chunks are gathered before inflating (see dec_fill).
+ * Measured on this machine (2.5 GB tar, 810 MB gzip -6): decompressor_read runs at igzip -dc's CPU
+ * time (3.3-3.6 s user for both).
  */
 #include <stdint.h>
 #include <string.h>
@@ -21,7 +23,12 @@
 #ifndef DECOMPRESS_OUT_SIZE
 #define DECOMPRESS_OUT_SIZE (1024 * 1024)
 #endif
-#define SNIFF_LEN           6 /* the longest magic we look at (xz) */
+#ifndef DECOMPRESS_GATHER_BELOW
+#define DECOMPRESS_GATHER_BELOW (64 * 1024) /* source chunks smaller than this are gathered ... */
+#endif
+#define DECOMPRESS_IN_TARGET (256 * 1024)  /* ... until at least this much is at hand ... */
+#define DECOMPRESS_IN_SIZE   (1024 * 1024) /* ... in a buffer of this size */
+#define SNIFF_LEN            6             /* the longest magic we look at (xz) */
 
 enum dec_format {
         DEC_UNKNOWN = 0,
@@ -53,10 +60,11 @@ struct decompressor {
         enum dec_format fmt;
         enum dec_state state;
         bool src_eof;
+        int failed;        /* the first error returned: reads after it return it again */
         bool out_was_full; /* the last decoder step filled its output: it may hold more without new input */
 
-        /* Input not yet consumed: either the sniff buffer, the rest of the chunk the sniff ended in, or
-         * the source's current chunk (valid until the next source call). */
+        /* Input not yet consumed: the sniff buffer, the rest of a source chunk (valid until the next
+         * source call), a whole source chunk, or inbuf holding gathered small chunks. */
         const uint8_t *in;
         size_t in_len;
         uint8_t sniff[SNIFF_LEN];
@@ -65,7 +73,8 @@ struct decompressor {
         const uint8_t *rest;
         size_t rest_len;
 
-        uint8_t *out; /* DECOMPRESS_OUT_SIZE bytes, owned; NULL for "none" */
+        uint8_t *out;   /* DECOMPRESS_OUT_SIZE bytes, owned; NULL for "none" */
+        uint8_t *inbuf; /* DECOMPRESS_IN_SIZE bytes for gathering small source chunks; NULL for "none" */
         bool use_zlib;
 #ifdef HAVE_ISAL
         struct inflate_state *isal;
@@ -100,6 +109,7 @@ void decompressor_free(struct decompressor *d)
         }
         ZSTD_freeDCtx(d->zstd);
         free(d->out);
+        free(d->inbuf);
         free(d);
 }
 
@@ -151,18 +161,46 @@ static ssize_t dec_fill(struct decompressor *d, struct berr **err)
                 d->rest_len = 0;
                 return (ssize_t)d->in_len;
         }
-        for (;;) {
-                const void *buf = NULL;
-                ssize_t n = dec_pull(d, &buf, err);
-                if (n <= 0) {
-                        d->in = NULL;
-                        d->in_len = 0;
-                        return n;
-                }
+        const void *buf = NULL;
+        ssize_t n = dec_pull(d, &buf, err);
+        if (n <= 0) {
+                d->in = NULL;
+                d->in_len = 0;
+                return n;
+        }
+        if (!d->inbuf || (size_t)n >= DECOMPRESS_GATHER_BELOW) {
                 d->in = buf;
                 d->in_len = (size_t)n;
                 return n;
         }
+        /*
+         * A small chunk (curl hands out what arrived, often 16 KiB): gather chunks into inbuf until
+         * DECOMPRESS_IN_TARGET bytes. Inflaters pay a slow path at every end of input (the last bytes
+         * cannot be decoded with the fast loop): with 16 KiB chunks igzip needs ~12% more CPU, more
+         * than copying the (still cache-hot) compressed bytes costs. Larger chunks are used in place:
+         * an extra pass over them would cost more than it saves.
+         */
+        size_t len = 0;
+        for (;;) {
+                size_t take = MIN((size_t)n, (size_t)DECOMPRESS_IN_SIZE - len);
+                memcpy(d->inbuf + len, buf, take);
+                len += take;
+                if (take < (size_t)n) {
+                        d->rest = (const uint8_t *)buf + take;
+                        d->rest_len = (size_t)n - take;
+                        break;
+                }
+                if (len >= DECOMPRESS_IN_TARGET)
+                        break;
+                n = dec_pull(d, &buf, err);
+                if (n < 0)
+                        return n;
+                if (n == 0)
+                        break;
+        }
+        d->in = d->inbuf;
+        d->in_len = len;
+        return (ssize_t)len;
 }
 
 static bool is_gzip(const uint8_t *m, size_t n)
@@ -231,6 +269,7 @@ static int dec_sniff(struct decompressor *d, struct berr **err)
         if (d->fmt == DEC_NONE)
                 return 0;
         d->out = xmalloc(DECOMPRESS_OUT_SIZE);
+        d->inbuf = xmalloc(DECOMPRESS_IN_SIZE);
         if (d->fmt == DEC_ZSTD) {
                 d->zstd = ZSTD_createDCtx();
                 if (!d->zstd)
@@ -420,7 +459,7 @@ static ssize_t dec_read_compressed(struct decompressor *d, struct berr **err)
         return (ssize_t)produced;
 }
 
-ssize_t decompressor_read(struct decompressor *d, const void **ret_buf, struct berr **err)
+static ssize_t dec_read(struct decompressor *d, const void **ret_buf, struct berr **err)
 {
         if (d->fmt == DEC_UNKNOWN) {
                 int r = dec_sniff(d, err);
@@ -441,5 +480,15 @@ ssize_t decompressor_read(struct decompressor *d, const void **ret_buf, struct b
         ssize_t n = dec_read_compressed(d, err);
         if (n > 0)
                 *ret_buf = d->out;
+        return n;
+}
+
+ssize_t decompressor_read(struct decompressor *d, const void **ret_buf, struct berr **err)
+{
+        if (d->failed)
+                return berr_set(err, d->failed, "layer decompression failed earlier");
+        ssize_t n = dec_read(d, ret_buf, err);
+        if (n < 0)
+                d->failed = (int)n;
         return n;
 }

@@ -419,13 +419,13 @@ int store_export(struct image_store *s, const char *ref, const char *dest, struc
         if (gc < 0)
                 return berr_set_errno(err, gc, "lock image store");
         _cleanup_json_ json_t *img = NULL;
+        _cleanup_free_ char *staging = NULL;
+        _cleanup_close_ int sfd = -1;
         char **lowers = NULL;
         size_t n = 0;
         int r = store_image_resolve(s, ref, &img, &lowers, &n, err);
         if (r < 0)
                 goto cleanup_dest;
-        _cleanup_free_ char *staging = NULL;
-        _cleanup_close_ int sfd = -1;
         if ((r = store_staging_new(s, "export", &staging, &sfd, err)) < 0)
                 goto out;
         int pipefd[2];

@@ -28,9 +28,10 @@
 #define MANIFEST_ACCEPT \
         MEDIA_OCI_INDEX ", " MEDIA_DOCKER_LIST ", " MEDIA_OCI_MANIFEST ", " MEDIA_DOCKER_MANIFEST
 
-#define MANIFEST_MAX_BYTES (4 * 1024 * 1024) /* manifests and configs, as containers/image (CVE-2020-1702) \
-                                              */
-#define MANIFEST_MAX_LAYERS 500              /* overlayfs' practical lower-layer limit */
+/* Manifests and configs are capped at 4 MiB, as containers/image does (CVE-2020-1702). */
+#define MANIFEST_MAX_BYTES (4 * 1024 * 1024)
+/* overlayfs' practical limit on lower layers. */
+#define MANIFEST_MAX_LAYERS 500
 #define INDEX_MAX_ENTRIES   4096
 
 enum doc_kind {

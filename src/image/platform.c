@@ -187,7 +187,7 @@ static int arm_version_from_cpuinfo(void)
                 if (strncasecmp(line, "CPU architecture", 16) == 0) {
                         char *colon = strchr(line, ':');
                         if (colon) {
-                                int v = atoi(colon + 1);
+                                int v = (int)strtol(colon + 1, NULL, 10);
                                 if (v > 0 && v < 100)
                                         return v;
                         }

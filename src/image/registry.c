@@ -10,7 +10,6 @@
  * process-wide through a locked CURLSH; connections are not shared across threads (libcurl does not
  * support that), each stream owns its pair while it runs.
  */
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <fcntl.h>
 #include <string.h>
@@ -33,11 +32,13 @@
 #define REGISTRY_LOW_SPEED_TIME  60L   /* ... for this long: the peer is stuck */
 #define REGISTRY_RECV_BUFFER     (512L * 1024)
 #define REGISTRY_CA_FILE_MAX     (16 * 1024 * 1024)
-#define BLOB_RING_SIZE           (2 * 1024 * 1024) /* per stream; >= 2 x the receive buffer */
-#define BLOB_RESUME_ATTEMPTS     5                 /* without progress between them */
-#define BLOB_RESUME_PROGRESS     (1024 * 1024)     /* this much progress resets the count */
-#define BLOB_RESUME_MAX          64                /* in total, whatever the progress */
-#define SYSTEM_CA_BUNDLE         "/etc/ssl/certs/ca-certificates.crt"
+#ifndef BLOB_RING_SIZE                   /* a test build may shrink it to exercise pausing */
+#define BLOB_RING_SIZE (2 * 1024 * 1024) /* per stream; >= 2 x the receive buffer */
+#endif
+#define BLOB_RESUME_ATTEMPTS 5             /* without progress between them */
+#define BLOB_RESUME_PROGRESS (1024 * 1024) /* this much progress resets the count */
+#define BLOB_RESUME_MAX      64            /* in total, whatever the progress */
+#define SYSTEM_CA_BUNDLE     "/etc/ssl/certs/ca-certificates.crt"
 
 /* ---- libcurl global state ----------------------------------------------------------------------- */
 
@@ -78,45 +79,6 @@ static void curl_setup_once(void)
 }
 
 /* ---- small pure helpers (unit-tested) ------------------------------------------------------------- */
-
-/* Host to talk to for the registry API (Docker Hub's domain is an alias). */
-BERTH_STATIC const char *registry_api_host(const char *domain)
-{
-        if (strcmp(domain, "docker.io") == 0 || strcmp(domain, "index.docker.io") == 0)
-                return "registry-1.docker.io";
-        return domain;
-}
-
-/* localhost, 127.0.0.0/8 or ::1, with or without a port ("[::1]:5000", "127.0.0.1:5000"). */
-BERTH_STATIC bool registry_domain_is_loopback(const char *domain)
-{
-        char host[256];
-        const char *end;
-        if (domain[0] == '[') {
-                end = strchr(domain, ']');
-                if (!end)
-                        return false;
-                domain++;
-        } else {
-                const char *colon = strchr(domain, ':');
-                /* Two colons or more without brackets: a bare IPv6 address, no port. */
-                end = (colon && !strchr(colon + 1, ':')) ? colon : domain + strlen(domain);
-        }
-        size_t n = (size_t)(end - domain);
-        if (n == 0 || n >= sizeof(host))
-                return false;
-        memcpy(host, domain, n);
-        host[n] = '\0';
-        if (strcasecmp(host, "localhost") == 0)
-                return true;
-        struct in_addr a4;
-        struct in6_addr a6;
-        if (inet_pton(AF_INET, host, &a4) == 1)
-                return (ntohl(a4.s_addr) >> 24) == 127;
-        if (inet_pton(AF_INET6, host, &a6) == 1)
-                return IN6_IS_ADDR_LOOPBACK(&a6);
-        return false;
-}
 
 /*
  * Retry-After (RFC 9110 §10.2.3): delay-seconds or an HTTP-date. Returns 0 with the delay in seconds,
@@ -309,7 +271,7 @@ bool registry_url_insecure(const struct registry_client *c, const char *url)
         _cleanup_free_ char *host = url_config_host(url);
         if (!host)
                 return false;
-        if (registry_domain_is_loopback(host))
+        if (image_ref_domain_is_loopback(host))
                 return true;
         const struct registry_host_tls *h = host_lookup(c, host);
         if (h && h->insecure)
@@ -481,11 +443,10 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *userdata)
 {
         struct xfer *x = userdata;
         size_t len = size * nitems;
-        if (x->headers_done)
-                return len; /* trailers of a chunked body */
-        if (len >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
-                /* A new response (after 1xx): forget the previous one's headers. */
+        if (len >= 5 && strncmp(buf, "HTTP/", 5) == 0 && !x->body_started) {
+                /* A new response (after 1xx, or a proxy's CONNECT answer): forget the previous one. */
                 xfer_clear_headers(x);
+                x->headers_done = false;
                 const char *sp = memchr(buf, ' ', len);
                 long st = 0;
                 if (sp && (size_t)(sp - buf) + 4 <= len && isdigit((unsigned char)sp[1]) &&
@@ -494,6 +455,8 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *userdata)
                 x->status = st;
                 return len;
         }
+        if (x->headers_done)
+                return len; /* trailers of a chunked body */
         if (len <= 2 && (len == 0 || buf[0] == '\r' || buf[0] == '\n')) {
                 if (x->status >= 200)
                         x->headers_done = true;
@@ -572,6 +535,12 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
                                 memmove(x->pbuf, x->pbuf + x->prpos, x->plen - x->prpos);
                                 x->plen -= x->prpos;
                                 x->prpos = 0;
+                        }
+                        if (x->pcap - x->plen < dlen && x->plen == 0) {
+                                /* A chunk larger than the whole ring (libcurl hands at most 16 KiB today):
+                                 * grow rather than pause with nothing to hand out, which would stall. */
+                                x->pbuf = xrealloc(x->pbuf, dlen);
+                                x->pcap = dlen;
                         }
                         if (x->pcap - x->plen < dlen) {
                                 /* libcurl keeps this chunk and hands it again after curl_easy_pause(CONT). */
@@ -744,6 +713,8 @@ static void xfer_begin(struct http_req *rq)
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, REGISTRY_LOW_SPEED_LIMIT);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, REGISTRY_LOW_SPEED_TIME);
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS,
+                         1L); /* a proxy's answer is not the registry's */
         if (x->stream)
                 curl_easy_setopt(e, CURLOPT_BUFFERSIZE, REGISTRY_RECV_BUFFER);
         curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
@@ -1230,7 +1201,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_opts 
         pthread_mutex_init(&c->ping_lock, NULL);
         pthread_mutex_init(&c->token_lock, NULL);
         c->domain = xstrdup(ref->domain);
-        c->api_host = xstrdup(registry_api_host(ref->domain));
+        c->api_host = xstrdup(image_ref_api_host(ref));
         c->path = xstrdup(ref->path);
         c->scope = registry_scope_pull(ref->path);
         if (user) {
@@ -1248,7 +1219,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_opts 
         c->self = host_lookup(c, c->domain);
         if (!c->self)
                 c->self = host_lookup(c, c->api_host);
-        c->insecure = (c->self && c->self->insecure) || registry_domain_is_loopback(c->domain);
+        c->insecure = (c->self && c->self->insecure) || image_ref_domain_is_loopback(c->domain);
         *ret = c;
         return 0;
 }

@@ -425,9 +425,11 @@ BERTH_STATIC int registry_token_parse(const char *body, size_t len, time_t now, 
         json_t *e = json_object_get(j, "expires_in");
         if (json_is_integer(e))
                 lifetime = json_integer_value(e);
-        else if (json_is_real(e))
-                lifetime = (int64_t)json_real_value(e);
-        else if (e && !json_is_null(e))
+        else if (json_is_real(e)) {
+                /* Clamp as a double: converting an out-of-range double to an integer is undefined. */
+                double d = json_real_value(e);
+                lifetime = !(d > 0) ? 0 : d > 366 * 86400.0 ? 366 * 86400 : (int64_t)d;
+        } else if (e && !json_is_null(e))
                 return berr_set(err, -EPROTO, "invalid token response: \"expires_in\" must be a number");
         if (lifetime < REGISTRY_TOKEN_MIN_LIFE)
                 lifetime = REGISTRY_TOKEN_MIN_LIFE;

@@ -31,8 +31,8 @@ struct auth_param {
 };
 
 struct auth_challenge {
-        char *scheme;   /* lowercased: "basic", "bearer", ... */
-        char *token68;  /* "Scheme token68" form, else NULL */
+        char *scheme;  /* lowercased: "basic", "bearer", ... */
+        char *token68; /* "Scheme token68" form, else NULL */
         struct auth_param *params;
         size_t n_params;
 };
@@ -145,7 +145,8 @@ char *registry_error_message(const char *body, size_t len);
 
 /* ---- authentication (registry_auth.c) ------------------------------------------------------------- */
 /* Adopt the challenges of a 401 (ping or request): decides c->auth_kind. Takes c->lock itself. */
-int registry_auth_set_challenges(struct registry_client *c, char *const *www_auth, size_t n, struct berr **err);
+int registry_auth_set_challenges(struct registry_client *c, char *const *www_auth, size_t n,
+                                 struct berr **err);
 /*
  * The Authorization line for a request to the registry, or NULL for none (*ret = NULL). For Bearer,
  * a cached token when still valid, else a new one (*ret_fresh = true). Caller frees *ret (secret: use
@@ -178,7 +179,5 @@ int registry_rfc3339_parse(const char *s, time_t *ret);
 int registry_retry_after_parse(const char *value, time_t now, unsigned *ret_seconds);
 bool registry_url_same_origin(const char *a, const char *b);
 int registry_url_resolve(const char *base, const char *location, char **ret);
-bool registry_domain_is_loopback(const char *domain);
-const char *registry_api_host(const char *domain);
 int registry_content_range_parse(const char *v, uint64_t *ret_first, uint64_t *ret_last, int64_t *ret_total);
 #endif

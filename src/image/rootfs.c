@@ -42,21 +42,20 @@ static int mount_new_api(char *const *lowers, size_t n, const char *upper, const
 static int mount_legacy(char *const *lowers, size_t n, const char *upper, const char *work,
                         const char *target)
 {
-        size_t cap = 256;
+        /* Build "lowerdir=a:b,upperdir=..,workdir=..,opts" with bounded appends. */
+        size_t cap = 256 + (upper ? strlen(upper) + strlen(work) : 0);
         for (size_t i = 0; i < n; i++)
                 cap += strlen(lowers[i]) + 1;
-        _cleanup_free_ char *opts = xmalloc(cap + (upper ? strlen(upper) + strlen(work) + 32 : 0));
-        char *p = stpcpy(opts, "lowerdir=");
+        _cleanup_free_ char *opts = xmalloc(cap);
+        size_t len = (size_t)snprintf(opts, cap, "lowerdir=");
         for (size_t i = 0; i < n; i++) {
                 if (strchr(lowers[i], ':') || strchr(lowers[i], ','))
                         return -EINVAL;
-                p = stpcpy(p, lowers[i]);
-                if (i + 1 < n)
-                        *p++ = ':';
+                len += (size_t)snprintf(opts + len, cap - len, "%s%s", i ? ":" : "", lowers[i]);
         }
         if (upper)
-                p += sprintf(p, ",upperdir=%s,workdir=%s", upper, work);
-        strcpy(p, ",redirect_dir=off,metacopy=off,index=off");
+                len += (size_t)snprintf(opts + len, cap - len, ",upperdir=%s,workdir=%s", upper, work);
+        snprintf(opts + len, cap - len, ",redirect_dir=off,metacopy=off,index=off");
         if (strlen(opts) >= (size_t)sysconf(_SC_PAGESIZE))
                 return -E2BIG;
         if (mount("overlay", target, "overlay", MS_NODEV | (upper ? 0 : MS_RDONLY), opts) < 0)

@@ -45,6 +45,7 @@
 #define UNPACK_XATTR_MAX           65536 /* XATTR_SIZE_MAX: the kernel's limit for one value */
 #define UNPACK_XATTR_LIST_MAX      65536 /* XATTR_LIST_MAX */
 #define UNPACK_LABEL_MAX           200   /* bytes of an entry name quoted in an error message */
+#define UNPACK_LABEL_SIZE          (UNPACK_LABEL_MAX * 4 + 4)
 
 #define WH_PREFIX     ".wh."
 #define WH_META       ".wh..wh."
@@ -119,35 +120,50 @@ struct unpack_ctx {
 
         char path[UNPACK_MAX_PATH + 1];  /* the current entry, cleaned */
         char lpath[UNPACK_MAX_PATH + 1]; /* its hardlink target, cleaned */
-        char label[UNPACK_LABEL_MAX * 4 + 8];
+        char label[2][UNPACK_LABEL_SIZE];
         uint8_t *xbuf; /* UNPACK_XATTR_MAX scratch for rewritten xattr values */
         struct berr **err;
 };
 
-/* Fill c->label with a printable, bounded rendering of an entry name for error messages. */
-static const char *ctx_label(struct unpack_ctx *c, const char *name)
+/*
+ * Render n bytes of an untrusted name printable (control characters and backslashes as \xNN) and
+ * bounded (UNPACK_LABEL_MAX bytes, then "...") into out, which has UNPACK_LABEL_SIZE bytes.
+ */
+static const char *quote_name(const char *s, size_t n, char *out)
 {
         static const char hex[] = "0123456789abcdef";
         size_t o = 0, i = 0;
-        if (!name)
-                name = "(no name)";
-        for (; name[i] && i < UNPACK_LABEL_MAX; i++) {
-                unsigned char ch = (unsigned char)name[i];
+        for (; i < n && s[i] && i < UNPACK_LABEL_MAX; i++) {
+                unsigned char ch = (unsigned char)s[i];
                 if (ch < 0x20 || ch == 0x7f || ch == '\\') {
-                        c->label[o++] = '\\';
-                        c->label[o++] = 'x';
-                        c->label[o++] = hex[ch >> 4];
-                        c->label[o++] = hex[ch & 15];
+                        out[o++] = '\\';
+                        out[o++] = 'x';
+                        out[o++] = hex[ch >> 4];
+                        out[o++] = hex[ch & 15];
                 } else {
-                        c->label[o++] = (char)ch;
+                        out[o++] = (char)ch;
                 }
         }
-        if (name[i]) {
-                memcpy(c->label + o, "...", 3);
+        if (i < n && s[i]) {
+                memcpy(out + o, "...", 3);
                 o += 3;
         }
-        c->label[o] = '\0';
-        return c->label;
+        out[o] = '\0';
+        return out;
+}
+
+/* The entry name for an error message. */
+static const char *ctx_label(struct unpack_ctx *c, const char *name)
+{
+        if (!name)
+                return "(no name)";
+        return quote_name(name, strlen(name), c->label[0]);
+}
+
+/* A second untrusted string (a parent, a link target, an xattr name) in the same message. */
+static const char *ctx_quote(struct unpack_ctx *c, const char *s, size_t n)
+{
+        return quote_name(s, n, c->label[1]);
 }
 
 static uint64_t hash_path(const char *s, size_t n)
@@ -455,16 +471,16 @@ static int ctx_apply_xattrs(struct unpack_ctx *c, struct archive_entry *e, const
                 if (!value)
                         value = "";
                 if (size > UNPACK_XATTR_MAX)
-                        return berr_set(c->err, -E2BIG, "entry %s: xattr %s is larger than %d bytes", l, name,
-                                        UNPACK_XATTR_MAX);
+                        return berr_set(c->err, -E2BIG, "entry %s: xattr %s is larger than %d bytes", l,
+                                        ctx_quote(c, name, strlen(name)), UNPACK_XATTR_MAX);
                 if (strncmp(name, OVERLAY_TRUST, strlen(OVERLAY_TRUST)) == 0 ||
                     strncmp(name, OVERLAY_USER, strlen(OVERLAY_USER)) == 0)
                         return berr_set(c->err, -EPERM, "entry %s: overlay xattrs are reserved (%s)", l,
-                                        name);
+                                        ctx_quote(c, name, strlen(name)));
                 if (strncmp(name, "trusted.", 8) == 0)
                         return berr_set(c->err, -EPERM,
                                         "entry %s: trusted.* xattrs are not accepted from layers (%s)", l,
-                                        name);
+                                        ctx_quote(c, name, strlen(name)));
                 if (strcmp(name, "security.capability") == 0) {
                         if (!c->xbuf)
                                 c->xbuf = xmalloc(UNPACK_XATTR_MAX);
@@ -487,7 +503,7 @@ static int ctx_apply_xattrs(struct unpack_ctx *c, struct archive_entry *e, const
                         }
                 } else if (strncmp(name, "user.", 5) != 0 && strncmp(name, "security.", 9) != 0) {
                         return berr_set(c->err, -EPERM, "entry %s: unsupported xattr namespace (%s)", l,
-                                        name);
+                                        ctx_quote(c, name, strlen(name)));
                 }
                 int r = fd >= 0 ? fsetxattr(fd, name, value, size, 0) : setxattr(proc, name, value, size, 0);
                 if (r < 0) {
@@ -495,7 +511,8 @@ static int ctx_apply_xattrs(struct unpack_ctx *c, struct archive_entry *e, const
                                 continue; /* the filesystem has no such namespace: as containerd, skip */
                         if (errno == EPERM && special && strncmp(name, "user.", 5) == 0)
                                 continue;
-                        return berr_set_errno(c->err, -errno, "entry %s: setting xattr %s", l, name);
+                        return berr_set_errno(c->err, -errno, "entry %s: setting xattr %s", l,
+                                              ctx_quote(c, name, strlen(name)));
                 }
         }
         return 0;
@@ -567,37 +584,37 @@ static int ctx_walk_parent(struct unpack_ctx *c, const char *entry, const char *
                 int nfd;
                 if (fstatat(at, comp, &st, AT_SYMLINK_NOFOLLOW) < 0) {
                         if (errno != ENOENT)
-                                return berr_set_errno(c->err, -errno, "entry %s: parent %.*s",
-                                                      ctx_label(c, entry), (int)upto, parent);
+                                return berr_set_errno(c->err, -errno, "entry %s: parent %s",
+                                                      ctx_label(c, entry), ctx_quote(c, parent, upto));
                         if (mkdirat(at, comp, 0755) < 0)
-                                return berr_set_errno(c->err, -errno, "entry %s: creating parent %.*s",
-                                                      ctx_label(c, entry), (int)upto, parent);
+                                return berr_set_errno(c->err, -errno, "entry %s: creating parent %s",
+                                                      ctx_label(c, entry), ctx_quote(c, parent, upto));
                         nfd = openat(at, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
                         if (nfd < 0)
-                                return berr_set_errno(c->err, -errno, "entry %s: opening parent %.*s",
-                                                      ctx_label(c, entry), (int)upto, parent);
+                                return berr_set_errno(c->err, -errno, "entry %s: opening parent %s",
+                                                      ctx_label(c, entry), ctx_quote(c, parent, upto));
                         uid_t root_id = c->shift ? idmap_to_host(0) : 0;
                         if (fchown(nfd, root_id, root_id) < 0 || fchmod(nfd, 0755) < 0) {
                                 int r = -errno;
                                 close(nfd);
-                                return berr_set_errno(c->err, r, "entry %s: implicit parent %.*s",
-                                                      ctx_label(c, entry), (int)upto, parent);
+                                return berr_set_errno(c->err, r, "entry %s: implicit parent %s",
+                                                      ctx_label(c, entry), ctx_quote(c, parent, upto));
                         }
                         idir_mark(c, parent, upto, true);
                 } else if (S_ISDIR(st.st_mode)) {
                         nfd = openat(at, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
                         if (nfd < 0)
-                                return berr_set_errno(c->err, -errno, "entry %s: opening parent %.*s",
-                                                      ctx_label(c, entry), (int)upto, parent);
+                                return berr_set_errno(c->err, -errno, "entry %s: opening parent %s",
+                                                      ctx_label(c, entry), ctx_quote(c, parent, upto));
                 } else if (S_ISLNK(st.st_mode)) {
-                        return berr_set(c->err, -ELOOP, "entry %s: parent %.*s is a symlink",
-                                        ctx_label(c, entry), (int)upto, parent);
+                        return berr_set(c->err, -ELOOP, "entry %s: parent %s is a symlink",
+                                        ctx_label(c, entry), ctx_quote(c, parent, upto));
                 } else if (whiteout && S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) {
                         *ret_skip = true;
                         return 0;
                 } else {
-                        return berr_set(c->err, -ENOTDIR, "entry %s: parent %.*s is not a directory",
-                                        ctx_label(c, entry), (int)upto, parent);
+                        return berr_set(c->err, -ENOTDIR, "entry %s: parent %s is not a directory",
+                                        ctx_label(c, entry), ctx_quote(c, parent, upto));
                 }
                 closep(&cur);
                 cur = nfd;
@@ -630,7 +647,8 @@ static int ctx_parent(struct unpack_ctx *c, const char *entry, size_t plen, bool
         if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP || fd == -EXDEV)
                 r = ctx_walk_parent(c, entry, c->path, whiteout, &fd, ret_skip);
         else if (fd < 0)
-                r = berr_set_errno(c->err, fd, "entry %s: opening parent %s", ctx_label(c, entry), c->path);
+                r = berr_set_errno(c->err, fd, "entry %s: opening parent %s", ctx_label(c, entry),
+                                   ctx_quote(c, c->path, strlen(c->path)));
         c->path[plen] = saved;
         if (r < 0 || *ret_skip)
                 return r;
@@ -818,19 +836,19 @@ static int ctx_write_hardlink(struct unpack_ctx *c, const char *entry, const cha
                 if (tpfd < 0)
                         return berr_set_errno(c->err, tpfd,
                                               "entry %s: hardlink target %s not found in this layer",
-                                              ctx_label(c, entry), c->lpath);
+                                              ctx_label(c, entry), ctx_quote(c, c->lpath, strlen(c->lpath)));
         }
         int tdir = slash ? tpfd : c->root;
         struct stat st;
         if (fstatat(tdir, tname, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return berr_set_errno(c->err, -errno, "entry %s: hardlink target %s not found in this layer",
-                                      ctx_label(c, entry), c->lpath);
+                                      ctx_label(c, entry), ctx_quote(c, c->lpath, strlen(c->lpath)));
         if (S_ISDIR(st.st_mode))
                 return berr_set(c->err, -EPERM, "entry %s: hardlink to a directory (%s)", ctx_label(c, entry),
-                                c->lpath);
+                                ctx_quote(c, c->lpath, strlen(c->lpath)));
         if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))
                 return berr_set(c->err, -EPERM, "entry %s: hardlink to a whiteout (%s)", ctx_label(c, entry),
-                                c->lpath);
+                                ctx_quote(c, c->lpath, strlen(c->lpath)));
         if (linkat(tdir, tname, pfd, name, 0) < 0) {
                 if (errno != EEXIST)
                         return berr_set_errno(c->err, -errno, "entry %s: link", ctx_label(c, entry));
@@ -843,7 +861,7 @@ static int ctx_write_hardlink(struct unpack_ctx *c, const char *entry, const cha
                         return r;
                 if (linkat(tdir, tname, pfd, name, 0) < 0)
                         return berr_set_errno(c->err, -errno, "entry %s: link to %s", ctx_label(c, entry),
-                                              c->lpath);
+                                              ctx_quote(c, c->lpath, strlen(c->lpath)));
         }
         return 0;
 }
@@ -1274,34 +1292,36 @@ int unpack_fixup_implicit_dirs(int upper_dfd, char *const *implicit_dirs, size_t
         _cleanup_free_ uint8_t *buf = xmalloc(UNPACK_XATTR_MAX);
         _cleanup_free_ char *names = xmalloc(UNPACK_XATTR_LIST_MAX);
         _cleanup_free_ char *path = xmalloc(UNPACK_MAX_PATH + 1);
+        char q[UNPACK_LABEL_SIZE];
         for (size_t i = 0; i < n; i++) {
+                if (!implicit_dirs[i])
+                        return berr_set(err, -EINVAL, "implicit directory %zu: no path", i);
+                const char *qn = quote_name(implicit_dirs[i], strlen(implicit_dirs[i]), q);
                 size_t depth;
                 if (unpack_clean_path(implicit_dirs[i], path, UNPACK_MAX_PATH + 1, &depth) < 0)
-                        return berr_set(err, -EINVAL, "implicit directory %s: invalid path",
-                                        implicit_dirs[i]);
+                        return berr_set(err, -EINVAL, "implicit directory %s: invalid path", qn);
                 _cleanup_close_ int up = fs_openat2(upper_dfd, path[0] ? path : ".",
                                                     O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, UNPACK_RESOLVE);
                 if (up == -ENOENT || up == -ENOTDIR || up == -ELOOP)
                         continue; /* removed or replaced later in the same layer */
                 if (up < 0)
-                        return berr_set_errno(err, up, "implicit directory %s", implicit_dirs[i]);
+                        return berr_set_errno(err, up, "implicit directory %s", qn);
                 bool hidden;
                 int r = path[0] ? upper_ancestor_opaque(upper_dfd, path, &hidden) : (hidden = false, 0);
                 if (r < 0)
-                        return berr_set_errno(err, r, "implicit directory %s", implicit_dirs[i]);
+                        return berr_set_errno(err, r, "implicit directory %s", qn);
                 for (size_t k = 0; k < n_lowers && !hidden; k++) {
                         _cleanup_close_ int lfd = -1;
                         bool stop;
                         r = lower_lookup(lower_dfds[k], path, &lfd, &stop);
                         if (r < 0)
-                                return berr_set_errno(err, r, "implicit directory %s: lower layer %zu",
-                                                      implicit_dirs[i], k);
+                                return berr_set_errno(err, r, "implicit directory %s: lower layer %zu", qn,
+                                                      k);
                         if (r > 0) {
                                 r = copy_dir_meta(lfd, up, buf, names);
                                 if (r < 0)
                                         return berr_set_errno(err, r,
-                                                              "implicit directory %s: copying metadata",
-                                                              implicit_dirs[i]);
+                                                              "implicit directory %s: copying metadata", qn);
                                 break;
                         }
                         if (stop)

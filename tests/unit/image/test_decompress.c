@@ -21,7 +21,9 @@ struct memsrc {
         size_t len, pos, chunk;
         int fail_at; /* >0: return -EIO on that call number */
         int calls;
-        const void *last; /* the last chunk handed out */
+        const void *last;    /* the last chunk handed out */
+        const size_t *sizes; /* if set: chunk sizes to cycle through (0-terminated) instead of `chunk` */
+        size_t k;
 };
 
 static ssize_t memsrc_read(void *userdata, const void **ret_buf, struct berr **err)
@@ -29,7 +31,13 @@ static ssize_t memsrc_read(void *userdata, const void **ret_buf, struct berr **e
         struct memsrc *s = userdata;
         if (s->fail_at && ++s->calls == s->fail_at)
                 return berr_set(err, -EIO, "network went away");
-        size_t n = MIN(s->chunk, s->len - s->pos);
+        size_t want = s->chunk;
+        if (s->sizes) {
+                if (!s->sizes[s->k])
+                        s->k = 0;
+                want = s->sizes[s->k++];
+        }
+        size_t n = MIN(want, s->len - s->pos);
         *ret_buf = s->p + s->pos;
         s->last = *ret_buf;
         s->pos += n;
@@ -53,10 +61,13 @@ static void buf_add(struct buf *b, const void *d, size_t n)
 }
 
 /* Decompress all of `in` (fed in `chunk`-byte pieces); returns the code, output in *out. */
+/* Mixed small and large chunks (chunk == 0 in run()): gathering small ones, splitting at large ones. */
+static const size_t mixed_sizes[] = { 3, 100, 2 * 1024 * 1024, 5000, 70000, 16384, 16384, 900000, 1, 0 };
+
 static int run(enum layer_compression declared, const void *in, size_t len, size_t chunk, struct buf *out,
                const char **ret_fmt, struct berr **err)
 {
-        struct memsrc s = {.p = in, .len = len, .chunk = chunk};
+        struct memsrc s = { .p = in, .len = len, .chunk = chunk, .sizes = chunk ? NULL : mixed_sizes };
         struct decompressor *d = NULL;
         int r = decompressor_new(declared, memsrc_read, &s, &d, err);
         if (r < 0)
@@ -97,7 +108,7 @@ static uint8_t *make_data(size_t n, unsigned seed)
 
 static void gzip_member(struct buf *out, const void *data, size_t n)
 {
-        z_stream z = {0};
+        z_stream z = { 0 };
         assert_int_equal(deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
         size_t cap = deflateBound(&z, (uLong)n);
         uint8_t *tmp = xmalloc(cap);
@@ -128,7 +139,7 @@ static void zstd_frame(struct buf *out, const void *data, size_t n)
 
 static void skippable_frame(struct buf *out, const char *payload)
 {
-        uint8_t h[8] = {0x5e, 0x2a, 0x4d, 0x18};
+        uint8_t h[8] = { 0x5e, 0x2a, 0x4d, 0x18 };
         uint32_t n = (uint32_t)strlen(payload);
         for (int i = 0; i < 4; i++)
                 h[4 + i] = (uint8_t)(n >> (8 * i));
@@ -140,7 +151,7 @@ static void check_gzip_single(size_t chunk)
 {
         size_t n = 3 * 1024 * 1024 + 17;
         _cleanup_free_ uint8_t *data = make_data(n, 1);
-        struct buf gz = {0}, out = {0};
+        struct buf gz = { 0 }, out = { 0 };
         gzip_member(&gz, data, n);
         const char *fmt;
         _cleanup_berr_ struct berr *err = NULL;
@@ -160,6 +171,8 @@ static void test_gzip_single(void **state)
                 check_gzip_single(64 * 1024);
                 check_gzip_single(1); /* one byte at a time: the sniff must gather the magic */
                 check_gzip_single(SIZE_MAX);
+                check_gzip_single(16384); /* curl-sized chunks are gathered */
+                check_gzip_single(0);
         }
         decompress_force_zlib = false;
 }
@@ -171,12 +184,12 @@ static void test_gzip_expands_past_buffer(void **state)
         (void)state;
         size_t n = 5 * 1024 * 1024;
         _cleanup_free_ uint8_t *zeros = xcalloc(1, n);
-        struct buf gz = {0};
+        struct buf gz = { 0 };
         gzip_member(&gz, zeros, n);
         assert_true(gz.len < 64 * 1024);
         for (int z = 0; z < 2; z++) {
                 decompress_force_zlib = z;
-                struct buf out = {0};
+                struct buf out = { 0 };
                 _cleanup_berr_ struct berr *err = NULL;
                 assert_int_equal(run(COMPRESSION_GZIP, gz.p, gz.len, SIZE_MAX, &out, NULL, &err), 0);
                 assert_int_equal(out.len, n);
@@ -193,23 +206,23 @@ static void test_gzip_multi_member_and_padding(void **state)
         size_t n1 = 1500000, n2 = 700001;
         _cleanup_free_ uint8_t *d1 = make_data(n1, 2);
         _cleanup_free_ uint8_t *d2 = make_data(n2, 3);
-        struct buf gz = {0}, want = {0};
+        struct buf gz = { 0 }, want = { 0 };
         gzip_member(&gz, d1, n1);
         gzip_member(&gz, d2, n2);
         gzip_member(&gz, "", 0); /* an empty member is legal */
         buf_add(&want, d1, n1);
         buf_add(&want, d2, n2);
         size_t plain_len = gz.len;
-        uint8_t zeros[1000] = {0};
+        uint8_t zeros[1000] = { 0 };
         for (int z = 0; z < 2; z++) {
                 decompress_force_zlib = z;
-                size_t chunks[] = {1, 7, 4096, SIZE_MAX};
+                size_t chunks[] = { 1, 7, 4096, 0, SIZE_MAX };
                 for (size_t c = 0; c < ARRAY_SIZE(chunks); c++) {
                         for (int pad = 0; pad < 2; pad++) {
                                 gz.len = plain_len;
                                 if (pad)
                                         buf_add(&gz, zeros, sizeof(zeros));
-                                struct buf out = {0};
+                                struct buf out = { 0 };
                                 _cleanup_berr_ struct berr *err = NULL;
                                 int r = run(COMPRESSION_GZIP, gz.p, gz.len, chunks[c], &out, NULL, &err);
                                 assert_int_equal(r, 0);
@@ -222,14 +235,14 @@ static void test_gzip_multi_member_and_padding(void **state)
                 gz.len = plain_len;
                 buf_add(&gz, zeros, 10);
                 buf_add(&gz, "x", 1);
-                struct buf out = {0};
+                struct buf out = { 0 };
                 _cleanup_berr_ struct berr *err = NULL;
                 assert_int_equal(run(COMPRESSION_GZIP, gz.p, gz.len, 4096, &out, NULL, &err), -EBADMSG);
                 assert_non_null(strstr(berr_msg(err), "after the end"));
                 free(out.p);
                 gz.len = plain_len;
                 buf_add(&gz, "garbage", 7);
-                out = (struct buf){0};
+                out = (struct buf){ 0 };
                 berr_freep(&err);
                 assert_int_equal(run(COMPRESSION_GZIP, gz.p, gz.len, 4096, &out, NULL, &err), -EBADMSG);
                 free(out.p);
@@ -244,12 +257,12 @@ static void test_gzip_corrupt(void **state)
         (void)state;
         size_t n = 2000000;
         _cleanup_free_ uint8_t *data = make_data(n, 4);
-        struct buf gz = {0};
+        struct buf gz = { 0 };
         gzip_member(&gz, data, n);
         for (int z = 0; z < 2; z++) {
                 decompress_force_zlib = z;
                 /* Truncated: the stream ends inside the member. */
-                struct buf out = {0};
+                struct buf out = { 0 };
                 _cleanup_berr_ struct berr *err = NULL;
                 assert_int_equal(run(COMPRESSION_GZIP, gz.p, gz.len / 2, 4096, &out, NULL, &err), -EBADMSG);
                 assert_non_null(strstr(berr_msg(err), "truncated"));
@@ -258,7 +271,7 @@ static void test_gzip_corrupt(void **state)
                 uint8_t *bad = xmalloc(gz.len);
                 memcpy(bad, gz.p, gz.len);
                 bad[gz.len - 6] ^= 0x55;
-                out = (struct buf){0};
+                out = (struct buf){ 0 };
                 berr_freep(&err);
                 assert_int_equal(run(COMPRESSION_GZIP, bad, gz.len, 4096, &out, NULL, &err), -EBADMSG);
                 assert_non_null(strstr(berr_msg(err), "gzip"));
@@ -267,13 +280,13 @@ static void test_gzip_corrupt(void **state)
                 memcpy(bad, gz.p, gz.len);
                 for (size_t i = 100; i < 200; i++)
                         bad[i] = 0xff;
-                out = (struct buf){0};
+                out = (struct buf){ 0 };
                 berr_freep(&err);
                 assert_int_equal(run(COMPRESSION_GZIP, bad, gz.len, 4096, &out, NULL, &err), -EBADMSG);
                 free(out.p);
                 free(bad);
                 /* Only the magic. */
-                out = (struct buf){0};
+                out = (struct buf){ 0 };
                 berr_freep(&err);
                 assert_int_equal(run(COMPRESSION_GZIP, "\x1f\x8b", 2, 1, &out, NULL, &err), -EBADMSG);
                 free(out.p);
@@ -288,7 +301,7 @@ static void test_zstd_frames(void **state)
         size_t n1 = 2500000, n2 = 300000;
         _cleanup_free_ uint8_t *d1 = make_data(n1, 5);
         _cleanup_free_ uint8_t *d2 = make_data(n2, 6);
-        struct buf z = {0}, want = {0};
+        struct buf z = { 0 }, want = { 0 };
         skippable_frame(&z, "leading skippable frame");
         zstd_frame(&z, d1, n1);
         skippable_frame(&z, "zstd:chunked keeps its TOC in frames like this");
@@ -296,9 +309,9 @@ static void test_zstd_frames(void **state)
         skippable_frame(&z, "");
         buf_add(&want, d1, n1);
         buf_add(&want, d2, n2);
-        size_t chunks[] = {1, 5, 65536, SIZE_MAX};
+        size_t chunks[] = { 1, 5, 65536, 0, SIZE_MAX };
         for (size_t c = 0; c < ARRAY_SIZE(chunks); c++) {
-                struct buf out = {0};
+                struct buf out = { 0 };
                 const char *fmt;
                 _cleanup_berr_ struct berr *err = NULL;
                 assert_int_equal(run(COMPRESSION_ZSTD, z.p, z.len, chunks[c], &out, &fmt, &err), 0);
@@ -307,9 +320,24 @@ static void test_zstd_frames(void **state)
                 assert_memory_equal(out.p, want.p, want.len);
                 free(out.p);
         }
-        /* Truncated inside a frame. */
-        struct buf out = {0};
+        /* Zero padding after the last frame is tolerated, anything after it is not. */
+        size_t zlen = z.len;
+        uint8_t zeros[700] = { 0 };
+        buf_add(&z, zeros, sizeof(zeros));
+        struct buf out = { 0 };
         _cleanup_berr_ struct berr *err = NULL;
+        assert_int_equal(run(COMPRESSION_ZSTD, z.p, z.len, 4096, &out, NULL, &err), 0);
+        assert_int_equal(out.len, want.len);
+        free(out.p);
+        buf_add(&z, "\x28", 1);
+        out = (struct buf){ 0 };
+        assert_int_equal(run(COMPRESSION_ZSTD, z.p, z.len, 4096, &out, NULL, &err), -EBADMSG);
+        assert_non_null(strstr(berr_msg(err), "after the end"));
+        free(out.p);
+        berr_freep(&err);
+        z.len = zlen;
+        /* Truncated inside a frame. */
+        out = (struct buf){ 0 };
         assert_int_equal(run(COMPRESSION_ZSTD, z.p, z.len / 2, 4096, &out, NULL, &err), -EBADMSG);
         assert_non_null(strstr(berr_msg(err), "truncated"));
         free(out.p);
@@ -318,7 +346,7 @@ static void test_zstd_frames(void **state)
         memcpy(bad, z.p, z.len);
         for (size_t i = 10000; i < 10400; i++)
                 bad[i] ^= 0xa5;
-        out = (struct buf){0};
+        out = (struct buf){ 0 };
         berr_freep(&err);
         assert_int_equal(run(COMPRESSION_ZSTD, bad, z.len, 4096, &out, NULL, &err), -EBADMSG);
         assert_non_null(strstr(berr_msg(err), "zstd"));
@@ -334,9 +362,9 @@ static void test_none_passthrough(void **state)
         size_t n = 1000003;
         _cleanup_free_ uint8_t *data = make_data(n, 7);
         data[0] = 'e'; /* a tar starts with a file name */
-        size_t chunks[] = {1, 3, 6, 100000, SIZE_MAX};
+        size_t chunks[] = { 1, 3, 6, 100000, 0, SIZE_MAX };
         for (size_t c = 0; c < ARRAY_SIZE(chunks); c++) {
-                struct buf out = {0};
+                struct buf out = { 0 };
                 const char *fmt;
                 _cleanup_berr_ struct berr *err = NULL;
                 /* The declared type is only a hint: the bytes say "none". */
@@ -347,7 +375,7 @@ static void test_none_passthrough(void **state)
                 free(out.p);
         }
         /* Zero-copy: the chunk handed out is the source's own buffer. */
-        struct memsrc s = {.p = data, .len = n, .chunk = 65536};
+        struct memsrc s = { .p = data, .len = n, .chunk = 65536 };
         struct decompressor *d = NULL;
         assert_int_equal(decompressor_new(COMPRESSION_NONE, memsrc_read, &s, &d, NULL), 0);
         const void *b;
@@ -357,7 +385,7 @@ static void test_none_passthrough(void **state)
         assert_ptr_equal(b, data + 65536);
         decompressor_free(d);
         /* An empty stream is an empty "none" stream. */
-        struct buf out = {0};
+        struct buf out = { 0 };
         const char *fmt;
         assert_int_equal(run(COMPRESSION_NONE, "", 0, 10, &out, &fmt, NULL), 0);
         assert_int_equal(out.len, 0);
@@ -368,11 +396,11 @@ static void test_none_passthrough(void **state)
 static void test_refused_formats(void **state)
 {
         (void)state;
-        static const uint8_t xz[] = {0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0x00, 0x04, 0xe6, 0xd6};
+        static const uint8_t xz[] = { 0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0x00, 0x04, 0xe6, 0xd6 };
         static const char bz[] = "BZh91AY&SY\x01\x02\x03";
-        size_t chunks[] = {1, SIZE_MAX};
+        size_t chunks[] = { 1, SIZE_MAX };
         for (size_t c = 0; c < ARRAY_SIZE(chunks); c++) {
-                struct buf out = {0};
+                struct buf out = { 0 };
                 _cleanup_berr_ struct berr *err = NULL;
                 assert_int_equal(run(COMPRESSION_GZIP, xz, sizeof(xz), chunks[c], &out, NULL, &err),
                                  -EPROTONOSUPPORT);
@@ -390,10 +418,10 @@ static void test_source_error(void **state)
         (void)state;
         size_t n = 300000;
         _cleanup_free_ uint8_t *data = make_data(n, 8);
-        struct buf gz = {0};
+        struct buf gz = { 0 };
         gzip_member(&gz, data, n);
         for (int fail_at = 1; fail_at <= 3; fail_at++) {
-                struct memsrc s = {.p = gz.p, .len = gz.len, .chunk = 1024, .fail_at = fail_at};
+                struct memsrc s = { .p = gz.p, .len = gz.len, .chunk = 1024, .fail_at = fail_at };
                 struct decompressor *d = NULL;
                 _cleanup_berr_ struct berr *err = NULL;
                 assert_int_equal(decompressor_new(COMPRESSION_GZIP, memsrc_read, &s, &d, &err), 0);
@@ -403,6 +431,10 @@ static void test_source_error(void **state)
                         ;
                 assert_int_equal(r, -EIO);
                 assert_non_null(strstr(berr_msg(err), "network went away"));
+                /* The error sticks: the source is not read past its failure. */
+                int calls = s.calls;
+                assert_int_equal(decompressor_read(d, &b, NULL), -EIO);
+                assert_int_equal(s.calls, calls);
                 decompressor_free(d);
         }
         free(gz.p);

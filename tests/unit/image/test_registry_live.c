@@ -2,8 +2,8 @@
 /*
  * Manual driver for the registry client against a live registry (not built by meson, not a unit test):
  *
- *   cc -O2 -DBERTH_TESTING -Ibuild -Isrc tests/unit/image/test_registry_live.c build/src/image/libberth-image-t.a \
- *      -lcurl -lcrypto -ljansson -lyaml -lpthread -o /tmp/registry-live
+ *   cc -O2 -DBERTH_TESTING -Ibuild -Isrc tests/unit/image/test_registry_live.c
+ * build/src/image/libberth-image-t.a \ -lcurl -lcrypto -ljansson -lyaml -lpthread -o /tmp/registry-live
  *   BERTH_LOG_LEVEL=debug /tmp/registry-live [-u user] [-c config.yaml] [-j parallel] [-r repeat] \
  *      DOMAIN PATH OBJECT
  *
@@ -80,7 +80,8 @@ int main(int argc, char **argv)
                         return 2;
         }
         if (argc - optind != 3) {
-                fprintf(stderr, "usage: %s [-u user] [-c config] [-j n] [-r n] DOMAIN PATH OBJECT\n", argv[0]);
+                fprintf(stderr, "usage: %s [-u user] [-c config] [-j n] [-r n] DOMAIN PATH OBJECT\n",
+                        argv[0]);
                 return 2;
         }
         log_init(LOG_LEVEL_WARN);
@@ -92,7 +93,8 @@ int main(int argc, char **argv)
                 return 1;
         }
         struct image_ref ref = { .domain = argv[optind], .path = argv[optind + 1] };
-        struct registry_opts o = { .config = cfg, .username = user,
+        struct registry_opts o = { .config = cfg,
+                                   .username = user,
                                    .password = getenv("BERTH_REGISTRY_PASSWORD") };
         struct registry_client *c = NULL;
         if (registry_client_new(&ref, &o, &c, &err) < 0) {
@@ -112,16 +114,19 @@ int main(int argc, char **argv)
                         fprintf(stderr, "manifest: %s (%d)\n", berr_msg(err), r);
                         goto fail;
                 }
-                printf("manifest %s: %zu bytes, %s, %s\n", object, len, ct ? ct : "(no content type)", digest);
+                printf("manifest %s: %zu bytes, %s, %s\n", object, len, ct ? ct : "(no content type)",
+                       digest);
                 m = json_loadb(body, len, 0, NULL);
                 json_t *ms = json_object_get(m, "manifests");
                 if (!json_is_array(ms))
                         break;
                 static char child[DIGEST_STR_MAX];
-                snprintf(child, sizeof(child), "%s", json_string_value(json_object_get(json_array_get(ms, 0), "digest")));
+                snprintf(child, sizeof(child), "%s",
+                         json_string_value(json_object_get(json_array_get(ms, 0), "digest")));
                 object = child;
                 free(body);
                 free(ct);
+                body = ct = NULL;
                 json_decref(m);
                 m = NULL;
         }
@@ -129,7 +134,8 @@ int main(int argc, char **argv)
         char *cbody = NULL;
         size_t clen = 0;
         if (registry_get_blob(c, json_string_value(json_object_get(cd, "digest")),
-                              json_integer_value(json_object_get(cd, "size")), 4 << 20, &cbody, &clen, &err) < 0) {
+                              json_integer_value(json_object_get(cd, "size")), 4 << 20, &cbody, &clen,
+                              &err) < 0) {
                 fprintf(stderr, "config blob: %s\n", berr_msg(err));
                 goto fail;
         }
@@ -148,9 +154,10 @@ int main(int argc, char **argv)
                         size_t k = 0;
                         for (; k < (size_t)parallel && i + k < n && k < 64; k++) {
                                 json_t *l = json_array_get(layers, i + k);
-                                jobs[i + k] = (struct job){ .c = c,
-                                                            .digest = json_string_value(json_object_get(l, "digest")),
-                                                            .size = json_integer_value(json_object_get(l, "size")) };
+                                jobs[i + k] =
+                                    (struct job){ .c = c,
+                                                  .digest = json_string_value(json_object_get(l, "digest")),
+                                                  .size = json_integer_value(json_object_get(l, "size")) };
                                 pthread_create(&th[k], NULL, stream_one, &jobs[i + k]);
                         }
                         for (size_t q = 0; q < k; q++)
@@ -165,7 +172,8 @@ int main(int argc, char **argv)
                         failed |= jobs[i].rc != 0;
                         free(jobs[i].msg);
                 }
-                printf("total %llu bytes in %.3f s: %.0f MB/s\n", (unsigned long long)bytes, dt, bytes / 1e6 / dt);
+                printf("total %llu bytes in %.3f s: %.0f MB/s\n", (unsigned long long)bytes, dt,
+                       bytes / 1e6 / dt);
                 free(jobs);
         }
         json_decref(m);
@@ -176,6 +184,8 @@ int main(int argc, char **argv)
         return failed;
 fail:
         json_decref(m);
+        free(body);
+        free(ct);
         berr_free(err);
         registry_client_free(c);
         config_free(cfg);

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+#
+# Run every benchmark in bench/ (or the ones named: `bench/run.sh pull`), one after another, and collect
+# their reports. Each bench/<name>.sh is self-contained: it installs what it needs, starts its own servers
+# on 127.0.0.1, measures berth and its peers side by side in the same run, prints a table with ratios and
+# writes it to bench/out/<name>-results.md. `make bench` builds berth first and runs this.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT=${BENCH_OUT:-$PWD/bench/out}
+export BENCH_OUT=$OUT
+
+if [ $# -gt 0 ]; then
+        names=("$@")
+else
+        names=()
+        for f in bench/*.sh; do
+                n=$(basename "$f" .sh)
+                [ "$n" = run ] || names+=("$n")
+        done
+fi
+
+failed=()
+for n in "${names[@]}"; do
+        [ -x "bench/$n.sh" ] || {
+                echo "bench: no bench/$n.sh" >&2
+                exit 2
+        }
+        printf '\n######## bench/%s.sh ########\n' "$n"
+        if ! "bench/$n.sh"; then
+                failed+=("$n")
+        fi
+done
+
+printf '\n######## summary ########\n'
+for n in "${names[@]}"; do
+        if [[ " ${failed[*]} " == *" $n "* ]]; then
+                echo "$n: FAILED"
+        else
+                echo "$n: $OUT/$n-results.md"
+        fi
+done
+[ ${#failed[@]} -eq 0 ]

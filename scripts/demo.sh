@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+#
+# berth demo: start a private registry on loopback, build a small busybox image without Docker, push it,
+# then pull it with berth's image store and show it (ls, inspect, export).
+#
+# Run it with `make demo` (which installs packages and builds first), or directly after `make deps all`.
+# Needs root (berth's store shifts ownership into the user-namespace range and sets trusted.* xattrs).
+#
+# Environment:
+#   BERTH                  berth binary (default: build/berth)
+#   BERTH_DEMO_DIR         work directory (default: a new /tmp/berth-demo.XXXXXX)
+#   BERTH_DEMO_KEEP=1      keep the berth data dir and the exported rootfs afterwards (the registry always stops)
+#   BERTH_DEMO_SKIP_BERTH=1  stop after pushing the image (checks the registry and image build alone)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$PWD
+BERTH=${BERTH:-$REPO/build/berth}
+PY=/usr/bin/python3 # Debian's, not a shim earlier in PATH
+
+bold() { if [ -t 1 ]; then printf '\n\033[1m==> %s\033[0m\n' "$*"; else printf '\n==> %s\n' "$*"; fi; }
+die() {
+        echo "demo: $*" >&2
+        exit 1
+}
+# Show a command, then run it.
+run() {
+        local a out="$"
+        for a in "$@"; do
+                if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=" $a"; else out+=" '$a'"; fi
+        done
+        printf '%s\n' "$out"
+        "$@"
+}
+
+[ "$(id -u)" = 0 ] || die "run as root (berth's image store writes host-shifted ownership and trusted.* xattrs)"
+
+# Tools the demo itself uses (Debian packages); `make deps` installs them already. busybox-static's
+# /bin/busybox is what goes into the image: a dynamically linked busybox would not run there.
+missing=()
+for pkg in docker-registry umoci skopeo curl python3 busybox-static; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+        bold "Installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if [ "${BERTH_DEMO_SKIP_BERTH:-0}" != 1 ] && [ ! -x "$BERTH" ]; then
+        die "$BERTH not found: run 'make' first (or 'make demo')"
+fi
+
+# --- work directory and cleanup ----------------------------------------------------------------------------
+if [ -n "${BERTH_DEMO_DIR:-}" ]; then
+        DEMO=$BERTH_DEMO_DIR
+        mkdir -p "$DEMO"
+else
+        DEMO=$(mktemp -d /tmp/berth-demo.XXXXXX)
+fi
+DATA=$DEMO/data          # berth --data-dir
+ROOTFS=$DEMO/rootfs      # berth image export target
+REG=$DEMO/registry       # registry config, storage and log
+LAYOUT=$DEMO/oci         # OCI image layout built with umoci
+BUNDLE=$DEMO/bundle      # umoci's unpacked bundle used to author layers
+REG_PID=""
+# A reused BERTH_DEMO_DIR: start from scratch (only the demo's own entries are removed).
+rm -rf "$DATA" "$ROOTFS" "$REG" "$LAYOUT" "$BUNDLE"
+
+cleanup() {
+        local rc=$?
+        if [ -n "$REG_PID" ] && kill -0 "$REG_PID" 2>/dev/null; then
+                kill "$REG_PID" 2>/dev/null || true
+                wait "$REG_PID" 2>/dev/null || true
+        fi
+        if [ $rc -ne 0 ] && [ $rc -ne 130 ] && [ -s "$REG/registry.log" ]; then
+                echo "demo: failed (exit $rc); the registry's log ends with:" >&2
+                # "blob unknown" lines are the normal answers to a push's existence checks.
+                grep -v 'blob unknown' "$REG/registry.log" | tail -n 10 >&2 || true
+        fi
+        rm -rf "$REG" "$LAYOUT" "$BUNDLE" "$DEMO/hello.tar" "$DEMO/inspect.json"
+        if [ "${BERTH_DEMO_KEEP:-0}" = 1 ]; then
+                echo "demo: kept $DATA and $ROOTFS"
+        else
+                rm -rf "$DATA" "$ROOTFS"
+                rmdir "$DEMO" 2>/dev/null || true
+        fi
+        exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- a private registry on 127.0.0.1 --------------------------------------------------------------------------
+free_port() {
+        "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Poll /v2/ until the registry answers, failing early if the process exits. No fixed sleep: the loop ends
+# as soon as the condition holds; each probe is bounded by curl's own timeouts.
+wait_registry() {
+        local url=$1 deadline=$((SECONDS + 30))
+        while [ $SECONDS -lt $deadline ]; do
+                kill -0 "$REG_PID" 2>/dev/null || return 1
+                if curl -fsS -o /dev/null --connect-timeout 1 --max-time 2 "$url/v2/" 2>/dev/null; then
+                        return 0
+                fi
+                sleep 0.05
+        done
+        return 1
+}
+
+start_registry() {
+        mkdir -p "$REG/storage"
+        local attempt
+        for attempt in 1 2 3 4 5; do
+                PORT=$(free_port)
+                cat >"$REG/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $REG/storage
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$PORT
+  secret: $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+health:
+  storagedriver:
+    enabled: false
+EOF
+                # REGISTRY_* variables would override the file: drop any from the registry's environment.
+                local unset_args=() k
+                while IFS='=' read -r k _; do
+                        if [[ $k == REGISTRY_* ]]; then unset_args+=(-u "$k"); fi
+                done < <(env)
+                env "${unset_args[@]}" /usr/bin/docker-registry serve "$REG/config.yml" \
+                        >"$REG/registry.log" 2>&1 </dev/null &
+                REG_PID=$!
+                if wait_registry "http://127.0.0.1:$PORT"; then
+                        return 0
+                fi
+                kill "$REG_PID" 2>/dev/null || true
+                wait "$REG_PID" 2>/dev/null || true
+                REG_PID=""
+                # A port taken between choosing and binding: try another; anything else is fatal.
+                grep -q "address already in use" "$REG/registry.log" || break
+                echo "demo: port $PORT was taken, retrying ($attempt)"
+        done
+        cat "$REG/registry.log" >&2 || true
+        die "docker-registry did not start"
+}
+
+bold "Starting a private registry (Debian's docker-registry) on 127.0.0.1"
+start_registry
+REGISTRY=127.0.0.1:$PORT
+echo "registry: http://$REGISTRY (storage $REG/storage, pid $REG_PID)"
+
+# --- build a sample image without Docker ---------------------------------------------------------------------
+# Two layers: busybox with its applets, users and groups; then a small web root served by busybox httpd.
+bold "Building demo/hello:1 with umoci (busybox-static, two layers)"
+run umoci init --layout "$LAYOUT"
+run umoci new --image "$LAYOUT:demo"
+run umoci unpack --image "$LAYOUT:demo" "$BUNDLE"
+R=$BUNDLE/rootfs
+mkdir -p "$R/bin" "$R/etc" "$R/tmp" "$R/root" "$R/home/app"
+chmod 1777 "$R/tmp"
+chmod 0700 "$R/root"
+install -m 0755 /bin/busybox "$R/bin/busybox"
+for applet in $(/bin/busybox --list); do
+        [ "$applet" = busybox ] || ln -sf busybox "$R/bin/$applet"
+done
+cat >"$R/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+app:x:1000:1000:demo app:/home/app:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+cat >"$R/etc/group" <<'EOF'
+root:x:0:
+app:x:1000:
+nogroup:x:65534:
+EOF
+chown 1000:1000 "$R/home/app"
+run umoci repack --refresh-bundle --history.created_by "busybox-static $(/bin/busybox | head -1 | cut -d' ' -f2)" \
+        --image "$LAYOUT:demo" "$BUNDLE"
+
+mkdir -p "$R/www"
+cat >"$R/www/index.html" <<'EOF'
+<!doctype html>
+<title>hello from berth</title>
+<h1>Hello from a berth demo image</h1>
+EOF
+chown -R 1000:1000 "$R/www"
+run umoci repack --refresh-bundle --history.created_by "web root" --image "$LAYOUT:demo" "$BUNDLE"
+
+run umoci config --image "$LAYOUT:demo" --author "berth demo" \
+        --config.user app --config.workingdir /www --config.env PORT=8080 --config.exposedports 8080/tcp \
+        --config.entrypoint /bin/httpd --config.cmd -f --config.cmd -p --config.cmd 8080 \
+        --config.cmd -h --config.cmd /www
+run umoci stat --image "$LAYOUT:demo"
+
+bold "Pushing it to the registry with skopeo"
+IMAGE=$REGISTRY/demo/hello:1
+run skopeo copy --quiet --dest-tls-verify=false "oci:$LAYOUT:demo" "docker://$IMAGE"
+run curl -fsS "http://$REGISTRY/v2/demo/hello/tags/list"
+echo
+
+if [ "${BERTH_DEMO_SKIP_BERTH:-0}" = 1 ]; then
+        bold "BERTH_DEMO_SKIP_BERTH=1: registry and image are ready; stopping before berth"
+        exit 0
+fi
+
+# --- berth's image store --------------------------------------------------------------------------------------
+# Registries on loopback may be reached over plain HTTP without any configuration (as Docker allows).
+bold "Pulling it with berth (download, verify, decompress and unpack each layer in one pass)"
+run "$BERTH" --data-dir "$DATA" image pull "$IMAGE"
+
+bold "Listing the store"
+run "$BERTH" --data-dir "$DATA" image ls
+
+bold "Inspecting the image (summary of 'berth image inspect' JSON)"
+printf '$ %s\n' "$BERTH --data-dir $DATA image inspect $IMAGE"
+"$BERTH" --data-dir "$DATA" image inspect "$IMAGE" >"$DEMO/inspect.json"
+"$PY" - "$DEMO/inspect.json" <<'EOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+cfg = doc.get("config") or {}
+c = cfg.get("config") or {}  # the image config's container settings
+print(f"  references  {', '.join(doc.get('references') or [])}")
+print(f"  digest      {doc.get('digest')}  ({doc.get('media_type')})")
+print(f"  platform    {doc.get('platform')}  created {doc.get('created')}")
+print(f"  entrypoint  {c.get('Entrypoint')}  cmd {c.get('Cmd')}")
+print(f"  user        {c.get('User')}  workdir {c.get('WorkingDir')}  ports {sorted((c.get('ExposedPorts') or {}).keys())}")
+print(f"  size        {doc.get('size')} bytes compressed, {doc.get('unpacked_size')} unpacked")
+for i, l in enumerate(doc.get("layers") or []):
+    print(f"  layer {i}     {str(l.get('digest'))[:19]}...  {l.get('size')} -> {l.get('unpacked_size')} bytes,"
+          f" chain {str(l.get('chain_id'))[7:19]}")
+EOF
+rm -f "$DEMO/inspect.json"
+
+bold "The store keeps one unpacked copy per layer, owned by host ids 1000000000 + the image's ids"
+run ls "$DATA/image/layers"
+for layer in "$DATA"/image/layers/*/diff; do
+        run ls -ln "$layer"
+done
+
+bold "Exporting its filesystem (ownership shifted back to the image's own ids)"
+run "$BERTH" --data-dir "$DATA" image export "$IMAGE" "$ROOTFS"
+run ls -ln "$ROOTFS" "$ROOTFS/www"
+run stat -c '%A %u:%g %s %n' "$ROOTFS/bin/busybox" "$ROOTFS/bin/sh" "$ROOTFS/tmp"
+run "$BERTH" --data-dir "$DATA" image export "$IMAGE" "$DEMO/hello.tar"
+printf '$ tar --numeric-owner -tvf %s | grep -E ...\n' "$DEMO/hello.tar"
+# grep reads everything (head would close the pipe early and pipefail would report tar's SIGPIPE).
+tar --numeric-owner -tvf "$DEMO/hello.tar" | grep -E ' (\./)?(bin/busybox|bin/sh -> busybox|etc/passwd|tmp/|www/|www/index.html)$'
+
+bold "Done"
+if [ "${BERTH_DEMO_KEEP:-0}" = 1 ]; then
+        cat <<EOF
+The data dir is kept. Try:
+  $BERTH --data-dir $DATA image ls --json
+  $BERTH --data-dir $DATA image inspect $IMAGE
+  $BERTH --data-dir $DATA image rm $IMAGE
+  $BERTH --data-dir $DATA image prune
+  rm -rf $DEMO                                       # when finished
+EOF
+else
+        cat <<EOF
+The demo's registry and data dir are removed on exit (BERTH_DEMO_KEEP=1 keeps the data dir). Next, try:
+  $BERTH --data-dir /tmp/b image pull docker.io/library/busybox      # needs network access to Docker Hub
+  $BERTH --data-dir /tmp/b image ls
+  $BERTH --data-dir /tmp/b image export busybox /tmp/busybox-rootfs
+  $BERTH image --help                                                  # every image command
+See docs/image-store.md for the whole command set and the config file.
+EOF
+fi
