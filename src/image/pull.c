@@ -419,16 +419,36 @@ static int record_image(struct image_store *s, const struct image_ref *ref, json
         if (r < 0)
                 return r;
         const char *digest = json_string_value(json_object_get(record, "digest"));
-        json_object_set(json_object_get(doc, "images"), digest, record);
+        json_t *images = json_object_get(doc, "images");
+        bool changed = false;
+        /* A re-pull of an unchanged image keeps its record (and its first "pulled" time): no write, no fsync.
+         */
+        json_t *old = json_object_get(images, digest);
+        if (old) {
+                _cleanup_json_ json_t *a = json_deep_copy(old), *b = json_deep_copy(record);
+                json_object_del(a, "pulled");
+                json_object_del(b, "pulled");
+                if (!json_equal(a, b)) {
+                        json_object_set(images, digest, record);
+                        changed = true;
+                }
+        } else {
+                json_object_set(images, digest, record);
+                changed = true;
+        }
         _cleanup_free_ char *name = image_ref_name(ref);
         json_t *refs = json_object_get(doc, "refs");
-        if (ref->tag) {
-                _cleanup_free_ char *k = xasprintf("%s:%s", name, ref->tag);
-                json_object_set_new(refs, k, json_string(digest));
-        }
+        _cleanup_free_ char *tk = ref->tag ? xasprintf("%s:%s", name, ref->tag) : NULL;
         _cleanup_free_ char *dk = xasprintf("%s@%s", name, digest);
-        json_object_set_new(refs, dk, json_string(digest));
-        return store_images_write(s, doc, err);
+        const char *keys[] = { tk, dk };
+        for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+                const char *cur = keys[i] ? json_string_value(json_object_get(refs, keys[i])) : NULL;
+                if (!keys[i] || (cur && strcmp(cur, digest) == 0))
+                        continue;
+                json_object_set_new(refs, keys[i], json_string(digest));
+                changed = true;
+        }
+        return changed ? store_images_write(s, doc, err) : 0;
 }
 
 int store_pull(struct image_store *s, const char *refstr, const struct pull_opts *o, json_t **ret_image,
