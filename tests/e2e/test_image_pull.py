@@ -109,6 +109,9 @@ def test_index_platform_selection(registry_plain, berth_data, scratch, fmt):
         pull(data, registry_plain, ref, *extra)
         assert platform_of(data) == got, want
         assert inspect(data, ref)["index_digest"] == idx.digest
+    # The host's entry of the index also equals what skopeo + umoci make of it.
+    umoci = treecmp.walk_dir(treecmp.umoci_unpack(registry_plain, "test/multi:v", os.path.join(scratch, "u")))
+    treecmp.assert_trees_equal(umoci, export_tree(os.path.join(berth_data, "d0"), ref, scratch, "host"))
     r = pull(os.path.join(berth_data, "s390x"), registry_plain, ref, "--platform", "linux/s390x", check=False)
     assert r.returncode != 0
     assert "linux/s390x" in r.stderr and "linux/arm64" in r.stderr and "linux/amd64" in r.stderr
