@@ -24,6 +24,7 @@
 #include <archive_entry.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/capability.h>
 #include <linux/openat2.h>
 #include <stdint.h>
@@ -46,6 +47,9 @@
 #define UNPACK_XATTR_LIST_MAX      65536 /* XATTR_LIST_MAX */
 #define UNPACK_LABEL_MAX           200   /* bytes of an entry name quoted in an error message */
 #define UNPACK_LABEL_SIZE          (UNPACK_LABEL_MAX * 4 + 4)
+#ifndef UNPACK_ASYNC_HASH_MIN
+#define UNPACK_ASYNC_HASH_MIN (64 * 1024) /* chunks at least this big are hashed on the helper thread */
+#endif
 
 #define WH_PREFIX     ".wh."
 #define WH_META       ".wh..wh."
@@ -90,6 +94,96 @@ struct idir {
         bool implicit;
 };
 
+/*
+ * The DiffID is hashed on a helper thread, overlapping SHA-256 (~1.5 GB/s here, as costly as a third of
+ * the inflate) with libarchive's parsing and the write()s of the same chunk. A chunk stays valid only
+ * until the next source call, so ctx_pull waits for the previous chunk's hash before pulling the next.
+ */
+struct hasher {
+        pthread_t thread;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        bool running; /* the thread exists */
+        bool busy;    /* a chunk is being hashed */
+        bool quit;
+        const void *buf;
+        size_t len;
+        struct sha256_ctx *sha;
+};
+
+static void *hasher_main(void *userdata)
+{
+        struct hasher *h = userdata;
+        pthread_mutex_lock(&h->mu);
+        for (;;) {
+                while (!h->busy && !h->quit)
+                        pthread_cond_wait(&h->cv, &h->mu);
+                if (!h->busy)
+                        break;
+                pthread_mutex_unlock(&h->mu);
+                sha256_update(h->sha, h->buf, h->len);
+                pthread_mutex_lock(&h->mu);
+                h->busy = false;
+                pthread_cond_broadcast(&h->cv);
+        }
+        pthread_mutex_unlock(&h->mu);
+        return NULL;
+}
+
+static void hasher_start(struct hasher *h, struct sha256_ctx *sha)
+{
+        h->sha = sha;
+        pthread_mutex_init(&h->mu, NULL);
+        pthread_cond_init(&h->cv, NULL);
+        /* Without a thread (resource limits) every chunk is simply hashed inline. */
+        h->running = pthread_create(&h->thread, NULL, hasher_main, h) == 0;
+}
+
+/* Block until the helper has finished the chunk it was given (the source may then reuse it). */
+static void hasher_wait(struct hasher *h)
+{
+        if (!h->running)
+                return;
+        pthread_mutex_lock(&h->mu);
+        while (h->busy)
+                pthread_cond_wait(&h->cv, &h->mu);
+        pthread_mutex_unlock(&h->mu);
+}
+
+static void hasher_add(struct hasher *h, const void *buf, size_t len)
+{
+        if (!h->running || len < UNPACK_ASYNC_HASH_MIN) {
+                hasher_wait(h); /* keep the order of the bytes */
+                sha256_update(h->sha, buf, len);
+                return;
+        }
+        pthread_mutex_lock(&h->mu);
+        while (h->busy)
+                pthread_cond_wait(&h->cv, &h->mu);
+        h->buf = buf;
+        h->len = len;
+        h->busy = true;
+        pthread_cond_broadcast(&h->cv);
+        pthread_mutex_unlock(&h->mu);
+}
+
+static void hasher_stop(struct hasher *h)
+{
+        if (!h->sha)
+                return;
+        if (h->running) {
+                pthread_mutex_lock(&h->mu);
+                h->quit = true;
+                pthread_cond_broadcast(&h->cv);
+                pthread_mutex_unlock(&h->mu);
+                pthread_join(h->thread, NULL); /* finishes a pending chunk first */
+                h->running = false;
+        }
+        pthread_mutex_destroy(&h->mu);
+        pthread_cond_destroy(&h->cv);
+        h->sha = NULL;
+}
+
 struct unpack_ctx {
         int root; /* our own O_RDONLY fd of the layer directory */
         bool shift;
@@ -100,6 +194,7 @@ struct unpack_ctx {
         int src_code;         /* error raised inside the read callback (source failure or budget) */
         struct berr *src_err; /* its message */
         struct sha256_ctx *sha;
+        struct hasher hasher;
         uint64_t tar_bytes, entries, content_bytes;
 
         /* The parent directory of the previous entry. */
@@ -273,6 +368,7 @@ static ssize_t ctx_pull(struct unpack_ctx *c, const void **ret_buf)
         if (c->src_code < 0)
                 return c->src_code;
         const void *buf = NULL;
+        hasher_wait(&c->hasher); /* the previous chunk is ours until it is hashed */
         ssize_t n = c->src(c->userdata, &buf, &c->src_err);
         if (n < 0) {
                 c->src_code = (int)n;
@@ -290,7 +386,7 @@ static ssize_t ctx_pull(struct unpack_ctx *c, const void **ret_buf)
                              (unsigned long long)c->max_bytes);
                 return c->src_code;
         }
-        sha256_update(c->sha, buf, (size_t)n);
+        hasher_add(&c->hasher, buf, (size_t)n);
         c->tar_bytes += (uint64_t)n;
         *ret_buf = buf;
         return n;
@@ -1039,6 +1135,7 @@ static int ctx_apply_dir_times(struct unpack_ctx *c)
 
 static void ctx_done(struct unpack_ctx *c)
 {
+        hasher_stop(&c->hasher);
         closep(&c->root);
         closep(&c->cache_fd);
         berr_free(c->src_err);
@@ -1080,6 +1177,7 @@ int unpack_layer(int dfd, stream_source_fn src, void *userdata, const struct unp
         c->max_entries = o && o->max_entries ? o->max_entries : UNPACK_DEFAULT_MAX_ENTRIES;
         c->root_implicit = true;
         c->sha = sha256_new();
+        hasher_start(&c->hasher, c->sha);
 
         c->root = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (c->root < 0)
@@ -1148,6 +1246,7 @@ int unpack_layer(int dfd, stream_source_fn src, void *userdata, const struct unp
                 .implicit_dirs = list,
                 .n_implicit_dirs = n,
         };
+        hasher_stop(&c->hasher);
         sha256_final_str(c->sha, ret->diff_id);
         return 0;
 }
