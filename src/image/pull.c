@@ -4,7 +4,7 @@
  *
  * resolve (manifest, index → platform manifest, config) → one worker thread per layer, up to
  * max_parallel_layers: blob stream → sha256 → inflate → DiffID → tar → staging dir → wait for the layer
- * below to be committed → fix implicit parents from the lowers → syncfs → rename to layers/<chain>.
+ * below to be committed → fix implicit parents from the lowers → unsynced marker → rename to layers/<chain>.
  * A per-ChainID flock makes concurrent pulls of the same layer (any process) wait for one another instead
  * of unpacking twice; a shared "gc" lock keeps prune away until the image record names the layers.
  */
@@ -242,16 +242,13 @@ static int layer_fetch_commit(struct pull_ctx *c, struct layer_job *j, struct be
                 berr_set_errno(err, r, "write layer metadata");
                 goto out;
         }
-        /* One syncfs per layer instead of an fsync per file: the commit below must not outrun the data. */
-        if (syncfs(dfd) < 0) {
-                r = berr_set_errno(err, -errno, "sync layer");
+        /* No wait for the disk here: the marker lets a later open settle durability (store_internal.h). */
+        if ((r = store_layer_mark_unsynced(s, j->chain_id, err)) < 0)
                 goto out;
-        }
         if (renameat(s->tmp_fd, staging, s->layers_fd, digest_hex(j->chain_id)) < 0) {
                 r = berr_set_errno(err, -errno, "commit layer %s", j->chain_id);
                 goto out;
         }
-        fsync(s->layers_fd);
         emit(c, PULL_LAYER_DONE, j->index, j->desc->digest, (uint64_t)j->desc->size, (uint64_t)j->desc->size);
         return 0;
 out:

@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "image/reference.h"
@@ -37,6 +38,81 @@ int store_lock(struct image_store *s, const char *name, bool exclusive, bool wai
                 close(fd);
                 return r;
         }
+}
+
+#define UNSYNCED_AGE_SECONDS 35 /* dirty_expire_centisecs (30 s) plus a margin */
+
+static int read_boot_id(char out[static 40])
+{
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        int r = fs_read_file_at(AT_FDCWD, "/proc/sys/kernel/random/boot_id", 64, &buf, &len);
+        if (r < 0)
+                return r;
+        snprintf(out, 40, "%.*s", (int)strcspn(buf, "\n"), buf);
+        return 0;
+}
+
+int store_layer_mark_unsynced(struct image_store *s, const char *chain_id, struct berr **err)
+{
+        char boot[40];
+        int r = read_boot_id(boot);
+        if (r < 0)
+                return berr_set_errno(err, r, "read the kernel's boot id");
+        _cleanup_close_ int fd =
+            openat(s->unsynced_fd, digest_hex(chain_id), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0 || (r = fs_write_all(fd, boot, strlen(boot))) < 0)
+                return berr_set_errno(err, fd < 0 ? -errno : r, "mark layer %s", chain_id);
+        return 0;
+}
+
+/* See store_layer_mark_unsynced(). Failures only leave markers for the next open to retry. */
+static void store_settle_unsynced(struct image_store *s)
+{
+        char boot[40];
+        if (read_boot_id(boot) < 0)
+                return;
+        _cleanup_close_ int dfd = openat(s->unsynced_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = dfd >= 0 ? fdopendir(TAKE_FD(dfd)) : NULL;
+        if (!d)
+                return;
+        char **settled = NULL;
+        size_t n = 0;
+        struct dirent *de;
+        time_t now = time(NULL);
+        while ((de = readdir(d))) {
+                if (de->d_name[0] == '.')
+                        continue;
+                _cleanup_free_ char *buf = NULL;
+                size_t len = 0;
+                struct stat st;
+                if (fs_read_file_at(dirfd(d), de->d_name, 64, &buf, &len) < 0 ||
+                    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                        continue;
+                if (strcmp(buf, boot) != 0) {
+                        /* Committed before a reboot that may not have been clean: never trust it. */
+                        _cleanup_free_ char *lock = xasprintf("layer-%s", de->d_name);
+                        _cleanup_close_ int lk = store_lock(s, lock, true, false);
+                        if (lk < 0)
+                                continue;
+                        if (fs_rm_rf_at(s->layers_fd, de->d_name) == 0)
+                                unlinkat(dirfd(d), de->d_name, 0);
+                        log_warn(
+                            "image store: dropped layer %s committed before the last reboot without a sync",
+                            de->d_name);
+                } else if (now - st.st_mtime >= UNSYNCED_AGE_SECONDS) {
+                        settled = xrealloc(settled, (n + 1) * sizeof(char *));
+                        settled[n++] = xstrdup(de->d_name);
+                }
+        }
+        /* By now the kernel has written these back on its own: the syncfs is cheap, and makes it certain. */
+        if (n > 0 && syncfs(s->layers_fd) == 0)
+                for (size_t i = 0; i < n; i++)
+                        unlinkat(dirfd(d), settled[i], 0);
+        for (size_t i = 0; i < n; i++)
+                free(settled[i]);
+        free(settled);
+        closedir(d);
 }
 
 static int open_subdir(int root, const char *name, int *ret)
@@ -87,7 +163,8 @@ int store_open(const char *data_dir, const struct berth_config *cfg, struct imag
         if (r < 0)
                 return berr_set_errno(err, r, "create data directory %s", data_dir);
         struct image_store *s = xcalloc(1, sizeof(*s));
-        s->root_fd = s->layers_fd = s->blobs_fd = s->tmp_fd = s->locks_fd = s->containers_fd = -1;
+        s->root_fd = s->layers_fd = s->blobs_fd = s->tmp_fd = s->locks_fd = s->containers_fd =
+            s->unsynced_fd = -1;
         s->root = xasprintf("%s/%s", data_dir, STORE_DIR);
         s->cfg = cfg;
         _cleanup_close_ int dfd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -100,12 +177,14 @@ int store_open(const char *data_dir, const struct berth_config *cfg, struct imag
             (r = open_subdir(s->root_fd, "tmp", &s->tmp_fd)) < 0 ||
             (r = open_subdir(s->root_fd, "locks", &s->locks_fd)) < 0 ||
             (r = open_subdir(s->root_fd, "containers", &s->containers_fd)) < 0 ||
+            (r = open_subdir(s->root_fd, "unsynced", &s->unsynced_fd)) < 0 ||
             (r = fs_mkdir_p_at(s->root_fd, "blobs/sha256", 0700)) < 0 ||
             (s->blobs_fd = openat(s->root_fd, "blobs/sha256", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
                 r = berr_set_errno(err, r < 0 ? r : -errno, "open image store %s", s->root);
                 goto fail;
         }
         store_recover(s);
+        store_settle_unsynced(s);
         *ret = s;
         return 0;
 fail:

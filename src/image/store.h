@@ -8,6 +8,7 @@
  *   images.json             references -> image records (manifest digest, config digest, layers)
  *   containers/<id>/        rootfs of a container: upper/, work/, merged/, rootfs.json (its layers)
  *   tmp/                    staging; emptied on open (a crash leaves nothing half-committed elsewhere)
+ *   unsynced/<chain-hex>    boot id of a layer committed before its data reached the disk (store_internal.h)
  *   locks/                  flock files: one per ChainID being unpacked, plus "store" for images.json
  * Every commit is a rename of a complete, verified staging directory or file.
  */

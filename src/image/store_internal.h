@@ -17,7 +17,7 @@
 struct image_store {
         char *root; /* <data-dir>/image */
         int root_fd;
-        int layers_fd, blobs_fd, tmp_fd, locks_fd, containers_fd;
+        int layers_fd, blobs_fd, tmp_fd, locks_fd, containers_fd, unsynced_fd;
         const struct berth_config *cfg;
 };
 
@@ -39,6 +39,14 @@ int store_blob_write(struct image_store *s, const char *digest, const void *data
                      struct berr **err);
 int store_blob_read(struct image_store *s, const char *digest, size_t max, char **ret, size_t *ret_len);
 bool store_layer_exists(struct image_store *s, const char *chain_id);
+/*
+ * Deferred durability. A layer is committed without waiting for the disk: just before its rename, a marker
+ * unsynced/<chain-hex> holding the kernel's boot id is created (the journal orders it before the rename).
+ * store_open() drops layers whose marker is from an earlier boot (a power loss may have torn them; they are
+ * pulled again) and, once markers of this boot are older than the kernel's writeback interval, makes them
+ * durable with one syncfs and removes the markers.
+ */
+int store_layer_mark_unsynced(struct image_store *s, const char *chain_id, struct berr **err);
 
 /* A staging directory in tmp/, locked (flock) by this process as long as *ret_fd is open. */
 int store_staging_new(struct image_store *s, const char *prefix, char **ret_name, int *ret_fd,

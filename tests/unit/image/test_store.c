@@ -177,6 +177,30 @@ static void test_recovery_removes_only_abandoned_staging(void **state)
         free(dead);
 }
 
+static void test_unsynced_layers_settle(void **state)
+{
+        struct fixture *f = *state;
+        /* A layer committed without a sync before a reboot is dropped; one from this boot, once old enough,
+         * is synced and its marker removed; a fresh one keeps its marker. */
+        _cleanup_close_ int u = openat(f->s->root_fd, "unsynced", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_true(u >= 0);
+        write_at(u, digest_hex(f->chain[1]), "00000000-0000-0000-0000-000000000000");
+        assert_int_equal(store_layer_mark_unsynced(f->s, f->chain[0], NULL), 0);
+        struct image_store *s2 = NULL;
+        assert_int_equal(store_open(f->dir, NULL, &s2, NULL), 0);
+        assert_false(store_layer_exists(s2, f->chain[1]));
+        assert_int_equal(faccessat(u, digest_hex(f->chain[1]), F_OK, 0), -1);
+        assert_true(store_layer_exists(s2, f->chain[0]));
+        assert_int_equal(faccessat(u, digest_hex(f->chain[0]), F_OK, 0), 0); /* too fresh to settle */
+        store_close(s2);
+        struct timespec old[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
+        assert_int_equal(utimensat(u, digest_hex(f->chain[0]), old, 0), 0);
+        assert_int_equal(store_open(f->dir, NULL, &s2, NULL), 0);
+        assert_true(store_layer_exists(s2, f->chain[0]));
+        assert_int_equal(faccessat(u, digest_hex(f->chain[0]), F_OK, 0), -1);
+        store_close(s2);
+}
+
 int main(void)
 {
         if (geteuid() != 0) {
@@ -188,6 +212,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_rootfs_overlay_and_prune, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_recovery_removes_only_abandoned_staging, setup,
                                                 teardown),
+                cmocka_unit_test_setup_teardown(test_unsynced_layers_settle, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
