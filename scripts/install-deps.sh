@@ -4,7 +4,7 @@ set -eu
 PKGS="meson ninja-build pkg-config gcc clang clang-format libclang-rt-14-dev
 libcurl4-openssl-dev libarchive-dev libisal-dev libzstd-dev zlib1g-dev libssl-dev libjansson-dev libyaml-dev
 libcmocka-dev libsodium-dev libsqlite3-dev
-python3 python3-pytest python3-requests
+python3 python3-pytest python3-requests python3-cryptography
 docker-registry skopeo umoci apache2-utils openssl zstd busybox-static attr
 crun runc"
 missing=""
