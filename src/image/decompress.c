@@ -397,6 +397,21 @@ static ssize_t dec_step(struct decompressor *d, uint8_t *out, size_t cap, bool *
 }
 
 /* Decode into d->out until it is full or the stream ends. */
+/* One decoder step into the rest of the output buffer; notes a full buffer and the end of a frame. */
+static ssize_t dec_step_out(struct decompressor *d, size_t *produced, struct berr **err)
+{
+        size_t offer = DECOMPRESS_OUT_SIZE - *produced;
+        bool frame_end = false;
+        ssize_t n = dec_step(d, d->out + *produced, offer, &frame_end, err);
+        if (n < 0)
+                return n;
+        *produced += (size_t)n;
+        d->out_was_full = (size_t)n == offer && !frame_end;
+        if (frame_end)
+                d->state = DEC_AT_BOUNDARY;
+        return n;
+}
+
 static ssize_t dec_read_compressed(struct decompressor *d, struct berr **err)
 {
         const char *what = d->fmt == DEC_GZIP ? "gzip" : "zstd";
@@ -404,15 +419,9 @@ static ssize_t dec_read_compressed(struct decompressor *d, struct berr **err)
         while (produced < DECOMPRESS_OUT_SIZE && d->state != DEC_DONE) {
                 if (d->in_len == 0 && d->state == DEC_IN_FRAME && d->out_was_full) {
                         /* Drain what the decoder still holds before asking for input (or judging EOF). */
-                        size_t offer = DECOMPRESS_OUT_SIZE - produced;
-                        bool frame_end = false;
-                        ssize_t n = dec_step(d, d->out + produced, offer, &frame_end, err);
+                        ssize_t n = dec_step_out(d, &produced, err);
                         if (n < 0)
                                 return n;
-                        produced += (size_t)n;
-                        d->out_was_full = (size_t)n == offer && !frame_end;
-                        if (frame_end)
-                                d->state = DEC_AT_BOUNDARY;
                         continue;
                 }
                 if (d->in_len == 0) {
@@ -446,15 +455,9 @@ static ssize_t dec_read_compressed(struct decompressor *d, struct berr **err)
                         d->in_len = 0;
                         continue;
                 }
-                size_t offer = DECOMPRESS_OUT_SIZE - produced;
-                bool frame_end = false;
-                ssize_t n = dec_step(d, d->out + produced, offer, &frame_end, err);
+                ssize_t n = dec_step_out(d, &produced, err);
                 if (n < 0)
                         return n;
-                produced += (size_t)n;
-                d->out_was_full = (size_t)n == offer && !frame_end;
-                if (frame_end)
-                        d->state = DEC_AT_BOUNDARY;
         }
         return (ssize_t)produced;
 }
