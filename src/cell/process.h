@@ -17,12 +17,12 @@
 #define PROCESS_MAX_GROUPS   65536
 
 struct process_overrides {
-        char **entrypoint;      /* NULL: not given; {NULL} (empty vector): `--entrypoint ""` clears it */
+        char **entrypoint; /* NULL: not given; {NULL} (empty vector): `--entrypoint ""` clears it */
         bool entrypoint_set;
-        char **cmd;             /* NULL-terminated; NULL or empty: use the image's (unless entrypoint_set) */
-        const char *user;       /* NULL: the image's User */
-        const char *workdir;    /* NULL: the image's WorkingDir */
-        char **env;             /* "K=V" entries, NULL-terminated; applied after the image's */
+        char **cmd;          /* NULL-terminated; NULL or empty: use the image's (unless entrypoint_set) */
+        const char *user;    /* NULL: the image's User */
+        const char *workdir; /* NULL: the image's WorkingDir */
+        char **env;          /* "K=V" entries, NULL-terminated; applied after the image's */
 };
 
 struct process_spec {

@@ -106,7 +106,8 @@ int store_rootfs_create(struct image_store *s, const char *ref, const char *cont
         int r = store_image_resolve(s, ref, &img, &lowers, &n, err);
         if (r < 0)
                 return r;
-        if (mkdirat(s->containers_fd, container_id, 0700) < 0) {
+        /* 0711: the container's root (host uid IDMAP_HOST_BASE) must traverse to its rootfs, nothing more. */
+        if (mkdirat(s->containers_fd, container_id, 0711) < 0) {
                 r = berr_set_errno(err, -errno, "create container %s", container_id);
                 strv_free(lowers);
                 return r;

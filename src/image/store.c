@@ -115,9 +115,9 @@ static void store_settle_unsynced(struct image_store *s)
         closedir(d);
 }
 
-static int open_subdir(int root, const char *name, int *ret)
+static int open_subdir(int root, const char *name, mode_t mode, int *ret)
 {
-        if (mkdirat(root, name, 0700) < 0 && errno != EEXIST)
+        if (mkdirat(root, name, mode) < 0 && errno != EEXIST)
                 return -errno;
         int fd = openat(root, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
@@ -172,12 +172,12 @@ int store_open(const char *data_dir, const struct berth_config *cfg, struct imag
                 r = berr_set_errno(err, -errno, "open data directory %s", data_dir);
                 goto fail;
         }
-        if ((r = open_subdir(dfd, STORE_DIR, &s->root_fd)) < 0 ||
-            (r = open_subdir(s->root_fd, "layers", &s->layers_fd)) < 0 ||
-            (r = open_subdir(s->root_fd, "tmp", &s->tmp_fd)) < 0 ||
-            (r = open_subdir(s->root_fd, "locks", &s->locks_fd)) < 0 ||
-            (r = open_subdir(s->root_fd, "containers", &s->containers_fd)) < 0 ||
-            (r = open_subdir(s->root_fd, "unsynced", &s->unsynced_fd)) < 0 ||
+        if ((r = open_subdir(dfd, STORE_DIR, 0711, &s->root_fd)) < 0 ||
+            (r = open_subdir(s->root_fd, "layers", 0700, &s->layers_fd)) < 0 ||
+            (r = open_subdir(s->root_fd, "tmp", 0700, &s->tmp_fd)) < 0 ||
+            (r = open_subdir(s->root_fd, "locks", 0700, &s->locks_fd)) < 0 ||
+            (r = open_subdir(s->root_fd, "containers", 0711, &s->containers_fd)) < 0 ||
+            (r = open_subdir(s->root_fd, "unsynced", 0700, &s->unsynced_fd)) < 0 ||
             (r = fs_mkdir_p_at(s->root_fd, "blobs/sha256", 0700)) < 0 ||
             (s->blobs_fd = openat(s->root_fd, "blobs/sha256", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
                 r = berr_set_errno(err, r < 0 ? r : -errno, "open image store %s", s->root);

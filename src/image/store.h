@@ -2,7 +2,8 @@
 /*
  * The image store: a content-addressed cache shared by every image and container on a host.
  *
- * Layout under <data-dir>/image/ (mode 0700):
+ * Layout under <data-dir>/image/ (0711: containers/<id>/merged must be reachable by container root; all
+ * else 0700):
  *   blobs/sha256/<hex>      verified manifests, indexes and configs
  *   layers/<chain-hex>/     one unpacked layer: diff/ (overlay lower, host-shifted ids) + layer.json
  *   images.json             references -> image records (manifest digest, config digest, layers)
