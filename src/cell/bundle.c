@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "cell/bundle.h"
+#include "cell/seccomp.h"
 #include "image/idmap.h"
 
 /* Garden's unprivileged set (Docker's default): no SYS_ADMIN, no SYS_PTRACE, no SYS_MODULE... */
@@ -116,12 +117,13 @@ int bundle_config_build(const struct process_spec *p, const struct bundle_opts *
         if (o->cpu_shares)
                 json_object_set_new(resources, "cpu",
                                     json_pack("{s:I}", "shares", (json_int_t)o->cpu_shares));
-        json_t *lin = json_pack("{s:o, s:o, s:O, s:o, s:o, s:o, s:s}", "namespaces", ns, "uidMappings",
-                                  idmap, "gidMappings", idmap, "resources", resources, "maskedPaths",
-                                  const_list(masked, ARRAY_SIZE(masked)), "readonlyPaths",
-                                  const_list(readonly, ARRAY_SIZE(readonly)), "rootfsPropagation", "private");
+        json_t *lin = json_pack("{s:o, s:o, s:O, s:o, s:o, s:o, s:s}", "namespaces", ns, "uidMappings", idmap,
+                                "gidMappings", idmap, "resources", resources, "maskedPaths",
+                                const_list(masked, ARRAY_SIZE(masked)), "readonlyPaths",
+                                const_list(readonly, ARRAY_SIZE(readonly)), "rootfsPropagation", "private");
         if (o->cgroups_path)
                 json_object_set_new(lin, "cgroupsPath", json_string(o->cgroups_path));
+        json_object_set_new(lin, "seccomp", seccomp_profile_json());
         json_t *doc =
             json_pack("{s:s, s:o, s:{s:s, s:b}, s:o, s:o}", "ociVersion", "1.0.2", "process", process, "root",
                       "path", o->rootfs, "readonly", 0, "mounts", mounts, "linux", lin);

@@ -115,14 +115,18 @@ static void test_runs_as_root_in_user_namespace(void **state)
         if (access("/usr/bin/crun", X_OK) < 0 || access("/bin/busybox", X_OK) < 0)
                 skip();
         assert_true(cell_host_prepare_cgroups("/sys/fs/cgroup", NULL) >= 0);
-        _cleanup_free_ char *out = run_in_crun("id -u; cat /proc/self/uid_map; hostname; ls /dev; "
-                                               "cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)'",
-                                               0);
+        _cleanup_free_ char *out =
+            run_in_crun("id -u; cat /proc/self/uid_map; hostname; ls /dev; "
+                        "cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs|Seccomp):'; "
+                        "busybox unshare -U true && echo UNSHARED || echo NO-UNSHARE",
+                        0);
         assert_non_null(strstr(out, "0\n"));
         assert_non_null(strstr(out, "1000000000"));
         assert_non_null(strstr(out, "berth-test"));
         assert_null(strstr(out, "fuse"));
         assert_non_null(strstr(out, "NoNewPrivs:\t1"));
+        assert_non_null(strstr(out, "Seccomp:\t2")); /* a filter is active */
+        assert_non_null(strstr(out, "NO-UNSHARE"));  /* unshare is blocked (a user ns needs no capability) */
         /* CAP_SYS_ADMIN is bit 21: 0x200000 must be clear in the effective set. */
         char *cap = strstr(out, "CapEff:");
         assert_non_null(cap);
