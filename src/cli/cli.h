@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "lib/config.h"
 #include "lib/err.h"
@@ -18,6 +19,7 @@ struct cli_globals {
 typedef int (*cli_command_fn)(struct cli_globals *g, int argc, char **argv, struct berr **err);
 
 int cmd_image(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err);
 
 /* Print an error the way every berth command does: "berth: <message>" on stderr. */
 void cli_print_error(const struct berr *e);
@@ -29,5 +31,7 @@ void cli_print_error(const struct berr *e);
 struct pull_progress;
 struct progress_ui;
 struct progress_ui *progress_ui_new(bool quiet);
+/* The same on another stream (`berth run` keeps stdout for the container). */
+struct progress_ui *progress_ui_new_on(FILE *out, bool quiet);
 void progress_ui_event(void *ui, const struct pull_progress *p);
 void progress_ui_free(struct progress_ui *ui);

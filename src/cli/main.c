@@ -14,6 +14,7 @@ static const struct {
         const char *summary;
 } commands[] = {
         { "image", cmd_image, "pull, list, inspect, export and remove images" },
+        { "run", cmd_run, "run an image as a container in the foreground" },
 };
 
 static void usage(FILE *f)

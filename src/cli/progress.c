@@ -12,6 +12,7 @@
 #define BAR_WIDTH 30
 
 struct progress_ui {
+        FILE *out;
         bool quiet;
         bool tty;
         size_t n_layers;
@@ -24,12 +25,18 @@ struct progress_ui {
         struct timespec last;
 };
 
-struct progress_ui *progress_ui_new(bool quiet)
+struct progress_ui *progress_ui_new_on(FILE *out, bool quiet)
 {
         struct progress_ui *ui = xcalloc(1, sizeof(*ui));
+        ui->out = out;
         ui->quiet = quiet;
-        ui->tty = isatty(STDOUT_FILENO) && getenv("TERM") && strcmp(getenv("TERM"), "dumb") != 0;
+        ui->tty = isatty(fileno(out)) && getenv("TERM") && strcmp(getenv("TERM"), "dumb") != 0;
         return ui;
+}
+
+struct progress_ui *progress_ui_new(bool quiet)
+{
+        return progress_ui_new_on(stdout, quiet);
 }
 
 void progress_ui_free(struct progress_ui *ui)
@@ -55,7 +62,7 @@ static void redraw(struct progress_ui *ui, bool force)
                 return;
         ui->last = now;
         if (ui->drawn)
-                printf("\033[%zuA", ui->drawn);
+                fprintf(ui->out, "\033[%zuA", ui->drawn);
         for (size_t i = 0; i < ui->n_layers; i++) {
                 struct layer_line *l = &ui->lines[i];
                 char bar[BAR_WIDTH + 1];
@@ -66,11 +73,11 @@ static void redraw(struct progress_ui *ui, bool force)
                 if (fill < BAR_WIDTH && fill > 0)
                         bar[fill - 1] = '>';
                 bar[BAR_WIDTH] = '\0';
-                printf("\033[2K%-12s %-12s [%s] %6.1f/%.1f MB\n", l->digest, l->state ? l->state : "waiting",
-                       bar, (double)l->done / 1e6, (double)l->total / 1e6);
+                fprintf(ui->out, "\033[2K%-12s %-12s [%s] %6.1f/%.1f MB\n", l->digest,
+                        l->state ? l->state : "waiting", bar, (double)l->done / 1e6, (double)l->total / 1e6);
         }
         ui->drawn = ui->n_layers;
-        fflush(stdout);
+        fflush(ui->out);
 }
 
 void progress_ui_event(void *userdata, const struct pull_progress *p)
@@ -82,8 +89,9 @@ void progress_ui_event(void *userdata, const struct pull_progress *p)
         if (p->event == PULL_RESOLVED) {
                 ui->n_layers = p->n_layers;
                 ui->lines = xcalloc(p->n_layers ? p->n_layers : 1, sizeof(*ui->lines));
-                printf("Resolved %s (%zu layer%s)\n", p->digest, p->n_layers, p->n_layers == 1 ? "" : "s");
-                fflush(stdout);
+                fprintf(ui->out, "Resolved %s (%zu layer%s)\n", p->digest, p->n_layers,
+                        p->n_layers == 1 ? "" : "s");
+                fflush(ui->out);
                 return;
         }
         if (p->event == PULL_DONE) {
@@ -101,18 +109,18 @@ void progress_ui_event(void *userdata, const struct pull_progress *p)
                 l->state = "cached";
                 l->done = l->total = p->total;
                 if (!ui->tty)
-                        printf("%s: already present\n", d);
+                        fprintf(ui->out, "%s: already present\n", d);
                 break;
         case PULL_LAYER_WAITING:
                 l->state = "waiting";
                 if (!ui->tty)
-                        printf("%s: waiting for another pull of this layer\n", d);
+                        fprintf(ui->out, "%s: waiting for another pull of this layer\n", d);
                 break;
         case PULL_LAYER_START:
                 l->state = "pulling";
                 l->total = p->total;
                 if (!ui->tty)
-                        printf("%s: pulling %.1f MB\n", d, (double)p->total / 1e6);
+                        fprintf(ui->out, "%s: pulling %.1f MB\n", d, (double)p->total / 1e6);
                 break;
         case PULL_LAYER_PROGRESS:
                 l->done = p->done;
@@ -121,7 +129,7 @@ void progress_ui_event(void *userdata, const struct pull_progress *p)
                 l->state = "done";
                 l->done = l->total;
                 if (!ui->tty)
-                        printf("%s: done\n", d);
+                        fprintf(ui->out, "%s: done\n", d);
                 break;
         default:
                 break;
@@ -129,5 +137,5 @@ void progress_ui_event(void *userdata, const struct pull_progress *p)
         if (ui->tty)
                 redraw(ui, p->event != PULL_LAYER_PROGRESS);
         else
-                fflush(stdout);
+                fflush(ui->out);
 }

@@ -1,0 +1,87 @@
+"""`berth run` (issue 3, first part): foreground containers from real images, real crun, real namespaces."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+import imagebuild as ib
+from helpers import berth
+
+
+@pytest.fixture
+def run_image(session_registry, berth_data):
+    """Push a busybox image with `config` and return a function running `berth run [args] REF [cmd]`."""
+    counter = {"n": 0}
+
+    def make(config, extra_layers=()):
+        counter["n"] += 1
+        img = ib.busybox_image(config=config, extra_layers=extra_layers)
+        repo = f"run/t{os.getpid()}-{counter['n']}:v"
+        session_registry.push(img, repo)
+        ref = session_registry.ref(repo)
+
+        def run(*args, cmd=(), check=False):
+            return berth(berth_data, "run", *args, ref, *cmd, check=check, timeout=120)
+        return run
+    yield make
+    # nothing of a container may outlive its run
+    assert os.listdir(os.path.join(berth_data, "image", "containers")) == []
+    with open("/proc/mounts") as f:
+        assert berth_data not in f.read()
+
+
+def test_exit_code_user_and_namespaces(run_image):
+    run = run_image({"Cmd": ["/bin/sh", "-c", "id -u; cat /proc/self/uid_map; ls /dev; exit 7"]})
+    r = run()
+    assert r.returncode == 7, r.stderr
+    lines = r.stdout.split()
+    assert "0" in lines and "1000000000" in lines  # root inside, berth's host range outside
+    assert "fuse" not in r.stdout and "null" in r.stdout
+
+
+def test_entrypoint_cmd_rules(run_image):
+    run = run_image({"Entrypoint": ["/bin/echo", "E"], "Cmd": ["C"]})
+    assert run().stdout.strip() == "E C"
+    assert run(cmd=["X", "Y"]).stdout.strip() == "E X Y"                    # args replace CMD
+    assert run("--entrypoint", "/bin/echo").stdout.strip() == ""             # a user entrypoint drops image CMD
+    assert run("--entrypoint", "/bin/echo", cmd=["Z"]).stdout.strip() == "Z"
+    r = run_image({"Cmd": None})()
+    assert r.returncode != 0 and "no command specified" in r.stderr
+
+
+def test_user_forms_and_env(run_image):
+    run = run_image({"User": "app", "Env": ["PATH=/bin", "A=image", "B=image"],
+                     "Cmd": ["/bin/sh", "-c", "id -u; id -g; echo $A $B $HOME"]})
+    out = run("-e", "B=cli").stdout.split()
+    assert out == ["1000", "1000", "image", "cli", "/home/app"] or out[:4] == ["1000", "1000", "image", "cli"]
+    assert run("--user", "0").stdout.split()[:2] == ["0", "0"]
+    assert run("--user", "4242").stdout.split()[:2] == ["4242", "0"]       # numeric uid absent from passwd
+    r = run("--user", "nosuchuser")
+    assert r.returncode != 0 and "unable to find user nosuchuser" in r.stderr
+
+
+def test_workdir_and_crashing_app(run_image):
+    # The app is not PID 1 here (PID 1 ignores signals it has no handler for, as in Docker without --init).
+    run = run_image({"WorkingDir": "/srv/app", "Cmd": ["/bin/sh", "-c", "pwd; /bin/sh -c 'kill -SEGV $$'; exit $?"]})
+    r = run()
+    assert r.stdout.strip() == "/srv/app"
+    assert r.returncode == 128 + 11
+
+
+def test_seccomp_and_capabilities(run_image):
+    run = run_image({"Cmd": ["/bin/sh", "-c",
+                             "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; "
+                             "mount -t tmpfs none /tmp && echo MOUNTED; busybox unshare -U true && echo UNSHARED; true"]})
+    r = run()
+    assert "Seccomp:\t2" in r.stdout and "NoNewPrivs:\t1" in r.stdout
+    assert "MOUNTED" not in r.stdout and "UNSHARED" not in r.stdout
+
+
+def test_unknown_image_and_bad_options(berth_data):
+    r = berth(berth_data, "run", "127.0.0.1:1/none/such:v", check=False)
+    assert r.returncode != 0 and "127.0.0.1:1" in r.stderr
+    r = berth(berth_data, "run", "-m", "lots", "x", check=False)
+    assert r.returncode != 0 and "memory" in r.stderr
