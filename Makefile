@@ -1,12 +1,13 @@
 # berth: `make` builds, `make test` runs every test, `make demo` shows it working.
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+CLANG_BUILD ?= build-clang
 FUZZ_BUILD ?= build-fuzz
 PREFIX     ?= /usr/local
 MESON      ?= meson
 PYTHON     ?= /usr/bin/python3
 
-.PHONY: all deps test unit unit-asan e2e format format-check fuzz bench demo install clean
+.PHONY: all deps test unit unit-asan clang-build e2e format format-check fuzz bench demo install clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -21,7 +22,7 @@ $(ASAN_BUILD)/build.ninja:
 deps:
 	./scripts/install-deps.sh
 
-test: deps format-check all unit unit-asan e2e
+test: deps format-check all clang-build unit unit-asan e2e
 
 unit: all
 	meson test -C $(BUILD) --print-errorlogs
@@ -30,6 +31,11 @@ unit-asan: $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
 		meson test -C $(ASAN_BUILD) --print-errorlogs
+
+# clang as a second compiler: it refuses, among others, a goto that jumps over a cleanup variable.
+clang-build:
+	@[ -f $(CLANG_BUILD)/build.ninja ] || CC=clang $(MESON) setup $(CLANG_BUILD) >/dev/null
+	ninja -C $(CLANG_BUILD)
 
 e2e: all
 	BERTH_BIN=$(CURDIR)/$(BUILD)/berth $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
@@ -57,4 +63,4 @@ install: all
 	DESTDIR=$(DESTDIR) meson install -C $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(CLANG_BUILD) $(FUZZ_BUILD)

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* `berth run`: run an image as a container in the foreground (issue 3; detached mode comes with the monitor).
  */
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,16 +9,62 @@
 
 #include "cell/runtime.h"
 #include "cli/cli.h"
+#include "lib/fs.h"
 #include "lib/json.h"
 
 static void run_usage(FILE *f)
 {
-        fprintf(
-            f,
-            "Usage: berth run [--rm] [--name N] [-e K=V]... [-m 256M] [--pids N] [--user U] [--workdir D]\n"
-            "                 [--entrypoint E] [--runtime crun|runc] IMAGE [CMD...]\n\n"
-            "Pulls IMAGE if needed, runs it in the foreground in its own user, pid, mount, network, uts\n"
-            "and ipc namespaces, streams its output and exits with its exit code.\n");
+        fprintf(f,
+                "Usage: berth run [--rm] [--name N] [-e K=V]... [--env-file F] [-m 256M] [--pids N] [--user "
+                "U] [--workdir D]\n"
+                "                 [--entrypoint E] [--runtime crun|runc] IMAGE [CMD...]\n\n"
+                "Pulls IMAGE if needed, runs it in the foreground in its own user, pid, mount, network, uts\n"
+                "and ipc namespaces, streams its output and exits with its exit code.\n");
+}
+
+/*
+ * Docker's --env-file: one "K=V" per line, "K" alone takes the caller's value (skipped when unset), blank
+ * lines and lines starting with '#' are ignored. Appends to *env (growing it); at most 1 MiB.
+ */
+static int read_env_file(const char *path, char ***env, size_t *n, size_t *cap, struct berr **err)
+{
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        int r = fs_read_file_at(AT_FDCWD, path, 1 << 20, &buf, &len);
+        if (r < 0)
+                return berr_set_errno(err, r, "--env-file %s", path);
+        if (strlen(buf) != len)
+                return berr_set(err, -EINVAL, "--env-file %s: contains a NUL byte", path);
+        size_t lineno = 0;
+        char *save = NULL;
+        for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                lineno++;
+                line += strspn(line, " \t");
+                size_t l = strlen(line);
+                while (l > 0 && (line[l - 1] == '\r' || line[l - 1] == ' ' || line[l - 1] == '\t'))
+                        line[--l] = '\0';
+                if (l == 0 || line[0] == '#')
+                        continue;
+                if (line[0] == '=')
+                        return berr_set(err, -EINVAL, "--env-file %s line %zu: variable name is empty", path,
+                                        lineno);
+                char *entry;
+                if (strchr(line, '=')) {
+                        entry = xstrdup(line);
+                } else {
+                        const char *v = getenv(line);
+                        if (!v)
+                                continue;
+                        entry = xasprintf("%s=%s", line, v);
+                }
+                if (*n + 1 >= *cap) {
+                        *cap = *cap * 2 + 16;
+                        *env = xrealloc(*env, *cap * sizeof(char *));
+                }
+                (*env)[(*n)++] = entry;
+                (*env)[*n] = NULL;
+        }
+        return 0;
 }
 
 /* "256M", "1G", "512k", "1048576" → bytes; 0 on error. */
@@ -70,12 +117,16 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 { "entrypoint", required_argument, NULL, 'E' },
                 { "runtime", required_argument, NULL, 'r' },
                 { "detach", no_argument, NULL, 'd' },
+                { "env-file", required_argument, NULL, 'F' },
                 { "help", no_argument, NULL, 'h' },
                 { 0 },
         };
         struct run_opts o = { .data_dir = g->data_dir };
-        size_t n_env = 0;
-        char **env = xcalloc(argc + 1, sizeof(char *));
+        /* Declared before any goto: the cleanup attributes run at every exit. */
+        _cleanup_(store_closep) struct image_store *s = NULL;
+        _cleanup_json_ json_t *img = NULL;
+        size_t n_env = 0, cap_env = (size_t)argc + 1;
+        char **env = xcalloc(cap_env, sizeof(char *));
         char *entry[2] = { NULL, NULL };
         int c, rc = CLI_EXIT_USAGE;
         optind = 0;
@@ -92,9 +143,15 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                                 const char *v = getenv(optarg); /* docker: -e NAME takes the caller's value */
                                 if (!v)
                                         continue;
+                                if (n_env + 1 >= cap_env)
+                                        env = xrealloc(env, (cap_env *= 2) * sizeof(char *));
                                 env[n_env++] = xasprintf("%s=%s", optarg, v);
-                        } else
+                        } else {
+                                if (n_env + 1 >= cap_env)
+                                        env = xrealloc(env, (cap_env *= 2) * sizeof(char *));
                                 env[n_env++] = xstrdup(optarg);
+                        }
+                        env[n_env] = NULL;
                         break;
                 case 'm':
                         if (!(o.memory_bytes = parse_size(optarg))) {
@@ -127,6 +184,10 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 case 'r':
                         o.runtime = optarg;
                         break;
+                case 'F':
+                        if (read_env_file(optarg, &env, &n_env, &cap_env, err) < 0)
+                                goto out;
+                        break;
                 case 'd':
                         berr_set(err, -ENOTSUP,
                                  "berth run -d is not available yet: containers run in the foreground");
@@ -147,10 +208,8 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
         o.process.cmd = optind + 1 < argc ? argv + optind + 1 : NULL;
         o.process.env = env;
         rc = CLI_EXIT_FAILURE;
-        _cleanup_(store_closep) struct image_store *s = NULL;
         if (store_open(g->data_dir, g->config, &s, err) < 0)
                 goto out;
-        _cleanup_json_ json_t *img = NULL;
         if (store_inspect(s, o.image, &img, NULL) < 0) {
                 struct progress_ui *ui = progress_ui_new_on(stderr, false);
                 struct pull_opts po = { .progress = progress_ui_event, .progress_userdata = ui };

@@ -28,7 +28,8 @@ def run_image(session_registry, berth_data):
         return run
     yield make
     # nothing of a container may outlive its run
-    assert os.listdir(os.path.join(berth_data, "image", "containers")) == []
+    containers = os.path.join(berth_data, "image", "containers")
+    assert not os.path.isdir(containers) or os.listdir(containers) == []
     with open("/proc/mounts") as f:
         assert berth_data not in f.read()
 
@@ -85,3 +86,35 @@ def test_unknown_image_and_bad_options(berth_data):
     assert r.returncode != 0 and "127.0.0.1:1" in r.stderr
     r = berth(berth_data, "run", "-m", "lots", "x", check=False)
     assert r.returncode != 0 and "memory" in r.stderr
+
+
+def test_env_file(run_image, scratch):
+    path = os.path.join(scratch, "app.env")
+    with open(path, "w") as f:
+        f.write("# comment\n\nA=from-file\nB=x=y\r\nFROM_CALLER\nUNSET_IN_CALLER\n")
+    run = run_image({"Env": ["PATH=/bin", "A=image"], "Cmd": ["/bin/sh", "-c", "echo $A $B $FROM_CALLER; env | grep -c UNSET_IN_CALLER"]})
+    r = berth_env_run(run, path)
+    assert r.stdout.split()[:4] == ["from-file", "x=y", "caller-value", "0"], r.stdout + r.stderr
+    bad = os.path.join(scratch, "bad.env")
+    with open(bad, "w") as f:
+        f.write("=novalue\n")
+    r = run("--env-file", bad)
+    assert r.returncode != 0 and "line 1" in r.stderr
+
+
+def berth_env_run(run, path):
+    os.environ["FROM_CALLER"] = "caller-value"
+    os.environ.pop("UNSET_IN_CALLER", None)
+    try:
+        return run("--env-file", path)
+    finally:
+        del os.environ["FROM_CALLER"]
+
+
+def test_runc_is_selectable(run_image):
+    if not os.path.exists("/usr/sbin/runc") and not os.path.exists("/usr/bin/runc"):
+        pytest.skip("runc is not installed")
+    run = run_image({"Cmd": ["/bin/sh", "-c", "id -u; cat /proc/self/uid_map; exit 5"]})
+    r = run("--runtime", "runc")
+    assert r.returncode == 5, r.stderr
+    assert "1000000000" in r.stdout
