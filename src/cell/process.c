@@ -190,31 +190,14 @@ BERTH_STATIC int process_read_etc(int rootfs_fd, const char *path, char **ret, s
                 return berr_set_errno(err, -errno, "stat /%s in image", path);
         if (!S_ISREG(st.st_mode))
                 return berr_set(err, -EINVAL, "/%s in image is not a regular file", path);
-        size_t cap = 4096, len = 0;
-        _cleanup_free_ char *buf = xmalloc(cap + 1);
-        for (;;) {
-                if (len == cap) {
-                        if (cap > PROCESS_MAX_ETC_FILE)
-                                break;
-                        cap *= 2;
-                        buf = xrealloc(buf, cap + 1);
-                }
-                ssize_t k = read(fd, buf + len, cap - len);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return berr_set_errno(err, -errno, "read /%s in image", path);
-                }
-                if (k == 0)
-                        break;
-                len += (size_t)k;
-                if (len > PROCESS_MAX_ETC_FILE)
-                        break; /* one byte past the ceiling is enough to refuse */
-        }
-        if (len > PROCESS_MAX_ETC_FILE)
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        int r = fs_read_fd(fd, PROCESS_MAX_ETC_FILE, &buf, &len);
+        if (r == -EFBIG)
                 return berr_set(err, -EFBIG, "/%s in image is larger than %u bytes", path,
                                 PROCESS_MAX_ETC_FILE);
-        buf[len] = '\0';
+        if (r < 0)
+                return berr_set_errno(err, r, "read /%s in image", path);
         *ret_len = len;
         *ret = TAKE_PTR(buf);
         return 0;

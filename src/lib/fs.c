@@ -133,11 +133,8 @@ int fs_rm_rf_at(int dirfd, const char *path)
         return 0;
 }
 
-int fs_read_file_at(int dirfd, const char *path, size_t max, char **ret_data, size_t *ret_len)
+int fs_read_fd(int fd, size_t max, char **ret_data, size_t *ret_len)
 {
-        _cleanup_close_ int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-                return -errno;
         size_t cap = 4096, len = 0;
         _cleanup_free_ char *buf = xmalloc(cap + 1);
         for (;;) {
@@ -164,6 +161,14 @@ int fs_read_file_at(int dirfd, const char *path, size_t max, char **ret_data, si
                 *ret_len = len;
         *ret_data = TAKE_PTR(buf);
         return 0;
+}
+
+int fs_read_file_at(int dirfd, const char *path, size_t max, char **ret_data, size_t *ret_len)
+{
+        _cleanup_close_ int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return -errno;
+        return fs_read_fd(fd, max, ret_data, ret_len);
 }
 
 int fs_write_all(int fd, const void *buf, size_t len)

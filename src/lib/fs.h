@@ -18,6 +18,8 @@ int fs_mkdir_p_at(int dirfd, const char *path, mode_t mode);
 int fs_rm_rf_at(int dirfd, const char *path);
 /* Remove every entry inside the directory fd (which stays open and valid). */
 int fs_clear_dir(int dfd);
+/* Read fd to its end, at most max bytes (-EFBIG beyond); *ret_data is NUL-terminated, owned by the caller. */
+int fs_read_fd(int fd, size_t max, char **ret_data, size_t *ret_len);
 /* Read a whole file of at most max bytes; *ret_data is NUL-terminated and owned by the caller. */
 int fs_read_file_at(int dirfd, const char *path, size_t max, char **ret_data, size_t *ret_len);
 /* Write data to dirfd/path atomically: temp file, fsync, rename, fsync dir. */
