@@ -13,9 +13,14 @@ from helpers import pull, store_is_clean
 BB = ib.busybox_entries
 
 
-def sentinel_outside(tmpdir_name="/tmp/berth-e2e-escape"):
-    os.makedirs(tmpdir_name, exist_ok=True)
-    return tmpdir_name
+@pytest.fixture
+def outside():
+    """The directory hostile layers aim at (their names point here); must stay empty. Removed afterwards."""
+    path = "/tmp/berth-e2e-escape"
+    os.makedirs(path, exist_ok=True)
+    yield path
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
 
 
 HOSTILE = {
@@ -37,9 +42,8 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_layer_rejected(registry_plain, berth_data, case):
+def test_hostile_layer_rejected(registry_plain, berth_data, outside, case):
     entries, needles = HOSTILE[case]
-    outside = sentinel_outside()
     before = sorted(os.listdir(outside))
     img = ib.build_image([ib.Layer(BB()), ib.Layer(entries)], config={"Cmd": ["/bin/sh"]})
     registry_plain.push(img, f"hostile/{case}:v")
