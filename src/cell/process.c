@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cell/process.h"
+#include "lib/strv.h"
 #include "lib/fs.h"
 
 /* moby/sys/user maxID: larger ids once overflowed to root (CVE-2024-40635). */
@@ -30,40 +31,6 @@ BERTH_STATIC int process_read_etc(int rootfs_fd, const char *path, char **ret, s
 BERTH_STATIC int process_resolve_user(int rootfs_fd, const char *spec, struct process_spec *p,
                                       struct berr **err);
 BERTH_STATIC char *process_clean_path(const char *path);
-
-/* A growable NULL-terminated string vector; v is always NULL or NULL-terminated. */
-struct strv {
-        char **v;
-        size_t n, cap;
-};
-
-static void strv_push(struct strv *s, char *str)
-{
-        if (s->n + 2 > s->cap) {
-                s->cap = s->cap ? s->cap * 2 : 8;
-                s->v = xrealloc(s->v, s->cap * sizeof(char *));
-        }
-        s->v[s->n++] = str;
-        s->v[s->n] = NULL;
-}
-
-static void strv_free(struct strv *s)
-{
-        for (size_t i = 0; i < s->n; i++)
-                free(s->v[i]);
-        free(s->v);
-        *s = (struct strv){ 0 };
-}
-
-/* Hand the vector on as a NULL-terminated array (never NULL, possibly empty). */
-static char **strv_take(struct strv *s)
-{
-        if (!s->v)
-                s->v = xcalloc(1, sizeof(char *));
-        char **v = s->v;
-        *s = (struct strv){ 0 };
-        return v;
-}
 
 static size_t argv_len(char *const *v)
 {
@@ -518,12 +485,8 @@ void process_spec_free(struct process_spec *p)
 {
         if (!p)
                 return;
-        for (size_t i = 0; p->args && p->args[i]; i++)
-                free(p->args[i]);
-        free(p->args);
-        for (size_t i = 0; p->env && p->env[i]; i++)
-                free(p->env[i]);
-        free(p->env);
+        strv_free(p->args);
+        strv_free(p->env);
         free(p->cwd);
         free(p->additional_gids);
         free(p->home);
@@ -631,7 +594,7 @@ int process_spec_build(const json_t *config, const struct process_overrides *o, 
         if (r >= 0 && bytes > PROCESS_MAX_ENV_BYTES)
                 r = berr_set(err, -E2BIG, "environment larger than %u bytes", PROCESS_MAX_ENV_BYTES);
         if (r < 0) {
-                strv_free(&env);
+                strv_clear(&env);
                 return r;
         }
         p->env = strv_take(&env);

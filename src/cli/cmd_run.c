@@ -11,6 +11,7 @@
 #include "cli/cli.h"
 #include "lib/fs.h"
 #include "lib/json.h"
+#include "lib/strv.h"
 
 static void run_usage(FILE *f)
 {
@@ -22,11 +23,23 @@ static void run_usage(FILE *f)
                 "and ipc namespaces, streams its output and exits with its exit code.\n");
 }
 
+/* As docker: "K=V" as given; "K" alone takes the caller's value, and is skipped when the caller has none. */
+static void env_add(struct strv *env, const char *item)
+{
+        if (strchr(item, '=')) {
+                strv_push(env, xstrdup(item));
+                return;
+        }
+        const char *v = getenv(item);
+        if (v)
+                strv_push(env, xasprintf("%s=%s", item, v));
+}
+
 /*
- * Docker's --env-file: one "K=V" per line, "K" alone takes the caller's value (skipped when unset), blank
- * lines and lines starting with '#' are ignored. Appends to *env (growing it); at most 1 MiB.
+ * Docker's --env-file: one env_add() item per line; blank lines and lines starting with '#' are ignored.
+ * At most 1 MiB.
  */
-static int read_env_file(const char *path, char ***env, size_t *n, size_t *cap, struct berr **err)
+static int read_env_file(const char *path, struct strv *env, struct berr **err)
 {
         _cleanup_free_ char *buf = NULL;
         size_t len = 0;
@@ -48,21 +61,7 @@ static int read_env_file(const char *path, char ***env, size_t *n, size_t *cap, 
                 if (line[0] == '=')
                         return berr_set(err, -EINVAL, "--env-file %s line %zu: variable name is empty", path,
                                         lineno);
-                char *entry;
-                if (strchr(line, '=')) {
-                        entry = xstrdup(line);
-                } else {
-                        const char *v = getenv(line);
-                        if (!v)
-                                continue;
-                        entry = xasprintf("%s=%s", line, v);
-                }
-                if (*n + 1 >= *cap) {
-                        *cap = *cap * 2 + 16;
-                        *env = xrealloc(*env, *cap * sizeof(char *));
-                }
-                (*env)[(*n)++] = entry;
-                (*env)[*n] = NULL;
+                env_add(env, line);
         }
         return 0;
 }
@@ -125,8 +124,7 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
         /* Declared before any goto: the cleanup attributes run at every exit. */
         _cleanup_(store_closep) struct image_store *s = NULL;
         _cleanup_json_ json_t *img = NULL;
-        size_t n_env = 0, cap_env = (size_t)argc + 1;
-        char **env = xcalloc(cap_env, sizeof(char *));
+        struct strv env = { 0 };
         char *entry[2] = { NULL, NULL };
         int c, rc = CLI_EXIT_USAGE;
         optind = 0;
@@ -139,19 +137,7 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                         o.name = optarg;
                         break;
                 case 'e':
-                        if (!strchr(optarg, '=')) {
-                                const char *v = getenv(optarg); /* docker: -e NAME takes the caller's value */
-                                if (!v)
-                                        continue;
-                                if (n_env + 1 >= cap_env)
-                                        env = xrealloc(env, (cap_env *= 2) * sizeof(char *));
-                                env[n_env++] = xasprintf("%s=%s", optarg, v);
-                        } else {
-                                if (n_env + 1 >= cap_env)
-                                        env = xrealloc(env, (cap_env *= 2) * sizeof(char *));
-                                env[n_env++] = xstrdup(optarg);
-                        }
-                        env[n_env] = NULL;
+                        env_add(&env, optarg);
                         break;
                 case 'm':
                         if (!(o.memory_bytes = parse_size(optarg))) {
@@ -185,7 +171,7 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                         o.runtime = optarg;
                         break;
                 case 'F':
-                        if (read_env_file(optarg, &env, &n_env, &cap_env, err) < 0)
+                        if (read_env_file(optarg, &env, err) < 0)
                                 goto out;
                         break;
                 case 'd':
@@ -206,7 +192,7 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
         }
         o.image = argv[optind];
         o.process.cmd = optind + 1 < argc ? argv + optind + 1 : NULL;
-        o.process.env = env;
+        o.process.env = env.v;
         rc = CLI_EXIT_FAILURE;
         if (store_open(g->data_dir, g->config, &s, err) < 0)
                 goto out;
@@ -223,8 +209,6 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 goto out;
         rc = exit_code;
 out:
-        for (size_t i = 0; i < n_env; i++)
-                free(env[i]);
-        free(env);
+        strv_clear(&env);
         return rc;
 }

@@ -15,15 +15,6 @@
 #include "lib/json.h"
 #include "lib/log.h"
 
-void strv_free(char **v)
-{
-        if (!v)
-                return;
-        for (char **p = v; *p; p++)
-                free(*p);
-        free(v);
-}
-
 int store_lock(struct image_store *s, const char *name, bool exclusive, bool wait)
 {
         int fd = openat(s->locks_fd, name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);

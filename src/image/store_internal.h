@@ -7,6 +7,7 @@
 
 #include "image/store.h"
 #include "lib/digest.h"
+#include "lib/strv.h"
 
 #define STORE_DIR         "image"
 #define STORE_IMAGES_FILE "images.json"
@@ -55,7 +56,6 @@ int store_staging_new(struct image_store *s, const char *prefix, char **ret_name
 /* Paths of an image's layer diff dirs, top (last) layer first; NULL-terminated, caller frees with strv_free.
  */
 int store_image_lowers(struct image_store *s, json_t *image, char ***ret, size_t *ret_n, struct berr **err);
-void strv_free(char **v);
 /* Look up `ref` (any form store_images_find accepts) and list its layer dirs, under the store lock. */
 int store_image_resolve(struct image_store *s, const char *ref, json_t **ret_image, char ***ret_lowers,
                         size_t *ret_n, struct berr **err);

@@ -39,6 +39,7 @@
 #include "image/unpack.h"
 #include "image/unpack_internal.h"
 #include "lib/fs.h"
+#include "lib/strv.h"
 
 #define UNPACK_DEFAULT_MAX_BYTES   (20ULL << 30)
 #define UNPACK_DEFAULT_MAX_ENTRIES 2000000ULL
@@ -1255,9 +1256,7 @@ void unpack_result_done(struct unpack_result *r)
 {
         if (!r)
                 return;
-        for (size_t i = 0; r->implicit_dirs && r->implicit_dirs[i]; i++)
-                free(r->implicit_dirs[i]);
-        free(r->implicit_dirs);
+        strv_free(r->implicit_dirs);
         r->implicit_dirs = NULL;
         r->n_implicit_dirs = 0;
 }

@@ -44,21 +44,7 @@ static ssize_t memsrc_read(void *userdata, const void **ret_buf, struct berr **e
         return (ssize_t)n;
 }
 
-struct buf {
-        uint8_t *p;
-        size_t len, cap;
-};
-
-static void buf_add(struct buf *b, const void *d, size_t n)
-{
-        if (b->len + n > b->cap) {
-                b->cap = MAX(b->cap * 2, b->len + n);
-                b->p = xrealloc(b->p, b->cap);
-        }
-        if (n)
-                memcpy(b->p + b->len, d, n);
-        b->len += n;
-}
+#include "../testbuf.h"
 
 /* Decompress all of `in` (fed in `chunk`-byte pieces); returns the code, output in *out. */
 /* Mixed small and large chunks (chunk == 0 in run()): gathering small ones, splitting at large ones. */

@@ -33,21 +33,7 @@
 
 #define SENTINEL "root:x:0:0:sentinel\n"
 
-struct buf {
-        uint8_t *p;
-        size_t len, cap;
-};
-
-static void buf_add(struct buf *b, const void *d, size_t n)
-{
-        if (b->len + n > b->cap) {
-                b->cap = MAX(b->cap * 2, b->len + n);
-                b->p = xrealloc(b->p, b->cap);
-        }
-        if (n)
-                memcpy(b->p + b->len, d, n);
-        b->len += n;
-}
+#include "../testbuf.h"
 
 /* ---- sandbox: <tmp>/layer (unpacked into) and <tmp>/outside (must never change) ---- */
 
