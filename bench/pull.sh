@@ -50,16 +50,7 @@ REGDIR=$OUT/pull-registry
 
 # --- packages --------------------------------------------------------------------------------------------------
 need=(docker-registry skopeo umoci podman isal time python3 curl pigz tar)
-missing=()
-for p in "${need[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-        log "installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+"$REPO/scripts/install-deps.sh" "${need[@]}"
 
 # --- scratch space and cleanup ---------------------------------------------------------------------------------
 # Every tool writes into the same file system (under bench/out) so that the disk is the same for all.

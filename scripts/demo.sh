@@ -38,16 +38,7 @@ run() {
 
 # Tools the demo itself uses (Debian packages); `make deps` installs them already. busybox-static's
 # /bin/busybox is what goes into the image: a dynamically linked busybox would not run there.
-missing=()
-for pkg in docker-registry umoci skopeo curl python3 busybox-static; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-        bold "Installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+"$REPO/scripts/install-deps.sh" docker-registry umoci skopeo curl python3 busybox-static
 if [ "${BERTH_DEMO_SKIP_BERTH:-0}" != 1 ] && [ ! -x "$BERTH" ]; then
         die "$BERTH not found: run 'make' first (or 'make demo')"
 fi

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install the Debian packages berth builds, tests and demos with. Idempotent: does nothing when all are present.
+# Install the Debian packages berth builds, tests and demos with, or, given arguments, just those packages
+# (the demo and the benchmarks name their extras). Idempotent: does nothing when all are present.
 set -eu
 PKGS="meson ninja-build pkg-config gcc clang clang-format libclang-rt-14-dev
 libcurl4-openssl-dev libarchive-dev libisal-dev libzstd-dev zlib1g-dev libssl-dev libjansson-dev libyaml-dev
@@ -7,6 +8,7 @@ libcmocka-dev libsodium-dev libsqlite3-dev
 python3 python3-pytest python3-requests python3-cryptography
 docker-registry skopeo umoci apache2-utils openssl zstd busybox-static attr
 crun runc"
+[ $# -gt 0 ] && PKGS="$*"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
