@@ -7,7 +7,7 @@ libcurl4-openssl-dev libarchive-dev libisal-dev libzstd-dev zlib1g-dev libssl-de
 libcmocka-dev libsodium-dev libsqlite3-dev
 python3 python3-pytest python3-requests python3-cryptography
 docker-registry skopeo umoci apache2-utils openssl zstd busybox-static attr
-crun runc"
+crun runc libmnl-dev libnftables-dev btrfs-progs nftables iproute2"
 [ $# -gt 0 ] && PKGS="$*"
 missing=""
 for p in $PKGS; do
