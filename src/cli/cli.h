@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "lib/config.h"
@@ -20,6 +21,22 @@ typedef int (*cli_command_fn)(struct cli_globals *g, int argc, char **argv, stru
 
 int cmd_image(struct cli_globals *g, int argc, char **argv, struct berr **err);
 int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_ps(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_logs(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_exec(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_stop(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_kill(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_rm(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_inspect(struct cli_globals *g, int argc, char **argv, struct berr **err);
+
+struct cell;
+struct cell_port_map;
+/* The cell with this invocation's configuration (runtime: NULL for the configured one). */
+int cli_cell_open(struct cli_globals *g, const char *runtime, struct cell **ret, struct berr **err);
+/* "[IP:]HOSTPORT:PORT[/tcp|/udp]". */
+int cli_parse_port(const char *spec, struct cell_port_map *ret, struct berr **err);
+/* "256M", "1G", "512k", "1048576" → bytes; 0 on error. */
+uint64_t cli_parse_size(const char *s);
 
 /* Print an error the way every berth command does: "berth: <message>" on stderr. */
 void cli_print_error(const struct berr *e);

@@ -1,13 +1,19 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* `berth run`: run an image as a container in the foreground (issue 3; detached mode comes with the monitor).
- */
+/* `berth run`: create and start a container; in the foreground stream its output and exit with its code. */
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cell/runtime.h"
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "cell/container.h"
 #include "cli/cli.h"
 #include "lib/fs.h"
 #include "lib/json.h"
@@ -16,11 +22,13 @@
 static void run_usage(FILE *f)
 {
         fprintf(f,
-                "Usage: berth run [--rm] [--name N] [-e K=V]... [--env-file F] [-m 256M] [--pids N] [--user "
-                "U] [--workdir D]\n"
-                "                 [--entrypoint E] [--runtime crun|runc] IMAGE [CMD...]\n\n"
-                "Pulls IMAGE if needed, runs it in the foreground in its own user, pid, mount, network, uts\n"
-                "and ipc namespaces, streams its output and exits with its exit code.\n");
+                "Usage: berth run [--rm] [-d] [--name N] [-e K=V]... [--env-file F] [-m 256M] [--disk 1G]\n"
+                "                 [--pids N] [-p [IP:]HOSTPORT:PORT[/udp]]... [--network bridge|none]\n"
+                "                 [--user U] [--workdir D] [--entrypoint E] [--runtime crun|runc]\n"
+                "                 IMAGE [CMD...]\n\n"
+                "Pulls IMAGE if needed and runs it in its own user, pid, mount, network, uts and ipc\n"
+                "namespaces under a berth-monitor. In the foreground it streams the output and exits with\n"
+                "the container's exit code; with -d it prints the container id.\n");
 }
 
 /* As docker: "K=V" as given; "K" alone takes the caller's value, and is skipped when the caller has none. */
@@ -67,7 +75,7 @@ static int read_env_file(const char *path, struct strv *env, struct berr **err)
 }
 
 /* "256M", "1G", "512k", "1048576" → bytes; 0 on error. */
-static uint64_t parse_size(const char *s)
+uint64_t cli_parse_size(const char *s)
 {
         char *end = NULL;
         errno = 0;
@@ -103,6 +111,72 @@ static uint64_t parse_size(const char *s)
         return v * mult;
 }
 
+static void remove_quietly(struct cli_globals *g, struct cell *cell, const char *id)
+{
+        _cleanup_(store_closep) struct image_store *s = NULL;
+        _cleanup_berr_ struct berr *e = NULL;
+        if (store_open(g->data_dir, g->config, &s, &e) == 0)
+                cell_container_remove(cell, s, id, true, &e);
+}
+
+static int print_record(int stream, const char *time, const char *text, size_t len, void *ud)
+{
+        (void)time, (void)ud;
+        FILE *f = stream == 2 ? stderr : stdout;
+        if (fwrite(text, 1, len, f) != len)
+                return -EIO;
+        /* Interleaving of the two streams follows the container's: flush at record ends. */
+        if (len && text[len - 1] == '\n')
+                fflush(f);
+        return 0;
+}
+
+/*
+ * Foreground: open the log before the start (an instant exit must not lose a line), proxy SIGINT/SIGTERM/
+ * SIGHUP/SIGQUIT to the container as docker's sig-proxy does, stream until the monitor ends, return the
+ * container's exit code (docker's 125/126/127 when it could not start).
+ */
+static int run_attached(struct cli_globals *g, struct cell *cell, const char *id, bool autoremove,
+                        struct berr **err)
+{
+        _cleanup_free_ char *logp = cell_container_log_path(cell, id);
+        _cleanup_close_ int logfd = open(logp, O_RDONLY | O_CREAT | O_CLOEXEC, 0640);
+        if (logfd < 0)
+                return berr_set_errno(err, -errno, "open %s", logp), CLI_EXIT_FAILURE;
+        sigset_t mask, orig;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGQUIT);
+        sigprocmask(SIG_BLOCK, &mask, &orig);
+        _cleanup_close_ int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        struct cell_attach a = { .monitor_pid = -1, .sync_fd = -1 };
+        if (cell_container_start(cell, id, &a, err) < 0) {
+                sigprocmask(SIG_SETMASK, &orig, NULL);
+                if (autoremove)
+                        remove_quietly(g, cell, id);
+                const char *m = berr_msg(*err);
+                if (strstr(m, "executable file not found") || strstr(m, "No such file or directory"))
+                        return 127;
+                if (strstr(m, "ermission denied"))
+                        return 126;
+                return 125;
+        }
+        _cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, a.monitor_pid, 0);
+        struct cell_log_opts lo = {
+                .tail = -1, .follow = true, .log_fd = logfd, .monitor_pidfd = pidfd, .proxy_signal_fd = sfd
+        };
+        _cleanup_berr_ struct berr *lerr = NULL;
+        if (cell_container_logs(cell, id, &lo, print_record, NULL, &lerr) < 0)
+                fprintf(stderr, "berth: logs of %.12s: %s\n", id, berr_msg(lerr));
+        fflush(stdout);
+        int code = 0;
+        int r = cell_container_wait_child(cell, id, &a, &code, err);
+        sigprocmask(SIG_SETMASK, &orig, NULL);
+        return r < 0 ? CLI_EXIT_FAILURE : code;
+}
+
 int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
 {
         static const struct option opts[] = {
@@ -117,22 +191,31 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 { "runtime", required_argument, NULL, 'r' },
                 { "detach", no_argument, NULL, 'd' },
                 { "env-file", required_argument, NULL, 'F' },
+                { "disk", required_argument, NULL, 'D' },
+                { "publish", required_argument, NULL, 'p' },
+                { "network", required_argument, NULL, 'N' },
                 { "help", no_argument, NULL, 'h' },
                 { 0 },
         };
-        struct run_opts o = { .data_dir = g->data_dir };
+        struct cell_create_opts o = { 0 };
+        const char *runtime = NULL;
+        bool detach = false;
+        struct cell_port_map ports[64];
         /* Declared before any goto: the cleanup attributes run at every exit. */
         _cleanup_(store_closep) struct image_store *s = NULL;
+        _cleanup_(cell_closep) struct cell *cell = NULL;
+        _cleanup_free_ char *id = NULL;
         _cleanup_json_ json_t *img = NULL;
         struct strv env = { 0 };
         char *entry[2] = { NULL, NULL };
         int c, rc = CLI_EXIT_USAGE;
         optind = 0;
         /* '+': options end at the image name; the command after it is the container's. */
-        while ((c = getopt_long(argc, argv, "+e:m:u:w:dh", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "+e:m:u:w:p:dh", opts, NULL)) != -1) {
                 switch (c) {
                 case 'R':
-                        break; /* foreground containers are always removed when they exit */
+                        o.autoremove = true;
+                        break;
                 case 'n':
                         o.name = optarg;
                         break;
@@ -140,14 +223,14 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                         env_add(&env, optarg);
                         break;
                 case 'm':
-                        if (!(o.memory_bytes = parse_size(optarg))) {
+                        if (!(o.memory_bytes = cli_parse_size(optarg))) {
                                 berr_set(err, -EINVAL, "invalid memory size \"%s\" (use e.g. 256M or 1G)",
                                          optarg);
                                 goto out;
                         }
                         break;
                 case 'P':
-                        if (!(o.pids = parse_size(optarg))) {
+                        if (!(o.pids = cli_parse_size(optarg))) {
                                 berr_set(err, -EINVAL, "invalid --pids \"%s\"", optarg);
                                 goto out;
                         }
@@ -168,16 +251,44 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                         o.process.entrypoint_set = true;
                         break;
                 case 'r':
-                        o.runtime = optarg;
+                        if (strcmp(optarg, "crun") != 0 && strcmp(optarg, "runc") != 0 && optarg[0] != '/') {
+                                berr_set(err, -EINVAL, "--runtime must be crun, runc or an absolute path");
+                                goto out;
+                        }
+                        runtime = optarg;
+                        break;
+                case 'D':
+                        if (!(o.disk_bytes = cli_parse_size(optarg))) {
+                                berr_set(err, -EINVAL, "invalid disk size \"%s\" (use e.g. 1G)", optarg);
+                                goto out;
+                        }
+                        break;
+                case 'p':
+                        if (o.n_ports == ARRAY_SIZE(ports)) {
+                                berr_set(err, -EINVAL, "at most %zu port mappings", ARRAY_SIZE(ports));
+                                goto out;
+                        }
+                        if (cli_parse_port(optarg, &ports[o.n_ports], err) < 0)
+                                goto out;
+                        o.n_ports++;
+                        break;
+                case 'N':
+                        if (!strcmp(optarg, "none")) {
+                                o.network = CELL_NET_NONE;
+                        } else if (!strcmp(optarg, "bridge")) {
+                                o.network = CELL_NET_BRIDGE;
+                        } else {
+                                berr_set(err, -EINVAL, "--network must be bridge or none");
+                                goto out;
+                        }
                         break;
                 case 'F':
                         if (read_env_file(optarg, &env, err) < 0)
                                 goto out;
                         break;
                 case 'd':
-                        berr_set(err, -ENOTSUP,
-                                 "berth run -d is not available yet: containers run in the foreground");
-                        goto out;
+                        detach = true;
+                        break;
                 case 'h':
                         run_usage(stdout);
                         rc = 0;
@@ -204,10 +315,22 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 if (r < 0)
                         goto out;
         }
-        int exit_code = 0;
-        if (cell_run_foreground(s, &o, &exit_code, err) < 0)
+        o.ports = ports;
+        if (cli_cell_open(g, runtime, &cell, err) < 0 || cell_container_create(cell, s, &o, &id, err) < 0)
                 goto out;
-        rc = exit_code;
+        /* The store is not needed any more: do not hold its files while the container runs. */
+        store_close(TAKE_PTR(s));
+        if (detach) {
+                if (cell_container_start(cell, id, NULL, err) < 0) {
+                        if (o.autoremove)
+                                remove_quietly(g, cell, id);
+                        goto out;
+                }
+                printf("%s\n", id);
+                rc = 0;
+                goto out;
+        }
+        rc = run_attached(g, cell, id, o.autoremove, err);
 out:
         strv_clear(&env);
         return rc;

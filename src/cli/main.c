@@ -14,7 +14,14 @@ static const struct {
         const char *summary;
 } commands[] = {
         { "image", cmd_image, "pull, list, inspect, export and remove images" },
-        { "run", cmd_run, "run an image as a container in the foreground" },
+        { "run", cmd_run, "run an image as a container (foreground, or -d detached)" },
+        { "ps", cmd_ps, "list containers" },
+        { "logs", cmd_logs, "print or follow a container's output" },
+        { "exec", cmd_exec, "run a command in a running container" },
+        { "stop", cmd_stop, "stop containers (stop signal, then SIGKILL)" },
+        { "kill", cmd_kill, "send a signal to containers" },
+        { "rm", cmd_rm, "remove containers" },
+        { "inspect", cmd_inspect, "print containers' state as JSON" },
 };
 
 static void usage(FILE *f)

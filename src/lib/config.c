@@ -33,6 +33,11 @@ void config_free(struct berth_config *c)
         for (size_t i = 0; i < c->n_ca_files; i++)
                 free(c->ca_files[i]);
         free(c->ca_files);
+        free(c->cell_runtime);
+        free(c->cell_bridge);
+        free(c->cell_subnet);
+        free(c->cell_nft_table);
+        free(c->cell_allow_host_ports);
         free(c);
 }
 
@@ -150,6 +155,76 @@ static int parse_registries(struct berth_config *c, const json_t *regs, struct b
         return 0;
 }
 
+static int get_str(const json_t *obj, const char *where, const char *key, char **ret, struct berr **err)
+{
+        json_t *v = json_object_get(obj, key);
+        if (!v || json_is_null(v))
+                return 0;
+        if (!json_is_string(v) || !*json_string_value(v))
+                return berr_set(err, -EINVAL, "%s.%s must be a non-empty string", where, key);
+        free(*ret);
+        *ret = xstrdup(json_string_value(v));
+        return 0;
+}
+
+static int parse_cell(struct berth_config *c, const json_t *cell, struct berr **err)
+{
+        static const char *const keys[] = { "runtime",         "log_max_bytes", "log_files",
+                                            "disk_pool_bytes", "network",       NULL };
+        static const char *const nkeys[] = {
+                "bridge", "subnet", "nft_table", "ipv6", "allow_host_ports", NULL
+        };
+        if (!json_is_object(cell))
+                return berr_set(err, -EINVAL, "\"cell\" must be a mapping");
+        int r = check_keys(cell, "cell", keys, err);
+        if (r < 0)
+                return r;
+        if ((r = get_str(cell, "cell", "runtime", &c->cell_runtime, err)) < 0)
+                return r;
+        if ((r = get_u64(cell, "log_max_bytes", &c->cell_log_max_bytes, err)) < 0 ||
+            (r = get_u64(cell, "log_files", &c->cell_log_files, err)) < 0 ||
+            (r = get_u64(cell, "disk_pool_bytes", &c->cell_disk_pool_bytes, err)) < 0)
+                return berr_prefix(err, r, "cell");
+        if (c->cell_log_max_bytes && c->cell_log_max_bytes < 4096)
+                return berr_set(err, -EINVAL, "cell.log_max_bytes must be at least 4096");
+        if (c->cell_log_files > 100)
+                return berr_set(err, -EINVAL, "cell.log_files must be at most 100");
+        json_t *net = json_object_get(cell, "network");
+        if (!net || json_is_null(net))
+                return 0;
+        if (!json_is_object(net))
+                return berr_set(err, -EINVAL, "cell.network must be a mapping");
+        if ((r = check_keys(net, "cell.network", nkeys, err)) < 0 ||
+            (r = get_str(net, "cell.network", "bridge", &c->cell_bridge, err)) < 0 ||
+            (r = get_str(net, "cell.network", "subnet", &c->cell_subnet, err)) < 0 ||
+            (r = get_str(net, "cell.network", "nft_table", &c->cell_nft_table, err)) < 0)
+                return r;
+        json_t *v6 = json_object_get(net, "ipv6");
+        if (v6 && !json_is_null(v6)) {
+                if (!json_is_boolean(v6))
+                        return berr_set(err, -EINVAL, "cell.network.ipv6 must be true or false");
+                c->cell_ipv6 = json_is_true(v6);
+        }
+        json_t *ports = json_object_get(net, "allow_host_ports");
+        if (ports && !json_is_null(ports)) {
+                if (!json_is_array(ports))
+                        return berr_set(err, -EINVAL,
+                                        "cell.network.allow_host_ports must be a list of ports");
+                c->cell_allow_host_ports = xcalloc(json_array_size(ports) + 1, sizeof(uint16_t));
+                size_t i;
+                json_t *p;
+                json_array_foreach (ports, i, p) {
+                        if (!json_is_integer(p) || json_integer_value(p) < 1 || json_integer_value(p) > 65535)
+                                return berr_set(err, -EINVAL,
+                                                "cell.network.allow_host_ports: %zu: not a port (1-65535)",
+                                                i);
+                        c->cell_allow_host_ports[c->n_cell_allow_host_ports++] =
+                            (uint16_t)json_integer_value(p);
+                }
+        }
+        return 0;
+}
+
 int config_parse(const char *buf, size_t len, struct berth_config **ret, struct berr **err)
 {
         _cleanup_json_ json_t *doc = NULL;
@@ -163,7 +238,7 @@ int config_parse(const char *buf, size_t len, struct berth_config **ret, struct 
         }
         if (!json_is_object(doc))
                 return berr_set(err, -EINVAL, "configuration must be a mapping");
-        static const char *const top[] = { "registries", "image", NULL };
+        static const char *const top[] = { "registries", "image", "cell", NULL };
         if ((r = check_keys(doc, "configuration", top, err)) < 0)
                 return r;
         json_t *regs = json_object_get(doc, "registries");
@@ -187,6 +262,9 @@ int config_parse(const char *buf, size_t len, struct berth_config **ret, struct 
                         return berr_set(err, -EINVAL, "image.max_parallel_layers must be at most 64");
                 c->max_parallel_layers = (int)par;
         }
+        json_t *cell = json_object_get(doc, "cell");
+        if (cell && !json_is_null(cell) && (r = parse_cell(c, cell, err)) < 0)
+                return r;
         *ret = TAKE_PTR(c);
         return 0;
 }

@@ -12,6 +12,17 @@
  *     max_parallel_layers: 4
  *     max_layer_bytes: 21474836480   # unpacked bytes per layer (bomb budget)
  *     max_layer_entries: 2000000
+ *   cell:
+ *     runtime: crun                  # or runc
+ *     log_max_bytes: 10485760        # per container log file, rotated
+ *     log_files: 2
+ *     disk_pool_bytes: 68719476736   # sparse btrfs image for disk quotas (when the data dir is not btrfs)
+ *     network:
+ *       bridge: berth0
+ *       subnet: 10.88.0.0/16
+ *       nft_table: berth
+ *       ipv6: false
+ *       allow_host_ports: [53]       # host ports containers may reach (none by default)
  */
 #pragma once
 
@@ -35,6 +46,17 @@ struct berth_config {
         uint64_t max_layer_bytes;
         uint64_t max_layer_entries;
         uint64_t max_image_bytes;
+        /* cell: NULL strings and zeros mean the cell's defaults */
+        char *cell_runtime;
+        uint64_t cell_log_max_bytes;
+        uint64_t cell_log_files;
+        uint64_t cell_disk_pool_bytes;
+        char *cell_bridge;
+        char *cell_subnet;
+        char *cell_nft_table;
+        bool cell_ipv6;
+        uint16_t *cell_allow_host_ports;
+        size_t n_cell_allow_host_ports;
 };
 
 /* Defaults, no registries. */
