@@ -24,7 +24,7 @@ def run_image(session_registry, berth_data):
         ref = session_registry.ref(repo)
 
         def run(*args, cmd=(), check=False):
-            return berth(berth_data, "run", *args, ref, *cmd, check=check, timeout=120)
+            return berth(berth_data, "run", "--rm", *args, ref, *cmd, check=check, timeout=120)
         return run
     yield make
     # nothing of a container may outlive its run
