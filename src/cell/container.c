@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -57,6 +58,26 @@ static char *sibling_of_self(const char *name)
                 return p;
         free(p);
         return NULL;
+}
+
+/* An absolute path for a bare command name, searched in $PATH once (the runtime runs on every start). */
+static char *find_in_path(const char *name)
+{
+        if (strchr(name, '/'))
+                return xstrdup(name);
+        const char *path = getenv("PATH");
+        _cleanup_free_ char *copy =
+            xstrdup(path && *path ? path : "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+        char *save = NULL;
+        for (char *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+                if (dir[0] != '/')
+                        continue;
+                char *p = xasprintf("%s/%s", dir, name);
+                if (access(p, X_OK) == 0)
+                        return p;
+                free(p);
+        }
+        return xstrdup(name);
 }
 
 static char *self_exe(void)
@@ -179,7 +200,7 @@ int cell_open(const struct cell_config *cfg, struct cell **ret, struct berr **er
         c->containers_dir = xasprintf("%s/containers", c->cell_dir);
         c->names_dir = xasprintf("%s/names", c->cell_dir);
         c->runtime_root = xasprintf("%s/runtime", c->cell_dir);
-        c->runtime = xstrdup(cfg->runtime ? cfg->runtime : "crun");
+        c->runtime = find_in_path(cfg->runtime ? cfg->runtime : "crun");
         c->monitor_path = cfg->monitor_path ? xstrdup(cfg->monitor_path) : sibling_of_self("berth-monitor");
         if (!c->monitor_path)
                 c->monitor_path = xstrdup("berth-monitor");
@@ -254,7 +275,7 @@ static int read_json_file(const char *path, json_t **ret)
 static int write_json_file(const char *path, const json_t *doc)
 {
         _cleanup_free_ char *text = json_dump_str(doc, true);
-        return fs_write_file_atomic_at(AT_FDCWD, path, text, strlen(text), 0644);
+        return fs_write_file_replace_at(AT_FDCWD, path, text, strlen(text), 0644);
 }
 
 /* ---- lookup ---- */
@@ -450,7 +471,7 @@ static int write_etc_files(struct cell *c, const char *dir, const char *hostname
         (void)c;
         for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
                 _cleanup_free_ char *p = xasprintf("%s/%s", dir, files[i].name);
-                int r = fs_write_file_atomic_at(AT_FDCWD, p, files[i].data, strlen(files[i].data), 0644);
+                int r = fs_write_file_replace_at(AT_FDCWD, p, files[i].data, strlen(files[i].data), 0644);
                 /* Owned by container root, which may edit them as in Docker. */
                 if (r < 0 || chown(p, idmap_to_host(0), idmap_to_host(0)) < 0)
                         return berr_set_errno(err, r < 0 ? r : -errno, "write %s", p);
@@ -483,7 +504,10 @@ static void teardown(struct cell *c, struct image_store *s, const char *id, cons
         _cleanup_free_ char *runtime =
             xstrdup(json_string_value(json_object_get(meta, "runtime")) ?: c->runtime);
         char *dargv[] = { runtime, "--root", c->runtime_root, "delete", "-f", (char *)id, NULL };
-        run_quiet(dargv, NULL, 0);
+        _cleanup_free_ char *rstate = xasprintf("%s/%s", c->runtime_root, id);
+        /* The monitor deletes the runtime's container when it ends; only a crash leaves it. */
+        if (access(rstate, F_OK) == 0)
+                run_quiet(dargv, NULL, 0);
         const char *netmode =
             json_string_value(json_object_get(json_object_get(meta, "host_config"), "network"));
         if (!netmode || !strcmp(netmode, "bridge")) {
@@ -695,9 +719,10 @@ int cell_container_start(struct cell *c, const char *id, struct cell_attach *att
                 return berr_set(err, -EBUSY, "container %.12s was already started", id);
         const char *runtime = json_string_value(json_object_get(meta, "runtime")) ?: c->runtime;
         bool autoremove = json_is_true(json_object_get(json_object_get(meta, "host_config"), "autoremove"));
+        /* A socket pair: the monitor reports on it, and an attached starter may answer (see monitor.c). */
         int syncp[2];
-        if (pipe2(syncp, O_CLOEXEC) < 0)
-                return berr_set_errno(err, -errno, "pipe");
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, syncp) < 0)
+                return berr_set_errno(err, -errno, "socketpair");
         char syncfd[16], logmax[24], logfiles[16];
         snprintf(syncfd, sizeof(syncfd), "%d", syncp[1]);
         snprintf(logmax, sizeof(logmax), "%" PRIu64, c->log_max_bytes);
@@ -805,12 +830,13 @@ int cell_container_start(struct cell *c, const char *id, struct cell_attach *att
         return 0;
 }
 
-int cell_container_wait_child(struct cell *c, const char *id, struct cell_attach *a, int *ret_exit_code,
-                              struct berr **err)
+int cell_container_wait_child(struct cell *c, const char *id, struct cell_attach *a, bool remove_self,
+                              int *ret_exit_code, struct berr **err)
 {
         (void)c;
         char msg[256];
         size_t len = 0;
+        /* Until "exit N\n" (or EOF: the monitor died). */
         for (;;) {
                 ssize_t n = read(a->sync_fd, msg + len, sizeof(msg) - 1 - len);
                 if (n < 0 && errno == EINTR)
@@ -818,16 +844,23 @@ int cell_container_wait_child(struct cell *c, const char *id, struct cell_attach
                 if (n <= 0)
                         break;
                 len += (size_t)n;
+                msg[len] = '\0';
+                if (strstr(msg, "exit ") && strchr(strstr(msg, "exit "), '\n'))
+                        break;
                 if (len == sizeof(msg) - 1)
                         break;
         }
         msg[len] = '\0';
+        const char *e = strstr(msg, "exit ");
+        /* Tell an autoremoving monitor that the caller removes the container (or, by closing, that it does).
+         */
+        if (e && remove_self)
+                (void)!write(a->sync_fd, "rm\n", 3);
         close(a->sync_fd);
         a->sync_fd = -1;
         while (waitpid(a->monitor_pid, NULL, 0) < 0)
                 if (errno != EINTR)
                         break;
-        const char *e = strstr(msg, "exit ");
         if (!e)
                 return berr_set(err, -EIO, "container %.12s: its monitor ended without an exit status", id);
         *ret_exit_code = atoi(e + 5);
@@ -1394,8 +1427,8 @@ int cell_container_logs(struct cell *c, const char *id, const struct cell_log_op
         /* Follow: until the monitor exits (it writes everything before it does). */
         _cleanup_close_ int pidfd = -1;
         _cleanup_close_ int ino = -1;
-        if (o->monitor_pidfd >= 0) {
-                pidfd = dup(o->monitor_pidfd);
+        if (o->end_fd >= 0) {
+                pidfd = dup(o->end_fd);
         } else {
                 struct cstate st;
                 read_state(c, id, &st);

@@ -77,9 +77,12 @@ struct cell_attach {
  * outlives it. Otherwise the monitor is a child, for cell_container_wait_child().
  */
 int cell_container_start(struct cell *c, const char *id, struct cell_attach *attach, struct berr **err);
-/* Wait for an attached monitor; *ret_exit_code is the container's (128+N for signal N). Closes a->sync_fd. */
-int cell_container_wait_child(struct cell *c, const char *id, struct cell_attach *a, int *ret_exit_code,
-                              struct berr **err);
+/*
+ * Wait for an attached monitor; *ret_exit_code is the container's (128+N for signal N). Closes a->sync_fd.
+ * remove_self: the caller removes an autoremove container itself (the monitor then does not).
+ */
+int cell_container_wait_child(struct cell *c, const char *id, struct cell_attach *a, bool remove_self,
+                              int *ret_exit_code, struct berr **err);
 /* Resolve a name, full id or unique id prefix. */
 int cell_container_lookup(struct cell *c, const char *name_or_id, char **ret_id, struct berr **err);
 /* Docker-like inspect document: Id, Name, Created, Image, Config, State, NetworkSettings, HostConfig, Usage.
@@ -107,7 +110,8 @@ struct cell_log_opts {
         long tail;           /* the last `tail` lines; -1: all */
         bool follow;         /* then new lines until the container stops */
         int log_fd;          /* -1, or container.log opened before the container started (run's attach) */
-        int monitor_pidfd;   /* -1, or a pidfd of the monitor to follow until (run's attach) */
+        int end_fd;          /* -1, or an fd whose readability ends the follow (run's attach: the monitor's
+                                socket, readable once the container exited and its output was logged) */
         int proxy_signal_fd; /* -1, or a signalfd: signals read from it are sent to the container */
 };
 

@@ -12,8 +12,9 @@
  *   4. copies stdout/stderr into <dir>/container.log in the CRI format ("TIME STREAM F|P TEXT"), rotated at
  *      --log-max bytes, keeping --log-files files;
  *   5. reaps the init, reads the memory cgroup's OOM-kill counter, runs `RUNTIME delete -f ID` (freeing the
- *      cgroups), writes state.json (status exited, exit code, signal, oom_killed) and exits — or, with
- *      --autoremove, executes the argv after "--" (berth rm) in its place.
+ *      cgroups), writes state.json (status exited, exit code, signal, oom_killed), sends "exit CODE" on the
+ *      sync socket and exits — or, with --autoremove, executes the argv after "--" (berth rm) in its place,
+ *      unless an attached starter answers "rm" (it removes the container itself).
  *
  * Everything it needs comes on its command line; it never reads berth's configuration. It does not
  * print: its errors go to the sync fd while starting, and to <dir>/monitor.log after.
@@ -540,6 +541,18 @@ int main(int argc, char **argv)
         if (m.log_fd >= 0)
                 close(m.log_fd);
         if (m.autoremove) {
+                /*
+                 * An attached starter that is still there answers "rm" and removes the container itself (no
+                 * second berth process on the hot path of `run --rm`); EOF (detached, or it died) means the
+                 * monitor does it.
+                 */
+                char answer[8] = "";
+                ssize_t n = -1;
+                if (m.sync_fd >= 0)
+                        while ((n = read(m.sync_fd, answer, sizeof(answer) - 1)) < 0 && errno == EINTR)
+                                ;
+                if (n > 0 && !strncmp(answer, "rm\n", 3))
+                        return 0;
                 sigprocmask(SIG_SETMASK, &orig, NULL);
                 execv(m.autoremove[0], m.autoremove);
                 mlog(&m, "cannot execute %s: %s", m.autoremove[0], strerror(errno));

@@ -294,7 +294,7 @@ int cmd_logs(struct cli_globals *g, int argc, char **argv, struct berr **err)
                                               { "timestamps", no_argument, NULL, 't' },
                                               { "help", no_argument, NULL, 'h' },
                                               { 0 } };
-        struct cell_log_opts lo = { .tail = -1, .log_fd = -1, .monitor_pidfd = -1, .proxy_signal_fd = -1 };
+        struct cell_log_opts lo = { .tail = -1, .log_fd = -1, .end_fd = -1, .proxy_signal_fd = -1 };
         struct logs_ctx lc = { 0 };
         int c;
         optind = 0;

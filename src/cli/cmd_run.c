@@ -163,16 +163,17 @@ static int run_attached(struct cli_globals *g, struct cell *cell, const char *id
                         return 126;
                 return 125;
         }
-        _cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, a.monitor_pid, 0);
         struct cell_log_opts lo = {
-                .tail = -1, .follow = true, .log_fd = logfd, .monitor_pidfd = pidfd, .proxy_signal_fd = sfd
+                .tail = -1, .follow = true, .log_fd = logfd, .end_fd = a.sync_fd, .proxy_signal_fd = sfd
         };
         _cleanup_berr_ struct berr *lerr = NULL;
         if (cell_container_logs(cell, id, &lo, print_record, NULL, &lerr) < 0)
                 fprintf(stderr, "berth: logs of %.12s: %s\n", id, berr_msg(lerr));
         fflush(stdout);
         int code = 0;
-        int r = cell_container_wait_child(cell, id, &a, &code, err);
+        int r = cell_container_wait_child(cell, id, &a, autoremove, &code, err);
+        if (r == 0 && autoremove)
+                remove_quietly(g, cell, id);
         sigprocmask(SIG_SETMASK, &orig, NULL);
         return r < 0 ? CLI_EXIT_FAILURE : code;
 }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
@@ -209,7 +210,7 @@ int fs_fsync_dir_at(int dirfd, const char *path)
         return fsync(fd) < 0 ? -errno : 0;
 }
 
-int fs_write_file_atomic_at(int dirfd, const char *path, const void *data, size_t len, mode_t mode)
+static int write_replace(int dirfd, const char *path, const void *data, size_t len, mode_t mode, bool durable)
 {
         char rnd[17];
         fs_random_hex(rnd, 8);
@@ -219,7 +220,7 @@ int fs_write_file_atomic_at(int dirfd, const char *path, const void *data, size_
         if (fd < 0)
                 return -errno;
         int r = fs_write_all(fd, data, len);
-        if (r == 0 && fsync(fd) < 0)
+        if (r == 0 && durable && fsync(fd) < 0)
                 r = -errno;
         if (r == 0 && renameat(dirfd, tmp, dirfd, path) < 0)
                 r = -errno;
@@ -227,11 +228,23 @@ int fs_write_file_atomic_at(int dirfd, const char *path, const void *data, size_
                 unlinkat(dirfd, tmp, 0);
                 return r;
         }
+        if (!durable)
+                return 0;
         _cleanup_free_ char *dir = xstrdup(path);
         char *slash = strrchr(dir, '/');
         if (slash)
                 *slash = '\0';
         return fs_fsync_dir_at(dirfd, slash ? dir : ".");
+}
+
+int fs_write_file_atomic_at(int dirfd, const char *path, const void *data, size_t len, mode_t mode)
+{
+        return write_replace(dirfd, path, data, len, mode, true);
+}
+
+int fs_write_file_replace_at(int dirfd, const char *path, const void *data, size_t len, mode_t mode)
+{
+        return write_replace(dirfd, path, data, len, mode, false);
 }
 
 static int du_walk(int dfd, uint64_t *acc)

@@ -24,6 +24,8 @@ int fs_read_fd(int fd, size_t max, char **ret_data, size_t *ret_len);
 int fs_read_file_at(int dirfd, const char *path, size_t max, char **ret_data, size_t *ret_len);
 /* Write data to dirfd/path atomically: temp file, fsync, rename, fsync dir. */
 int fs_write_file_atomic_at(int dirfd, const char *path, const void *data, size_t len, mode_t mode);
+/* The same without fsync: readers see the old or the new content, but a power loss may lose both. */
+int fs_write_file_replace_at(int dirfd, const char *path, const void *data, size_t len, mode_t mode);
 /* Write all of buf to fd, retrying on EINTR and short writes. */
 int fs_write_all(int fd, const void *buf, size_t len);
 int fs_fsync_dir_at(int dirfd, const char *path);

@@ -96,7 +96,7 @@ def host_snapshot(data_dir):
     snap["links"] = sorted(l.split(":")[1].strip().split("@")[0] for l in
                            subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines())
     snap["cgroups"] = sorted(glob.glob("/sys/fs/cgroup/*/berth/*/") + glob.glob("/sys/fs/cgroup/berth/*/"))
-    snap["nft"] = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    snap["nft"] = subprocess.run(["nft", "-s", "list", "ruleset"], capture_output=True, text=True).stdout
     snap["loops"] = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     procs = []
     for p in glob.glob("/proc/[0-9]*/cmdline"):

@@ -161,8 +161,8 @@ def test_survives_death_of_its_starter(cell):
     first = f.stdout.readline()
     assert first.startswith("line ")
     cell("stop", "-t", "1", "fg")
-    out, _ = f.communicate(timeout=30)
-    assert f.returncode == 0
+    out = f.stdout.read()  # (not communicate(): it would skip what readline() buffered)
+    assert f.wait(timeout=30) == 0
     nums = [int(l.split()[1]) for l in [first] + out.splitlines()]
     assert nums == list(range(nums[0], nums[0] + len(nums)))  # no line lost or repeated while following
     assert cell.state("fg")["Status"] == "exited"
