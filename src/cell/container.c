@@ -658,6 +658,9 @@ int cell_container_create(struct cell *c, struct image_store *s, const struct ce
         };
         if ((r = bundle_config_build(p, &bo, &doc, err)) < 0)
                 goto fail;
+        /* Fault injection for the tests of cell_sweep(): die with everything half made. */
+        if (getenv("BERTH_FAULT") && !strcmp(getenv("BERTH_FAULT"), "crash-in-create"))
+                raise(SIGKILL);
         if ((r = write_etc_files(c, dir, hostname, att.ip, err)) < 0)
                 goto fail;
         static const char *const etc[] = { "hosts", "hostname", "resolv.conf" };
@@ -695,6 +698,46 @@ fail:
 fail_dir:
         fs_rm_rf_at(AT_FDCWD, dir);
         return r;
+}
+
+/* ---- sweep ---- */
+
+int cell_sweep(struct cell *c, struct image_store *s)
+{
+        DIR *d = opendir(c->containers_dir);
+        if (!d)
+                return 0;
+        int swept = 0;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                if (!is_hex_id(de->d_name))
+                        continue;
+                _cleanup_free_ char *dir = ctr_dir(c, de->d_name);
+                _cleanup_free_ char *creating = xasprintf("%s/creating", dir);
+                _cleanup_free_ char *lockp = xasprintf("%s/op.lock", dir);
+                struct stat st;
+                bool crashed = false;
+                _cleanup_close_ int lock = open(lockp, O_RDWR | O_CLOEXEC);
+                _cleanup_free_ char *metap = xasprintf("%s/container.json", dir);
+                if (lock >= 0)
+                        /* The creator holds the lock until it is done: free lock + marker = it died. */
+                        crashed = access(creating, F_OK) == 0 && flock(lock, LOCK_EX | LOCK_NB) == 0 &&
+                                  access(creating, F_OK) == 0;
+                else
+                        /* Died between mkdir and taking the lock (a window of microseconds). */
+                        crashed =
+                            stat(dir, &st) == 0 && time(NULL) - st.st_mtime > 60 && access(metap, F_OK) < 0;
+                if (!crashed)
+                        continue;
+                _cleanup_json_ json_t *meta = NULL;
+                read_json_file(metap, &meta);
+                log_info("removing container %.12s, whose creation was interrupted", de->d_name);
+                teardown(c, s, de->d_name, meta);
+                fs_rm_rf_at(AT_FDCWD, dir);
+                swept++;
+        }
+        closedir(d);
+        return swept;
 }
 
 /* ---- start ---- */

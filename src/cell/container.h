@@ -64,6 +64,11 @@ struct cell_create_opts {
         bool autoremove; /* removed by its monitor when it exits (--rm) */
 };
 
+/*
+ * Remove what crashed creates left (a "creating" marker whose creator no longer holds its lock). Returns
+ * the number of containers swept. Run by commands that open the store anyway (run, rm).
+ */
+int cell_sweep(struct cell *c, struct image_store *s);
 /* Create (not start) a container. *ret_id: its id (caller frees). Nothing is left behind on error. */
 int cell_container_create(struct cell *c, struct image_store *s, const struct cell_create_opts *o,
                           char **ret_id, struct berr **err);

@@ -524,6 +524,7 @@ int cmd_rm(struct cli_globals *g, int argc, char **argv, struct berr **err)
         _cleanup_(store_closep) struct image_store *s = NULL;
         if (cli_cell_open(g, NULL, &cell, err) < 0 || store_open(g->data_dir, g->config, &s, err) < 0)
                 return CLI_EXIT_FAILURE;
+        cell_sweep(cell, s);
         int rc = 0;
         for (int i = optind; i < argc; i++) {
                 _cleanup_free_ char *id = NULL;

@@ -317,7 +317,10 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
                         goto out;
         }
         o.ports = ports;
-        if (cli_cell_open(g, runtime, &cell, err) < 0 || cell_container_create(cell, s, &o, &id, err) < 0)
+        if (cli_cell_open(g, runtime, &cell, err) < 0)
+                goto out;
+        cell_sweep(cell, s);
+        if (cell_container_create(cell, s, &o, &id, err) < 0)
                 goto out;
         /* The store is not needed any more: do not hold its files while the container runs. */
         store_close(TAKE_PTR(s));

@@ -271,3 +271,18 @@ def test_hundred_containers_leave_nothing(cell):
     cell("rm", "-f", *ids)
     assert ps_json(cell.data) == []
     # (the fixture compares mounts, links, cgroups, nft rules, loop devices, processes and files)
+
+
+def test_crashed_create_is_swept(cell):
+    ref = cell.image({"Cmd": ["sleep", "1000"]})
+    clean = host_snapshot(cell.data)
+    r = cell.run("-d", "--name", "crashy", "-p", "18089:80", ref, check=False, env={"BERTH_FAULT": "crash-in-create"})
+    assert r.returncode == -9
+    assert host_snapshot(cell.data) != clean  # the crash left a rootfs mount, a netns, files...
+    assert ps_json(cell.data) == []           # ...but no container anyone can see
+    cid = cell.detached("--name", "crashy", ref)  # the next run sweeps it; the name is free
+    cell("rm", "-f", cid)
+    after = host_snapshot(cell.data)
+    for key in clean:
+        if key != "container_pids":
+            assert after[key] == clean[key], key
