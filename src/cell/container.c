@@ -175,7 +175,8 @@ static int ensure_traversable(const char *path, struct berr **err)
                 struct stat st;
                 if (stat(p, &st) < 0)
                         return berr_set_errno(err, -errno, "stat %s", p);
-                if (S_ISDIR(st.st_mode) && !(st.st_mode & S_IXOTH)) {
+                bool by_group = st.st_gid == idmap_to_host(0) && (st.st_mode & S_IXGRP);
+                if (S_ISDIR(st.st_mode) && !(st.st_mode & S_IXOTH) && !by_group) {
                         if (chmod(p, (st.st_mode & 07777) | S_IXOTH) < 0)
                                 return berr_set_errno(
                                     err, -errno, "%s must be searchable by the containers' user namespace",
@@ -576,8 +577,14 @@ int cell_container_create(struct cell *c, struct image_store *s, const struct ce
                 return r;
         if ((r = store_inspect(s, o->image, &image, err)) < 0)
                 return r;
-        if (mkdir(dir, 0711) < 0)
+        /* 0710 root:containers' root, as the rootfs's directory (see store_rootfs_create). */
+        if (mkdir(dir, 0710) < 0)
                 return berr_set_errno(err, -errno, "create %s", dir);
+        if (chown(dir, 0, idmap_to_host(0)) < 0) {
+                r = berr_set_errno(err, -errno, "chown %s", dir);
+                rmdir(dir);
+                return r;
+        }
         /* Held until created: a crashed create is recognised (lock free, "creating" present) and swept. */
         oplock = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (oplock < 0 || flock(oplock, LOCK_EX) < 0) {

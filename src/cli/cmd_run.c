@@ -159,7 +159,7 @@ static int run_attached(struct cli_globals *g, struct cell *cell, const char *id
                 const char *m = berr_msg(*err);
                 if (strstr(m, "executable file not found") || strstr(m, "No such file or directory"))
                         return 127;
-                if (strstr(m, "ermission denied"))
+                if (strstr(m, "ermission denied") || strstr(m, "Operation not permitted"))
                         return 126;
                 return 125;
         }

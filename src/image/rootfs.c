@@ -30,8 +30,8 @@ static int mount_new_api(char *const *lowers, size_t n, const char *upper, const
                 return -errno;
         if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
                 return -errno;
-        _cleanup_close_ int mfd =
-            fsmount(fsfd, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | (upper ? 0 : MOUNT_ATTR_RDONLY));
+        _cleanup_close_ int mfd = fsmount(
+            fsfd, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | (upper ? 0 : MOUNT_ATTR_RDONLY));
         if (mfd < 0)
                 return -errno;
         if (move_mount(mfd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
@@ -58,7 +58,7 @@ static int mount_legacy(char *const *lowers, size_t n, const char *upper, const 
         snprintf(opts + len, cap - len, ",redirect_dir=off,metacopy=off,index=off");
         if (strlen(opts) >= (size_t)sysconf(_SC_PAGESIZE))
                 return -E2BIG;
-        if (mount("overlay", target, "overlay", MS_NODEV | (upper ? 0 : MS_RDONLY), opts) < 0)
+        if (mount("overlay", target, "overlay", MS_NODEV | MS_NOSUID | (upper ? 0 : MS_RDONLY), opts) < 0)
                 return -errno;
         return 0;
 }
@@ -106,9 +106,19 @@ int store_rootfs_create(struct image_store *s, const char *ref, const char *cont
         int r = store_image_resolve(s, ref, &img, &lowers, &n, err);
         if (r < 0)
                 return r;
-        /* 0711: the container's root (host uid IDMAP_HOST_BASE) must traverse to its rootfs, nothing more. */
-        if (mkdirat(s->containers_fd, container_id, 0711) < 0) {
+        /*
+         * 0710 root:IDMAP_HOST_BASE: the containers' root (the OCI runtime sets up the rootfs as that user)
+         * may traverse to the rootfs; no other host user may, or it could run a setuid file of the
+         * container's upper dir and become the containers' host uid (as Docker's userns-remap directories).
+         */
+        if (mkdirat(s->containers_fd, container_id, 0710) < 0) {
                 r = berr_set_errno(err, -errno, "create container %s", container_id);
+                strv_free(lowers);
+                return r;
+        }
+        if (fchownat(s->containers_fd, container_id, 0, idmap_to_host(0), AT_SYMLINK_NOFOLLOW) < 0) {
+                r = berr_set_errno(err, -errno, "chown container %s", container_id);
+                unlinkat(s->containers_fd, container_id, AT_REMOVEDIR);
                 strv_free(lowers);
                 return r;
         }
