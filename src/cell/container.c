@@ -643,12 +643,8 @@ int cell_container_create(struct cell *c, struct image_store *s, const struct ce
         if ((r = process_spec_build(json_object_get(image, "config"), &o->process, rfd, &p, err)) < 0)
                 goto fail;
         if (o->network == CELL_NET_BRIDGE) {
-                r = cell_net_setup_host(c->data_dir, &c->net, err);
-                if (r == -ENOSYS) { /* TEMPORARY until net.c lands */
-                        berr_free(TAKE_PTR(*err));
-                        r = 0;
-                } else if (r < 0 || (r = cell_net_create(c->data_dir, &c->net, id, o->ports, o->n_ports, &att,
-                                                         err)) < 0)
+                if ((r = cell_net_setup_host(c->data_dir, &c->net, err)) < 0 ||
+                    (r = cell_net_create(c->data_dir, &c->net, id, o->ports, o->n_ports, &att, err)) < 0)
                         goto fail;
         } else if (o->n_ports) {
                 r = berr_set(err, -EINVAL, "port mappings need a network (not --network none)");
@@ -1288,6 +1284,17 @@ int cell_container_exec_argv(struct cell *c, const char *id, char *const *cmd, b
                 json_array_append_new(args, json_string(cmd[i]));
         json_object_set_new(proc, "args", args);
         json_object_set_new(proc, "terminal", json_boolean(tty));
+        if (tty) {
+                /* As docker exec -t: a terminal type unless the container's environment names one. */
+                json_t *env = json_object_get(proc, "env");
+                bool has_term = false;
+                size_t i;
+                json_t *v;
+                json_array_foreach (env, i, v)
+                        has_term |= !strncmp(json_string_value(v) ?: "", "TERM=", 5);
+                if (!has_term && env)
+                        json_array_append_new(env, json_string("TERM=xterm"));
+        }
         char rnd[17];
         fs_random_hex(rnd, 8);
         _cleanup_free_ char *pp = xasprintf("%s/exec-%s.json", dir, rnd);

@@ -172,3 +172,26 @@ def scratch():
 @pytest.fixture
 def run_berth():
     return berthcli.run_berth
+
+
+# The cell's network for the whole session: its own bridge, subnet and nftables table, so that tests never
+# touch a platform running on the same host (berth0 / "berth"), and removed at the end.
+E2E_BRIDGE = f"bte2e{os.getpid() % 100000}"
+E2E_TABLE = f"berth_e2e_{os.getpid()}"
+E2E_SUBNET = "10.213.0.0/16"
+CELL_CONFIG_YAML = (f"cell:\n  network:\n    bridge: {E2E_BRIDGE}\n    subnet: {E2E_SUBNET}\n"
+                    f"    nft_table: {E2E_TABLE}\n")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cell_network_config():
+    d = tempfile.mkdtemp(prefix="berth-e2e-config-")
+    path = os.path.join(d, "config.yaml")
+    with open(path, "w") as f:
+        f.write(CELL_CONFIG_YAML)
+    os.environ["BERTH_CONFIG"] = path
+    yield path
+    os.environ.pop("BERTH_CONFIG", None)
+    subprocess.run(["ip", "link", "del", E2E_BRIDGE], capture_output=True)
+    subprocess.run(["nft", "delete", "table", "inet", E2E_TABLE], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)

@@ -14,6 +14,7 @@ import pytest
 
 import berthcli
 import imagebuild as ib
+from conftest import CELL_CONFIG_YAML
 from helpers import berth, host_snapshot, inspect_ctr, ps_json, wait_for
 
 TRAP_APP = ("trap 'echo got-$SIG; exit 0' $SIG; echo ready; i=0; "
@@ -23,6 +24,11 @@ TRAP_APP = ("trap 'echo got-$SIG; exit 0' $SIG; echo ready; i=0; "
 @pytest.fixture
 def cell(session_registry, berth_data):
     """Images pushed on demand; at the end every container is removed and the host is as before."""
+    # What a data dir and the host keep once (the bridge, the nft table, the netns directory's mount) is set up
+    # by a first container; what a container creates must be gone again after the test.
+    warm = ib.busybox_image(config={"Cmd": ["true"]})
+    session_registry.push(warm, "ctr/warm:v")
+    berth(berth_data, "run", "--rm", session_registry.ref("ctr/warm:v"))
     before = host_snapshot(berth_data)
     counter = {"n": 0}
 
@@ -213,7 +219,7 @@ def test_detached_rm_removes_itself(cell):
 def test_log_rotation_tail_and_long_lines(cell, scratch):
     cfg = os.path.join(scratch, "config.yaml")
     with open(cfg, "w") as f:
-        f.write("cell:\n  log_max_bytes: 65536\n  log_files: 3\n")
+        f.write(CELL_CONFIG_YAML + "  log_max_bytes: 65536\n  log_files: 3\n")
     long = "x" * 40000
     ref = cell.image({"Cmd": ["/bin/sh", "-c",
                               f"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line $i; done; "
@@ -286,3 +292,17 @@ def test_crashed_create_is_swept(cell):
     for key in clean:
         if key != "container_pids":
             assert after[key] == clean[key], key
+
+
+def test_exec_with_a_terminal(cell):
+    ref = cell.image({"Cmd": ["sleep", "1000"]})
+    cid = cell.detached(ref)
+    cmd = f"{berthcli.BERTH_BIN} --data-dir {cell.data} exec -it {cid[:12]} sh"
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], input="tty; echo term=$TERM; exit 5\n",
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 5
+    assert "/dev/pts/0" in r.stdout and "term=xterm" in r.stdout
+    r = cell("exec", "-t", cid, "true", check=False)  # stdin is not a terminal here
+    assert r.returncode != 0 and "not a TTY" in r.stderr
+    r = cell("exec", "-i", cid, "cat", input="through stdin\n")
+    assert r.stdout == "through stdin\n"
