@@ -247,7 +247,7 @@ def host_state(data_dir: str) -> dict:
     mounts = []
     with open("/proc/mounts") as f:
         for line in f:
-            src, mp = line.split()[:2]
+            mp = line.split()[1]
             if mp.startswith(BUSY_MOUNT_PREFIXES) or data_dir in line:
                 continue
             mounts.append(line)
