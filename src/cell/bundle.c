@@ -106,6 +106,8 @@ int bundle_config_build(const struct process_spec *p, const struct bundle_opts *
                                "type", "mount", "type", "ipc", "type", "uts", "type", "network");
         if (o->netns_path)
                 json_object_set_new(json_array_get(ns, 5), "path", json_string(o->netns_path));
+        if (o->userns_path)
+                json_object_set_new(json_array_get(ns, 0), "path", json_string(o->userns_path));
         json_t *idmap = json_pack("[{s:I, s:I, s:I}]", "containerID", (json_int_t)0, "hostID",
                                   (json_int_t)IDMAP_HOST_BASE, "size", (json_int_t)IDMAP_SIZE);
         json_t *resources = json_pack("{s:[{s:b, s:s}], s:{s:I}}", "devices", "allow", 0, "access", "rwm",
@@ -121,6 +123,11 @@ int bundle_config_build(const struct process_spec *p, const struct bundle_opts *
                                 "gidMappings", idmap, "resources", resources, "maskedPaths",
                                 const_list(masked, ARRAY_SIZE(masked)), "readonlyPaths",
                                 const_list(readonly, ARRAY_SIZE(readonly)), "rootfsPropagation", "private");
+        if (o->userns_path) {
+                /* A joined user namespace already has its mapping. */
+                json_object_del(lin, "uidMappings");
+                json_object_del(lin, "gidMappings");
+        }
         if (o->cgroups_path)
                 json_object_set_new(lin, "cgroupsPath", json_string(o->cgroups_path));
         json_object_set_new(lin, "seccomp", seccomp_profile_json());

@@ -20,6 +20,10 @@ struct bundle_opts {
         const char *rootfs;       /* absolute path of the mounted rootfs */
         const char *hostname;     /* NULL: no UTS hostname set */
         const char *netns_path;   /* NULL: a new, empty network namespace */
+        const char *userns_path;  /* NULL: a new user namespace with the idmap.h mapping; else one made so (it
+                                     must own netns_path: the runtime can then mount a fresh, read-only
+                                     sysfs; with a netns of the host's user namespace it would bind the
+                                     host's /sys, cgroup mounts included) */
         const char *cgroups_path; /* NULL: the runtime's default */
         uint64_t memory_bytes;    /* 0: unlimited */
         uint64_t pids;            /* 0: BUNDLE_DEFAULT_PIDS */
