@@ -654,6 +654,7 @@ int cell_container_create(struct cell *c, struct image_store *s, const struct ce
                 .rootfs = rootfs,
                 .hostname = hostname,
                 .netns_path = att.netns_path[0] ? att.netns_path : NULL,
+                .userns_path = att.userns_path[0] ? att.userns_path : NULL,
                 .cgroups_path = cgpath,
                 .memory_bytes = o->memory_bytes,
                 .pids = o->pids,

@@ -38,15 +38,23 @@ struct cell_net_attachment {
         char ip[16]; /* dotted quad */
         char gateway[16];
         int prefix_len;
-        char netns_path[4096]; /* bind mount of the namespace, for the runtime's config.json */
+        char netns_path[4096];  /* bind mount of the namespace, for the runtime's config.json */
+        char userns_path[4096]; /* the user namespace (idmap.h's mapping) owning it: the container joins it */
         char host_veth[IF_NAMESIZE];
 };
 
-/* Prepare the host once (idempotent): bridge up with the gateway address, ip_forward, the nft table. */
+/*
+ * Prepare the host (idempotent; a changed allow list applies): bridge up with the gateway address,
+ * ip_forward, the nft table. -EEXIST when the subnet overlaps a route on another interface.
+ */
 int cell_net_setup_host(const char *data_dir, const struct cell_net_config *c, struct berr **err);
 /*
  * Create the container's network: namespace, veth, address lease, routes, port mappings. On error
- * everything created is removed again. Fills *ret.
+ * everything created is removed again. Fills *ret. A host port (per protocol) belongs to one container,
+ * whatever its host_ip: -EADDRINUSE "host port 8080 is already allocated". -EEXIST: id already has a
+ * network; -ENOSPC: no free address in the subnet; -EINVAL: invalid id, port, protocol or host_ip.
+ * Containers reach neither each other (directly or through a published port) nor the host's ports except
+ * cfg->allow_host_ports; their traffic to other networks is masqueraded.
  */
 int cell_net_create(const char *data_dir, const struct cell_net_config *c, const char *id,
                     const struct cell_port_map *ports, size_t n_ports, struct cell_net_attachment *ret,
@@ -54,5 +62,26 @@ int cell_net_create(const char *data_dir, const struct cell_net_config *c, const
 /* Remove all of it (namespace, veth, lease, rules); idempotent: missing parts are not an error. */
 int cell_net_destroy(const char *data_dir, const struct cell_net_config *c, const char *id,
                      struct berr **err);
-/* Remove the bridge and the nft table when no container uses them (tests, `berth cell reset`). */
+/*
+ * Remove the bridge and the nft table when no container uses them (tests, `berth cell reset`): -EBUSY while
+ * a lease in the subnet or a port on the bridge is left. Also unmounts <data-dir>/cell/netns once empty and
+ * switches net.ipv4.ip_forward off again if cell_net_setup_host() switched it on and no lease is left.
+ */
 int cell_net_teardown_host(const char *data_dir, const struct cell_net_config *c, struct berr **err);
+
+/* A container's traffic as the container sees it (its eth0): the counters of its veth. */
+struct cell_net_stats {
+        uint64_t rx_bytes, rx_packets, tx_bytes, tx_packets;
+        uint64_t rx_dropped, tx_dropped;
+};
+/* -ENOENT when the container has no network (never created, or destroyed). */
+int cell_net_stats(const char *id, struct cell_net_stats *ret, struct berr **err);
+
+#ifdef BERTH_TESTING
+/* Internals of net.c exported to unit tests. */
+bool net_valid_id(const char *id);
+/* "a.b.c.d/n" (n in 8..30, no host bits): network address in host byte order and prefix length. */
+int net_parse_subnet(const char *s, uint32_t *ret_net, int *ret_prefix, struct berr **err);
+/* The host end of id's veth: "bv" + 10 hex digits of SHA-256(id). */
+void net_veth_name(const char *id, char out[IF_NAMESIZE]);
+#endif
