@@ -1441,6 +1441,7 @@ static int log_flush_ring(struct logreader *lr)
                 if (r >= 0)
                         r = lr->fn(l->stream, l->time, l->text, l->len, lr->ud);
                 free(l->text);
+                l->text = NULL;
         }
         lr->ring_n = 0;
         for (int s = 1; s <= 2; s++) {
@@ -1452,33 +1453,27 @@ static int log_flush_ring(struct logreader *lr)
         return r;
 }
 
-int cell_container_logs(struct cell *c, const char *id, const struct cell_log_opts *o, cell_log_fn fn,
-                        void *userdata, struct berr **err)
+static int logs_run(struct cell *c, const char *id, const struct cell_log_opts *o, struct logreader *lrp,
+                    struct berr **err)
 {
         _cleanup_free_ char *dir = ctr_dir(c, id);
         _cleanup_free_ char *path = cell_container_log_path(c, id);
-        struct logreader lr = { .fn = fn, .ud = userdata, .tail = o->tail };
-        if (lr.tail > 0)
-                lr.ring = xcalloc((size_t)MIN(lr.tail, 1L << 24), sizeof(*lr.ring));
-        if (lr.tail > (1L << 24))
-                lr.tail = 1L << 24;
-        _cleanup_free_ struct logline *ring_owner = lr.ring;
         int r = 0;
         /* Rotated files first, oldest first. */
         for (unsigned i = c->log_files; o->log_fd < 0 && i >= 1 && r >= 0; i--) {
                 _cleanup_free_ char *p = xasprintf("%s.%u", path, i);
                 _cleanup_fclose_ FILE *fp = fopen(p, "re");
                 if (fp)
-                        r = log_read_stream(&lr, fp);
+                        r = log_read_stream(lrp, fp);
         }
         int fd = o->log_fd >= 0 ? dup(o->log_fd) : open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0 && errno != ENOENT)
                 return berr_set_errno(err, -errno, "open %s", path);
         _cleanup_fclose_ FILE *fp = fd >= 0 ? fdopen(fd, "re") : NULL;
         if (fp && r >= 0)
-                r = log_read_stream(&lr, fp);
-        if (r >= 0 && lr.tail >= 0)
-                r = log_flush_ring(&lr);
+                r = log_read_stream(lrp, fp);
+        if (r >= 0 && lrp->tail >= 0)
+                r = log_flush_ring(lrp);
         if (r < 0 || !o->follow)
                 return r < 0 ? r : 0;
 
@@ -1500,7 +1495,7 @@ int cell_container_logs(struct cell *c, const char *id, const struct cell_log_op
         if (ino < 0 || inotify_add_watch(ino, dir, IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF) < 0)
                 return berr_set_errno(err, -errno, "watch %s", dir);
         for (;;) {
-                if (fp && (r = log_read_stream(&lr, fp)) < 0)
+                if (fp && (r = log_read_stream(lrp, fp)) < 0)
                         return r;
                 /* Rotated (or created) under us: the current file is read to its end; go on with the new. */
                 struct stat a, b;
@@ -1536,7 +1531,24 @@ int cell_container_logs(struct cell *c, const char *id, const struct cell_log_op
                         break;
         }
 final:
-        if (fp && (r = log_read_stream(&lr, fp)) < 0)
+        if (fp && (r = log_read_stream(lrp, fp)) < 0)
                 return r;
         return 0;
+}
+
+int cell_container_logs(struct cell *c, const char *id, const struct cell_log_opts *o, cell_log_fn fn,
+                        void *userdata, struct berr **err)
+{
+        struct logreader lr = { .fn = fn, .ud = userdata, .tail = MIN(o->tail, 1L << 24) };
+        if (lr.tail > 0)
+                lr.ring = xcalloc((size_t)lr.tail, sizeof(*lr.ring));
+        size_t ring_cap = lr.tail > 0 ? (size_t)lr.tail : 0;
+        int r = logs_run(c, id, o, &lr, err);
+        /* What an early return left in the ring. */
+        for (size_t i = 0; i < ring_cap; i++)
+                free(lr.ring[i].text);
+        for (int st = 1; st <= 2; st++)
+                free(lr.pending[st]);
+        free(lr.ring);
+        return r;
 }
