@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 #
-# Run every benchmark in bench/ (or the ones named: `bench/run.sh pull`), one after another, and collect
+# Run every benchmark in bench/ (or the ones named: `bench/run.sh pull start`), one after another, and collect
 # their reports. Each bench/<name>.sh is self-contained: it installs what it needs, starts its own servers
 # on 127.0.0.1, measures berth and its peers side by side in the same run, prints a table with ratios and
 # writes it to bench/out/<name>-results.md. `make bench` builds berth first and runs this.
+#
+#   pull   image pull and unpack against podman, skopeo+umoci and the igzip floor (issue 2)
+#   start  berth run --rm x100 against crun on a prepared bundle and podman run --rm; berth run --rm's
+#          time by phase; density of 250 detached containers (issue 3)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -14,10 +18,11 @@ export BENCH_OUT=$OUT
 if [ $# -gt 0 ]; then
         names=("$@")
 else
-        names=()
+        # The known ones in this order, then any other bench/*.sh.
+        names=(pull start)
         for f in bench/*.sh; do
                 n=$(basename "$f" .sh)
-                [ "$n" = run ] || names+=("$n")
+                [[ " run ${names[*]} " == *" $n "* ]] || names+=("$n")
         done
 fi
 

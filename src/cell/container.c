@@ -775,6 +775,7 @@ int cell_container_start(struct cell *c, const char *id, struct cell_attach *att
         snprintf(logmax, sizeof(logmax), "%" PRIu64, c->log_max_bytes);
         snprintf(logfiles, sizeof(logfiles), "%u", c->log_files);
         _cleanup_free_ char *oom = cgroup_oom_file(c, id);
+        _cleanup_free_ char *cgpath = xasprintf("/berth/%s", id);
         struct strv argv = { 0 };
         const char *fixed[] = { c->monitor_path,
                                 "--runtime",
@@ -794,7 +795,9 @@ int cell_container_start(struct cell *c, const char *id, struct cell_attach *att
                                 "--log-files",
                                 logfiles,
                                 "--oom-file",
-                                oom };
+                                oom,
+                                "--cgroup-path",
+                                cgpath };
         for (size_t i = 0; i < ARRAY_SIZE(fixed); i++)
                 strv_push(&argv, xstrdup(fixed[i]));
         if (autoremove) {

@@ -11,14 +11,16 @@
  *      <dir>/state.json (status running);
  *   4. copies stdout/stderr into <dir>/container.log in the CRI format ("TIME STREAM F|P TEXT"), rotated at
  *      --log-max bytes, keeping --log-files files;
- *   5. reaps the init, reads the memory cgroup's OOM-kill counter, runs `RUNTIME delete -f ID` (freeing the
- *      cgroups), writes state.json (status exited, exit code, signal, oom_killed), sends "exit CODE" on the
- *      sync socket and exits — or, with --autoremove, executes the argv after "--" (berth rm) in its place,
- *      unless an attached starter answers "rm" (it removes the container itself).
+ *   5. reaps the init, reads the memory cgroup's OOM-kill counter, removes the cgroups and the runtime's
+ *      state (what `RUNTIME delete` would do, which it runs only if that fails), writes state.json (status
+ * exited, exit code, signal, oom_killed), sends "exit CODE" on the sync socket and exits — or, with
+ * --autoremove, executes the argv after "--" (berth rm) in its place, unless an attached starter answers "rm"
+ * (it removes the container itself).
  *
  * Everything it needs comes on its command line; it never reads berth's configuration. It does not
  * print: its errors go to the sync fd while starting, and to <dir>/monitor.log after.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -50,7 +52,7 @@ struct stream {
 };
 
 struct monitor {
-        const char *runtime, *root, *bundle, *id, *dir, *oom_file;
+        const char *runtime, *root, *bundle, *id, *dir, *oom_file, *cgroup_path;
         int dirfd, sync_fd, log_fd;
         uint64_t log_max, log_size;
         unsigned log_files;
@@ -326,6 +328,67 @@ static void write_state(struct monitor *m, const char *status, int wstatus, bool
                 mlog(m, "cannot write state.json: %s", strerror(-r));
 }
 
+/*
+ * What `RUNTIME delete` does for a container whose processes are all gone, without two more executions of
+ * the runtime (about 15 ms here): remove its cgroup in every hierarchy and the runtime's state directory
+ * (files only: crun keeps status, config.json, seccomp.bpf; runc state.json). Processes of the pid
+ * namespace other than the init die asynchronously after it: rmdir says EBUSY until they are reaped, so
+ * wait for that, boundedly. Any surprise returns < 0 and the caller runs the runtime's delete instead.
+ */
+static int native_delete(struct monitor *m)
+{
+        if (!m->cgroup_path || m->cgroup_path[0] != '/' || strstr(m->cgroup_path, ".."))
+                return -EINVAL;
+        DIR *d = opendir("/sys/fs/cgroup");
+        if (!d)
+                return -errno;
+        int r = 0;
+        struct dirent *de;
+        char path[4096];
+        /* v2 (the whole /sys/fs/cgroup is one hierarchy) or v1 (one hierarchy per entry). */
+        snprintf(path, sizeof(path), "/sys/fs/cgroup%s", m->cgroup_path);
+        bool v2 = access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0;
+        while (r == 0 && (v2 || (de = readdir(d)))) {
+                if (!v2) {
+                        if (de->d_name[0] == '.')
+                                continue;
+                        snprintf(path, sizeof(path), "/sys/fs/cgroup/%s%s", de->d_name, m->cgroup_path);
+                }
+                for (int tries = 0;; tries++) {
+                        if (rmdir(path) == 0 || errno == ENOENT || errno == ENOTDIR)
+                                break;
+                        if (errno != EBUSY || tries == 400) {
+                                r = -errno;
+                                break;
+                        }
+                        struct timespec ts = { .tv_nsec = 5 * 1000 * 1000 };
+                        nanosleep(&ts, NULL);
+                }
+                if (v2)
+                        break;
+        }
+        closedir(d);
+        if (r < 0)
+                return r;
+        snprintf(path, sizeof(path), "%s/%s", m->root, m->id);
+        int sfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sfd < 0)
+                return errno == ENOENT ? 0 : -errno;
+        DIR *sd = fdopendir(sfd);
+        if (!sd) {
+                close(sfd);
+                return -errno;
+        }
+        while (r == 0 && (de = readdir(sd)))
+                if (de->d_name[0] != '.' || (de->d_name[1] != '\0' && strcmp(de->d_name, "..") != 0))
+                        if (unlinkat(dirfd(sd), de->d_name, 0) < 0)
+                                r = -errno;
+        closedir(sd);
+        if (r == 0 && rmdir(path) < 0)
+                r = -errno;
+        return r;
+}
+
 static int64_t now_ms(void)
 {
         struct timespec ts;
@@ -353,6 +416,7 @@ int main(int argc, char **argv)
                 { "log-files", required_argument, NULL, 'n' },
                 { "oom-file", required_argument, NULL, 'o' },
                 { "autoremove", no_argument, NULL, 'a' },
+                { "cgroup-path", required_argument, NULL, 'c' },
                 { 0 },
         };
         struct monitor m = { .sync_fd = -1, .log_fd = -1, .log_max = 10 << 20, .log_files = 2 };
@@ -389,6 +453,9 @@ int main(int argc, char **argv)
                         break;
                 case 'a':
                         autoremove = true;
+                        break;
+                case 'c':
+                        m.cgroup_path = optarg;
                         break;
                 default:
                         return usage_error("bad option");
@@ -531,10 +598,15 @@ int main(int argc, char **argv)
                         close(streams[i].fd);
                 }
         bool oom = oom_killed(m.oom_file);
-        char *dargv[] = { (char *)m.runtime, "--root", (char *)m.root, "delete", "-f", (char *)m.id, NULL };
-        st = run_wait(dargv, -1, -1, &orig);
-        if (st != 0)
-                mlog(&m, "%s delete %s failed (status %d)", m.runtime, m.id, st);
+        if ((r = native_delete(&m)) < 0) {
+                char *dargv[] = { (char *)m.runtime, "--root", (char *)m.root, "delete", "-f",
+                                  (char *)m.id,      NULL };
+                mlog(&m, "removing the cgroups and runtime state myself failed (%s); running %s delete",
+                     strerror(-r), m.runtime);
+                st = run_wait(dargv, -1, -1, &orig);
+                if (st != 0)
+                        mlog(&m, "%s delete %s failed (status %d)", m.runtime, m.id, st);
+        }
         write_state(&m, "exited", wstatus, oom);
         /* An attached starter learns the exit status here (a detached one closed its end: EPIPE, ignored). */
         sync_send(&m, "exit %d\n", WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus));

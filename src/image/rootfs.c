@@ -130,7 +130,10 @@ int store_rootfs_create(struct image_store *s, const char *ref, const char *cont
         _cleanup_free_ char *work = xasprintf("%s/work", ubase);
         _cleanup_free_ char *merged = xasprintf("%s/merged", cdir);
         _cleanup_free_ char *empty = xasprintf("%s/empty", cdir);
-        /* The record first: prune must see the layers as used before anything is mounted on them. */
+        /*
+         * The record first: prune must see the layers as used before anything is mounted on them. Not
+         * fsynced: a power loss ends every container, mounts included.
+         */
         json_t *chains = json_array();
         size_t i;
         json_t *l;
@@ -140,7 +143,7 @@ int store_rootfs_create(struct image_store *s, const char *ref, const char *cont
             json_pack("{s:s, s:O, s:o, s:s, s:s}", "id", container_id, "image",
                       json_object_get(img, "digest"), "layers", chains, "upper", upper, "merged", merged);
         _cleanup_free_ char *text = json_dump_str(rec, true);
-        if (cfd < 0 || (r = fs_write_file_atomic_at(cfd, "rootfs.json", text, strlen(text), 0600)) < 0) {
+        if (cfd < 0 || (r = fs_write_file_replace_at(cfd, "rootfs.json", text, strlen(text), 0600)) < 0) {
                 r = berr_set_errno(err, cfd < 0 ? -errno : r, "record container %s", container_id);
                 goto fail;
         }

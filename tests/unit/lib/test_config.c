@@ -51,6 +51,14 @@ static void test_errors(void **state)
                 { "image:\n  max_layer_bytes: -1\n", "positive" },
                 { "image:\n  max_parallel_layers: 1000\n", "at most" },
                 { "- a\n- b\n", "mapping" },
+                { "cell:\n  runtim: crun\n", "runtim" },
+                { "cell:\n  network:\n    bridg: x\n", "bridg" },
+                { "cell:\n  network:\n    allow_host_ports: [0]\n", "not a port" },
+                { "cell:\n  network:\n    allow_host_ports: 53\n", "list of ports" },
+                { "cell:\n  network:\n    ipv6: maybe\n", "true or false" },
+                { "cell:\n  log_max_bytes: 10\n", "at least 4096" },
+                { "cell:\n  log_files: 1000\n", "at most 100" },
+                { "cell:\n  runtime: \"\"\n", "non-empty" },
         };
         for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
                 struct berth_config *c = NULL;
@@ -61,6 +69,30 @@ static void test_errors(void **state)
                         fail_msg("%s: got \"%s\"", bad[i].y, berr_msg(err));
                 berr_free(err);
         }
+}
+
+static void test_cell(void **state)
+{
+        (void)state;
+        static const char y[] = "cell:\n  runtime: runc\n  log_max_bytes: 65536\n  log_files: 3\n"
+                                "  disk_pool_bytes: 1073741824\n  network:\n    bridge: br9\n"
+                                "    subnet: 10.9.0.0/24\n    nft_table: t9\n    ipv6: true\n"
+                                "    allow_host_ports: [53, 8125]\n";
+        struct berth_config *c = NULL;
+        struct berr *err = NULL;
+        if (config_parse(y, strlen(y), &c, &err) < 0)
+                fail_msg("%s", berr_msg(err));
+        assert_string_equal(c->cell_runtime, "runc");
+        assert_int_equal(c->cell_log_max_bytes, 65536);
+        assert_int_equal(c->cell_log_files, 3);
+        assert_int_equal(c->cell_disk_pool_bytes, 1ULL << 30);
+        assert_string_equal(c->cell_bridge, "br9");
+        assert_string_equal(c->cell_subnet, "10.9.0.0/24");
+        assert_string_equal(c->cell_nft_table, "t9");
+        assert_true(c->cell_ipv6);
+        assert_int_equal(c->n_cell_allow_host_ports, 2);
+        assert_int_equal(c->cell_allow_host_ports[1], 8125);
+        config_free(c);
 }
 
 static void test_missing_file(void **state)
@@ -82,6 +114,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_full),
                 cmocka_unit_test(test_errors),
+                cmocka_unit_test(test_cell),
                 cmocka_unit_test(test_missing_file),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
