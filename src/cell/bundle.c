@@ -123,11 +123,7 @@ int bundle_config_build(const struct process_spec *p, const struct bundle_opts *
                                 "gidMappings", idmap, "resources", resources, "maskedPaths",
                                 const_list(masked, ARRAY_SIZE(masked)), "readonlyPaths",
                                 const_list(readonly, ARRAY_SIZE(readonly)), "rootfsPropagation", "private");
-        if (o->userns_path) {
-                /* A joined user namespace already has its mapping. */
-                json_object_del(lin, "uidMappings");
-                json_object_del(lin, "gidMappings");
-        }
+        /* A joined user namespace already has this mapping; runc requires it stated all the same. */
         if (o->cgroups_path)
                 json_object_set_new(lin, "cgroupsPath", json_string(o->cgroups_path));
         json_object_set_new(lin, "seccomp", seccomp_profile_json());
