@@ -771,7 +771,7 @@ int cell_container_start(struct cell *c, const char *id, struct cell_attach *att
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, syncp) < 0)
                 return berr_set_errno(err, -errno, "socketpair");
         char syncfd[16], logmax[24], logfiles[16];
-        snprintf(syncfd, sizeof(syncfd), "%d", syncp[1]);
+        snprintf(syncfd, sizeof(syncfd), "%d", 3); /* the child moves it there */
         snprintf(logmax, sizeof(logmax), "%" PRIu64, c->log_max_bytes);
         snprintf(logfiles, sizeof(logfiles), "%u", c->log_files);
         _cleanup_free_ char *oom = cgroup_oom_file(c, id);
@@ -828,7 +828,12 @@ int cell_container_start(struct cell *c, const char *id, struct cell_attach *att
                         if (g != 0)
                                 _exit(g < 0 ? 1 : 0);
                 }
-                fcntl(syncp[1], F_SETFD, 0);
+                /* Only stdio and the socket go to the monitor (and on to the runtime and the container). */
+                int sfd = syncp[1] == 3 ? 3 : dup2(syncp[1], 3);
+                if (sfd != 3)
+                        _exit(127);
+                fcntl(3, F_SETFD, 0);
+                close_range(4, ~0U, 0);
                 sigset_t none;
                 sigemptyset(&none);
                 sigprocmask(SIG_SETMASK, &none, NULL);
@@ -836,7 +841,7 @@ int cell_container_start(struct cell *c, const char *id, struct cell_attach *att
                 dup2(devnull, STDIN_FILENO);
                 dup2(devnull, STDOUT_FILENO);
                 execv(av[0], av);
-                dprintf(syncp[1], "error cannot execute %s: %s", av[0], strerror(errno));
+                dprintf(3, "error cannot execute %s: %s", av[0], strerror(errno));
                 _exit(127);
         }
         close(syncp[1]);
@@ -845,9 +850,12 @@ int cell_container_start(struct cell *c, const char *id, struct cell_attach *att
                         ;
         char msg[4096];
         size_t len = 0;
-        /* Until "ok ...\n", or an error and EOF. */
+        /*
+         * Until "ok ...\n", or an error and EOF. One byte at a time: what follows the line (the "exit" of a
+         * container that already ended) is for cell_container_wait_child() and the log follower.
+         */
         for (;;) {
-                ssize_t n = read(syncp[0], msg + len, sizeof(msg) - 1 - len);
+                ssize_t n = read(syncp[0], msg + len, 1);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n <= 0)
@@ -949,6 +957,16 @@ static json_t *usage_json(struct cell *c, const char *id, const json_t *meta, bo
                         if (read_u64_file(cpu, "usage_usec", &v))
                                 json_object_set_new(u, "cpu_ns", json_integer((json_int_t)(v * 1000)));
                 }
+        }
+        if (running && json_object_get(meta, "network")) {
+                /* From the container's side (net.c swaps the host veth's counters). */
+                struct cell_net_stats ns;
+                if (cell_net_stats(id, &ns, NULL) == 0)
+                        json_object_set_new(
+                            u, "network",
+                            json_pack("{s:I, s:I, s:I, s:I}", "rx_bytes", (json_int_t)ns.rx_bytes, "tx_bytes",
+                                      (json_int_t)ns.tx_bytes, "rx_packets", (json_int_t)ns.rx_packets,
+                                      "tx_packets", (json_int_t)ns.tx_packets));
         }
         if (json_integer_value(json_object_get(json_object_get(meta, "host_config"), "disk")) > 0) {
                 _cleanup_(cell_disk_closep) struct cell_disk *d = NULL;

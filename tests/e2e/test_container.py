@@ -306,3 +306,36 @@ def test_exec_with_a_terminal(cell):
     assert r.returncode != 0 and "not a TTY" in r.stderr
     r = cell("exec", "-i", cid, "cat", input="through stdin\n")
     assert r.stdout == "through stdin\n"
+
+
+def test_published_port_disk_quota_and_usage(cell):
+    """-p from the host's loopback, --disk enforced, and both visible in inspect's usage."""
+    ref = cell.image({"Cmd": ["/bin/sh", "-c",
+                              "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                      "ExposedPorts": {"8080/tcp": {}}})
+    cid = cell.detached("-p", "127.0.0.1:18181:8080", "--disk", "64M", ref)
+    import urllib.request
+
+    def fetch():
+        try:
+            return urllib.request.urlopen("http://127.0.0.1:18181/index.html", timeout=2).read()
+        except OSError:
+            return None
+    assert wait_for(fetch, what="the published port") == b"hello\n"
+    r = cell("exec", cid, "sh", "-c", "dd if=/dev/zero of=/big bs=1M count=100 2>&1; sync; echo rc=$?",
+             check=False)
+    assert "Disk quota exceeded" in r.stdout, r.stdout
+    d = inspect_ctr(cell.data, cid)
+    assert d["HostConfig"]["DiskQuota"] == 64 << 20
+    assert d["NetworkSettings"]["IPAddress"].startswith("10.213.")
+    assert d["NetworkSettings"]["Ports"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18181"}]}
+    assert "127.0.0.1:18181->8080/tcp" in cell("ps").stdout
+    u = d["Usage"]
+    assert 32 << 20 <= u["disk_bytes"] <= 65 << 20, u
+    assert u["network"]["tx_bytes"] > 0 and u["network"]["rx_bytes"] > 0, u
+    # a second container cannot take the same host port, and leaves nothing behind trying
+    r = cell.run("-d", "-p", "18181:8080", ref, check=False)
+    assert r.returncode != 0 and "host port 18181 is already allocated" in r.stderr
+    assert len(ps_json(cell.data)) == 1
+    cell("rm", "-f", cid)
+    assert fetch() is None  # the mapping went with the container
