@@ -35,6 +35,11 @@ struct cell_port_map;
 int cli_cell_open(struct cli_globals *g, const char *runtime, struct cell **ret, struct berr **err);
 /* "[IP:]HOSTPORT:PORT[/tcp|/udp]". */
 int cli_parse_port(const char *spec, struct cell_port_map *ret, struct berr **err);
+/*
+ * (build/berth only) Run build/berth-image with this invocation's --data-dir/--config and args, its stdout
+ * on stdout_to (-1: ours); returns its exit status.
+ */
+int cli_run_full(struct cli_globals *g, char *const *args, int stdout_to);
 /* "256M", "1G", "512k", "1048576" → bytes; 0 on error. */
 uint64_t cli_parse_size(const char *s);
 

@@ -309,12 +309,20 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
         if (store_open(g->data_dir, g->config, &s, err) < 0)
                 goto out;
         if (store_inspect(s, o.image, &img, NULL) < 0) {
+#ifdef BERTH_LIGHT
+                /* This binary has no registry client: `berth-image image pull`, its output on stderr. */
+                char *pull[] = { "image", "pull", (char *)o.image, NULL };
+                int st = cli_run_full(g, pull, STDERR_FILENO);
+                if (st != 0)
+                        goto out; /* it said why */
+#else
                 struct progress_ui *ui = progress_ui_new_on(stderr, false);
                 struct pull_opts po = { .progress = progress_ui_event, .progress_userdata = ui };
                 int r = store_pull(s, o.image, &po, NULL, err);
                 progress_ui_free(ui);
                 if (r < 0)
                         goto out;
+#endif
         }
         o.ports = ports;
         if (cli_cell_open(g, runtime, &cell, err) < 0)

@@ -118,7 +118,8 @@ def host_snapshot(data_dir):
             continue
     snap["container_pids"] = sorted(ctr)
     files = []
-    for sub in ("cell/containers", "cell/names", "cell/netns", "image/containers"):
+    for sub in ("cell/containers", "cell/names", "cell/netns", "cell/net", "cell/disk/containers", "cell/runtime",
+                "image/containers"):
         d = os.path.join(data_dir, sub)
         if os.path.isdir(d):
             files += [os.path.join(sub, x) for x in os.listdir(d)]

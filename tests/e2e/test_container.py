@@ -28,7 +28,7 @@ def cell(session_registry, berth_data):
     # by a first container; what a container creates must be gone again after the test.
     warm = ib.busybox_image(config={"Cmd": ["true"]})
     session_registry.push(warm, "ctr/warm:v")
-    berth(berth_data, "run", "--rm", session_registry.ref("ctr/warm:v"))
+    berth(berth_data, "run", "--rm", "--disk", "16M", session_registry.ref("ctr/warm:v"))
     before = host_snapshot(berth_data)
     counter = {"n": 0}
 
@@ -272,11 +272,14 @@ def test_bad_input(cell):
 
 def test_hundred_containers_leave_nothing(cell):
     ref = cell.image({"Cmd": ["sleep", "1000"]})
-    ids = [cell.detached(ref) for _ in range(100)]
+    # every tenth with a disk quota (a btrfs subvolume and qgroup each) and a published port
+    ids = [cell.detached(*(["--disk", "16M", "-p", f"{19000 + i}:80"] if i % 10 == 0 else []), ref)
+           for i in range(100)]
     assert len(ps_json(cell.data, all_=False)) == 100
     cell("rm", "-f", *ids)
     assert ps_json(cell.data) == []
-    # (the fixture compares mounts, links, cgroups, nft rules, loop devices, processes and files)
+    # (the fixture compares mounts, links, cgroups, nft rules, loop devices, processes and files; the
+    # quota pool's mount and loop device belong to the data dir and were set up before)
 
 
 def test_crashed_create_is_swept(cell):
