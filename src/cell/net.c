@@ -31,6 +31,7 @@
 #include <libmnl/libmnl.h>
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
+#include <linux/neighbour.h>
 #include <linux/ip.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
@@ -404,6 +405,24 @@ static int link_del(struct mnl_socket *sk, int index)
         struct nlmsghdr *nlh = nl_msg(buf, RTM_DELLINK, 0);
         nl_put_ifinfo(nlh, AF_UNSPEC, index);
         return nl_call(sk, nlh, NULL, NULL);
+}
+
+/*
+ * Forget the host's neighbour (ARP) entry for ip on the bridge: an address leased again right after its
+ * previous container went away would otherwise be sent to the old MAC address until the stale entry is
+ * probed again, seconds later. Absent entries are fine.
+ */
+static int neigh_del(struct mnl_socket *sk, int index, uint32_t ip)
+{
+        char buf[NET_NL_MSG_MAX];
+        struct nlmsghdr *nlh = nl_msg(buf, RTM_DELNEIGH, 0);
+        struct ndmsg *nd = mnl_nlmsg_put_extra_header(nlh, sizeof(*nd));
+        nd->ndm_family = AF_INET;
+        nd->ndm_ifindex = index;
+        uint32_t be = htonl(ip);
+        mnl_attr_put(nlh, NDA_DST, sizeof(be), &be);
+        int r = nl_call(sk, nlh, NULL, NULL);
+        return r == -ENOENT || r == -ESRCH ? 0 : r;
 }
 
 static int link_set_up(struct mnl_socket *sk, int index)
@@ -1413,6 +1432,10 @@ int cell_net_create(const char *data_dir, const struct cell_net_config *c, const
                 goto fail;
         u.leased = true;
         ip_str(ip, ip_s);
+        if ((r = neigh_del(sk, br.index, ip)) < 0) {
+                r = berr_set_errno(err, r, "network: forget the old neighbour entry of %s", ip_s);
+                goto fail;
+        }
         if ((r = netns_new(p.ipv6, &userfd, &nsfd, &ns, err)) < 0)
                 goto fail;
         snprintf(nsfd_path, sizeof(nsfd_path), "/proc/self/fd/%d", nsfd);

@@ -342,3 +342,20 @@ def test_published_port_disk_quota_and_usage(cell):
     assert len(ps_json(cell.data)) == 1
     cell("rm", "-f", cid)
     assert fetch() is None  # the mapping went with the container
+
+
+def test_address_and_port_reused_at_once(cell):
+    """A container's address and host port, freed by rm, serve the next container immediately (the host's
+    stale neighbour entry for the address must not send its traffic to the old MAC address)."""
+    import urllib.request
+    for i in range(3):
+        ref = cell.image({"Cmd": ["/bin/sh", "-c", f"mkdir -p /w && echo c{i} > /w/i && exec httpd -f -p 8080 -h /w"]})
+        cid = cell.detached("-p", "18292:8080", ref)
+
+        def fetch():
+            try:
+                return urllib.request.urlopen("http://127.0.0.1:18292/i", timeout=1).read()
+            except OSError:
+                return None
+        assert wait_for(fetch, timeout=3, what=f"container {i} through the reused port") == f"c{i}\n".encode()
+        cell("rm", "-f", cid)
