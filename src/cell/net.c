@@ -26,6 +26,7 @@
  */
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <libmnl/libmnl.h>
@@ -683,10 +684,55 @@ static int bridge_count_ports(int index, int *ret)
 
 /* ---- nftables ---- */
 
+/*
+ * libnftables (with libnftnl, libxtables and libgmp) is loaded on first use: a container without a
+ * network, and every command that does not touch the network, does not pay for mapping and relocating it
+ * at start (see docs/performance.md).
+ */
+static struct {
+        struct nft_ctx *(*ctx_new)(uint32_t flags);
+        void (*ctx_free)(struct nft_ctx *ctx);
+        int (*buffer_output)(struct nft_ctx *ctx);
+        int (*buffer_error)(struct nft_ctx *ctx);
+        const char *(*get_output_buffer)(struct nft_ctx *ctx);
+        const char *(*get_error_buffer)(struct nft_ctx *ctx);
+        void (*output_set_flags)(struct nft_ctx *ctx, unsigned int flags);
+        int (*run_cmd_from_buffer)(struct nft_ctx *nft, const char *buf);
+        const char *error;
+} nftlib;
+
+static void nftlib_load(void)
+{
+        void *h = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+                nftlib.error = dlerror();
+                return;
+        }
+        const struct {
+                void **slot;
+                const char *name;
+        } syms[] = {
+                { (void **)&nftlib.ctx_new, "nft_ctx_new" },
+                { (void **)&nftlib.ctx_free, "nft_ctx_free" },
+                { (void **)&nftlib.buffer_output, "nft_ctx_buffer_output" },
+                { (void **)&nftlib.buffer_error, "nft_ctx_buffer_error" },
+                { (void **)&nftlib.get_output_buffer, "nft_ctx_get_output_buffer" },
+                { (void **)&nftlib.get_error_buffer, "nft_ctx_get_error_buffer" },
+                { (void **)&nftlib.output_set_flags, "nft_ctx_output_set_flags" },
+                { (void **)&nftlib.run_cmd_from_buffer, "nft_run_cmd_from_buffer" },
+        };
+        for (size_t i = 0; i < ARRAY_SIZE(syms); i++)
+                if (!(*syms[i].slot = dlsym(h, syms[i].name))) {
+                        nftlib.error = "libnftables.so.1 lacks a function berth needs";
+                        nftlib.ctx_new = NULL;
+                        return;
+                }
+}
+
 static void nft_ctx_freep(struct nft_ctx **c)
 {
         if (*c)
-                nft_ctx_free(*c);
+                nftlib.ctx_free(*c);
 }
 
 /* libnftables' error as one line: "Could not process rule: File exists (in \"<command>\")". */
@@ -710,15 +756,19 @@ static char *nft_error_text(const char *buf)
  */
 static int nft_run(const char *cmds, bool json, char **ret_out, struct berr **err)
 {
-        _cleanup_(nft_ctx_freep) struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pthread_once(&once, nftlib_load);
+        if (!nftlib.ctx_new)
+                return berr_set(err, -ENOSYS, "nftables: cannot load libnftables: %s", nftlib.error);
+        _cleanup_(nft_ctx_freep) struct nft_ctx *ctx = nftlib.ctx_new(NFT_CTX_DEFAULT);
         if (!ctx)
                 return berr_set(err, -ENOMEM, "nftables: cannot create a context");
-        if (nft_ctx_buffer_output(ctx) < 0 || nft_ctx_buffer_error(ctx) < 0)
+        if (nftlib.buffer_output(ctx) < 0 || nftlib.buffer_error(ctx) < 0)
                 return berr_set(err, -ENOMEM, "nftables: cannot buffer output");
         if (json)
-                nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_NUMERIC_ALL);
-        if (nft_run_cmd_from_buffer(ctx, cmds) != 0) {
-                const char *e = nft_ctx_get_error_buffer(ctx);
+                nftlib.output_set_flags(ctx, NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_NUMERIC_ALL);
+        if (nftlib.run_cmd_from_buffer(ctx, cmds) != 0) {
+                const char *e = nftlib.get_error_buffer(ctx);
                 int code = -EIO;
                 if (e && strstr(e, "File exists"))
                         code = -EEXIST;
@@ -730,7 +780,7 @@ static int nft_run(const char *cmds, bool json, char **ret_out, struct berr **er
                 return berr_set(err, code, "nftables: %s", msg);
         }
         if (ret_out) {
-                const char *o = nft_ctx_get_output_buffer(ctx);
+                const char *o = nftlib.get_output_buffer(ctx);
                 if (o && strlen(o) > NET_NFT_OUT_MAX)
                         return berr_set(err, -EFBIG, "nftables: listing larger than %d bytes",
                                         NET_NFT_OUT_MAX);

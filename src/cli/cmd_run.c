@@ -111,12 +111,10 @@ uint64_t cli_parse_size(const char *s)
         return v * mult;
 }
 
-static void remove_quietly(struct cli_globals *g, struct cell *cell, const char *id)
+static void remove_quietly(struct image_store *s, struct cell *cell, const char *id)
 {
-        _cleanup_(store_closep) struct image_store *s = NULL;
         _cleanup_berr_ struct berr *e = NULL;
-        if (store_open(g->data_dir, g->config, &s, &e) == 0)
-                cell_container_remove(cell, s, id, true, &e);
+        cell_container_remove(cell, s, id, true, &e);
 }
 
 static int print_record(int stream, const char *time, const char *text, size_t len, void *ud)
@@ -136,7 +134,7 @@ static int print_record(int stream, const char *time, const char *text, size_t l
  * SIGHUP/SIGQUIT to the container as docker's sig-proxy does, stream until the monitor ends, return the
  * container's exit code (docker's 125/126/127 when it could not start).
  */
-static int run_attached(struct cli_globals *g, struct cell *cell, const char *id, bool autoremove,
+static int run_attached(struct image_store *s, struct cell *cell, const char *id, bool autoremove,
                         struct berr **err)
 {
         _cleanup_free_ char *logp = cell_container_log_path(cell, id);
@@ -155,7 +153,7 @@ static int run_attached(struct cli_globals *g, struct cell *cell, const char *id
         if (cell_container_start(cell, id, &a, err) < 0) {
                 sigprocmask(SIG_SETMASK, &orig, NULL);
                 if (autoremove)
-                        remove_quietly(g, cell, id);
+                        remove_quietly(s, cell, id);
                 const char *m = berr_msg(*err);
                 if (strstr(m, "executable file not found") || strstr(m, "No such file or directory"))
                         return 127;
@@ -173,7 +171,7 @@ static int run_attached(struct cli_globals *g, struct cell *cell, const char *id
         int code = 0;
         int r = cell_container_wait_child(cell, id, &a, autoremove, &code, err);
         if (r == 0 && autoremove)
-                remove_quietly(g, cell, id);
+                remove_quietly(s, cell, id);
         sigprocmask(SIG_SETMASK, &orig, NULL);
         return r < 0 ? CLI_EXIT_FAILURE : code;
 }
@@ -330,19 +328,18 @@ int cmd_run(struct cli_globals *g, int argc, char **argv, struct berr **err)
         cell_sweep(cell, s);
         if (cell_container_create(cell, s, &o, &id, err) < 0)
                 goto out;
-        /* The store is not needed any more: do not hold its files while the container runs. */
-        store_close(TAKE_PTR(s));
+        /* The store stays open (directory fds, no lock) for the removal of a --rm container. */
         if (detach) {
                 if (cell_container_start(cell, id, NULL, err) < 0) {
                         if (o.autoremove)
-                                remove_quietly(g, cell, id);
+                                remove_quietly(s, cell, id);
                         goto out;
                 }
                 printf("%s\n", id);
                 rc = 0;
                 goto out;
         }
-        rc = run_attached(g, cell, id, o.autoremove, err);
+        rc = run_attached(s, cell, id, o.autoremove, err);
 out:
         strv_clear(&env);
         return rc;

@@ -1,9 +1,54 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <dlfcn.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "lib/digest.h"
+
+/*
+ * libcrypto (4.7 MB, thousands of relocations) is loaded on first use, so that commands that hash nothing
+ * do not pay for it at start (see docs/performance.md). It is a hard dependency: failing to load it is
+ * fatal, like a failing hash.
+ */
+static struct {
+        EVP_MD_CTX *(*ctx_new)(void);
+        void (*ctx_free)(EVP_MD_CTX *);
+        int (*init_ex)(EVP_MD_CTX *, const EVP_MD *, ENGINE *);
+        int (*update)(EVP_MD_CTX *, const void *, size_t);
+        int (*final_ex)(EVP_MD_CTX *, unsigned char *, unsigned int *);
+        int (*digest)(const void *, size_t, unsigned char *, unsigned int *, const EVP_MD *, ENGINE *);
+        const EVP_MD *(*sha256)(void);
+} crypto;
+
+static void crypto_load(void)
+{
+        void *h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
+        if (!h)
+                abort();
+        const struct {
+                void **slot;
+                const char *name;
+        } syms[] = {
+                { (void **)&crypto.ctx_new, "EVP_MD_CTX_new" },
+                { (void **)&crypto.ctx_free, "EVP_MD_CTX_free" },
+                { (void **)&crypto.init_ex, "EVP_DigestInit_ex" },
+                { (void **)&crypto.update, "EVP_DigestUpdate" },
+                { (void **)&crypto.final_ex, "EVP_DigestFinal_ex" },
+                { (void **)&crypto.digest, "EVP_Digest" },
+                { (void **)&crypto.sha256, "EVP_sha256" },
+        };
+        for (size_t i = 0; i < ARRAY_SIZE(syms); i++)
+                if (!(*syms[i].slot = dlsym(h, syms[i].name)))
+                        abort();
+}
+
+static void crypto_init(void)
+{
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pthread_once(&once, crypto_load);
+}
 
 struct sha256_ctx {
         EVP_MD_CTX *md;
@@ -11,22 +56,23 @@ struct sha256_ctx {
 
 struct sha256_ctx *sha256_new(void)
 {
+        crypto_init();
         struct sha256_ctx *c = xmalloc(sizeof(*c));
-        c->md = EVP_MD_CTX_new();
-        if (!c->md || EVP_DigestInit_ex(c->md, EVP_sha256(), NULL) != 1)
+        c->md = crypto.ctx_new();
+        if (!c->md || crypto.init_ex(c->md, crypto.sha256(), NULL) != 1)
                 abort();
         return c;
 }
 
 void sha256_reset(struct sha256_ctx *c)
 {
-        if (EVP_DigestInit_ex(c->md, EVP_sha256(), NULL) != 1)
+        if (crypto.init_ex(c->md, crypto.sha256(), NULL) != 1)
                 abort();
 }
 
 void sha256_update(struct sha256_ctx *c, const void *data, size_t n)
 {
-        if (n && EVP_DigestUpdate(c->md, data, n) != 1)
+        if (n && crypto.update(c->md, data, n) != 1)
                 abort();
 }
 
@@ -44,7 +90,7 @@ void sha256_final_str(struct sha256_ctx *c, char out[static DIGEST_STR_MAX])
 {
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned len = 0;
-        if (EVP_DigestFinal_ex(c->md, md, &len) != 1)
+        if (crypto.final_ex(c->md, md, &len) != 1)
                 abort();
         memcpy(out, "sha256:", 7);
         hexify(md, len, out + 7);
@@ -54,7 +100,7 @@ void sha256_free(struct sha256_ctx *c)
 {
         if (!c)
                 return;
-        EVP_MD_CTX_free(c->md);
+        crypto.ctx_free(c->md);
         free(c);
 }
 
@@ -62,7 +108,8 @@ void sha256_str(const void *data, size_t n, char out[static DIGEST_STR_MAX])
 {
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned len = 0;
-        if (EVP_Digest(data, n, md, &len, EVP_sha256(), NULL) != 1)
+        crypto_init();
+        if (crypto.digest(data, n, md, &len, crypto.sha256(), NULL) != 1)
                 abort();
         memcpy(out, "sha256:", 7);
         hexify(md, len, out + 7);
