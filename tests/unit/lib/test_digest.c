@@ -23,6 +23,31 @@ static void test_sha256_known(void **state)
         assert_string_equal(out, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
+/* The plain-C one-shot digest agrees with OpenSSL's streaming one at every length around the block edges. */
+static void test_sha256_oneshot_matches_openssl(void **state)
+{
+        (void)state;
+        static unsigned char buf[4096 + 130];
+        for (size_t i = 0; i < sizeof(buf); i++)
+                buf[i] = (unsigned char)(i * 131 + (i >> 7));
+        for (size_t n = 0; n < sizeof(buf); n += (n < 300 ? 1 : 61)) {
+                char a[DIGEST_STR_MAX], b[DIGEST_STR_MAX];
+                sha256_str(buf, n, a);
+                struct sha256_ctx *c = sha256_new();
+                sha256_update(c, buf, n);
+                sha256_final_str(c, b);
+                sha256_free(c);
+                if (strcmp(a, b) != 0)
+                        fail_msg("length %zu: %s != %s", n, a, b);
+        }
+        char *million = malloc(1000000);
+        memset(million, 'a', 1000000);
+        char d[DIGEST_STR_MAX];
+        sha256_str(million, 1000000, d);
+        assert_string_equal(d, "sha256:cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+        free(million);
+}
+
 static void test_validate(void **state)
 {
         (void)state;
@@ -66,6 +91,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_sha256_known),
+                cmocka_unit_test(test_sha256_oneshot_matches_openssl),
                 cmocka_unit_test(test_validate),
                 cmocka_unit_test(test_chain_id),
         };
