@@ -56,6 +56,10 @@ REG=$DEMO/registry       # registry config, storage and log
 LAYOUT=$DEMO/oci         # OCI image layout built with umoci
 BUNDLE=$DEMO/bundle      # umoci's unpacked bundle used to author layers
 REG_PID=""
+# The demo's containers get their own bridge, subnet and nftables table (removed at the end).
+CFG=$DEMO/config.yaml
+DEMO_BRIDGE=berthdemo0
+DEMO_TABLE=berth_demo
 # A reused BERTH_DEMO_DIR: start from scratch (only the demo's own entries are removed).
 rm -rf "$DATA" "$ROOTFS" "$REG" "$LAYOUT" "$BUNDLE"
 
@@ -74,7 +78,15 @@ cleanup() {
         if [ "${BERTH_DEMO_KEEP:-0}" = 1 ]; then
                 echo "demo: kept $DATA and $ROOTFS"
         else
-                rm -rf "$DATA" "$ROOTFS"
+                # The demo's containers, its bridge and nftables table, the data dir's own mounts.
+                if [ -d "$DATA/cell" ] && [ -x "$BERTH" ]; then
+                        "$BERTH" --data-dir "$DATA" --config "$CFG" ps -aq 2>/dev/null |
+                                xargs -r "$BERTH" --data-dir "$DATA" --config "$CFG" rm -f >/dev/null 2>&1 || true
+                fi
+                ip link del "$DEMO_BRIDGE" 2>/dev/null || true
+                nft delete table inet "$DEMO_TABLE" 2>/dev/null || true
+                umount "$DATA/cell/netns" "$DATA/cell/disk" 2>/dev/null || true
+                rm -rf "$DATA" "$ROOTFS" "$CFG"
                 rmdir "$DEMO" 2>/dev/null || true
         fi
         exit $rc
@@ -248,10 +260,49 @@ printf '$ tar --numeric-owner -tvf %s | grep -E ...\n' "$DEMO/hello.tar"
 # grep reads everything (head would close the pipe early and pipefail would report tar's SIGPIPE).
 tar --numeric-owner -tvf "$DEMO/hello.tar" | grep -E ' (\./)?(bin/busybox|bin/sh -> busybox|etc/passwd|tmp/|www/|www/index.html)$'
 
+# --- berth's cell -------------------------------------------------------------------------------------------
+cat >"$CFG" <<EOF
+cell:
+  network:
+    bridge: $DEMO_BRIDGE
+    subnet: 10.215.0.0/24
+    nft_table: $DEMO_TABLE
+EOF
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+B() { "$BERTH" --data-dir "$DATA" --config "$CFG" "$@"; }
+
+bold "Running it as a container: its own user namespace, network, memory limit and disk quota"
+printf '$ %s\n' "berth run -d --name hello -p 127.0.0.1:$PORT:8080 -m 64M --disk 64M $IMAGE"
+B run -d --name hello -p "127.0.0.1:$PORT:8080" -m 64M --disk 64M "$IMAGE"
+for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null && break; sleep 0.05; done
+run curl -fsS "http://127.0.0.1:$PORT/"
+printf '$ berth ps\n'; B ps
+printf '$ berth exec hello id\n'; B exec hello id
+printf '$ berth logs hello\n'; B logs hello
+printf '$ berth inspect hello   (summary)\n'
+B inspect hello >"$DEMO/ctr.json"
+"$PY" - "$DEMO/ctr.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))[0]
+st, n, hc, u = d["State"], d["NetworkSettings"], d["HostConfig"], d["Usage"]
+print("  state %s, pid %s, supervised %s, ip %s, ports %s"
+      % (st["Status"], st["Pid"], st["Supervised"], n["IPAddress"], n["Ports"]))
+print("  limits: memory %d MiB, pids %s, disk %d MiB, cpu shares %s"
+      % (hc["Memory"] >> 20, hc["PidsLimit"], hc["DiskQuota"] >> 20, hc["CpuShares"]))
+print("  usage:  memory %d KiB, pids %s, disk %d KiB"
+      % (u.get("memory_bytes", 0) >> 10, u.get("pids"), u.get("disk_bytes", 0) >> 10))
+EOF
+rm -f "$DEMO/ctr.json"
+printf '$ ps -o user,pid,cmd -C httpd   (the app seen from the host: uid 1000000000 + its own)\n'
+ps -o user:12,pid,cmd -C httpd || true
+printf '$ berth stop hello && berth rm hello\n'; B stop hello >/dev/null && B rm hello >/dev/null
+printf '$ berth ps -a\n'; B ps -a
+
 bold "Done"
 if [ "${BERTH_DEMO_KEEP:-0}" = 1 ]; then
         cat <<EOF
 The data dir is kept. Try:
+  $BERTH --data-dir $DATA --config $CFG run --rm $IMAGE /bin/sh -c 'id; ip -4 addr show eth0'
   $BERTH --data-dir $DATA image ls --json
   $BERTH --data-dir $DATA image inspect $IMAGE
   $BERTH --data-dir $DATA image rm $IMAGE
@@ -264,6 +315,7 @@ The demo's registry and data dir are removed on exit (BERTH_DEMO_KEEP=1 keeps th
   $BERTH --data-dir /tmp/b image pull docker.io/library/busybox      # needs network access to Docker Hub
   $BERTH --data-dir /tmp/b image ls
   $BERTH --data-dir /tmp/b image export busybox /tmp/busybox-rootfs
+  $BERTH run --rm -p 8080:80 nginx:1.25                               # needs Docker Hub too
   $BERTH image --help                                                  # every image command
 See docs/image-store.md for the whole command set and the config file.
 EOF
