@@ -1174,7 +1174,7 @@ static int read_meta(struct cell *c, const char *id, json_t **ret, struct berr *
         return 0;
 }
 
-static int parse_signal(const char *s)
+int cell_signal_parse(const char *s)
 {
         static const struct {
                 const char *name;
@@ -1201,11 +1201,6 @@ static int parse_signal(const char *s)
         return -1;
 }
 
-int cell_signal_parse(const char *s)
-{
-        return parse_signal(s);
-}
-
 int cell_container_kill(struct cell *c, const char *id, int sig, struct berr **err)
 {
         _cleanup_json_ json_t *meta = NULL;
@@ -1229,8 +1224,8 @@ int cell_container_stop(struct cell *c, const char *id, int timeout_s, struct be
         read_state(c, id, &st);
         if (strcmp(st.status, "running") != 0)
                 return 0; /* as docker: stopping a stopped container succeeds */
-        int sig =
-            parse_signal(json_string_value(json_object_get(json_object_get(meta, "config"), "stop_signal")));
+        int sig = cell_signal_parse(
+            json_string_value(json_object_get(json_object_get(meta, "config"), "stop_signal")));
         if (sig < 0)
                 sig = SIGTERM;
         _cleanup_berr_ struct berr *e = NULL;

@@ -408,6 +408,56 @@ int cmd_exec(struct cli_globals *g, int argc, char **argv, struct berr **err)
         return 128 + WTERMSIG(st);
 }
 
+/*
+ * stop, kill and rm: apply op to each CONTAINER argument (argv[optind..]) as docker does: every one is
+ * tried, each failure is reported, the name is printed on success; exit 1 if any failed.
+ */
+typedef int (*container_op)(struct cell *cell, struct image_store *s, const char *id, const void *arg,
+                            struct berr **err);
+
+static int each_container(struct cli_globals *g, int argc, char **argv, bool with_store, container_op op,
+                          const void *arg, struct berr **err)
+{
+        _cleanup_(cell_closep) struct cell *cell = NULL;
+        _cleanup_(store_closep) struct image_store *s = NULL;
+        if (cli_cell_open(g, NULL, &cell, err) < 0 ||
+            (with_store && store_open(g->data_dir, g->config, &s, err) < 0))
+                return CLI_EXIT_FAILURE;
+        if (s)
+                cell_sweep(cell, s);
+        int rc = 0;
+        for (int i = optind; i < argc; i++) {
+                _cleanup_free_ char *id = NULL;
+                _cleanup_berr_ struct berr *e = NULL;
+                if (cell_container_lookup(cell, argv[i], &id, &e) < 0 || op(cell, s, id, arg, &e) < 0) {
+                        cli_print_error(e);
+                        rc = CLI_EXIT_FAILURE;
+                        continue;
+                }
+                printf("%s\n", argv[i]);
+        }
+        return rc;
+}
+
+static int op_stop(struct cell *cell, struct image_store *s, const char *id, const void *arg,
+                   struct berr **err)
+{
+        (void)s;
+        return cell_container_stop(cell, id, *(const int *)arg, err);
+}
+
+static int op_kill(struct cell *cell, struct image_store *s, const char *id, const void *arg,
+                   struct berr **err)
+{
+        (void)s;
+        return cell_container_kill(cell, id, *(const int *)arg, err);
+}
+
+static int op_rm(struct cell *cell, struct image_store *s, const char *id, const void *arg, struct berr **err)
+{
+        return cell_container_remove(cell, s, id, *(const bool *)arg, err);
+}
+
 /* stop, kill and rm share the shape: [options] CONTAINER...; each given name printed on success. */
 int cmd_stop(struct cli_globals *g, int argc, char **argv, struct berr **err)
 {
@@ -441,17 +491,8 @@ int cmd_stop(struct cli_globals *g, int argc, char **argv, struct berr **err)
         }
         if (need_ids(argc, usage) < 0)
                 return CLI_EXIT_USAGE;
-        _cleanup_(cell_closep) struct cell *cell = NULL;
-        if (cli_cell_open(g, NULL, &cell, err) < 0)
-                return CLI_EXIT_FAILURE;
-        for (int i = optind; i < argc; i++) {
-                _cleanup_free_ char *id = NULL;
-                if (cell_container_lookup(cell, argv[i], &id, err) < 0 ||
-                    cell_container_stop(cell, id, (int)timeout, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                printf("%s\n", argv[i]);
-        }
-        return 0;
+        int t = (int)timeout;
+        return each_container(g, argc, argv, false, op_stop, &t, err);
 }
 
 int cmd_kill(struct cli_globals *g, int argc, char **argv, struct berr **err)
@@ -481,17 +522,7 @@ int cmd_kill(struct cli_globals *g, int argc, char **argv, struct berr **err)
         }
         if (need_ids(argc, usage) < 0)
                 return CLI_EXIT_USAGE;
-        _cleanup_(cell_closep) struct cell *cell = NULL;
-        if (cli_cell_open(g, NULL, &cell, err) < 0)
-                return CLI_EXIT_FAILURE;
-        for (int i = optind; i < argc; i++) {
-                _cleanup_free_ char *id = NULL;
-                if (cell_container_lookup(cell, argv[i], &id, err) < 0 ||
-                    cell_container_kill(cell, id, sig, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                printf("%s\n", argv[i]);
-        }
-        return 0;
+        return each_container(g, argc, argv, false, op_kill, &sig, err);
 }
 
 int cmd_rm(struct cli_globals *g, int argc, char **argv, struct berr **err)
@@ -520,23 +551,5 @@ int cmd_rm(struct cli_globals *g, int argc, char **argv, struct berr **err)
         }
         if (need_ids(argc, usage) < 0)
                 return CLI_EXIT_USAGE;
-        _cleanup_(cell_closep) struct cell *cell = NULL;
-        _cleanup_(store_closep) struct image_store *s = NULL;
-        if (cli_cell_open(g, NULL, &cell, err) < 0 || store_open(g->data_dir, g->config, &s, err) < 0)
-                return CLI_EXIT_FAILURE;
-        cell_sweep(cell, s);
-        int rc = 0;
-        for (int i = optind; i < argc; i++) {
-                _cleanup_free_ char *id = NULL;
-                _cleanup_berr_ struct berr *e = NULL;
-                if (cell_container_lookup(cell, argv[i], &id, &e) < 0 ||
-                    cell_container_remove(cell, s, id, force, &e) < 0) {
-                        /* Go on with the others, as docker rm does; report each failure. */
-                        cli_print_error(e);
-                        rc = CLI_EXIT_FAILURE;
-                        continue;
-                }
-                printf("%s\n", argv[i]);
-        }
-        return rc;
+        return each_container(g, argc, argv, true, op_rm, &force, err);
 }

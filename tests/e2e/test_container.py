@@ -359,3 +359,15 @@ def test_address_and_port_reused_at_once(cell):
                 return None
         assert wait_for(fetch, timeout=3, what=f"container {i} through the reused port") == f"c{i}\n".encode()
         cell("rm", "-f", cid)
+
+
+def test_several_containers_at_once(cell):
+    """stop, kill and rm go through every container given, report each failure, and exit 1 if any failed."""
+    ref = cell.image({"Cmd": ["sleep", "1000"]})
+    a, b = cell.detached("--name", "a", ref), cell.detached("--name", "b", ref)
+    r = cell("stop", "-t", "0", "a", "nope", "b", check=False)
+    assert r.returncode == 1 and r.stdout.split() == ["a", "b"] and "no such container: nope" in r.stderr
+    assert {x["State"]["Status"] for x in ps_json(cell.data)} == {"exited"}
+    r = cell("rm", "a", "nope", "b", check=False)
+    assert r.returncode == 1 and r.stdout.split() == ["a", "b"]
+    assert ps_json(cell.data) == [] and a != b
