@@ -254,52 +254,10 @@ for l in m["layers"]:
 log "image: $(tr '\n' ';' <"$LAYOUT/bench-image.txt")"
 
 # --- the registry (storage cached across runs) -------------------------------------------------------------------
-free_port() {
-        "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-start_registry() {
-        mkdir -p "$REGDIR/storage"
-        local attempt deadline
-        for attempt in 1 2 3 4 5; do
-                PORT=$(free_port)
-                cat >"$WORK/registry.yml" <<EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $REGDIR/storage
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$PORT
-  secret: bench-$PORT
-health:
-  storagedriver:
-    enabled: false
-EOF
-                /usr/bin/docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 </dev/null &
-                REG_PID=$!
-                # Poll until /v2/ answers or the process dies (no fixed sleep).
-                deadline=$((SECONDS + 30))
-                while [ $SECONDS -lt $deadline ] && kill -0 "$REG_PID" 2>/dev/null; do
-                        if curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/v2/" 2>/dev/null; then
-                                return 0
-                        fi
-                        sleep 0.05
-                done
-                kill "$REG_PID" 2>/dev/null || true
-                wait "$REG_PID" 2>/dev/null || true
-                REG_PID=""
-                grep -q "address already in use" "$WORK/registry.log" || break
-                log "port $PORT taken, retrying ($attempt)"
-        done
-        cat "$WORK/registry.log" >&2
-        die "docker-registry did not start"
-}
-start_registry
+# shellcheck source=scripts/lib/registry.sh
+. "$REPO/scripts/lib/registry.sh"
+registry_start "$REGDIR" || die "docker-registry did not start"
+PORT=$REG_PORT
 REF=127.0.0.1:$PORT/$REPO_TAG
 have=$(curl -fsS -o /dev/null -w '%header{docker-content-digest}' -I \
         -H 'Accept: application/vnd.oci.image.manifest.v1+json' \

@@ -95,71 +95,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- a private registry on 127.0.0.1 --------------------------------------------------------------------------
-free_port() {
-        "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
-# Poll /v2/ until the registry answers, failing early if the process exits. No fixed sleep: the loop ends
-# as soon as the condition holds; each probe is bounded by curl's own timeouts.
-wait_registry() {
-        local url=$1 deadline=$((SECONDS + 30))
-        while [ $SECONDS -lt $deadline ]; do
-                kill -0 "$REG_PID" 2>/dev/null || return 1
-                if curl -fsS -o /dev/null --connect-timeout 1 --max-time 2 "$url/v2/" 2>/dev/null; then
-                        return 0
-                fi
-                sleep 0.05
-        done
-        return 1
-}
 
-start_registry() {
-        mkdir -p "$REG/storage"
-        local attempt
-        for attempt in 1 2 3 4 5; do
-                PORT=$(free_port)
-                cat >"$REG/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $REG/storage
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$PORT
-  secret: $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-health:
-  storagedriver:
-    enabled: false
-EOF
-                # REGISTRY_* variables would override the file: drop any from the registry's environment.
-                local unset_args=() k
-                while IFS='=' read -r k _; do
-                        if [[ $k == REGISTRY_* ]]; then unset_args+=(-u "$k"); fi
-                done < <(env)
-                env "${unset_args[@]}" /usr/bin/docker-registry serve "$REG/config.yml" \
-                        >"$REG/registry.log" 2>&1 </dev/null &
-                REG_PID=$!
-                if wait_registry "http://127.0.0.1:$PORT"; then
-                        return 0
-                fi
-                kill "$REG_PID" 2>/dev/null || true
-                wait "$REG_PID" 2>/dev/null || true
-                REG_PID=""
-                # A port taken between choosing and binding: try another; anything else is fatal.
-                grep -q "address already in use" "$REG/registry.log" || break
-                echo "demo: port $PORT was taken, retrying ($attempt)"
-        done
-        cat "$REG/registry.log" >&2 || true
-        die "docker-registry did not start"
-}
 
 bold "Starting a private registry (Debian's docker-registry) on 127.0.0.1"
-start_registry
+# shellcheck source=scripts/lib/registry.sh
+. "$REPO/scripts/lib/registry.sh"
+registry_start "$REG" || die "docker-registry did not start"
+PORT=$REG_PORT
 REGISTRY=127.0.0.1:$PORT
 echo "registry: http://$REGISTRY (storage $REG/storage, pid $REG_PID)"
 
@@ -268,14 +211,14 @@ cell:
     subnet: 10.215.0.0/24
     nft_table: $DEMO_TABLE
 EOF
-PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+APP_PORT=$(registry_free_port)
 B() { "$BERTH" --data-dir "$DATA" --config "$CFG" "$@"; }
 
 bold "Running it as a container: its own user namespace, network, memory limit and disk quota"
-printf '$ %s\n' "berth run -d --name hello -p 127.0.0.1:$PORT:8080 -m 64M --disk 64M $IMAGE"
-B run -d --name hello -p "127.0.0.1:$PORT:8080" -m 64M --disk 64M "$IMAGE"
-for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null && break; sleep 0.05; done
-run curl -fsS "http://127.0.0.1:$PORT/"
+printf '$ %s\n' "berth run -d --name hello -p 127.0.0.1:$APP_PORT:8080 -m 64M --disk 64M $IMAGE"
+B run -d --name hello -p "127.0.0.1:$APP_PORT:8080" -m 64M --disk 64M "$IMAGE"
+for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$APP_PORT/" 2>/dev/null && break; sleep 0.05; done
+run curl -fsS "http://127.0.0.1:$APP_PORT/"
 printf '$ berth ps\n'; B ps
 printf '$ berth exec hello id\n'; B exec hello id
 printf '$ berth logs hello\n'; B logs hello
