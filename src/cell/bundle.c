@@ -102,8 +102,10 @@ int bundle_config_build(const struct process_spec *p, const struct bundle_opts *
         json_array_append_new(mounts, mount_entry("/dev/shm", "tmpfs", "shm", shm_o));
         json_array_append_new(mounts, mount_entry("/dev/mqueue", "mqueue", "mqueue", mq_o));
         json_array_append_new(mounts, mount_entry("/sys", "sysfs", "sysfs", sys_o));
-        json_t *ns = json_pack("[{s:s}, {s:s}, {s:s}, {s:s}, {s:s}, {s:s}]", "type", "user", "type", "pid",
-                               "type", "mount", "type", "ipc", "type", "uts", "type", "network");
+        /* A cgroup namespace too: the container sees its own cgroup as "/", not the host's path. */
+        json_t *ns =
+            json_pack("[{s:s}, {s:s}, {s:s}, {s:s}, {s:s}, {s:s}, {s:s}]", "type", "user", "type", "pid",
+                      "type", "mount", "type", "ipc", "type", "uts", "type", "network", "type", "cgroup");
         if (o->netns_path)
                 json_object_set_new(json_array_get(ns, 5), "path", json_string(o->netns_path));
         if (o->userns_path)

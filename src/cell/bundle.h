@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The OCI runtime-spec config.json of a container: always in its own user namespace (image/idmap.h),
- * pid/mount/network/uts/ipc namespaces, a least-privilege capability set (no CAP_SYS_ADMIN),
+ * pid/mount/network/uts/ipc/cgroup namespaces, a least-privilege capability set (no CAP_SYS_ADMIN),
  * no_new_privs, masked and read-only /proc and /sys paths, a minimal /dev without /dev/fuse, nofile 16384,
  * and memory (swap = memory) and pids limits.
  */

@@ -26,8 +26,8 @@ static void run_usage(FILE *f)
                 "                 [--pids N] [-p [IP:]HOSTPORT:PORT[/udp]]... [--network bridge|none]\n"
                 "                 [--user U] [--workdir D] [--entrypoint E] [--runtime crun|runc]\n"
                 "                 IMAGE [CMD...]\n\n"
-                "Pulls IMAGE if needed and runs it in its own user, pid, mount, network, uts and ipc\n"
-                "namespaces under a berth-monitor. In the foreground it streams the output and exits with\n"
+                "Pulls IMAGE if needed and runs it in its own user, pid, mount, network, uts, ipc and\n"
+                "cgroup namespaces under a berth-monitor. In the foreground it streams the output and exits with\n"
                 "the container's exit code; with -d it prints the container id.\n");
 }
 

@@ -43,7 +43,7 @@ IDMAP_SIZE = 16777216
 # NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP
 CAPS = "00000000a80425fb"
 NO_CAPS = "0000000000000000"
-CONTAINER_NAMESPACES = ("user", "pid", "mnt", "net", "uts", "ipc")
+CONTAINER_NAMESPACES = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup")
 
 
 
@@ -574,7 +574,8 @@ def test_container_root_is_an_unprivileged_host_uid(main_run, sec):
     assert main_run.peer_uid_map.split() == ["0", str(IDMAP_HOST_BASE), str(IDMAP_SIZE)]
     assert main_run.peer_gid_map.split() == ["0", str(IDMAP_HOST_BASE), str(IDMAP_SIZE)]
     assert f"/berth/{main_run.peer['Id']}" in main_run.peer_cgroup
-    assert main_run.r["cgroup_pids_path"] == f"/berth/{main_run.doc['Id']}"
+    # in its own cgroup namespace the container sees its cgroup as "/", not the host's /berth/<id>
+    assert main_run.r["cgroup_pids_path"] == "/"
     e = main_run.exec_results
     assert (e.get("exec_extra_fds"), e.get("exec_cwd")) == ("none", "/"), e  # nothing leaked by the runtime
     assert (e.get("exec_uid"), e.get("exec_CapEff"), e.get("exec_CapBnd"), e.get("exec_NoNewPrivs"),
