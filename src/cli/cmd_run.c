@@ -27,8 +27,8 @@ static void run_usage(FILE *f)
                 "                 [--user U] [--workdir D] [--entrypoint E] [--runtime crun|runc]\n"
                 "                 IMAGE [CMD...]\n\n"
                 "Pulls IMAGE if needed and runs it in its own user, pid, mount, network, uts, ipc and\n"
-                "cgroup namespaces under a berth-monitor. In the foreground it streams the output and exits with\n"
-                "the container's exit code; with -d it prints the container id.\n");
+                "cgroup namespaces under a berth-monitor. In the foreground it streams the output and\n"
+                "exits with the container's exit code; with -d it prints the container id.\n");
 }
 
 /* As docker: "K=V" as given; "K" alone takes the caller's value, and is skipped when the caller has none. */
