@@ -1174,6 +1174,19 @@ static int read_meta(struct cell *c, const char *id, json_t **ret, struct berr *
         return 0;
 }
 
+/* The container's record and state; with must_run, an error unless it is running. *ret_meta: caller's. */
+static int read_meta_state(struct cell *c, const char *id, bool must_run, json_t **ret_meta,
+                           struct cstate *st, struct berr **err)
+{
+        int r = read_meta(c, id, ret_meta, err);
+        if (r < 0)
+                return r;
+        read_state(c, id, st);
+        if (must_run && strcmp(st->status, "running") != 0)
+                return berr_set(err, -ESRCH, "container %.12s is not running", id);
+        return 0;
+}
+
 int cell_signal_parse(const char *s)
 {
         static const struct {
@@ -1204,24 +1217,18 @@ int cell_signal_parse(const char *s)
 int cell_container_kill(struct cell *c, const char *id, int sig, struct berr **err)
 {
         _cleanup_json_ json_t *meta = NULL;
-        int r = read_meta(c, id, &meta, err);
-        if (r < 0)
-                return r;
         struct cstate st;
-        read_state(c, id, &st);
-        if (strcmp(st.status, "running") != 0)
-                return berr_set(err, -ESRCH, "container %.12s is not running", id);
-        return runtime_kill(c, meta, id, sig, err);
+        int r = read_meta_state(c, id, true, &meta, &st, err);
+        return r < 0 ? r : runtime_kill(c, meta, id, sig, err);
 }
 
 int cell_container_stop(struct cell *c, const char *id, int timeout_s, struct berr **err)
 {
         _cleanup_json_ json_t *meta = NULL;
-        int r = read_meta(c, id, &meta, err);
+        struct cstate st;
+        int r = read_meta_state(c, id, false, &meta, &st, err);
         if (r < 0)
                 return r;
-        struct cstate st;
-        read_state(c, id, &st);
         if (strcmp(st.status, "running") != 0)
                 return 0; /* as docker: stopping a stopped container succeeds */
         int sig = cell_signal_parse(
@@ -1283,13 +1290,10 @@ int cell_container_exec_argv(struct cell *c, const char *id, char *const *cmd, b
         if (!cmd || !cmd[0])
                 return berr_set(err, -EINVAL, "exec: no command given");
         _cleanup_json_ json_t *meta = NULL;
-        int r = read_meta(c, id, &meta, err);
+        struct cstate st;
+        int r = read_meta_state(c, id, true, &meta, &st, err);
         if (r < 0)
                 return r;
-        struct cstate st;
-        read_state(c, id, &st);
-        if (strcmp(st.status, "running") != 0)
-                return berr_set(err, -ESRCH, "container %.12s is not running", id);
         _cleanup_free_ char *dir = ctr_dir(c, id);
         _cleanup_free_ char *cfgp = xasprintf("%s/config.json", dir);
         _cleanup_json_ json_t *cfg = NULL;
