@@ -161,22 +161,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# --- the registry ----------------------------------------------------------------------------------------------
-
 # --- the image: busybox-static, one layer ----------------------------------------------------------------------
+# shellcheck source=scripts/lib/busybox.sh
+. "$REPO/scripts/lib/busybox.sh"
 build_image() {
-        local layout=$WORK/layout bundle=$WORK/umoci-bundle r applet
+        local layout=$WORK/layout bundle=$WORK/umoci-bundle r
         umoci init --layout "$layout"
         umoci new --image "$layout:start"
         umoci unpack --image "$layout:start" "$bundle" >/dev/null
         r=$bundle/rootfs
-        mkdir -p "$r/bin" "$r/etc" "$r/tmp" "$r/root" "$r/www"
-        chmod 1777 "$r/tmp"
-        chmod 0700 "$r/root"
-        install -m 0755 /bin/busybox "$r/bin/busybox"
-        for applet in $(/bin/busybox --list); do
-                [ "$applet" = busybox ] || ln -sf busybox "$r/bin/$applet"
-        done
+        busybox_rootfs "$r"
+        mkdir -p "$r/www"
         printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/www:/bin/sh\n' >"$r/etc/passwd"
         printf 'root:x:0:\napp:x:1000:\n' >"$r/etc/group"
         echo '<h1>hello</h1>' >"$r/www/index.html"

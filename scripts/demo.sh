@@ -113,13 +113,10 @@ run umoci init --layout "$LAYOUT"
 run umoci new --image "$LAYOUT:demo"
 run umoci unpack --image "$LAYOUT:demo" "$BUNDLE"
 R=$BUNDLE/rootfs
-mkdir -p "$R/bin" "$R/etc" "$R/tmp" "$R/root" "$R/home/app"
-chmod 1777 "$R/tmp"
-chmod 0700 "$R/root"
-install -m 0755 /bin/busybox "$R/bin/busybox"
-for applet in $(/bin/busybox --list); do
-        [ "$applet" = busybox ] || ln -sf busybox "$R/bin/$applet"
-done
+# shellcheck source=scripts/lib/busybox.sh
+. "$REPO/scripts/lib/busybox.sh"
+busybox_rootfs "$R"
+mkdir -p "$R/home/app"
 cat >"$R/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 app:x:1000:1000:demo app:/home/app:/bin/sh
