@@ -28,6 +28,13 @@ int cmd_stop(struct cli_globals *g, int argc, char **argv, struct berr **err);
 int cmd_kill(struct cli_globals *g, int argc, char **argv, struct berr **err);
 int cmd_rm(struct cli_globals *g, int argc, char **argv, struct berr **err);
 int cmd_inspect(struct cli_globals *g, int argc, char **argv, struct berr **err);
+/* The platform (full binary only): argv[0] is the command name (login, push, app-stop, stop, logs, ...). */
+int cmd_platform(struct cli_globals *g, int argc, char **argv, struct berr **err);
+/* `berth up` (src/cli/cmd_up.c) and the daemons (argv[0]: controller, cell, router). */
+int cmd_up(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_daemon(struct cli_globals *g, int argc, char **argv, struct berr **err);
+/* True if name_or_id names a container of this host's cell (without side effects; false on any error). */
+bool cli_container_exists(struct cli_globals *g, const char *name_or_id);
 
 struct cell;
 struct cell_port_map;

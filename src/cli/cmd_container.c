@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Container commands: ps, logs, exec, stop, kill, rm, inspect (`run` is in cmd_run.c). */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <getopt.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cell/container.h"
@@ -35,6 +37,28 @@ int cli_cell_open(struct cli_globals *g, const char *runtime, struct cell **ret,
                          .n_allow_host_ports = bc->n_cell_allow_host_ports },
         };
         return cell_open(&cc, ret, err);
+}
+
+bool cli_container_exists(struct cli_globals *g, const char *name)
+{
+        if (!name || !*name || strchr(name, '/') || name[0] == '.' || strlen(name) > 128)
+                return false;
+        _cleanup_free_ char *link = xasprintf("%s/cell/names/%s", g->data_dir, name);
+        struct stat st;
+        if (lstat(link, &st) == 0)
+                return true;
+        size_t n = strlen(name);
+        if (n < 3 || strspn(name, "0123456789abcdef") != n)
+                return false;
+        _cleanup_free_ char *dir = xasprintf("%s/cell/containers", g->data_dir);
+        DIR *d = opendir(dir);
+        bool found = false;
+        struct dirent *de;
+        while (d && !found && (de = readdir(d)))
+                found = strncmp(de->d_name, name, n) == 0;
+        if (d)
+                closedir(d);
+        return found;
 }
 
 static int parse_port_num(const char *s, uint16_t *ret)

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,10 +80,58 @@ int cli_run_full(struct cli_globals *g, char *const *args, int stdout_to)
                         return -1;
         return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
-#define CMD_IMAGE cmd_image_exec
+#define CMD_IMAGE    cmd_image_exec
+#define CMD_PLATFORM cmd_image_exec
+#define CMD_UP       cmd_image_exec
+#define CMD_DAEMON   cmd_image_exec
 #else
-#define CMD_IMAGE cmd_image
+#define CMD_IMAGE    cmd_image
+#define CMD_PLATFORM cmd_platform
+#define CMD_UP       cmd_up
+#define CMD_DAEMON   cmd_daemon
 #endif
+
+/*
+ * `stop` and `logs` name a local container (docker's verbs) or an app (cf's verbs): a name, id or id
+ * prefix of a container on this host wins; anything else is an app of the targeted space. `berth container
+ * stop|logs` and `berth app-stop|app-logs` say which explicitly.
+ */
+static bool names_local_container(struct cli_globals *g, int argc, char **argv)
+{
+        const char *name = NULL;
+        for (int i = 1; i < argc; i++) {
+                if (argv[i][0] == '-') {
+                        /* Only container options take a value; app options (--recent) do not. */
+                        if (strcmp(argv[i], "-t") == 0 || strcmp(argv[i], "--time") == 0 ||
+                            strcmp(argv[i], "--tail") == 0)
+                                return true;
+                        if (strcmp(argv[i], "--recent") == 0)
+                                return false;
+                        continue;
+                }
+                name = argv[i];
+                break;
+        }
+        if (!name)
+                return true; /* the container command prints its usage */
+        return cli_container_exists(g, name);
+}
+
+static int cmd_stop_any(struct cli_globals *g, int argc, char **argv, struct berr **err)
+{
+        if (names_local_container(g, argc, argv))
+                return cmd_stop(g, argc, argv, err);
+        return CMD_PLATFORM(g, argc, argv, err);
+}
+
+static int cmd_logs_any(struct cli_globals *g, int argc, char **argv, struct berr **err)
+{
+        if (names_local_container(g, argc, argv))
+                return cmd_logs(g, argc, argv, err);
+        return CMD_PLATFORM(g, argc, argv, err);
+}
+
+static int cmd_container(struct cli_globals *g, int argc, char **argv, struct berr **err);
 
 static const struct {
         const char *name;
@@ -92,13 +141,84 @@ static const struct {
         { "image", CMD_IMAGE, "pull, list, inspect, export and remove images" },
         { "run", cmd_run, "run an image as a container (foreground, or -d detached)" },
         { "ps", cmd_ps, "list containers" },
-        { "logs", cmd_logs, "print or follow a container's output" },
+        { "logs", cmd_logs_any, "print or follow a container's (or an app's) output" },
         { "exec", cmd_exec, "run a command in a running container" },
-        { "stop", cmd_stop, "stop containers (stop signal, then SIGKILL)" },
+        { "stop", cmd_stop_any, "stop containers (stop signal, then SIGKILL), or an app" },
         { "kill", cmd_kill, "send a signal to containers" },
         { "rm", cmd_rm, "remove containers" },
         { "inspect", cmd_inspect, "print containers' state as JSON" },
+        { "container", cmd_container, "the container commands by their full name (container stop ...)" },
+        { "up", CMD_UP, "run a whole single-node platform (controller, cell, router) in the foreground" },
+        { "controller", CMD_DAEMON, "run the controller daemon (API, store, scheduler)" },
+        { "cell", CMD_DAEMON, "run the cell agent daemon (runs app instances)" },
+        { "router", CMD_DAEMON, "run the router daemon (HTTP routing to app instances)" },
 };
+
+/* The platform commands (src/cli/platform*.c), in the cf CLI's spirit; all talk to the controller's API. */
+static const struct {
+        const char *name;
+        const char *summary;
+} platform_commands[] = {
+        { "login", "log in to a berth API (login -a URL -u USER [-p PASSWORD])" },
+        { "logout", "forget the login" },
+        { "target", "show or set the targeted org and space" },
+        { "orgs", "list orgs" },
+        { "spaces", "list spaces of the targeted org" },
+        { "create-org", "create an org" },
+        { "delete-org", "delete an org" },
+        { "create-space", "create a space" },
+        { "delete-space", "delete a space" },
+        { "create-user", "create a user (admin)" },
+        { "delete-user", "delete a user (admin)" },
+        { "set-space-role", "give a user a role in a space" },
+        { "unset-space-role", "take a user's role in a space away" },
+        { "space-users", "list a space's users by role" },
+        { "push", "push an app from a Docker image (push APP --docker-image REF)" },
+        { "apps", "list apps of the targeted space" },
+        { "app", "show an app and its instances" },
+        { "start", "start an app" },
+        { "app-stop", "stop an app (also `berth stop APP`)" },
+        { "restart", "restart an app" },
+        { "restage", "re-resolve an app's image and restart it" },
+        { "delete", "delete an app" },
+        { "scale", "change an app's instances, memory or disk" },
+        { "env", "show an app's environment" },
+        { "set-env", "set an app's environment variable" },
+        { "unset-env", "remove an app's environment variable" },
+        { "feature-flags", "list feature flags" },
+        { "feature-flag", "show a feature flag" },
+        { "enable-feature-flag", "enable a feature flag (admin)" },
+        { "disable-feature-flag", "disable a feature flag (admin)" },
+        { "domains", "list domains" },
+        { "routes", "list routes" },
+        { "create-route", "create a route" },
+        { "delete-route", "delete a route" },
+        { "map-route", "map a route to an app" },
+        { "unmap-route", "unmap a route from an app" },
+        { "app-logs", "show or stream an app's logs (also `berth logs APP [--recent]`)" },
+        { "events", "show an app's recent events" },
+};
+
+static int cmd_container(struct cli_globals *g, int argc, char **argv, struct berr **err)
+{
+        static const struct {
+                const char *name;
+                cli_command_fn fn;
+        } sub[] = {
+                { "run", cmd_run },   { "ps", cmd_ps },           { "logs", cmd_logs },
+                { "exec", cmd_exec }, { "stop", cmd_stop },       { "kill", cmd_kill },
+                { "rm", cmd_rm },     { "inspect", cmd_inspect }, { "ls", cmd_ps },
+        };
+        if (argc < 2)
+                return berr_set(err, -EINVAL,
+                                "usage: berth container run|ps|logs|exec|stop|kill|rm|inspect ..."),
+                       CLI_EXIT_USAGE;
+        for (size_t i = 0; i < ARRAY_SIZE(sub); i++)
+                if (strcmp(argv[1], sub[i].name) == 0)
+                        return sub[i].fn(g, argc - 1, argv + 1, err);
+        berr_set(err, -EINVAL, "unknown container command \"%s\"", argv[1]);
+        return CLI_EXIT_USAGE;
+}
 
 static void usage(FILE *f)
 {
@@ -115,6 +235,9 @@ static void usage(FILE *f)
                 BERTH_DEFAULT_DATA_DIR);
         for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
                 fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+        fprintf(f, "\nPlatform commands (talk to a berth API; see 'berth login'):\n");
+        for (size_t i = 0; i < ARRAY_SIZE(platform_commands); i++)
+                fprintf(f, "  %-21s %s\n", platform_commands[i].name, platform_commands[i].summary);
         fprintf(f, "\nRun 'berth COMMAND --help' for a command's options.\n");
 }
 
@@ -175,9 +298,14 @@ int main(int argc, char **argv)
                 return CLI_EXIT_USAGE;
         }
         const char *name = argv[optind];
-        for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
-                if (strcmp(name, commands[i].name) != 0)
-                        continue;
+        cli_command_fn fn = NULL;
+        for (size_t i = 0; i < ARRAY_SIZE(commands) && !fn; i++)
+                if (strcmp(name, commands[i].name) == 0)
+                        fn = commands[i].fn;
+        for (size_t i = 0; i < ARRAY_SIZE(platform_commands) && !fn; i++)
+                if (strcmp(name, platform_commands[i].name) == 0)
+                        fn = CMD_PLATFORM;
+        if (fn) {
                 if (!g.config_path) {
                         default_config = xasprintf("%s/config.yaml", g.data_dir);
                         g.config_path = default_config;
@@ -188,7 +316,7 @@ int main(int argc, char **argv)
                         cli_print_error(err);
                         return CLI_EXIT_FAILURE;
                 }
-                int rc = commands[i].fn(&g, argc - optind, argv + optind, &err);
+                int rc = fn(&g, argc - optind, argv + optind, &err);
                 if (err)
                         cli_print_error(err);
                 config_free(g.config);

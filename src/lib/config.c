@@ -38,6 +38,10 @@ void config_free(struct berth_config *c)
         free(c->cell_subnet);
         free(c->cell_nft_table);
         free(c->cell_allow_host_ports);
+        json_decref(c->cell_agent);
+        json_decref(c->controller);
+        json_decref(c->router);
+        free(c->internal_token_file);
         free(c);
 }
 
@@ -167,10 +171,22 @@ static int get_str(const json_t *obj, const char *where, const char *key, char *
         return 0;
 }
 
+static int section(const json_t *parent, const char *key, const char *where, json_t **ret, struct berr **err)
+{
+        json_t *v = json_object_get(parent, key);
+        if (!v || json_is_null(v))
+                return 0;
+        if (!json_is_object(v))
+                return berr_set(err, -EINVAL, "\"%s\" must be a mapping", where);
+        json_decref(*ret);
+        *ret = json_incref(v);
+        return 0;
+}
+
 static int parse_cell(struct berth_config *c, const json_t *cell, struct berr **err)
 {
-        static const char *const keys[] = { "runtime",         "log_max_bytes", "log_files",
-                                            "disk_pool_bytes", "network",       NULL };
+        static const char *const keys[] = { "runtime", "log_max_bytes", "log_files", "disk_pool_bytes",
+                                            "network", "agent",         NULL };
         static const char *const nkeys[] = {
                 "bridge", "subnet", "nft_table", "ipv6", "allow_host_ports", NULL
         };
@@ -238,7 +254,8 @@ int config_parse(const char *buf, size_t len, struct berth_config **ret, struct 
         }
         if (!json_is_object(doc))
                 return berr_set(err, -EINVAL, "configuration must be a mapping");
-        static const char *const top[] = { "registries", "image", "cell", NULL };
+        static const char *const top[] = { "registries",          "image", "cell", "controller", "router",
+                                           "internal_token_file", NULL };
         if ((r = check_keys(doc, "configuration", top, err)) < 0)
                 return r;
         json_t *regs = json_object_get(doc, "registries");
@@ -264,6 +281,14 @@ int config_parse(const char *buf, size_t len, struct berth_config **ret, struct 
         }
         json_t *cell = json_object_get(doc, "cell");
         if (cell && !json_is_null(cell) && (r = parse_cell(c, cell, err)) < 0)
+                return r;
+        /* The daemons' sections: kept as documents, each daemon checks its own (unknown keys included). */
+        if (cell && json_is_object(cell) &&
+            (r = section(cell, "agent", "cell.agent", &c->cell_agent, err)) < 0)
+                return r;
+        if ((r = section(doc, "controller", "controller", &c->controller, err)) < 0 ||
+            (r = section(doc, "router", "router", &c->router, err)) < 0 ||
+            (r = get_str(doc, "configuration", "internal_token_file", &c->internal_token_file, err)) < 0)
                 return r;
         *ret = TAKE_PTR(c);
         return 0;

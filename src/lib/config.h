@@ -23,11 +23,17 @@
  *       nft_table: berth
  *       ipv6: false
  *       allow_host_ports: [53]       # host ports containers may reach (none by default)
+ *     agent: {listen: "127.0.0.1:9023", ...}   # the cell agent (docs/PLATFORM.md)
+ *   controller: {listen: "127.0.0.1:9022", domain: apps.localhost, ...}
+ *   router: {listen: "127.0.0.1:9080", ...}
+ *   internal_token_file: /var/lib/berth/internal-token
  */
 #pragma once
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 #include "lib/err.h"
 
@@ -57,6 +63,14 @@ struct berth_config {
         bool cell_ipv6;
         uint16_t *cell_allow_host_ports;
         size_t n_cell_allow_host_ports;
+        /*
+         * The daemons' own sections, checked by each daemon (NULL when absent): cell.agent (the cell agent,
+         * src/cell/agent.c), controller (src/controller), router (src/router). See docs/PLATFORM.md.
+         */
+        json_t *cell_agent;
+        json_t *controller;
+        json_t *router;
+        char *internal_token_file; /* shared secret of the internal API; NULL: <data-dir>/internal-token */
 };
 
 /* Defaults, no registries. */
