@@ -1,0 +1,210 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The controller's shared state and the framework its API modules are written against (docs/PLATFORM.md).
+ *
+ * Files:
+ *   main.c      controller_main: config, first start (admin, org/space default, domain, flags), threads
+ *   db.c     SQLite (WAL) open, schema (every module's CREATE TABLE), transactions, small helpers
+ *   api.c       dispatch (api_routes of every module), auth middleware, errors, pagination, JSON bodies
+ *   auth.c      /oauth/token, tokens, argon2id passwords (libsodium), users
+ *   tenancy.c   organizations, spaces, roles, authz_* checks
+ *   flags.c     feature flags
+ *   domains.c   domains
+ *   events.c    audit events
+ *   crypt.c     secretbox encryption of registry passwords
+ *   apps.c      apps, env, processes, scale, start/stop/restart
+ *   staging.c   packages, builds, droplets (image_resolve)
+ *   routes.c    routes and destinations; the route table the routers watch
+ *   sched.c     cells (registration, heartbeats, events), placement, convergence, desire/stop calls
+ *   logs.c      app logs (gathered from the cells), stats
+ *
+ * Concurrency: the HTTP server runs each connection on its own thread. The database is one SQLite
+ * connection guarded by ctl->db_lock: take it with db_lock()/db_unlock() around every use (a handler
+ * does its reads and writes in one locked transaction, then releases the lock before any network call).
+ */
+#pragma once
+
+#include <jansson.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lib/config.h"
+#include "lib/err.h"
+#include "lib/http_server.h"
+
+struct sched;
+
+struct ctl {
+        char *data_dir;                 /* <data-dir> */
+        const struct berth_config *cfg; /* whole configuration */
+        char *external_url;             /* "http://127.0.0.1:9022", no trailing slash */
+        char *domain;                   /* the shared domain created on first start */
+        char *internal_token;           /* the internal API's bearer token */
+        unsigned char enc_key[32];      /* registry passwords at rest */
+        unsigned token_ttl_s;
+
+        sqlite3 *db;
+        pthread_mutex_t db_lock;
+
+        /* Route table version: bumped (under db_lock) by any change of routes, destinations or endpoints. */
+        pthread_mutex_t rt_lock;
+        pthread_cond_t rt_cond;
+        uint64_t rt_version;
+
+        struct sched *sched;
+        volatile int stopping;
+};
+
+/* ---- db.c ---- */
+int db_open(struct ctl *c, const char *path, struct berr **err);
+void db_close(struct ctl *c);
+void db_lock(struct ctl *c);
+void db_unlock(struct ctl *c);
+/* BEGIN IMMEDIATE / COMMIT / ROLLBACK (with the lock held). */
+int db_begin(struct ctl *c, struct berr **err);
+int db_commit(struct ctl *c, struct berr **err);
+void db_rollback(struct ctl *c);
+/* Execute SQL with no result; fails with the SQLite message. */
+int db_exec(struct ctl *c, const char *sql, struct berr **err);
+/* Prepare (sqlite3_prepare_v2); on failure returns NULL and sets *err. Caller finalizes. */
+sqlite3_stmt *db_prepare(struct ctl *c, const char *sql, struct berr **err);
+#define _cleanup_stmt_ _cleanup_(db_finalizep)
+static inline void db_finalizep(sqlite3_stmt **s)
+{
+        if (*s)
+                sqlite3_finalize(*s);
+}
+/* Column text as a (possibly NULL) const char * valid until the next step. */
+static inline const char *db_col_text(sqlite3_stmt *s, int i)
+{
+        return (const char *)sqlite3_column_text(s, i);
+}
+/* The schema of each module, executed in order by db_open (CREATE TABLE IF NOT EXISTS ...). */
+extern const char db_schema_core[];  /* users, tokens, orgs, spaces, roles, flags, domains, events */
+extern const char db_schema_apps[];  /* apps, processes, packages, builds, droplets, routes, destinations,
+                                           cells, instances */
+
+/* ---- helpers (db.c) ---- */
+/* A new UUID v4 string (37 bytes incl. NUL). */
+void ctl_uuid(char out[static 37]);
+/* Now as "2026-11-28T18:00:00Z" (21 bytes incl. NUL). */
+void ctl_now(char out[static 21]);
+
+/* ---- api.c ---- */
+struct api_user {
+        char guid[37];
+        char username[256];
+        bool admin;
+        bool internal; /* the internal token (cells, routers) */
+};
+
+struct api_req {
+        struct ctl *ctl;
+        const struct http_request *http;
+        json_t *body;           /* parsed JSON object for POST/PATCH/PUT (NULL otherwise) */
+        const char *params[4];  /* ":name" path segments in pattern order */
+        struct api_user user;   /* the authenticated caller (zeroed for public routes) */
+};
+
+typedef void (*api_handler_fn)(struct api_req *r, struct http_response *resp);
+
+enum api_access {
+        API_USER = 0,     /* a user's bearer token */
+        API_PUBLIC = 1,   /* no token */
+        API_INTERNAL = 2, /* the internal token only */
+};
+
+struct api_route {
+        const char *method;  /* "GET", "POST", ... */
+        const char *pattern; /* "/v3/apps/:guid/actions/start" — ":x" matches one path segment */
+        api_handler_fn fn;
+        enum api_access access;
+};
+
+/* Each module's table, terminated by { NULL }. api.c dispatches over all of them. */
+extern const struct api_route api_routes_auth[];
+extern const struct api_route api_routes_tenancy[];
+extern const struct api_route api_routes_flags[];
+extern const struct api_route api_routes_domains[];
+extern const struct api_route api_routes_events[];
+extern const struct api_route api_routes_apps[];
+extern const struct api_route api_routes_staging[];
+extern const struct api_route api_routes_routes[];
+extern const struct api_route api_routes_sched[];
+extern const struct api_route api_routes_logs[];
+
+/* The HTTP handler (http_server_opts.handler, userdata = struct ctl *). */
+void api_handle(void *userdata, const struct http_request *req, struct http_response *resp);
+
+/* CF error body {"errors":[{code,title,detail}]}; title is "CF-Name" (the "CF-" is added if missing). */
+void api_error(struct http_response *resp, int status, int code, const char *title, const char *fmt, ...)
+        _printf_(5, 6);
+/* 404 CF-ResourceNotFound "<what> not found" (what: "App", "Space", ...). */
+void api_not_found(struct http_response *resp, const char *what);
+/* 403 CF-NotAuthorized. */
+void api_forbidden(struct http_response *resp);
+/* 422 CF-UnprocessableEntity with detail. */
+void api_unprocessable(struct http_response *resp, const char *fmt, ...) _printf_(2, 3);
+/* 403 CF-FeatureDisabled for flag (uses the flag's custom message if set). */
+void api_feature_disabled(struct ctl *c, struct http_response *resp, const char *flag);
+/* 500 CF-ServerError from an internal error (logged, detail generic). */
+void api_server_error(struct http_response *resp, const struct berr *e);
+/* Absolute link: external_url + path (printf-style). Caller frees. */
+char *api_href(struct ctl *c, const char *fmt, ...) _printf_(2, 3);
+/* {"href": ...} object for links. */
+json_t *api_link(struct ctl *c, const char *fmt, ...) _printf_(2, 3);
+/*
+ * Paginate `items` (stolen; already filtered and ordered) per the request's page/per_page and respond
+ * 200 with {"pagination":{...},"resources":[...]}; `path` is the list's path for the links ("/v3/apps").
+ * Bad page/per_page → 400 CF-BadQueryParameter.
+ */
+void api_respond_list(struct api_req *r, struct http_response *resp, const char *path, json_t *items);
+/* Comma-separated query filter (e.g. "names") as a NULL-terminated strv (NULL if absent); caller frees. */
+char **api_query_list(struct api_req *r, const char *name);
+/* order_by: fills *field ("created_at", "updated_at", "name") and *desc; false + 400 sent if invalid. */
+bool api_order_by(struct api_req *r, struct http_response *resp, const char **field, bool *desc);
+
+/* ---- tenancy.c: authorization ---- */
+enum authz_perm {
+        AUTHZ_READ = 0,   /* see it: any role in the space (or org role for org-level reads) */
+        AUTHZ_SECRET = 1, /* env vars: developer (or admin) */
+        AUTHZ_WRITE = 2,  /* change it: developer (or admin) */
+        AUTHZ_MANAGE = 3, /* manage roles: space/org manager (or admin) */
+};
+/*
+ * May r's user do `perm` in this space? 0 yes; -ENOENT the user cannot see the space (answer 404);
+ * -EPERM visible but not allowed (answer 403). Takes the store lock itself only if `locked` is false.
+ */
+int authz_space(struct api_req *r, const char *space_guid, enum authz_perm perm, bool locked);
+int authz_org(struct api_req *r, const char *org_guid, enum authz_perm perm, bool locked);
+/* SQL fragment restricting space_guid visibility for list queries: " AND <col> IN (...)" or "" (admin). */
+char *authz_space_filter_sql(struct api_req *r, const char *column);
+/* Space and org names for VCAP_APPLICATION and the CLI (lock held). */
+int tenancy_space_info(struct ctl *c, const char *space_guid, char **space_name, char **org_guid,
+                       char **org_name);
+
+/* ---- flags.c ---- */
+/* Is the flag on (lock held)? Unknown flags are off. */
+bool flag_enabled(struct ctl *c, const char *name);
+
+/* ---- events.c ---- */
+/* Record an audit event (lock held; part of the caller's transaction). data may be NULL (stolen). */
+void audit_event(struct ctl *c, const char *type, const struct api_user *actor, const char *target_type,
+                 const char *target_guid, const char *target_name, const char *space_guid, json_t *data);
+
+/* ---- crypt.c ---- */
+/* Encrypt to "v1:" + base64(nonce||box); decrypt back. Caller frees. */
+char *crypt_seal(struct ctl *c, const char *plain);
+int crypt_open(struct ctl *c, const char *sealed, char **ret_plain, struct berr **err);
+
+/* ---- routes.c ---- */
+/* Bump the route table version and wake watchers (any thread; lock not required). */
+void routes_changed(struct ctl *c);
+
+/* ---- sched.c ---- */
+int sched_start(struct ctl *c, struct berr **err);
+void sched_stop(struct ctl *c);
+/* Something desired changed (app started/stopped/scaled, flag flipped): converge now. */
+void sched_kick(struct ctl *c);
