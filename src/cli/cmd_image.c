@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "image/resolve.h"
 #include "image/store.h"
 #include "lib/json.h"
 
@@ -21,6 +22,8 @@ static void image_usage(FILE *f)
             "                        fetch, verify and unpack an image (password: $BERTH_REGISTRY_PASSWORD)\n"
             "  ls [--json]           list images\n"
             "  inspect REF           show an image as JSON (digest, config, layers, sizes)\n"
+            "  resolve REF [--platform P] [--username U]\n"
+            "                        ask the registry for the image's digest and config (no layers)\n"
             "  rm REF...             remove image references\n"
             "  prune                 remove layers no image or container uses\n"
             "  export REF DEST       write the image's filesystem to directory DEST, or a tar if DEST ends "
@@ -164,6 +167,43 @@ static int image_inspect(struct cli_globals *g, int argc, char **argv, struct be
         return 0;
 }
 
+/* What staging does: the pinned reference and the config, without pulling a layer. */
+static int image_resolve_cmd(struct cli_globals *g, int argc, char **argv, struct berr **err)
+{
+        static const struct option opts[] = { { "platform", required_argument, NULL, 'p' },
+                                              { "username", required_argument, NULL, 'u' },
+                                              { 0 } };
+        const char *platform = NULL, *username = NULL;
+        int c;
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+                if (c == 'p')
+                        platform = optarg;
+                else if (c == 'u')
+                        username = optarg;
+                else
+                        return CLI_EXIT_USAGE;
+        }
+        if (optind + 1 != argc) {
+                berr_set(err, -EINVAL, "usage: berth image resolve REF [--platform P] [--username U]");
+                return CLI_EXIT_USAGE;
+        }
+        const char *password = getenv("BERTH_REGISTRY_PASSWORD");
+        if (username && !password) {
+                berr_set(err, -EINVAL, "--username needs the password in $BERTH_REGISTRY_PASSWORD");
+                return CLI_EXIT_USAGE;
+        }
+        _cleanup_(image_resolved_free) struct image_resolved res = { 0 };
+        if (image_resolve(g->config, argv[optind], username, username ? password : NULL, platform, &res,
+                          err) < 0)
+                return CLI_EXIT_FAILURE;
+        _cleanup_json_ json_t *doc =
+            json_pack("{s:s, s:s, s:O}", "pinned", res.pinned, "digest", res.digest, "config", res.config);
+        _cleanup_free_ char *out = json_dump_str(doc, true);
+        puts(out);
+        return 0;
+}
+
 static int image_rm(struct cli_globals *g, int argc, char **argv, struct berr **err)
 {
         if (argc < 2) {
@@ -227,7 +267,7 @@ int cmd_image(struct cli_globals *g, int argc, char **argv, struct berr **err)
         } sub[] = {
                 { "pull", image_pull },       { "ls", image_ls },         { "list", image_ls },
                 { "inspect", image_inspect }, { "rm", image_rm },         { "remove", image_rm },
-                { "prune", image_prune },     { "export", image_export },
+                { "prune", image_prune },     { "export", image_export }, { "resolve", image_resolve_cmd },
         };
         if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
                 image_usage(argc < 2 ? stderr : stdout);

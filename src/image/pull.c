@@ -19,6 +19,7 @@
 #include "image/manifest.h"
 #include "image/reference.h"
 #include "image/registry.h"
+#include "image/resolve.h"
 #include "image/store_internal.h"
 #include "image/unpack.h"
 #include "lib/fs.h"
@@ -336,7 +337,10 @@ static char *now_rfc3339(void)
         return xstrdup(buf);
 }
 
-/* Fetch the manifest for `ref`, descending into indexes for `want`; returns the chosen manifest. */
+/*
+ * Fetch the manifest for `ref`, descending into indexes for `want`; returns the chosen manifest. Indexes
+ * passed on the way are kept in the store when s is not NULL.
+ */
 static int resolve_manifest(struct registry_client *client, const struct image_ref *ref,
                             const struct image_platform *want, bool platform_explicit,
                             struct image_doc **ret_doc, char ret_digest[static DIGEST_STR_MAX],
@@ -365,7 +369,7 @@ static int resolve_manifest(struct registry_client *client, const struct image_r
                 if (depth >= MAX_INDEX_DEPTH)
                         return berr_set(err, -ELOOP, "image indexes nested more than %d deep",
                                         MAX_INDEX_DEPTH);
-                if ((r = store_blob_write(s, digest, body, len, err)) < 0)
+                if (s && (r = store_blob_write(s, digest, body, len, err)) < 0)
                         return r;
                 if (depth == 0)
                         memcpy(ret_index, digest, DIGEST_STR_MAX);
@@ -618,4 +622,70 @@ out:
         berr_free(c.err);
         free(c.jobs);
         return r;
+}
+
+int image_resolve(const struct berth_config *bcfg, const char *refstr, const char *username,
+                  const char *password, const char *platform, struct image_resolved *ret, struct berr **err)
+{
+        *ret = (struct image_resolved){ 0 };
+        _cleanup_(image_ref_freep) struct image_ref *ref = NULL;
+        int r = image_ref_parse(refstr, &ref, err);
+        if (r < 0)
+                return r;
+        _cleanup_free_ char *full = image_ref_string(ref);
+        struct image_platform want;
+        if (platform) {
+                if ((r = platform_parse(platform, &want, err)) < 0)
+                        return r;
+        } else
+                platform_host(&want);
+        struct registry_opts ro = { .config = bcfg, .username = username, .password = password };
+        _cleanup_(registry_client_freep) struct registry_client *client = NULL;
+        if ((r = registry_client_new(ref, &ro, &client, err)) < 0)
+                return berr_prefix(err, r, "%s", full);
+        _cleanup_(image_doc_freep) struct image_doc *m = NULL;
+        _cleanup_free_ char *mbody = NULL;
+        size_t mlen = 0;
+        char mdigest[DIGEST_STR_MAX], idigest[DIGEST_STR_MAX];
+        if ((r = resolve_manifest(client, ref, &want, platform != NULL, &m, mdigest, idigest, &mbody, &mlen,
+                                  NULL, err)) < 0)
+                return r;
+        if (m->config.size > MANIFEST_MAX_BYTES)
+                return berr_set(err, -ENOTSUP, "%s: image config is %lld bytes, more than the 4 MiB limit",
+                                full, (long long)m->config.size);
+        _cleanup_free_ char *cbody = NULL;
+        size_t clen = 0;
+        if ((r = registry_get_blob(client, m->config.digest, m->config.size, MANIFEST_MAX_BYTES, &cbody,
+                                   &clen, err)) < 0)
+                return berr_prefix(err, r, "%s: config %s", full, m->config.digest);
+        _cleanup_(image_config_freep) struct image_config *cfg = NULL;
+        if ((r = image_config_parse(cbody, clen, &cfg, err)) < 0)
+                return berr_prefix(err, r == -EINVAL || r == -EBADMSG ? -ENOTSUP : r, "%s: config %s", full,
+                                   m->config.digest);
+        if (cfg->n_diff_ids != m->n_layers)
+                return berr_set(err, -ENOTSUP,
+                                "%s: the manifest lists %zu layers but the config has %zu diff_ids", full,
+                                m->n_layers, cfg->n_diff_ids);
+        for (size_t i = 0; i < m->n_layers; i++) {
+                enum layer_compression comp;
+                if (layer_media_compression(m->layers[i].media_type, &comp) < 0)
+                        return berr_set(err, -ENOTSUP, "%s: layer %s has unsupported media type %s", full,
+                                        m->layers[i].digest, m->layers[i].media_type);
+        }
+        _cleanup_free_ char *name = image_ref_name(ref);
+        json_t *c = json_object_get(cfg->json, "config");
+        ret->pinned = xasprintf("%s@%s", name, mdigest);
+        ret->digest = xstrdup(mdigest);
+        ret->config = json_is_object(c) ? json_deep_copy(c) : json_object();
+        return 0;
+}
+
+void image_resolved_free(struct image_resolved *r)
+{
+        if (!r)
+                return;
+        free(r->pinned);
+        free(r->digest);
+        json_decref(r->config);
+        *r = (struct image_resolved){ 0 };
 }

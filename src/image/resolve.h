@@ -11,8 +11,8 @@
 #include "lib/err.h"
 
 struct image_resolved {
-        char *pinned; /* "registry/repo@sha256:…" (the platform's manifest), what instances run */
-        char *digest; /* "sha256:…" of that manifest */
+        char *pinned;   /* "registry/repo@sha256:…" (the platform's manifest), what instances run */
+        char *digest;   /* "sha256:…" of that manifest */
         json_t *config; /* the image config's "config" object (Entrypoint, Cmd, User, WorkingDir, Env,
                            ExposedPorts, StopSignal, ...); {} if absent */
 };

@@ -188,3 +188,36 @@ def test_crash_mid_pull_leaves_store_consistent(fake_registry, berth_data, scrat
     d = os.path.join(scratch, "x")
     berth(berth_data, "image", "export", fake_registry.ref("crash/app:v"), d)
     treecmp.assert_trees_equal(img.expected_tree, treecmp.walk_dir(d))
+
+
+# --- resolve (what the controller's staging does): digest and config, no layer fetched ---
+
+def test_resolve_pins_digest_reads_config_and_fetches_no_layer(registry_basic, berth_data):
+    cfg = {"Entrypoint": ["/bin/httpd"], "Cmd": ["-f"], "User": "app", "WorkingDir": "/srv",
+           "Env": ["A=1"], "ExposedPorts": {"9410/tcp": {}, "7000/tcp": {}, "53/udp": {}}}
+    digest = registry_basic.push(ib.busybox_image(config=cfg), "private/res:v1")
+    ref = registry_basic.ref("private/res:v1")
+    env = {"BERTH_REGISTRY_PASSWORD": registry_basic.auth[1]}
+    r = berth(berth_data, "image", "resolve", ref, "--username", registry_basic.auth[0], env=env)
+    import json as _json
+    doc = _json.loads(r.stdout)
+    assert doc["digest"] == digest
+    assert doc["pinned"] == ref.rsplit(":", 1)[0] + "@" + digest
+    for k, v in cfg.items():
+        assert doc["config"][k] == v, k
+    assert not os.path.exists(os.path.join(berth_data, "image", "layers")) or \
+        not os.listdir(os.path.join(berth_data, "image", "layers"))
+    # Wrong password, no credentials, unknown tag, unreachable registry: each says what is wrong.
+    r = berth(berth_data, "image", "resolve", ref, "--username", registry_basic.auth[0],
+              env={"BERTH_REGISTRY_PASSWORD": "wr0ng-pw"}, check=False)
+    assert r.returncode == 1 and ("authentication" in r.stderr.lower() or "password" in r.stderr.lower()), r.stderr
+    assert "wr0ng-pw" not in r.stderr + r.stdout
+    r = berth(berth_data, "image", "resolve", ref, check=False)
+    assert r.returncode == 1 and ("authentication" in r.stderr.lower() or "denied" in r.stderr.lower()
+                                  or "unauthorized" in r.stderr.lower()), r.stderr
+    r = berth(berth_data, "image", "resolve", registry_basic.ref("private/res:nope"), "--username",
+              registry_basic.auth[0], env=env, check=False)
+    assert r.returncode == 1 and "not found" in r.stderr.lower(), r.stderr
+    from registry import free_port
+    r = berth(berth_data, "image", "resolve", f"127.0.0.1:{free_port()}/x/y:z", check=False)
+    assert r.returncode == 1 and "cannot reach" in r.stderr.lower(), r.stderr
