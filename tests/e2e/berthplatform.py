@@ -1,0 +1,418 @@
+"""A running single-node berth platform (``berth up``) for the platform e2e tests (issue 4), its CLI and
+API helpers, and the test app images.
+
+(Named ``berthplatform``, not ``platform``: a ``tests/e2e/platform.py`` would shadow Python's own
+``platform`` module for everything imported after conftest puts this directory first on ``sys.path``.)
+
+Fixtures (import them into a test module: ``from berthplatform import plat, app_images``):
+
+``plat``        module scope: ``berth --data-dir D --config $BERTH_CONFIG up --api-port P --router-port P
+                --cell-port P --domain apps.localhost`` on free ports, waited for (``GET /v3/info``), admin
+                logged in with ``BERTH_HOME=<tmp>/home``; stopped with SIGTERM at the end, asserting exit 0
+                and that nothing of it is left on the host (processes, mounts, netns, veths, cgroups, cell
+                files). A :class:`Platform`.
+``app_images``  session scope: the test app images (:func:`build_app_images`) pushed to the session registry;
+                a dict ``kind -> reference``.
+
+:class:`Platform` helpers: ``cli(*args, env=, check=, home=, input=)`` (runs berth with ``BERTH_HOME``),
+``cli_json(...)``, ``api(method, path, token=, **requests kwargs)``, ``route_get(host, path)``,
+``wait_route(host, path, status)``, ``app(name)`` (``berth app NAME --json``), ``push(name, ref, *args)``,
+``instance_env(host)`` (the app's environment through the router), ``login_home(user, password)`` (a new
+``BERTH_HOME`` logged in as that user), ``log()`` (what ``berth up`` printed so far).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+import berthcli
+import helpers
+import imagebuild as ib
+
+DOMAIN = "apps.localhost"
+APPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps")
+UP_START_TIMEOUT = 60
+UP_STOP_TIMEOUT = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def parse_environ(raw: bytes) -> dict:
+    """NUL-separated KEY=VALUE (``/proc/PID/environ``, what the test app's /cgi-bin/env answers) -> dict."""
+    env = {}
+    for item in raw.split(b"\0"):
+        if b"=" in item:
+            k, v = item.split(b"=", 1)
+            env[k.decode()] = v.decode(errors="replace")
+    return env
+
+
+class Platform:
+    def __init__(self, data_dir: str, work: str, config: str):
+        self.data_dir = data_dir
+        self.work = work
+        self.config = config
+        self.home = os.path.join(work, "home")
+        self.log_path = os.path.join(work, "up.log")
+        self.api_port, self.router_port, self.cell_port = free_ports(3)
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.router_url = f"http://127.0.0.1:{self.router_port}"
+        self.domain = DOMAIN
+        self.proc = None
+        self.admin_password = None
+        self.token = None
+        self.session = requests.Session()
+        self._homes = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self):
+        os.makedirs(self.home, exist_ok=True)
+        cmd = [berthcli.BERTH_BIN, "--data-dir", self.data_dir, "--config", self.config, "up",
+               "--api-port", str(self.api_port), "--router-port", str(self.router_port),
+               "--cell-port", str(self.cell_port), "--domain", self.domain]
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+        def api_up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"berth up exited with {self.proc.returncode} before its API answered:\n"
+                                     f"{self.log()[-4000:]}")
+            try:
+                r = self.session.get(self.api_url + "/v3/info", timeout=2)
+                return r.status_code == 200 and r.json().get("name") == "berth"
+            except (requests.RequestException, ValueError):
+                return False
+        helpers.wait_for(api_up, timeout=UP_START_TIMEOUT, what=f"berth up's API on {self.api_url}",
+                         interval=0.05)
+        pw_file = os.path.join(self.data_dir, "admin-password")
+        helpers.wait_for(lambda: os.path.exists(pw_file), timeout=10, what="admin-password")
+        assert os.stat(pw_file).st_mode & 0o777 == 0o600, "admin-password must be 0600"
+        with open(pw_file) as f:
+            self.admin_password = f.read().strip()
+        self.cli("login", "-a", self.api_url, "-u", "admin", "-p", self.admin_password)
+        self.token = self.get_token("admin", self.admin_password)
+        # The cell registers with the controller: wait until it did (a push before that fails with 502).
+        return self
+
+    def get_token(self, user, password) -> str:
+        r = self.session.post(self.api_url + "/oauth/token",
+                              data={"grant_type": "password", "username": user, "password": password},
+                              auth=("cf", ""), timeout=10)
+        assert r.status_code == 200, f"token for {user}: {r.status_code} {r.text}"
+        return r.json()["access_token"]
+
+    def stop(self):
+        """SIGTERM ``berth up``; returns its exit status (None if it had to be killed)."""
+        if self.proc is None:
+            return None
+        rc = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(UP_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+                rc = None
+        else:
+            rc = self.proc.returncode
+        self.logf.close()
+        return rc
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def container_ids(self) -> list[str]:
+        d = os.path.join(self.data_dir, "cell", "containers")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    # -- CLI -----------------------------------------------------------------------------------------------
+    def cli(self, *args, env=None, check=True, home=None, input="", timeout=180):
+        """Run ``berth ARGS`` with ``BERTH_HOME`` (default: the admin's). stdin is empty (not a TTY)."""
+        e = {"BERTH_HOME": home or self.home, "BERTH_DOCKER_PASSWORD": None, "CF_DOCKER_PASSWORD": None}
+        e.update(env or {})
+        return berthcli.run_berth(*args, env=e, check=check, input=input, timeout=timeout)
+
+    def cli_json(self, *args, **kw):
+        r = self.cli(*args, "--json", **kw)
+        return json.loads(r.stdout)
+
+    def login_home(self, user, password, org=None, space=None) -> str:
+        """A fresh BERTH_HOME logged in as ``user`` (targeting ``org``/``space`` when given)."""
+        self._homes += 1
+        home = os.path.join(self.work, f"home-{user}-{self._homes}")
+        os.makedirs(home)
+        self.cli("login", "-a", self.api_url, "-u", user, "-p", password, home=home)
+        if org or space:
+            t = ["target"] + (["-o", org] if org else []) + (["-s", space] if space else [])
+            self.cli(*t, home=home)
+        return home
+
+    def app(self, name, home=None) -> dict:
+        return self.cli_json("app", name, home=home)
+
+    def push(self, name, ref, *args, **kw):
+        return self.cli("push", name, "--docker-image", ref, *args, **kw)
+
+    def app_guid(self, name) -> str:
+        return self.app(name)["app"]["guid"]
+
+    def running(self, name, home=None) -> list:
+        return [i for i in self.app(name, home=home).get("instances") or []
+                if str(i.get("state", "")).upper() == "RUNNING"]
+
+    def wait_running(self, name, n, timeout=60):
+        return helpers.wait_for(lambda: (lambda r: r if len(r) == n else None)(self.running(name)),
+                                timeout=timeout, what=f"{n} running instances of {name}", interval=0.2)
+
+    # -- API -----------------------------------------------------------------------------------------------
+    def api(self, method, path, token="admin", **kw) -> requests.Response:
+        """``token``: "admin" (default), a token string, or None (no Authorization header)."""
+        headers = dict(kw.pop("headers", None) or {})
+        tok = self.token if token == "admin" else token
+        if tok:
+            headers["Authorization"] = f"bearer {tok}"
+        kw.setdefault("timeout", 60)
+        url = path if path.startswith("http") else self.api_url + path
+        return self.session.request(method, url, headers=headers, **kw)
+
+    def api_json(self, method, path, status=200, **kw):
+        r = self.api(method, path, **kw)
+        assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json() if r.content else None
+
+    def app_names(self, token="admin") -> list[str]:
+        names, url = [], "/v3/apps?per_page=5000"
+        while url:
+            doc = self.api_json("GET", url, token=token)
+            names += [a["name"] for a in doc["resources"]]
+            nxt = (doc.get("pagination") or {}).get("next")
+            url = nxt["href"] if nxt else None
+        return sorted(names)
+
+    # -- router --------------------------------------------------------------------------------------------
+    def host(self, name) -> str:
+        return f"{name}.{self.domain}"
+
+    def route_get(self, host, path="/", timeout=10, **kw) -> requests.Response:
+        """GET ``path`` through the router with ``Host: host`` (``host`` without a dot gets the domain)."""
+        if "." not in host:
+            host = self.host(host)
+        headers = dict(kw.pop("headers", None) or {})
+        headers["Host"] = host
+        # A new connection each time: round-robin is per request, keep-alive must not pin an instance.
+        return requests.get(self.router_url + path, headers=headers, timeout=timeout, **kw)
+
+    def wait_route(self, host, path="/", status=200, timeout=30, pred=None) -> requests.Response:
+        def ok():
+            try:
+                r = self.route_get(host, path)
+            except requests.RequestException:
+                return None
+            if r.status_code == status and (pred is None or pred(r)):
+                return r
+            return None
+        return helpers.wait_for(ok, timeout=timeout, what=f"GET {host}{path} through the router -> {status}",
+                                interval=0.05)
+
+    def instance_env(self, host) -> dict:
+        r = self.wait_route(host, "/cgi-bin/env")
+        return parse_environ(r.content)
+
+
+def _links_on(bridge: str) -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True).stdout
+    return sorted(l.split(":")[1].strip().split("@")[0] for l in out.splitlines() if ":" in l)
+
+
+def _bridge_of(config_path: str) -> str | None:
+    try:
+        import yaml
+        with open(config_path) as f:
+            return ((yaml.safe_load(f) or {}).get("cell") or {}).get("network", {}).get("bridge")
+    except Exception:
+        return None
+
+
+def _pids_with(text: str) -> list[int]:
+    """Pids of the processes whose command line mentions ``text`` (this platform's data dir)."""
+    import glob
+    pids = []
+    for c in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(c, "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(c.split("/")[2]))
+        except (OSError, ValueError):
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def _cgroups_of(ids) -> list[str]:
+    import glob
+    found = []
+    for i in ids:
+        found += glob.glob(f"/sys/fs/cgroup/*/berth/{i}*") + glob.glob(f"/sys/fs/cgroup/berth/{i}*")
+    return sorted(found)
+
+
+@pytest.fixture(scope="module")
+def plat(request, cell_network_config):
+    if not berthcli.berth_available():
+        pytest.skip(f"{berthcli.BERTH_BIN} is not built")
+    work = tempfile.mkdtemp(prefix="berth-e2e-up-")
+    data = os.path.join(work, "data")
+    os.makedirs(data)
+    os.chmod(work, 0o711)  # containers' root (a shifted uid) must traverse to their rootfs
+    os.chmod(data, 0o711)
+    p = Platform(data, work, cell_network_config)
+    ids = []
+    try:
+        p.start()
+        yield p
+        ids = p.container_ids()
+    finally:
+        rc = p.stop()
+        log = p.log()
+        snap = helpers.host_snapshot(data)
+        bridge = _bridge_of(cell_network_config)
+        left = {
+            "exit status": rc,
+            "processes": snap["processes"],
+            "mounts": snap["mounts"],
+            "cell files": snap["files"],
+            "veths on the bridge": _links_on(bridge) if bridge else [],
+            "cgroups": _cgroups_of(ids),
+        }
+        failed = rc != 0 or any(v for k, v in left.items() if k != "exit status")
+        if failed or os.environ.get("BERTH_E2E_SHOW_UP_LOG"):
+            print(f"--- berth up log (tail) ---\n{log[-8000:]}")
+        if failed:
+            # Kill what is left of this platform (by pid) so the next module starts clean.
+            for pid in _pids_with(data):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        from conftest import _rmtree
+        _rmtree(work)
+        assert not failed, f"berth up did not stop cleanly: {left}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# test app images
+# --------------------------------------------------------------------------------------------------------
+
+WEB_FILES = ["bin/start-web", "www/cgi-bin/env", "www/cgi-bin/id", "www/cgi-bin/argv", "www-other/index.html"]
+WEB_USER = ("webuser", 4321)
+
+
+def _read(rel):
+    with open(os.path.join(APPS_DIR, "web", rel), "rb") as f:
+        return f.read()
+
+
+def web_layer(version="1", user=False) -> list:
+    """The web app's files (tests/e2e/apps/web) with index.html saying ``berth-e2e-web <version>``; with
+    ``user``, /etc/passwd and /etc/group also know ``webuser`` (4321:4321)."""
+    es = [ib.Dir("www"), ib.Dir("www/cgi-bin"), ib.Dir("www-other")]
+    for rel in WEB_FILES:
+        es.append(ib.File(rel, _read(rel), mode=0o755 if rel.startswith(("bin/", "www/cgi-bin/")) else 0o644))
+    es.append(ib.File("www/index.html", _read("www/index.html").replace(b"VERSION", version.encode())))
+    if user:
+        name, uid = WEB_USER
+        es += [ib.File("etc/passwd", ib.PASSWD + f"{name}:x:{uid}:{uid}:web:/home/{name}:/bin/sh\n".encode()),
+               ib.File("etc/group", ib.GROUP + f"{name}:x:{uid}:\n".encode()),
+               ib.Dir(f"home/{name}", uid=uid, gid=uid)]
+    return es
+
+
+def web_image(version="1", config=None, user=False, name="e2e/web:1"):
+    """busybox-static + the web app. Default config: ENTRYPOINT ["start-web"] (looked up in PATH), CMD
+    ["hello", "world"], ENV IMAGE_GREETING=from-image and PORT=1234 (which the platform overrides), no
+    EXPOSE. ``config`` entries replace these (a value of None removes the key)."""
+    cfg = {"Entrypoint": ["start-web"], "Cmd": ["hello", "world"], "WorkingDir": "/",
+           "Env": ib.DEFAULT_ENV + ["IMAGE_GREETING=from-image", "PORT=1234", f"APP_VERSION={version}"]}
+    for k, v in (config or {}).items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    layers = [ib.Layer(ib.busybox_entries()), ib.Layer(web_layer(version, user))]
+    return ib.build_image(layers, config=cfg, name=name)
+
+
+def build_app_images() -> dict:
+    """kind -> (image, repo:tag) of every test app image."""
+    env = ib.DEFAULT_ENV + ["IMAGE_GREETING=from-image", "PORT=1234"]
+    return {
+        # ENTRYPOINT + CMD, no EXPOSE (-> 8080), runs as root (no USER)
+        "web": (web_image("1"), "e2e/web:1"),
+        "web2": (web_image("2"), "e2e/web:2"),
+        # USER by name
+        "user": (web_image("1", {"User": WEB_USER[0]}, user=True), "e2e/web-user:1"),
+        # several EXPOSEd ports: 9410/tcp, 7000/tcp, 53/udp -> 7000; a listener on 9410 too
+        "ports": (web_image("1", {"ExposedPorts": ["9410/tcp", "7000/tcp", "53/udp"],
+                                  "Env": env + ["EXTRA_PORTS=9410"]}), "e2e/web-ports:1"),
+        # only a UDP port: as no EXPOSE -> 8080
+        "udp": (web_image("1", {"ExposedPorts": ["53/udp"]}), "e2e/web-udp:1"),
+        # neither ENTRYPOINT nor CMD
+        "nocmd": (web_image("1", {"Entrypoint": None, "Cmd": None}), "e2e/web-nocmd:1"),
+        # exits at once
+        "crash": (web_image("1", {"Entrypoint": None, "Cmd": ["/bin/sh", "-c", "echo crashing-now >&2; exit 3"]}),
+                  "e2e/crash:1"),
+    }
+
+
+@pytest.fixture(scope="session")
+def app_images(session_registry):
+    refs = {}
+    for kind, (img, repo_tag) in build_app_images().items():
+        session_registry.push(img, repo_tag)
+        refs[kind] = session_registry.ref(repo_tag)
+    return refs
+
+
+def enable_docker(p: Platform):
+    p.cli("enable-feature-flag", "diego_docker")
+    doc = p.api_json("GET", "/v3/feature_flags/diego_docker")
+    assert doc["enabled"] is True
+
+
+def errors_of(r: requests.Response) -> dict:
+    """The first error of a CF V3 error body."""
+    doc = r.json()
+    assert "errors" in doc and doc["errors"], doc
+    return doc["errors"][0]

@@ -1,0 +1,115 @@
+"""The diego_docker feature flag end to end (issue 4): off on a new platform, the error text, admin-only,
+turning it off stops running Docker apps within 5 s, turning it on brings started apps back.
+
+One ``berth up`` for the module; the tests run in order (each starts from the state the previous left).
+"""
+
+import time
+
+import helpers
+from berthplatform import app_images, errors_of, plat  # noqa: F401 (fixtures)
+
+FLAG = "diego_docker"
+
+
+def test_flag_off_by_default(plat):
+    doc = plat.api_json("GET", f"/v3/feature_flags/{FLAG}")
+    assert doc["name"] == FLAG and doc["enabled"] is False
+    flags = {f["name"]: f["enabled"] for f in plat.api_json("GET", "/v3/feature_flags")["resources"]}
+    assert flags[FLAG] is False
+    assert flags.get("user_org_creation") is False
+    out = plat.cli("feature-flag", FLAG).stdout
+    assert FLAG in out and "disabled" in out
+    assert plat.cli_json("feature-flag", FLAG)["enabled"] is False
+    assert FLAG in plat.cli("feature-flags").stdout
+
+
+def test_push_refused_while_off(plat, app_images):
+    before = plat.app_names()
+    r = plat.push("flagapp", app_images["web"], check=False)
+    assert r.returncode == 1, r
+    assert "For application 'flagapp': Feature Disabled: diego_docker" in r.stdout + r.stderr
+    assert plat.app_names() == before, "a refused push left an app behind"
+    assert plat.api_json("GET", "/v3/apps?names=flagapp")["resources"] == []
+
+    # The API's answer to creating a Docker app.
+    space = plat.api_json("GET", "/v3/spaces?names=default")["resources"][0]["guid"]
+    r = plat.api("POST", "/v3/apps", json={"name": "flagapp", "lifecycle": {"type": "docker", "data": {}},
+                                           "relationships": {"space": {"data": {"guid": space}}}})
+    assert r.status_code == 403, r.text
+    assert errors_of(r) == {"code": 330002, "title": "CF-FeatureDisabled",
+                            "detail": "Feature Disabled: diego_docker"}
+    assert plat.app_names() == before
+
+
+def test_only_admins_change_flags(plat):
+    plat.cli("create-user", "flagdev", "flagdev-pw")
+    plat.cli("set-space-role", "flagdev", "default", "default", "SpaceDeveloper")
+    home = plat.login_home("flagdev", "flagdev-pw")
+    r = plat.cli("enable-feature-flag", FLAG, home=home, check=False)
+    assert r.returncode != 0
+    assert "not authorized" in (r.stdout + r.stderr).lower()
+    tok = plat.get_token("flagdev", "flagdev-pw")
+    r = plat.api("PATCH", f"/v3/feature_flags/{FLAG}", token=tok, json={"enabled": True})
+    assert r.status_code == 403 and errors_of(r)["code"] == 10003, r.text
+    # ... and they may read them
+    assert plat.api_json("GET", f"/v3/feature_flags/{FLAG}", token=tok)["enabled"] is False
+    # no token at all
+    r = plat.api("PATCH", f"/v3/feature_flags/{FLAG}", token=None, json={"enabled": True})
+    assert r.status_code == 401, r.text
+    assert plat.api_json("GET", f"/v3/feature_flags/{FLAG}")["enabled"] is False
+
+
+def test_custom_error_message(plat, app_images):
+    plat.api_json("PATCH", f"/v3/feature_flags/{FLAG}",
+                  json={"enabled": False, "custom_error_message": "docker apps are off today"})
+    try:
+        r = plat.push("flagapp", app_images["web"], check=False)
+        assert r.returncode == 1
+        assert "Feature Disabled: docker apps are off today" in r.stdout + r.stderr
+    finally:
+        plat.api_json("PATCH", f"/v3/feature_flags/{FLAG}", json={"enabled": False, "custom_error_message": None})
+    assert plat.api_json("GET", "/v3/apps?names=flagapp")["resources"] == []
+
+
+def test_enable_then_push(plat, app_images):
+    out = plat.cli("enable-feature-flag", FLAG).stdout
+    assert plat.cli_json("feature-flag", FLAG)["enabled"] is True, out
+    plat.push("flagapp", app_images["web"], "-i", "2")
+    plat.wait_route("flagapp")
+    plat.wait_running("flagapp", 2)
+    events = plat.api_json("GET", "/v3/audit_events?types=audit.feature_flag.update")["resources"]
+    assert events, "no audit.feature_flag.update event"
+
+
+def test_disable_stops_apps_within_5s(plat, app_images):
+    guid = plat.app_guid("flagapp")
+    assert plat.container_ids(), "no containers on the cell"
+    t0 = time.monotonic()
+    plat.cli("disable-feature-flag", FLAG)
+
+    def stopped():
+        r = plat.route_get("flagapp")
+        return r.status_code in (404, 503) and not plat.running("flagapp")
+    helpers.wait_for(stopped, timeout=5, what="flagapp's route to fail and its instances to go", interval=0.05)
+    helpers.wait_for(lambda: plat.container_ids() == [], timeout=5 - min(5, time.monotonic() - t0) + 0.5,
+                     what="the cell's containers of flagapp to be removed", interval=0.05)
+    r = plat.route_get("flagapp")
+    assert r.status_code in (404, 503)
+    # The app is still wanted (CF's database keeps STARTED): it comes back when the flag is on again.
+    assert plat.app("flagapp")["app"]["state"] == "STARTED"
+    # Starting or restarting a Docker app while off is refused too.
+    for action in ("start", "restart"):
+        r = plat.api("POST", f"/v3/apps/{guid}/actions/{action}")
+        assert r.status_code == 403 and errors_of(r)["code"] == 330002, (action, r.text)
+    r = plat.cli("restart", "flagapp", check=False)
+    assert r.returncode == 1 and "Feature Disabled: diego_docker" in r.stdout + r.stderr
+
+
+def test_enable_brings_started_apps_back(plat):
+    plat.cli("enable-feature-flag", FLAG)
+    plat.wait_route("flagapp", timeout=30)
+    plat.wait_running("flagapp", 2, timeout=30)
+    plat.cli("delete", "flagapp", "-f")
+    helpers.wait_for(lambda: plat.route_get("flagapp").status_code == 404, timeout=10,
+                     what="flagapp's route to go")
