@@ -9,6 +9,8 @@
 #   pull   image pull and unpack against podman, skopeo+umoci and the igzip floor (issue 2)
 #   start  berth run --rm x100 against crun on a prepared bundle and podman run --rm; berth run --rm's
 #          time by phase; density of 250 detached containers (issue 3)
+#   push   berth push of a cached image to the first 200 through the router, against podman run -d -p to the
+#          first 200 from its published port (issue 4)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ if [ $# -gt 0 ]; then
         names=("$@")
 else
         # The known ones in this order, then any other bench/*.sh.
-        names=(pull start)
+        names=(pull start push)
         for f in bench/*.sh; do
                 n=$(basename "$f" .sh)
                 [[ " run ${names[*]} " == *" $n "* ]] || names+=("$n")

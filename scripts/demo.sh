@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 #
-# berth demo: start a private registry on loopback, build a small busybox image without Docker, push it,
-# then pull it with berth's image store and show it (ls, inspect, export).
+# berth demo (issue 4's story): start a private registry on loopback, build a small web app image without
+# Docker and push it there, start a whole single-node platform with `berth up` (controller, cell, router) in
+# the background, log in as admin, enable the diego_docker feature flag, push the image as an app with 2
+# instances, fetch it through the router, and print the URL and the next commands to try.
 #
 # Run it with `make demo` (which installs packages and builds first), or directly after `make deps all`.
-# Needs root (berth's store shifts ownership into the user-namespace range and sets trusted.* xattrs).
+# Needs root (containers: user namespaces, cgroups, mounts, a bridge and nftables rules of its own).
 #
 # Environment:
 #   BERTH                  berth binary (default: build/berth)
 #   BERTH_DEMO_DIR         work directory (default: a new /tmp/berth-demo.XXXXXX)
-#   BERTH_DEMO_KEEP=1      keep the berth data dir and the exported rootfs afterwards (the registry always stops)
+#   BERTH_DEMO_KEEP=1      leave the platform and the registry running afterwards, to try the next commands
+#                          (otherwise everything is stopped and removed on exit)
 #   BERTH_DEMO_SKIP_BERTH=1  stop after pushing the image (checks the registry and image build alone)
 set -euo pipefail
 
@@ -34,11 +37,11 @@ run() {
         "$@"
 }
 
-[ "$(id -u)" = 0 ] || die "run as root (berth's image store writes host-shifted ownership and trusted.* xattrs)"
+[ "$(id -u)" = 0 ] || die "run as root (containers need user namespaces, cgroups, mounts, a bridge and nftables)"
 
 # Tools the demo itself uses (Debian packages); `make deps` installs them already. busybox-static's
 # /bin/busybox is what goes into the image: a dynamically linked busybox would not run there.
-"$REPO/scripts/install-deps.sh" docker-registry umoci skopeo curl python3 busybox-static
+"$REPO/scripts/install-deps.sh" docker-registry umoci skopeo curl python3 busybox-static crun nftables iproute2
 if [ "${BERTH_DEMO_SKIP_BERTH:-0}" != 1 ] && [ ! -x "$BERTH" ]; then
         die "$BERTH not found: run 'make' first (or 'make demo')"
 fi
@@ -50,45 +53,75 @@ if [ -n "${BERTH_DEMO_DIR:-}" ]; then
 else
         DEMO=$(mktemp -d /tmp/berth-demo.XXXXXX)
 fi
-DATA=$DEMO/data          # berth --data-dir
-ROOTFS=$DEMO/rootfs      # berth image export target
+DATA=$DEMO/data          # berth up --data-dir
+export BERTH_HOME=$DEMO/home   # the CLI's login and target
 REG=$DEMO/registry       # registry config, storage and log
 LAYOUT=$DEMO/oci         # OCI image layout built with umoci
 BUNDLE=$DEMO/bundle      # umoci's unpacked bundle used to author layers
+UP_LOG=$DEMO/up.log      # what berth up prints
 REG_PID=""
-# The demo's containers get their own bridge, subnet and nftables table (removed at the end).
+UP_PID=""
+# The demo's platform puts its containers on their own bridge, subnet and nftables table (removed at the end).
 CFG=$DEMO/config.yaml
 DEMO_BRIDGE=berthdemo0
 DEMO_TABLE=berth_demo
+APP=hello
 # A reused BERTH_DEMO_DIR: start from scratch (only the demo's own entries are removed).
-rm -rf "$DATA" "$ROOTFS" "$REG" "$LAYOUT" "$BUNDLE"
+rm -rf "$DATA" "$BERTH_HOME" "$REG" "$LAYOUT" "$BUNDLE" "$UP_LOG"
+
+stop_platform() {
+        [ -n "$UP_PID" ] || return 0
+        if kill -0 "$UP_PID" 2>/dev/null; then
+                # berth up stops the router, the controller, then the cell, which stops every instance.
+                kill -TERM "$UP_PID" 2>/dev/null || true
+                local i
+                for i in $(seq 600); do
+                        kill -0 "$UP_PID" 2>/dev/null || break
+                        sleep 0.1
+                done
+                if kill -0 "$UP_PID" 2>/dev/null; then
+                        echo "demo: berth up did not stop within 60 s; killing it" >&2
+                        kill -KILL "$UP_PID" 2>/dev/null || true
+                fi
+        fi
+        wait "$UP_PID" 2>/dev/null || true
+        UP_PID=""
+}
 
 cleanup() {
         local rc=$?
+        trap - INT TERM
+        if [ $rc -ne 0 ] && [ $rc -ne 130 ]; then
+                if [ -s "$UP_LOG" ]; then
+                        echo "demo: failed (exit $rc); berth up's log ends with:" >&2
+                        tail -n 25 "$UP_LOG" >&2 || true
+                fi
+                if [ -s "$REG/registry.log" ]; then
+                        echo "demo: the registry's log ends with:" >&2
+                        # "blob unknown" lines are the normal answers to a push's existence checks.
+                        grep -v 'blob unknown' "$REG/registry.log" | tail -n 10 >&2 || true
+                fi
+        fi
+        rm -rf "$LAYOUT" "$BUNDLE"
+        if [ "${BERTH_DEMO_KEEP:-0}" = 1 ] && [ $rc -eq 0 ]; then
+                echo "demo: kept running: berth up (pid $UP_PID, log $UP_LOG), registry (pid $REG_PID), data in $DEMO"
+                exit 0
+        fi
+        stop_platform
         if [ -n "$REG_PID" ] && kill -0 "$REG_PID" 2>/dev/null; then
                 kill "$REG_PID" 2>/dev/null || true
                 wait "$REG_PID" 2>/dev/null || true
         fi
-        if [ $rc -ne 0 ] && [ $rc -ne 130 ] && [ -s "$REG/registry.log" ]; then
-                echo "demo: failed (exit $rc); the registry's log ends with:" >&2
-                # "blob unknown" lines are the normal answers to a push's existence checks.
-                grep -v 'blob unknown' "$REG/registry.log" | tail -n 10 >&2 || true
+        # Whatever a killed platform may have left: its containers, bridge, nftables table, mounts.
+        if [ -d "$DATA/cell" ] && [ -x "$BERTH" ]; then
+                "$BERTH" --data-dir "$DATA" --config "$CFG" ps -aq 2>/dev/null |
+                        xargs -r "$BERTH" --data-dir "$DATA" --config "$CFG" rm -f >/dev/null 2>&1 || true
         fi
-        rm -rf "$REG" "$LAYOUT" "$BUNDLE" "$DEMO/hello.tar" "$DEMO/inspect.json"
-        if [ "${BERTH_DEMO_KEEP:-0}" = 1 ]; then
-                echo "demo: kept $DATA and $ROOTFS"
-        else
-                # The demo's containers, its bridge and nftables table, the data dir's own mounts.
-                if [ -d "$DATA/cell" ] && [ -x "$BERTH" ]; then
-                        "$BERTH" --data-dir "$DATA" --config "$CFG" ps -aq 2>/dev/null |
-                                xargs -r "$BERTH" --data-dir "$DATA" --config "$CFG" rm -f >/dev/null 2>&1 || true
-                fi
-                ip link del "$DEMO_BRIDGE" 2>/dev/null || true
-                nft delete table inet "$DEMO_TABLE" 2>/dev/null || true
-                umount "$DATA/cell/netns" "$DATA/cell/disk" 2>/dev/null || true
-                rm -rf "$DATA" "$ROOTFS" "$CFG"
-                rmdir "$DEMO" 2>/dev/null || true
-        fi
+        ip link del "$DEMO_BRIDGE" 2>/dev/null || true
+        nft delete table inet "$DEMO_TABLE" 2>/dev/null || true
+        grep " $DATA" /proc/self/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+        rm -rf "$DATA" "$BERTH_HOME" "$REG" "$CFG" "$UP_LOG"
+        rmdir "$DEMO" 2>/dev/null || true
         exit $rc
 }
 trap cleanup EXIT
@@ -136,7 +169,17 @@ cat >"$R/www/index.html" <<'EOF'
 <!doctype html>
 <title>hello from berth</title>
 <h1>Hello from a berth demo image</h1>
+<p>Which instance answered: <a href="/cgi-bin/hello">/cgi-bin/hello</a></p>
 EOF
+mkdir -p "$R/www/cgi-bin"
+cat >"$R/www/cgi-bin/hello" <<'EOF'
+#!/bin/sh
+# Which instance of which app answered (the platform sets CF_INSTANCE_INDEX and VCAP_APPLICATION).
+printf 'Content-Type: text/plain\r\n\r\n'
+app=$(echo "$VCAP_APPLICATION" | sed -n 's/.*"application_name":"\([^"]*\)".*/\1/p')
+echo "Hello from app ${app:-?}, instance ${CF_INSTANCE_INDEX:-?} (container ${CF_INSTANCE_INTERNAL_IP:-?}, uid $(id -u))"
+EOF
+chmod 0755 "$R/www/cgi-bin/hello"
 chown -R 1000:1000 "$R/www"
 run umoci repack --refresh-bundle --history.created_by "web root" --image "$LAYOUT:demo" "$BUNDLE"
 
@@ -157,50 +200,7 @@ if [ "${BERTH_DEMO_SKIP_BERTH:-0}" = 1 ]; then
         exit 0
 fi
 
-# --- berth's image store --------------------------------------------------------------------------------------
-# Registries on loopback may be reached over plain HTTP without any configuration (as Docker allows).
-bold "Pulling it with berth (download, verify, decompress and unpack each layer in one pass)"
-run "$BERTH" --data-dir "$DATA" image pull "$IMAGE"
-
-bold "Listing the store"
-run "$BERTH" --data-dir "$DATA" image ls
-
-bold "Inspecting the image (summary of 'berth image inspect' JSON)"
-printf '$ %s\n' "$BERTH --data-dir $DATA image inspect $IMAGE"
-"$BERTH" --data-dir "$DATA" image inspect "$IMAGE" >"$DEMO/inspect.json"
-"$PY" - "$DEMO/inspect.json" <<'EOF'
-import json, sys
-doc = json.load(open(sys.argv[1]))
-cfg = doc.get("config") or {}
-c = cfg.get("config") or {}  # the image config's container settings
-print(f"  references  {', '.join(doc.get('references') or [])}")
-print(f"  digest      {doc.get('digest')}  ({doc.get('media_type')})")
-print(f"  platform    {doc.get('platform')}  created {doc.get('created')}")
-print(f"  entrypoint  {c.get('Entrypoint')}  cmd {c.get('Cmd')}")
-print(f"  user        {c.get('User')}  workdir {c.get('WorkingDir')}  ports {sorted((c.get('ExposedPorts') or {}).keys())}")
-print(f"  size        {doc.get('size')} bytes compressed, {doc.get('unpacked_size')} unpacked")
-for i, l in enumerate(doc.get("layers") or []):
-    print(f"  layer {i}     {str(l.get('digest'))[:19]}...  {l.get('size')} -> {l.get('unpacked_size')} bytes,"
-          f" chain {str(l.get('chain_id'))[7:19]}")
-EOF
-rm -f "$DEMO/inspect.json"
-
-bold "The store keeps one unpacked copy per layer, owned by host ids 1000000000 + the image's ids"
-run ls "$DATA/image/layers"
-for layer in "$DATA"/image/layers/*/diff; do
-        run ls -ln "$layer"
-done
-
-bold "Exporting its filesystem (ownership shifted back to the image's own ids)"
-run "$BERTH" --data-dir "$DATA" image export "$IMAGE" "$ROOTFS"
-run ls -ln "$ROOTFS" "$ROOTFS/www"
-run stat -c '%A %u:%g %s %n' "$ROOTFS/bin/busybox" "$ROOTFS/bin/sh" "$ROOTFS/tmp"
-run "$BERTH" --data-dir "$DATA" image export "$IMAGE" "$DEMO/hello.tar"
-printf '$ tar --numeric-owner -tvf %s | grep -E ...\n' "$DEMO/hello.tar"
-# grep reads everything (head would close the pipe early and pipefail would report tar's SIGPIPE).
-tar --numeric-owner -tvf "$DEMO/hello.tar" | grep -E ' (\./)?(bin/busybox|bin/sh -> busybox|etc/passwd|tmp/|www/|www/index.html)$'
-
-# --- berth's cell -------------------------------------------------------------------------------------------
+# --- the platform ---------------------------------------------------------------------------------------------
 cat >"$CFG" <<EOF
 cell:
   network:
@@ -208,55 +208,94 @@ cell:
     subnet: 10.215.0.0/24
     nft_table: $DEMO_TABLE
 EOF
-APP_PORT=$(registry_free_port)
-B() { "$BERTH" --data-dir "$DATA" --config "$CFG" "$@"; }
+API_PORT=$(registry_free_port)
+ROUTER_PORT=$(registry_free_port)
+CELL_PORT=$(registry_free_port)
+while [ "$ROUTER_PORT" = "$API_PORT" ] || [ "$CELL_PORT" = "$API_PORT" ] || [ "$CELL_PORT" = "$ROUTER_PORT" ]; do
+        ROUTER_PORT=$(registry_free_port)
+        CELL_PORT=$(registry_free_port)
+done
+API=http://127.0.0.1:$API_PORT
+DOMAIN=apps.localhost
+mkdir -p "$DATA" "$BERTH_HOME"
+chmod 0711 "$DEMO" "$DATA" # containers' root (a shifted uid) must traverse to their root filesystems
 
-bold "Running it as a container: its own user namespace, network, memory limit and disk quota"
-printf '$ %s\n' "berth run -d --name hello -p 127.0.0.1:$APP_PORT:8080 -m 64M --disk 64M $IMAGE"
-B run -d --name hello -p "127.0.0.1:$APP_PORT:8080" -m 64M --disk 64M "$IMAGE"
-for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$APP_PORT/" 2>/dev/null && break; sleep 0.05; done
-run curl -fsS "http://127.0.0.1:$APP_PORT/"
-printf '$ berth ps\n'; B ps
-printf '$ berth exec hello id\n'; B exec hello id
-printf '$ berth logs hello\n'; B logs hello
-printf '$ berth inspect hello   (summary)\n'
-B inspect hello >"$DEMO/ctr.json"
-"$PY" - "$DEMO/ctr.json" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))[0]
-st, n, hc, u = d["State"], d["NetworkSettings"], d["HostConfig"], d["Usage"]
-print("  state %s, pid %s, supervised %s, ip %s, ports %s"
-      % (st["Status"], st["Pid"], st["Supervised"], n["IPAddress"], n["Ports"]))
-print("  limits: memory %d MiB, pids %s, disk %d MiB, cpu shares %s"
-      % (hc["Memory"] >> 20, hc["PidsLimit"], hc["DiskQuota"] >> 20, hc["CpuShares"]))
-print("  usage:  memory %d KiB, pids %s, disk %d KiB"
-      % (u.get("memory_bytes", 0) >> 10, u.get("pids"), u.get("disk_bytes", 0) >> 10))
-EOF
-rm -f "$DEMO/ctr.json"
-printf '$ ps -o user,pid,cmd -C httpd   (the app seen from the host: uid 1000000000 + its own)\n'
-ps -o user:12,pid,cmd -C httpd || true
-printf '$ berth stop hello && berth rm hello\n'; B stop hello >/dev/null && B rm hello >/dev/null
-printf '$ berth ps -a\n'; B ps -a
+bold "Starting the platform: berth up (controller, cell and router as child processes) in the background"
+printf '$ %s\n' "berth --data-dir $DATA --config $CFG up --api-port $API_PORT --router-port $ROUTER_PORT --cell-port $CELL_PORT --domain $DOMAIN >$UP_LOG 2>&1 &"
+"$BERTH" --data-dir "$DATA" --config "$CFG" up --api-port "$API_PORT" --router-port "$ROUTER_PORT" \
+        --cell-port "$CELL_PORT" --domain "$DOMAIN" >"$UP_LOG" 2>&1 </dev/null &
+UP_PID=$!
+for _ in $(seq 600); do
+        kill -0 "$UP_PID" 2>/dev/null || die "berth up exited early"
+        curl -fsS -o /dev/null --max-time 2 "$API/v3/info" 2>/dev/null && break
+        sleep 0.1
+done
+curl -fsS -o /dev/null --max-time 2 "$API/v3/info" || die "berth up's API did not answer within 60 s"
+for _ in $(seq 100); do
+        [ -s "$DATA/admin-password" ] && break
+        sleep 0.1
+done
+[ -s "$DATA/admin-password" ] || die "no $DATA/admin-password"
+echo "API $API is up (berth up pid $UP_PID); it printed:"
+sed 's/^/  | /' "$UP_LOG" | head -n 20
+
+bold "Logging in as admin (password in $DATA/admin-password) and enabling Docker images"
+printf '$ %s\n' "berth login -a $API -u admin -p \"\$(cat $DATA/admin-password)\""
+"$BERTH" login -a "$API" -u admin -p "$(cat "$DATA/admin-password")"
+run "$BERTH" feature-flag diego_docker
+run "$BERTH" enable-feature-flag diego_docker
+
+bold "Pushing $IMAGE as app '$APP' with 2 instances"
+START_NS=$(date +%s%N)
+run "$BERTH" push "$APP" --docker-image "$IMAGE" -i 2 -m 64M -k 256M
+HOST=$APP.$DOMAIN
+URL=http://127.0.0.1:$ROUTER_PORT/
+code=""
+for _ in $(seq 300); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST" "$URL" 2>/dev/null || true)
+        [ "$code" = 200 ] && break
+        sleep 0.1
+done
+[ "$code" = 200 ] || die "the app did not answer 200 through the router (last status: ${code:-none})"
+echo "first 200 through the router $((($(date +%s%N) - START_NS) / 1000000)) ms after the push began"
+
+bold "Fetching it through the router (Host: $HOST): round-robin over the two instances"
+run curl -fsS -H "Host: $HOST" "$URL"
+for _ in 1 2 3 4; do
+        run curl -fsS -H "Host: $HOST" "${URL}cgi-bin/hello"
+done
+run "$BERTH" apps
+run "$BERTH" app "$APP"
+printf '$ curl -si -H "Host: nope.%s" %s   (an unknown route)\n' "$DOMAIN" "$URL"
+curl -si -H "Host: nope.$DOMAIN" "$URL" | head -n 4 || true
 
 bold "Done"
+CLI="BERTH_HOME=$BERTH_HOME $BERTH"
+cat <<EOF
+The app: http://$HOST:$ROUTER_PORT/   (from this host: curl -H "Host: $HOST" $URL)
+The API: $API   admin password: $DATA/admin-password   berth up's log: $UP_LOG
+EOF
 if [ "${BERTH_DEMO_KEEP:-0}" = 1 ]; then
         cat <<EOF
-The data dir is kept. Try:
-  $BERTH --data-dir $DATA --config $CFG run --rm $IMAGE /bin/sh -c 'id; ip -4 addr show eth0'
-  $BERTH --data-dir $DATA image ls --json
-  $BERTH --data-dir $DATA image inspect $IMAGE
-  $BERTH --data-dir $DATA image rm $IMAGE
-  $BERTH --data-dir $DATA image prune
-  rm -rf $DEMO                                       # when finished
+
+The platform keeps running (berth up pid $UP_PID, registry pid $REG_PID). Next, try:
+  $CLI app $APP                          # instances: state, cpu, memory, disk
+  $CLI scale $APP -i 3
+  curl -H "Host: $HOST" ${URL}cgi-bin/hello  # a few times: round-robin over the instances
+  $CLI set-env $APP GREETING hi && $CLI restart $APP
+  $CLI env $APP
+  $CLI app-logs $APP --recent
+  $CLI events $APP
+  $CLI disable-feature-flag diego_docker # stops every Docker app within seconds; enable it to bring them back
+  $CLI delete $APP -f
+When finished: kill $UP_PID $REG_PID; rm -rf $DEMO
 EOF
 else
         cat <<EOF
-The demo's registry and data dir are removed on exit (BERTH_DEMO_KEEP=1 keeps the data dir). Next, try:
-  $BERTH --data-dir /tmp/b image pull docker.io/library/busybox      # needs network access to Docker Hub
-  $BERTH --data-dir /tmp/b image ls
-  $BERTH --data-dir /tmp/b image export busybox /tmp/busybox-rootfs
-  $BERTH run --rm -p 8080:80 nginx:1.25                               # needs Docker Hub too
-  $BERTH image --help                                                  # every image command
-See docs/image-store.md for the whole command set and the config file.
+
+The platform stops and everything is removed now. Run 'BERTH_DEMO_KEEP=1 make demo' to keep it running and try:
+  berth app $APP;  berth scale $APP -i 3;  berth set-env $APP K V && berth restart $APP;  berth app-logs $APP
+  berth events $APP;  berth disable-feature-flag diego_docker;  berth delete $APP -f
+See docs/PLATFORM.md for the API and every command.
 EOF
 fi
