@@ -402,3 +402,37 @@ def test_private_registry_credentials(plat, registry_basic):
     plat.wait_route("priv")
     assert password not in plat.log(), "the registry password is in berth up's log"
     assert _files_containing(plat.data_dir, password.encode()) == [], "the password is stored in clear text"
+
+
+# --- berth up supervises its children ----------------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def test_up_restarts_a_dead_router(plat, app_images):
+    plat.push("survivor", app_images["web"])
+    plat.wait_route("survivor")
+    routers = [c for c in _children(plat.proc.pid) if "router" in _cmdline(c)]
+    assert len(routers) == 1, [(c, _cmdline(c)) for c in _children(plat.proc.pid)]
+    os.kill(routers[0], 9)
+    # the app itself never stopped; berth up starts a new router (backoff 0.5 s) that serves it again
+    helpers.wait_for(lambda: [c for c in _children(plat.proc.pid) if "router" in _cmdline(c)
+                              and c != routers[0]], timeout=10, what="a new router child")
+    plat.wait_route("survivor", timeout=10)
+    assert plat.proc.poll() is None

@@ -12,6 +12,47 @@ from berthplatform import app_images, errors_of, plat  # noqa: F401 (fixtures)
 FLAG = "diego_docker"
 
 
+def test_fresh_platform(plat):
+    """What berth up sets up on first start: the admin login, org and space default (targeted by login),
+    the shared domain, its log, and internal APIs closed to callers without the internal token."""
+    log = plat.log()
+    assert plat.api_url in log, "berth up prints the API URL"
+    assert "admin-password" in log, "berth up prints where the admin password is"
+    assert "controller | " in log
+    info = plat.api_json("GET", "/v3/info", token=None)
+    assert info["name"] == "berth" and info.get("version")
+    root = plat.api_json("GET", "/", token=None)
+    assert root["links"]["cloud_controller_v3"]["href"] == plat.api_url + "/v3"
+    orgs = [o["name"] for o in plat.api_json("GET", "/v3/organizations")["resources"]]
+    spaces = [s["name"] for s in plat.api_json("GET", "/v3/spaces")["resources"]]
+    assert orgs == ["default"] and spaces == ["default"]
+    assert [d["name"] for d in plat.api_json("GET", "/v3/domains")["resources"]] == [plat.domain]
+    target = plat.cli("target").stdout
+    assert "default" in target and "admin" in target
+    cfg_path = plat.home + "/config.json"
+    import json
+    import os
+    assert os.stat(cfg_path).st_mode & 0o777 == 0o600
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    assert cfg["org"]["name"] == "default" and cfg["space"]["name"] == "default" and cfg["username"] == "admin"
+    # internal APIs: 401 without the internal token
+    import requests
+    r = requests.get(plat.api_url + "/internal/v1/routes", timeout=10)
+    assert r.status_code == 401, r.text
+    r = requests.get(f"http://127.0.0.1:{plat.cell_port}/v1/lrps", timeout=10)
+    assert r.status_code == 401, r.text
+    r = requests.get(f"http://127.0.0.1:{plat.cell_port}/v1/lrps",
+                     headers={"Authorization": "Bearer wrong"}, timeout=10)
+    assert r.status_code == 401, r.text
+    with open(os.path.join(plat.data_dir, "internal-token")) as f:
+        tok = f.read().strip()
+    assert os.stat(os.path.join(plat.data_dir, "internal-token")).st_mode & 0o777 == 0o600
+    r = requests.get(f"http://127.0.0.1:{plat.cell_port}/v1/lrps", headers={"Authorization": f"Bearer {tok}"},
+                     timeout=10)
+    assert r.status_code == 200 and r.json()["instances"] == [], r.text
+
+
 def test_flag_off_by_default(plat):
     doc = plat.api_json("GET", f"/v3/feature_flags/{FLAG}")
     assert doc["name"] == FLAG and doc["enabled"] is False
