@@ -1,11 +1,262 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/* `berth router`: options and config, the route watcher and the proxy workers, signals and draining. */
 #include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <string.h>
 
+#include "berth-config.h"
+#include "lib/fs.h"
+#include "lib/json.h"
+#include "lib/log.h"
 #include "router/router.h"
+#include "router/router_internal.h"
+
+#define ROUTER_DEFAULT_LISTEN     "127.0.0.1:9080"
+#define ROUTER_DEFAULT_CONTROLLER "http://127.0.0.1:9022"
+#define ROUTER_DEFAULT_WORKERS    2
+#define ROUTER_MAX_WORKERS        256
+#define ROUTER_TOKEN_MAX          4096
+/* Gorouter's defaults: endpoint_dial_timeout 5 s, request_timeout_in_seconds 900, frontend idle 900 s. */
+#define ROUTER_DIAL_TIMEOUT_MS    5000
+#define ROUTER_REQUEST_TIMEOUT_MS 900000
+#define ROUTER_IDLE_TIMEOUT_MS    900000
+#define ROUTER_HEAD_TIMEOUT_MS    10000 /* a request head must arrive whole within this (slowloris) */
+#define ROUTER_DRAIN_TIMEOUT_MS   10000
+#define ROUTER_MAX_TIMEOUT_MS     86400000
+
+#define EXIT_USAGE 2
+
+/*
+ * The store outlives router_main: the watcher thread is detached at exit and may still be in its long
+ * poll (it stops touching the store once it sees the stop flag, but it may be just swapping a table in).
+ */
+static struct route_store router_store;
+
+static void usage(FILE *f)
+{
+        fprintf(f, "Usage: berth router [OPTIONS]\n\n"
+                   "Route HTTP requests by Host to app instances (the table comes from the controller).\n\n"
+                   "Options:\n"
+                   "  --listen HOST:PORT          address to serve (default " ROUTER_DEFAULT_LISTEN ")\n"
+                   "  --controller URL            the controller (default " ROUTER_DEFAULT_CONTROLLER ")\n"
+                   "  --workers N                 event-loop threads (default 2)\n"
+                   "  --internal-token-file F     the internal API token (default DATA_DIR/internal-token)\n"
+                   "  --data-dir D                where the default token file is (default "
+                   "$BERTH_DATA_DIR or " BERTH_DEFAULT_DATA_DIR ")\n"
+                   "  -h, --help                  this help\n");
+}
+
+static void router_opts_free(struct router_opts *o)
+{
+        free(o->listen);
+        free(o->controller);
+        if (o->token) {
+                explicit_bzero(o->token, strlen(o->token));
+                free(o->token);
+        }
+        *o = (struct router_opts){ 0 };
+}
+
+static int get_ms(const json_t *sec, const char *key, unsigned *ret, struct berr **err)
+{
+        int64_t v = 0;
+        json_t *j = json_object_get(sec, key);
+        if (!j)
+                return 0;
+        int r = json_get_int(sec, key, true, &v, err);
+        if (r < 0)
+                return berr_prefix(err, r, "router");
+        if (v <= 0 || v > ROUTER_MAX_TIMEOUT_MS)
+                return berr_set(err, -EINVAL, "router.%s must be between 1 and %d", key,
+                                ROUTER_MAX_TIMEOUT_MS);
+        *ret = (unsigned)v;
+        return 0;
+}
+
+/* The config file's router: section (unknown keys are errors, docs/PLATFORM.md). */
+static int apply_config(const json_t *sec, struct router_opts *o, struct berr **err)
+{
+        static const char *const keys[] = {
+                "listen",          "controller", "workers", "dial_timeout_ms", "request_timeout_ms",
+                "idle_timeout_ms", NULL
+        };
+        if (!sec || json_is_null(sec))
+                return 0;
+        if (!json_is_object(sec))
+                return berr_set(err, -EINVAL, "router: must be a mapping");
+        const char *k;
+        json_t *v;
+        json_object_foreach ((json_t *)sec, k, v) {
+                bool ok = false;
+                for (size_t i = 0; keys[i]; i++)
+                        ok = ok || strcmp(k, keys[i]) == 0;
+                if (!ok)
+                        return berr_set(err, -EINVAL, "router: unknown key \"%.64s\"", k);
+        }
+        const char *s = NULL;
+        int r = json_get_string(sec, "listen", false, &s, err);
+        if (r < 0)
+                return berr_prefix(err, r, "router");
+        if (s) {
+                free(o->listen);
+                o->listen = xstrdup(s);
+        }
+        if ((r = json_get_string(sec, "controller", false, &s, err)) < 0)
+                return berr_prefix(err, r, "router");
+        if (s) {
+                free(o->controller);
+                o->controller = xstrdup(s);
+        }
+        int64_t n = 0;
+        if (json_object_get(sec, "workers")) {
+                if ((r = json_get_int(sec, "workers", true, &n, err)) < 0)
+                        return berr_prefix(err, r, "router");
+                if (n < 1 || n > ROUTER_MAX_WORKERS)
+                        return berr_set(err, -EINVAL, "router.workers must be between 1 and %d",
+                                        ROUTER_MAX_WORKERS);
+                o->workers = (unsigned)n;
+        }
+        if ((r = get_ms(sec, "dial_timeout_ms", &o->dial_timeout_ms, err)) < 0 ||
+            (r = get_ms(sec, "request_timeout_ms", &o->request_timeout_ms, err)) < 0 ||
+            (r = get_ms(sec, "idle_timeout_ms", &o->idle_timeout_ms, err)) < 0)
+                return r;
+        return 0;
+}
+
+static int read_token(const char *path, char **ret, struct berr **err)
+{
+        _cleanup_free_ char *data = NULL;
+        size_t len = 0;
+        int r = fs_read_file_at(AT_FDCWD, path, ROUTER_TOKEN_MAX, &data, &len);
+        if (r < 0)
+                return berr_set_errno(err, r, "read the internal token %s", path);
+        while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r' || data[len - 1] == ' '))
+                data[--len] = '\0';
+        if (len == 0 || strlen(data) != len || strpbrk(data, "\r\n"))
+                return berr_set(err, -EINVAL, "the internal token %s is empty or not one line", path);
+        *ret = TAKE_PTR(data);
+        return 0;
+}
+
+static bool controller_url_ok(const char *u)
+{
+        return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
+}
 
 int router_main(const struct berth_config *cfg, int argc, char **argv, struct berr **err)
 {
-        (void)cfg, (void)argc, (void)argv;
-        berr_set(err, -ENOSYS, "the router is not built yet");
-        return 1;
+        static const struct option opts[] = {
+                { "listen", required_argument, NULL, 'l' },
+                { "controller", required_argument, NULL, 'c' },
+                { "workers", required_argument, NULL, 'w' },
+                { "internal-token-file", required_argument, NULL, 't' },
+                { "data-dir", required_argument, NULL, 'd' },
+                { "help", no_argument, NULL, 'h' },
+                { 0 },
+        };
+        _cleanup_(router_opts_free) struct router_opts o = {
+                .listen = xstrdup(ROUTER_DEFAULT_LISTEN),
+                .controller = xstrdup(ROUTER_DEFAULT_CONTROLLER),
+                .workers = ROUTER_DEFAULT_WORKERS,
+                .dial_timeout_ms = ROUTER_DIAL_TIMEOUT_MS,
+                .request_timeout_ms = ROUTER_REQUEST_TIMEOUT_MS,
+                .idle_timeout_ms = ROUTER_IDLE_TIMEOUT_MS,
+                .head_timeout_ms = ROUTER_HEAD_TIMEOUT_MS,
+                .drain_timeout_ms = ROUTER_DRAIN_TIMEOUT_MS,
+        };
+        int r = apply_config(cfg ? cfg->router : NULL, &o, err);
+        if (r < 0)
+                return 1;
+        const char *token_file = cfg ? cfg->internal_token_file : NULL;
+        const char *data_dir = getenv("BERTH_DATA_DIR");
+        int c;
+        optind = 0; /* glibc: re-initialise for this argv */
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+                switch (c) {
+                case 'l':
+                        free(o.listen);
+                        o.listen = xstrdup(optarg);
+                        break;
+                case 'c':
+                        free(o.controller);
+                        o.controller = xstrdup(optarg);
+                        break;
+                case 'w': {
+                        char *end = NULL;
+                        errno = 0;
+                        unsigned long n = strtoul(optarg, &end, 10);
+                        if (!*optarg || *end || errno || n < 1 || n > ROUTER_MAX_WORKERS) {
+                                berr_set(err, -EINVAL, "--workers must be between 1 and %d",
+                                         ROUTER_MAX_WORKERS);
+                                return EXIT_USAGE;
+                        }
+                        o.workers = (unsigned)n;
+                        break;
+                }
+                case 't':
+                        token_file = optarg;
+                        break;
+                case 'd':
+                        data_dir = optarg;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind < argc) {
+                berr_set(err, -EINVAL, "router: unexpected argument \"%s\"", argv[optind]);
+                return EXIT_USAGE;
+        }
+        if (!controller_url_ok(o.controller)) {
+                berr_set(err, -EINVAL, "router: the controller URL must be http:// or https://, got \"%s\"",
+                         o.controller);
+                return EXIT_USAGE;
+        }
+        _cleanup_free_ char *default_token = NULL;
+        if (!token_file) {
+                default_token =
+                    xasprintf("%s/internal-token", data_dir && *data_dir ? data_dir : BERTH_DEFAULT_DATA_DIR);
+                token_file = default_token;
+        }
+        if (read_token(token_file, &o.token, err) < 0)
+                return 1;
+
+        /* A daemon logs at info unless told otherwise ($BERTH_LOG_LEVEL or --debug). */
+        if (!getenv("BERTH_LOG_LEVEL") && log_get_level() < LOG_LEVEL_INFO)
+                log_set_level(LOG_LEVEL_INFO);
+        signal(SIGPIPE, SIG_IGN);
+        /* Block the stop signals in every thread; this one waits for them. */
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+        route_store_init(&router_store);
+        struct proxy *p = NULL;
+        if (proxy_start(&o, &router_store, &p, err) < 0)
+                return 1;
+        struct route_watch *watch = NULL;
+        if (route_watch_start(&o, &router_store, &watch, err) < 0) {
+                proxy_stop(p);
+                proxy_free(p);
+                return 1;
+        }
+        log_info("router listening on %s (%u workers), routes from %s", proxy_address(p), o.workers,
+                 o.controller);
+        int sig = 0;
+        while (sigwait(&set, &sig) != 0)
+                ;
+        log_info("router: %s, draining (up to %u ms)", strsignal(sig), o.drain_timeout_ms);
+        route_watch_stop(watch);
+        proxy_stop(p);
+        proxy_free(p);
+        log_info("router stopped");
+        return 0;
 }

@@ -1,0 +1,1598 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The proxy: one epoll loop per worker thread, each with its own SO_REUSEPORT listener, so workers share
+ * nothing but the route store. Sockets are non-blocking and epoll is level-triggered; after any event a
+ * connection is driven as far as it can go (client_run) and its interest masks are recomputed, an fd
+ * wanting nothing being removed from epoll (no busy loop on a hung-up peer while the other side is slow).
+ *
+ * A client connection owns at most one backend connection at a time. Bodies stream through two bounded
+ * buffers (client → backend in `in`, backend → client in `uin`); framing (Content-Length or chunked, RFC
+ * 9112 6) is tracked only to find where a message ends, the bytes are forwarded as they are. Backend
+ * connections go back to a per-worker idle pool when the response was delimited and the backend keeps
+ * the connection alive. After a 101 the two sockets are spliced byte for byte (WebSocket).
+ *
+ * Gorouter's behaviours (shared/reference/cloud-foundry-behaviour.md section 8): error bodies
+ * "%d %s: %s\n" with X-Cf-Routererror, up to 3 attempts on dial failures with the failed endpoint skipped
+ * for 30 s, X-Forwarded-For appended, X-Request-Start only if absent, X-Vcap-Request-Id always replaced,
+ * X-CF-ApplicationID/InstanceIndex/InstanceID set from the endpoint.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "lib/http.h"
+#include "lib/log.h"
+#include "router/router_internal.h"
+
+#define PX_HEAD_MAX          (64 * 1024) /* request or response head (431 / 502 above) */
+#define PX_TARGET_MAX        (8 * 1024)  /* request target (414 above) */
+#define PX_IN_CAP            (PX_HEAD_MAX + 16 * 1024)
+#define PX_UIN_CAP           (64 * 1024)
+#define PX_OUT_MAX           (PX_HEAD_MAX + 8 * 1024) /* a rewritten head */
+#define PX_MAX_CLIENTS       20000                    /* per worker */
+#define PX_MAX_ATTEMPTS      3                        /* Gorouter's router.backends.max_attempts */
+#define PX_POOL_PER_ENDPOINT 32
+#define PX_POOL_IDLE_MS      60000
+#define PX_TICK_MS           100
+#define PX_CONN_TOKENS       16 /* header names a Connection header may list that we honour */
+#define PX_RANDOM_BYTES      4096
+
+enum handle_kind { HK_LISTEN, HK_EVENT, HK_CLIENT, HK_UPSTREAM };
+
+struct handle {
+        enum handle_kind kind;
+        int fd;
+        uint32_t mask; /* registered events; 0: not in epoll */
+        bool dead;
+};
+
+struct buf {
+        char *d;
+        size_t cap, start, end;
+};
+
+struct worker;
+struct client;
+
+struct upstream {
+        struct handle h; /* first member: epoll data points here */
+        struct worker *w;
+        struct client *owner; /* NULL while idle in the pool */
+        struct sockaddr_storage addr;
+        socklen_t addr_len;
+        bool connected;
+        bool reused;
+        int64_t idle_since;
+        struct upstream *next, *prev; /* pool list, or the dead list */
+};
+
+enum client_state {
+        CS_HEAD,    /* reading a request head */
+        CS_CONNECT, /* dialling a backend */
+        CS_PROXY,   /* request and response streaming */
+        CS_TUNNEL,  /* after a 101: raw bytes both ways */
+        CS_RESPOND, /* writing a response of our own */
+};
+
+enum body_mode { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
+
+struct client {
+        struct handle h; /* first member */
+        struct worker *w;
+        struct client *next, *prev; /* the worker's list (or dead list) */
+        char peer_ip[INET6_ADDRSTRLEN];
+        enum client_state st;
+        int64_t deadline; /* monotonic ms, 0: none */
+        struct buf in;    /* from the client */
+        struct buf out;   /* heads and local responses to the client */
+        struct buf uin;   /* from the backend */
+        bool client_eof;
+        bool close_after; /* close once the current response is written */
+        /* The request. */
+        bool req_head;
+        bool req_keep_alive;
+        bool req_upgrade;
+        int req_minor;
+        enum body_mode req_mode;
+        uint64_t req_remaining;
+        struct http_chunked req_chunk;
+        bool req_done;     /* every body byte approved for forwarding */
+        size_t req_fwd;    /* approved bytes at in.start not yet written */
+        uint64_t req_sent; /* body bytes written to the backend */
+        char *up_prefix;   /* rewritten head without the endpoint headers, owned */
+        size_t up_prefix_len;
+        char *up_head; /* the head for the current backend, owned */
+        size_t up_head_len, up_head_sent;
+        /* Routing. */
+        struct route_table *table; /* reference held while a request is routed */
+        struct rt_route *route;
+        int ep;
+        uint64_t tried;
+        int attempts;
+        struct upstream *up;
+        /* The response. */
+        bool resp_head_done;
+        bool resp_started; /* bytes of the backend's response reached out */
+        bool resp_keep_alive;
+        enum body_mode resp_mode;
+        uint64_t resp_remaining;
+        struct http_chunked resp_chunk;
+        bool resp_done;
+        size_t resp_fwd; /* approved bytes at uin.start not yet written */
+        bool up_eof;
+        bool tunnel_c2u_shut, tunnel_u2c_shut;
+};
+
+struct proxy;
+
+struct worker {
+        struct proxy *p;
+        pthread_t thread;
+        bool started;
+        int epfd;
+        struct handle listen;
+        struct handle event;
+        struct client *clients; /* live connections */
+        size_t n_clients;
+        struct client *dead_clients;
+        struct upstream *pool; /* idle backend connections */
+        size_t n_pool;
+        struct upstream *dead_ups;
+        struct route_table *table; /* cached reference */
+        uint64_t epoch;
+        bool stopping;
+        int64_t drain_deadline;
+        struct http_head scratch;
+        unsigned char rnd[PX_RANDOM_BYTES];
+        size_t rnd_pos;
+};
+
+struct proxy {
+        struct router_opts o; /* borrowed strings */
+        struct route_store *store;
+        struct worker *workers;
+        unsigned n_workers;
+        char address[INET6_ADDRSTRLEN + 8];
+};
+
+/* ---- buffers ---- */
+
+static void buf_alloc(struct buf *b, size_t cap)
+{
+        if (!b->d) {
+                b->d = xmalloc(cap);
+                b->cap = cap;
+                b->start = b->end = 0;
+        }
+}
+
+static void buf_release(struct buf *b)
+{
+        free(b->d);
+        *b = (struct buf){ 0 };
+}
+
+static size_t buf_len(const struct buf *b)
+{
+        return b->end - b->start;
+}
+
+/* Make room at the end: reset when empty, slide the unread bytes down when the tail is full. */
+static void buf_compact(struct buf *b)
+{
+        if (b->start == b->end)
+                b->start = b->end = 0;
+        else if (b->end == b->cap && b->start > 0) {
+                memmove(b->d, b->d + b->start, b->end - b->start);
+                b->end -= b->start;
+                b->start = 0;
+        }
+}
+
+static void buf_consume(struct buf *b, size_t n)
+{
+        b->start += n;
+        if (b->start == b->end)
+                b->start = b->end = 0;
+}
+
+/* Append to a growable output buffer (bounded by PX_OUT_MAX + the body of a local response). */
+static void buf_append(struct buf *b, const void *data, size_t n)
+{
+        if (b->end + n > b->cap) {
+                size_t cap = MAX(b->cap * 2, b->end + n);
+                cap = MAX(cap, (size_t)1024);
+                b->d = xrealloc(b->d, cap);
+                b->cap = cap;
+        }
+        memcpy(b->d + b->end, data, n);
+        b->end += n;
+}
+
+static void buf_appendf(struct buf *b, const char *fmt, ...) _printf_(2, 3);
+static void buf_appendf(struct buf *b, const char *fmt, ...)
+{
+        char tmp[512];
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+        va_end(ap);
+        if (n < 0)
+                return;
+        if ((size_t)n < sizeof(tmp)) {
+                buf_append(b, tmp, (size_t)n);
+                return;
+        }
+        char *big = xmalloc((size_t)n + 1);
+        va_start(ap, fmt);
+        vsnprintf(big, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+        buf_append(b, big, (size_t)n);
+        free(big);
+}
+
+static void buf_header(struct buf *b, const char *name, size_t nl, const char *value, size_t vl)
+{
+        buf_append(b, name, nl);
+        buf_append(b, ": ", 2);
+        buf_append(b, value, vl);
+        buf_append(b, "\r\n", 2);
+}
+
+/* ---- epoll ---- */
+
+static void handle_want(struct worker *w, struct handle *h, uint32_t mask)
+{
+        if (h->fd < 0 || h->mask == mask)
+                return;
+        struct epoll_event ev = { .events = mask, .data.ptr = h };
+        int op = mask == 0 ? EPOLL_CTL_DEL : h->mask == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+        if (epoll_ctl(w->epfd, op, h->fd, &ev) < 0) {
+                log_error("epoll_ctl fd %d: %s", h->fd, strerror(errno));
+                return;
+        }
+        h->mask = mask;
+}
+
+static void handle_close(struct worker *w, struct handle *h)
+{
+        if (h->fd >= 0) {
+                handle_want(w, h, 0);
+                close(h->fd);
+                h->fd = -1;
+        }
+        h->dead = true;
+}
+
+/* ---- small helpers ---- */
+
+static void random_bytes(struct worker *w, unsigned char *out, size_t n)
+{
+        if (w->rnd_pos + n > sizeof(w->rnd)) {
+                size_t got = 0;
+                while (got < sizeof(w->rnd)) {
+                        ssize_t k = getrandom(w->rnd + got, sizeof(w->rnd) - got, 0);
+                        if (k < 0) {
+                                if (errno == EINTR)
+                                        continue;
+                                abort(); /* the kernel has no randomness: nothing sensible to do */
+                        }
+                        got += (size_t)k;
+                }
+                w->rnd_pos = 0;
+        }
+        memcpy(out, w->rnd + w->rnd_pos, n);
+        w->rnd_pos += n;
+}
+
+/* A version 4 UUID (RFC 9562) into out (37 bytes). */
+static void uuid_v4(struct worker *w, char out[37])
+{
+        unsigned char u[16];
+        random_bytes(w, u, sizeof(u));
+        u[6] = (unsigned char)((u[6] & 0x0f) | 0x40);
+        u[8] = (unsigned char)((u[8] & 0x3f) | 0x80);
+        snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+                 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+}
+
+static bool name_is(const struct http_header *h, const char *name)
+{
+        return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
+}
+
+/* RFC 9110 7.6.1: hop-by-hop fields, never forwarded (Upgrade is re-added for an upgrade). */
+static bool is_hop_by_hop(const struct http_header *h)
+{
+        return name_is(h, "Connection") || name_is(h, "Keep-Alive") || name_is(h, "TE") ||
+               name_is(h, "Trailer") || name_is(h, "Upgrade") ||
+               (h->name_len >= 6 && strncasecmp(h->name, "Proxy-", 6) == 0);
+}
+
+struct conn_tokens {
+        const char *tok[PX_CONN_TOKENS];
+        size_t len[PX_CONN_TOKENS];
+        size_t n;
+};
+
+/* The field names listed by the Connection headers (RFC 9110 7.6.1), up to PX_CONN_TOKENS. */
+static void conn_tokens_collect(const struct http_head *hd, struct conn_tokens *ct)
+{
+        ct->n = 0;
+        for (size_t i = 0; i < hd->n_headers; i++) {
+                const struct http_header *h = &hd->headers[i];
+                if (!name_is(h, "Connection"))
+                        continue;
+                const char *p = h->value, *e = h->value + h->value_len;
+                while (p < e && ct->n < PX_CONN_TOKENS) {
+                        while (p < e && (*p == ',' || *p == ' ' || *p == '\t'))
+                                p++;
+                        const char *s = p;
+                        while (p < e && *p != ',' && *p != ' ' && *p != '\t')
+                                p++;
+                        if (p > s) {
+                                ct->tok[ct->n] = s;
+                                ct->len[ct->n++] = (size_t)(p - s);
+                        }
+                }
+        }
+}
+
+static bool conn_tokens_has(const struct conn_tokens *ct, const struct http_header *h)
+{
+        for (size_t i = 0; i < ct->n; i++)
+                if (ct->len[i] == h->name_len && strncasecmp(ct->tok[i], h->name, h->name_len) == 0)
+                        return true;
+        return false;
+}
+
+static void http_date(char *out, size_t n)
+{
+        time_t t = time(NULL);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(out, n, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+}
+
+static void sockaddr_ip(const struct sockaddr_storage *ss, char *out, size_t n)
+{
+        if (ss->ss_family == AF_INET)
+                inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, (socklen_t)n);
+        else if (ss->ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, (socklen_t)n);
+        else
+                snprintf(out, n, "unknown");
+}
+
+/* ---- backend connections ---- */
+
+static void upstream_destroy(struct worker *w, struct upstream *u)
+{
+        handle_close(w, &u->h);
+        u->owner = NULL;
+        u->next = w->dead_ups;
+        u->prev = NULL;
+        w->dead_ups = u;
+}
+
+static void pool_unlink(struct worker *w, struct upstream *u)
+{
+        if (u->prev)
+                u->prev->next = u->next;
+        else
+                w->pool = u->next;
+        if (u->next)
+                u->next->prev = u->prev;
+        u->next = u->prev = NULL;
+        w->n_pool--;
+}
+
+static void pool_put(struct worker *w, struct upstream *u)
+{
+        size_t same = 0;
+        for (struct upstream *p = w->pool; p; p = p->next)
+                if (p->addr_len == u->addr_len && memcmp(&p->addr, &u->addr, u->addr_len) == 0)
+                        same++;
+        if (same >= PX_POOL_PER_ENDPOINT || w->stopping) {
+                upstream_destroy(w, u);
+                return;
+        }
+        u->owner = NULL;
+        u->idle_since = router_now_ms();
+        u->prev = NULL;
+        u->next = w->pool;
+        if (w->pool)
+                w->pool->prev = u;
+        w->pool = u;
+        w->n_pool++;
+        /* Any event on an idle connection (the backend closed it, or sent junk) retires it. */
+        handle_want(w, &u->h, EPOLLIN | EPOLLRDHUP);
+}
+
+/* An idle connection to addr that still looks open, or NULL. */
+static struct upstream *pool_take(struct worker *w, const struct sockaddr_storage *addr, socklen_t len)
+{
+        for (struct upstream *u = w->pool, *next; u; u = next) {
+                next = u->next;
+                if (u->addr_len != len || memcmp(&u->addr, addr, len) != 0)
+                        continue;
+                pool_unlink(w, u);
+                char b;
+                ssize_t k = recv(u->h.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+                if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                        u->reused = true;
+                        return u;
+                }
+                upstream_destroy(w, u);
+        }
+        return NULL;
+}
+
+/* ---- the client connection ---- */
+
+static void client_run(struct client *c);
+
+static void client_release_request(struct client *c)
+{
+        struct worker *w = c->w;
+        if (c->up) {
+                upstream_destroy(w, c->up);
+                c->up = NULL;
+        }
+        free(c->up_prefix);
+        c->up_prefix = NULL;
+        free(c->up_head);
+        c->up_head = NULL;
+        c->up_head_len = c->up_head_sent = 0;
+        if (c->table)
+                route_table_unref(c->table);
+        c->table = NULL;
+        c->route = NULL;
+        buf_release(&c->uin);
+}
+
+static void client_close(struct client *c)
+{
+        struct worker *w = c->w;
+        if (c->h.dead)
+                return;
+        client_release_request(c);
+        handle_close(w, &c->h);
+        buf_release(&c->in);
+        buf_release(&c->out);
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                w->clients = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        w->n_clients--;
+        c->prev = NULL;
+        c->next = w->dead_clients;
+        w->dead_clients = c;
+}
+
+/* Back to reading the next request on a kept-alive connection. */
+static void client_reset(struct client *c)
+{
+        client_release_request(c);
+        c->st = CS_HEAD;
+        c->req_mode = BODY_NONE;
+        c->req_done = false;
+        c->req_fwd = 0;
+        c->req_sent = 0;
+        c->req_remaining = 0;
+        memset(&c->req_chunk, 0, sizeof(c->req_chunk));
+        c->tried = 0;
+        c->attempts = 0;
+        c->ep = -1;
+        c->resp_head_done = c->resp_started = c->resp_done = c->resp_keep_alive = false;
+        c->resp_mode = BODY_NONE;
+        c->resp_remaining = 0;
+        memset(&c->resp_chunk, 0, sizeof(c->resp_chunk));
+        c->resp_fwd = 0;
+        c->up_eof = false;
+        c->deadline = router_now_ms() + c->w->p->o.idle_timeout_ms;
+        if (buf_len(&c->in) == 0)
+                buf_release(&c->in); /* an idle keep-alive connection holds no buffer */
+}
+
+/*
+ * A response of our own: Gorouter's plain-text error writer (errorwriter/error_writer.go), body
+ * "%d %s: %s\n", with X-Cf-Routererror and Cache-Control when given (NULL: none).
+ */
+static void client_respond(struct client *c, int status, const char *router_error, const char *cache_control,
+                           const char *msg)
+{
+        struct worker *w = c->w;
+        char date[64];
+        http_date(date, sizeof(date));
+        if (c->req_mode != BODY_NONE && !c->req_done)
+                c->close_after = true; /* the body is not drained: the connection cannot be reused */
+        if (w->stopping)
+                c->close_after = true;
+        char body[1024];
+        int bl = snprintf(body, sizeof(body), "%d %s: %s\n", status, http_reason(status), msg);
+        if (bl < 0 || (size_t)bl >= sizeof(body))
+                bl = (int)strlen(body);
+        buf_appendf(&c->out,
+                    "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    "X-Content-Type-Options: nosniff\r\nDate: %s\r\nContent-Length: %d\r\n",
+                    status, http_reason(status), date, bl);
+        if (router_error)
+                buf_appendf(&c->out, "X-Cf-Routererror: %s\r\n", router_error);
+        if (cache_control)
+                buf_appendf(&c->out, "Cache-Control: %s\r\n", cache_control);
+        if (c->close_after)
+                buf_appendf(&c->out, "Connection: close\r\n");
+        buf_append(&c->out, "\r\n", 2);
+        if (!c->req_head)
+                buf_append(&c->out, body, (size_t)bl);
+        if (c->up) {
+                upstream_destroy(w, c->up);
+                c->up = NULL;
+        }
+        c->st = CS_RESPOND;
+        c->deadline = router_now_ms() + w->p->o.idle_timeout_ms;
+}
+
+static void client_respond_bad_gateway(struct client *c)
+{
+        client_respond(c, 502, "endpoint_failure", NULL, "Registered endpoint failed to handle the request.");
+}
+
+static void refresh_table(struct worker *w)
+{
+        uint64_t e = atomic_load_explicit(&w->p->store->epoch, memory_order_acquire);
+        if (e == w->epoch && w->table)
+                return;
+        struct route_table *t = route_store_get(w->p->store);
+        if (w->table)
+                route_table_unref(w->table);
+        w->table = t;
+        w->epoch = e;
+}
+
+/* The request head for the chosen endpoint: the common prefix plus the X-CF-* headers. */
+static void build_up_head(struct client *c, const struct rt_endpoint *ep)
+{
+        struct buf b = { 0 };
+        buf_append(&b, c->up_prefix, c->up_prefix_len);
+        buf_header(&b, "X-CF-ApplicationID", 18, c->route->app_guid, strlen(c->route->app_guid));
+        buf_appendf(&b, "X-CF-InstanceIndex: %d\r\n", ep->index);
+        if (*ep->instance_guid)
+                buf_header(&b, "X-CF-InstanceID", 15, ep->instance_guid, strlen(ep->instance_guid));
+        else
+                buf_appendf(&b, "X-CF-InstanceID: %s:%u\r\n", ep->host, ep->port);
+        if (c->req_upgrade)
+                buf_appendf(&b, "Connection: Upgrade\r\n");
+        buf_append(&b, "\r\n", 2);
+        free(c->up_head);
+        c->up_head = b.d;
+        c->up_head_len = b.end;
+        c->up_head_sent = 0;
+}
+
+static void client_connect(struct client *c);
+
+/* A dial to the current endpoint failed: mark it and try another, or answer 502. */
+static void client_dial_failed(struct client *c, int error)
+{
+        struct rt_endpoint *ep = &c->route->eps[c->ep];
+        log_warn("endpoint %s:%u of %s failed: %s", ep->host, ep->port, c->route->host, strerror(error));
+        route_mark_failed(ep, router_now_ms());
+        if (c->up) {
+                upstream_destroy(c->w, c->up);
+                c->up = NULL;
+        }
+        if (c->attempts >= PX_MAX_ATTEMPTS) {
+                client_respond_bad_gateway(c);
+                return;
+        }
+        client_connect(c);
+}
+
+/* Pick the next endpoint and open (or reuse) a connection to it. */
+static void client_connect(struct client *c)
+{
+        struct worker *w = c->w;
+        int64_t now = router_now_ms();
+        int i = route_pick(c->route, now, c->tried);
+        if (i < 0) {
+                client_respond_bad_gateway(c);
+                return;
+        }
+        c->ep = i;
+        if (i < 64)
+                c->tried |= 1ULL << i;
+        c->attempts++;
+        struct rt_endpoint *ep = &c->route->eps[i];
+        build_up_head(c, ep);
+        struct upstream *u = pool_take(w, &ep->addr, ep->addr_len);
+        if (u) {
+                u->owner = c;
+                c->up = u;
+                c->st = CS_PROXY;
+                c->deadline = now + w->p->o.request_timeout_ms;
+                return;
+        }
+        int fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+                int e = errno;
+                log_error("socket: %s", strerror(e));
+                client_respond_bad_gateway(c);
+                return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        u = xcalloc(1, sizeof(*u));
+        u->h = (struct handle){ .kind = HK_UPSTREAM, .fd = fd };
+        u->w = w;
+        u->owner = c;
+        u->addr = ep->addr;
+        u->addr_len = ep->addr_len;
+        c->up = u;
+        if (connect(fd, (const struct sockaddr *)&ep->addr, ep->addr_len) < 0 && errno != EINPROGRESS) {
+                client_dial_failed(c, errno);
+                return;
+        }
+        c->st = CS_CONNECT;
+        c->deadline = now + w->p->o.dial_timeout_ms;
+}
+
+/* Build the request for the backend from the parsed head h and route it. */
+static void client_dispatch(struct client *c, const struct http_head *h)
+{
+        struct worker *w = c->w;
+        c->req_head = h->method_len == 4 && memcmp(h->method, "HEAD", 4) == 0;
+        c->req_keep_alive = h->keep_alive && !w->stopping;
+        c->close_after = !c->req_keep_alive;
+        c->req_upgrade = h->upgrade;
+        c->req_minor = h->minor_version;
+        if (h->chunked)
+                c->req_mode = BODY_CHUNKED;
+        else if (h->content_length > 0) {
+                c->req_mode = BODY_LENGTH;
+                c->req_remaining = (uint64_t)h->content_length;
+        } else
+                c->req_mode = BODY_NONE;
+        c->req_done = c->req_mode == BODY_NONE;
+
+        /* Gorouter (handlers/lookup.go): an empty Host, or one equal to the client's IP, is 400. */
+        char host[RT_MAX_HOST + 1];
+        int hl = h->host ? route_host_normalize(h->host, h->host_len, host, sizeof(host)) : -1;
+        if (hl > 0 && strcmp(host, c->peer_ip) == 0)
+                hl = -1;
+        if (hl < 0) {
+                client_respond(c, 400, "empty_host", NULL, "Request had empty Host header");
+                return;
+        }
+        refresh_table(w);
+        struct rt_route *rt =
+            (struct rt_route *)route_table_lookup(w->table, host, (size_t)hl, h->target, h->target_len);
+        if (!rt) {
+                char msg[RT_MAX_HOST + 64];
+                snprintf(msg, sizeof(msg), "Requested route ('%s') does not exist.", host);
+                client_respond(c, 404, "unknown_route", "no-cache, no-store", msg);
+                return;
+        }
+        if (rt->n_eps == 0) {
+                char msg[RT_MAX_HOST + 64];
+                snprintf(msg, sizeof(msg), "Requested route ('%s') has no available endpoints.", host);
+                client_respond(c, 503, "no_endpoints", "public,max-age=2", msg);
+                return;
+        }
+        c->table = route_table_ref(w->table);
+        c->route = rt;
+
+        struct conn_tokens ct;
+        conn_tokens_collect(h, &ct);
+        struct buf b = { 0 };
+        /* An HTTP/1.0 client gets an HTTP/1.0 request upstream, so the backend does not answer chunked. */
+        buf_append(&b, h->method, h->method_len);
+        buf_append(&b, " ", 1);
+        buf_append(&b, h->target, h->target_len);
+        buf_appendf(&b, " HTTP/1.%d\r\n", h->minor_version == 0 ? 0 : 1);
+        const struct http_header *xff = NULL;
+        struct buf xffv = { 0 };
+        bool have_proto = false, have_start = false;
+        for (size_t i = 0; i < h->n_headers; i++) {
+                const struct http_header *hh = &h->headers[i];
+                if (name_is(hh, "Upgrade") && c->req_upgrade) {
+                        buf_header(&b, hh->name, hh->name_len, hh->value, hh->value_len);
+                        continue;
+                }
+                if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh))
+                        continue;
+                if (name_is(hh, "X-Forwarded-For")) {
+                        /* Several X-Forwarded-For lines are joined, as Go's SetXForwarded does. */
+                        if (xff)
+                                buf_append(&xffv, ", ", 2);
+                        buf_append(&xffv, hh->value, hh->value_len);
+                        xff = hh;
+                        continue;
+                }
+                if (name_is(hh, "X-Vcap-Request-Id") || name_is(hh, "X-CF-ApplicationID") ||
+                    name_is(hh, "X-CF-InstanceIndex") || name_is(hh, "X-CF-InstanceID") ||
+                    name_is(hh, "X-CF-App-Instance"))
+                        continue;
+                if (name_is(hh, "X-Forwarded-Proto"))
+                        have_proto = true;
+                if (name_is(hh, "X-Request-Start"))
+                        have_start = true;
+                buf_header(&b, hh->name, hh->name_len, hh->value, hh->value_len);
+        }
+        if (xffv.end > 0)
+                buf_append(&xffv, ", ", 2);
+        buf_append(&xffv, c->peer_ip, strlen(c->peer_ip));
+        buf_header(&b, "X-Forwarded-For", 15, xffv.d, xffv.end);
+        buf_release(&xffv);
+        if (!have_proto)
+                buf_appendf(&b, "X-Forwarded-Proto: http\r\n");
+        if (!have_start) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                buf_appendf(&b, "X-Request-Start: %" PRId64 "\r\n",
+                            (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+        }
+        char uuid[37];
+        uuid_v4(w, uuid);
+        buf_appendf(&b, "X-Vcap-Request-Id: %s\r\n", uuid);
+        c->up_prefix = b.d;
+        c->up_prefix_len = b.end;
+        buf_alloc(&c->uin, PX_UIN_CAP);
+        client_connect(c);
+}
+
+/* CS_HEAD: parse what we have. Returns true if the state changed. */
+static bool client_parse_head(struct client *c)
+{
+        struct worker *w = c->w;
+        if (buf_len(&c->in) == 0)
+                return false;
+        if (c->deadline == 0 || c->deadline > router_now_ms() + (int64_t)w->p->o.head_timeout_ms)
+                /* The head timeout counts from its first byte (slowloris). */
+                c->deadline = router_now_ms() + w->p->o.head_timeout_ms;
+        struct http_limits lim = { .max_head_bytes = PX_HEAD_MAX, .max_target_bytes = PX_TARGET_MAX };
+        struct http_head *h = &w->scratch;
+        ssize_t r = http_parse_request(c->in.d + c->in.start, buf_len(&c->in), &lim, h);
+        if (r == HTTP_PARSE_INCOMPLETE)
+                return false;
+        if (r < 0) {
+                int status = r == HTTP_PARSE_TOO_LARGE      ? 431
+                             : r == HTTP_PARSE_URI_TOO_LONG ? 414
+                             : r == HTTP_PARSE_VERSION      ? 505
+                                                            : 400;
+                c->close_after = true;
+                c->req_head = false;
+                client_respond(c, status, NULL, NULL, "Invalid request");
+                return true;
+        }
+        /* The head's pointers are into c->in; dispatch copies what it needs before consuming it. */
+        client_dispatch(c, h);
+        buf_consume(&c->in, (size_t)r);
+        return true;
+}
+
+/* Approve request body bytes in c->in for forwarding, per the framing. */
+static int client_frame_request(struct client *c)
+{
+        if (c->st == CS_TUNNEL) {
+                c->req_fwd = buf_len(&c->in);
+                return 0;
+        }
+        if (c->req_done)
+                return 0;
+        size_t avail = buf_len(&c->in) - c->req_fwd;
+        if (avail == 0)
+                return 0;
+        if (c->req_mode == BODY_LENGTH) {
+                size_t n = (size_t)MIN((uint64_t)avail, c->req_remaining);
+                c->req_fwd += n;
+                c->req_remaining -= n;
+                c->req_done = c->req_remaining == 0;
+                return 0;
+        }
+        const char *p = c->in.d + c->in.start + c->req_fwd;
+        while (avail > 0) {
+                size_t used = 0, doff = 0, dlen = 0;
+                int r = http_chunked_decode(&c->req_chunk, p, avail, &used, &doff, &dlen);
+                if (r < 0)
+                        return -EBADMSG;
+                c->req_fwd += used;
+                p += used;
+                avail -= used;
+                if (r == 1) {
+                        c->req_done = true;
+                        break;
+                }
+                if (used == 0)
+                        break;
+        }
+        return 0;
+}
+
+/* Approve response body bytes in c->uin for forwarding. */
+static int client_frame_response(struct client *c)
+{
+        if (c->resp_done && c->st != CS_TUNNEL)
+                return 0;
+        size_t avail = buf_len(&c->uin) - c->resp_fwd;
+        if (avail == 0)
+                return 0;
+        if (c->st == CS_TUNNEL || c->resp_mode == BODY_CLOSE) {
+                c->resp_fwd += avail;
+                return 0;
+        }
+        if (c->resp_mode == BODY_LENGTH) {
+                size_t n = (size_t)MIN((uint64_t)avail, c->resp_remaining);
+                c->resp_fwd += n;
+                c->resp_remaining -= n;
+                c->resp_done = c->resp_remaining == 0;
+                return 0;
+        }
+        if (c->resp_mode == BODY_CHUNKED) {
+                const char *p = c->uin.d + c->uin.start + c->resp_fwd;
+                while (avail > 0) {
+                        size_t used = 0, doff = 0, dlen = 0;
+                        int r = http_chunked_decode(&c->resp_chunk, p, avail, &used, &doff, &dlen);
+                        if (r < 0)
+                                return -EBADMSG;
+                        c->resp_fwd += used;
+                        p += used;
+                        avail -= used;
+                        if (r == 1) {
+                                c->resp_done = true;
+                                break;
+                        }
+                        if (used == 0)
+                                break;
+                }
+        }
+        return 0;
+}
+
+/* Parse the backend's response head (and interim 1xx heads). Returns < 0 on a malformed response. */
+static int client_parse_response(struct client *c)
+{
+        struct worker *w = c->w;
+        while (!c->resp_head_done && buf_len(&c->uin) > 0) {
+                struct http_limits lim = { .max_head_bytes = PX_HEAD_MAX };
+                struct http_head *h = &w->scratch;
+                ssize_t r = http_parse_response(c->uin.d + c->uin.start, buf_len(&c->uin), &lim, h);
+                if (r == HTTP_PARSE_INCOMPLETE) {
+                        if (buf_len(&c->uin) >= c->uin.cap)
+                                return -E2BIG;
+                        return 0;
+                }
+                if (r < 0)
+                        return -EBADMSG;
+                bool tunnel = h->status == 101 && c->req_upgrade;
+                if (h->status >= 100 && h->status < 200 && !tunnel) {
+                        /* Interim responses (100 Continue, 103) go through as they are. */
+                        buf_append(&c->out, c->uin.d + c->uin.start, (size_t)r);
+                        buf_consume(&c->uin, (size_t)r);
+                        c->resp_started = true;
+                        continue;
+                }
+                struct conn_tokens ct;
+                conn_tokens_collect(h, &ct);
+                if (tunnel) {
+                        c->resp_mode = BODY_CLOSE;
+                } else if (c->req_head || h->status == 204 || h->status == 304) {
+                        c->resp_mode = BODY_NONE;
+                } else if (h->chunked) {
+                        c->resp_mode = BODY_CHUNKED;
+                } else if (h->content_length >= 0) {
+                        c->resp_mode = BODY_LENGTH;
+                        c->resp_remaining = (uint64_t)h->content_length;
+                } else {
+                        c->resp_mode = BODY_CLOSE;
+                }
+                c->resp_keep_alive = h->keep_alive && c->resp_mode != BODY_CLOSE && !tunnel;
+                if (c->resp_mode == BODY_CLOSE || w->stopping)
+                        c->close_after = true;
+                buf_appendf(&c->out, "HTTP/1.1 %d ", h->status);
+                buf_append(&c->out, h->reason, h->reason_len);
+                buf_append(&c->out, "\r\n", 2);
+                for (size_t i = 0; i < h->n_headers; i++) {
+                        const struct http_header *hh = &h->headers[i];
+                        if (tunnel && name_is(hh, "Upgrade")) {
+                                buf_header(&c->out, hh->name, hh->name_len, hh->value, hh->value_len);
+                                continue;
+                        }
+                        if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh))
+                                continue;
+                        buf_header(&c->out, hh->name, hh->name_len, hh->value, hh->value_len);
+                }
+                if (tunnel)
+                        buf_appendf(&c->out, "Connection: Upgrade\r\n");
+                else if (c->close_after)
+                        buf_appendf(&c->out, "Connection: close\r\n");
+                else if (c->req_minor == 0)
+                        buf_appendf(&c->out, "Connection: keep-alive\r\n");
+                buf_append(&c->out, "\r\n", 2);
+                buf_consume(&c->uin, (size_t)r);
+                c->resp_head_done = true;
+                c->resp_started = true;
+                c->resp_done =
+                    c->resp_mode == BODY_NONE || (c->resp_mode == BODY_LENGTH && c->resp_remaining == 0);
+                if (tunnel) {
+                        c->st = CS_TUNNEL;
+                        c->deadline = 0; /* no request timeout on upgraded connections (Gorouter) */
+                        c->req_done = true;
+                        c->req_fwd = buf_len(&c->in);
+                }
+        }
+        return 0;
+}
+
+enum io_result { IO_AGAIN, IO_PROGRESS, IO_EOF, IO_ERROR };
+
+static enum io_result read_into(int fd, struct buf *b, int *ret_errno)
+{
+        buf_compact(b);
+        if (b->end >= b->cap)
+                return IO_AGAIN;
+        ssize_t k = recv(fd, b->d + b->end, b->cap - b->end, 0);
+        if (k > 0) {
+                b->end += (size_t)k;
+                return IO_PROGRESS;
+        }
+        if (k == 0)
+                return IO_EOF;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                return IO_AGAIN;
+        *ret_errno = errno;
+        return IO_ERROR;
+}
+
+static enum io_result write_from(int fd, const char *p, size_t n, size_t *ret_written, int *ret_errno)
+{
+        *ret_written = 0;
+        if (n == 0)
+                return IO_AGAIN;
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k > 0) {
+                *ret_written = (size_t)k;
+                return IO_PROGRESS;
+        }
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+                return IO_AGAIN;
+        *ret_errno = k < 0 ? errno : EPIPE;
+        return IO_ERROR;
+}
+
+/*
+ * The backend failed (EOF or error) before its response head arrived. A reused pooled connection that
+ * the backend had closed is retried once on a fresh one when no body byte was sent yet.
+ */
+static void client_upstream_lost(struct client *c, int error)
+{
+        if (c->resp_started) {
+                client_close(c);
+                return;
+        }
+        if (c->up && c->up->reused && c->req_sent == 0) {
+                upstream_destroy(c->w, c->up);
+                c->up = NULL;
+                c->attempts--;
+                c->tried &= ~(c->ep < 64 ? 1ULL << c->ep : 0);
+                client_connect(c);
+                return;
+        }
+        struct rt_endpoint *ep = &c->route->eps[c->ep];
+        log_warn("endpoint %s:%u of %s: %s before a response", ep->host, ep->port, c->route->host,
+                 error ? strerror(error) : "connection closed");
+        client_respond_bad_gateway(c);
+}
+
+/* The request/response exchange is complete on both sides: recycle or close. */
+static void client_finish(struct client *c)
+{
+        struct worker *w = c->w;
+        if (c->up) {
+                if (c->resp_keep_alive && c->req_done && c->req_fwd == 0 && !c->up_eof &&
+                    buf_len(&c->uin) == 0 && c->up_head_sent == c->up_head_len)
+                        pool_put(w, c->up);
+                else
+                        upstream_destroy(w, c->up);
+                c->up = NULL;
+        }
+        if (c->close_after || !c->req_done || c->client_eof || w->stopping) {
+                client_close(c);
+                return;
+        }
+        client_reset(c);
+}
+
+static void client_update_interest(struct client *c)
+{
+        struct worker *w = c->w;
+        uint32_t cm = 0, um = 0;
+        bool out_pending = buf_len(&c->out) > 0 || c->resp_fwd > 0;
+        switch (c->st) {
+        case CS_HEAD:
+                cm = EPOLLIN;
+                break;
+        case CS_CONNECT:
+                um = EPOLLOUT;
+                break;
+        case CS_PROXY:
+        case CS_TUNNEL:
+                if (!c->client_eof && (!c->req_done || c->st == CS_TUNNEL) && buf_len(&c->in) < c->in.cap)
+                        cm |= EPOLLIN;
+                if (out_pending)
+                        cm |= EPOLLOUT;
+                if (c->up) {
+                        if (c->up_head_sent < c->up_head_len || c->req_fwd > 0)
+                                um |= EPOLLOUT;
+                        if (!c->up_eof && (!c->resp_done || c->st == CS_TUNNEL) &&
+                            buf_len(&c->uin) < c->uin.cap)
+                                um |= EPOLLIN;
+                }
+                break;
+        case CS_RESPOND:
+                if (out_pending)
+                        cm |= EPOLLOUT;
+                break;
+        }
+        handle_want(w, &c->h, cm);
+        if (c->up)
+                handle_want(w, &c->up->h, um);
+}
+
+/* Check a non-blocking connect's outcome. Returns 0 when connected, the error otherwise. */
+static int upstream_connect_result(struct upstream *u)
+{
+        int e = 0;
+        socklen_t l = sizeof(e);
+        if (getsockopt(u->h.fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0)
+                return errno;
+        return e;
+}
+
+/* Drive one connection as far as it goes without blocking. */
+static void client_run(struct client *c)
+{
+        for (int guard = 0; guard < 64 && !c->h.dead; guard++) {
+                bool progress = false;
+                int e = 0;
+                size_t n = 0;
+
+                /* Client → us. */
+                bool want_client = c->st == CS_HEAD ||
+                                   ((c->st == CS_PROXY || c->st == CS_CONNECT) && !c->req_done) ||
+                                   c->st == CS_TUNNEL;
+                if (want_client && !c->client_eof) {
+                        buf_alloc(&c->in, PX_IN_CAP);
+                        enum io_result r = read_into(c->h.fd, &c->in, &e);
+                        if (r == IO_PROGRESS)
+                                progress = true;
+                        else if (r == IO_ERROR) {
+                                client_close(c);
+                                return;
+                        } else if (r == IO_EOF) {
+                                c->client_eof = true;
+                                progress = true;
+                                if (c->st == CS_HEAD || !c->req_done) {
+                                        client_close(c); /* gone before its request was complete */
+                                        return;
+                                }
+                        }
+                }
+                if (c->st == CS_HEAD) {
+                        if (client_parse_head(c))
+                                progress = true;
+                        if (c->h.dead)
+                                return;
+                }
+                if (client_frame_request(c) < 0) {
+                        c->close_after = true;
+                        if (!c->resp_started)
+                                client_respond(c, 400, NULL, NULL, "Invalid chunked body");
+                        else
+                                client_close(c);
+                        return;
+                }
+
+                /* Us → backend. */
+                if ((c->st == CS_PROXY || c->st == CS_TUNNEL) && c->up) {
+                        if (c->up_head_sent < c->up_head_len) {
+                                enum io_result r = write_from(c->up->h.fd, c->up_head + c->up_head_sent,
+                                                              c->up_head_len - c->up_head_sent, &n, &e);
+                                if (r == IO_ERROR) {
+                                        client_upstream_lost(c, e);
+                                        continue;
+                                }
+                                c->up_head_sent += n;
+                                progress |= r == IO_PROGRESS;
+                        }
+                        if (c->up_head_sent == c->up_head_len && c->req_fwd > 0) {
+                                enum io_result r =
+                                    write_from(c->up->h.fd, c->in.d + c->in.start, c->req_fwd, &n, &e);
+                                if (r == IO_ERROR) {
+                                        if (c->st == CS_TUNNEL) {
+                                                client_close(c);
+                                                return;
+                                        }
+                                        client_upstream_lost(c, e);
+                                        continue;
+                                }
+                                buf_consume(&c->in, n);
+                                c->req_fwd -= n;
+                                c->req_sent += n;
+                                progress |= r == IO_PROGRESS;
+                        }
+                        if (c->st == CS_TUNNEL && c->client_eof && c->req_fwd == 0 && !c->tunnel_c2u_shut) {
+                                shutdown(c->up->h.fd, SHUT_WR);
+                                c->tunnel_c2u_shut = true;
+                        }
+                }
+
+                /* Backend → us. */
+                if ((c->st == CS_PROXY || c->st == CS_TUNNEL) && c->up && !c->up_eof &&
+                    (!c->resp_done || c->st == CS_TUNNEL)) {
+                        enum io_result r = read_into(c->up->h.fd, &c->uin, &e);
+                        if (r == IO_PROGRESS)
+                                progress = true;
+                        else if (r == IO_EOF || r == IO_ERROR) {
+                                c->up_eof = true;
+                                progress = true;
+                                if (!c->resp_head_done) {
+                                        client_upstream_lost(c, r == IO_ERROR ? e : 0);
+                                        continue;
+                                }
+                                if (c->resp_mode == BODY_CLOSE && c->st != CS_TUNNEL)
+                                        c->resp_done = true;
+                        }
+                }
+                if (c->st == CS_PROXY && c->up) {
+                        if (client_parse_response(c) < 0) {
+                                if (!c->resp_started) {
+                                        client_respond_bad_gateway(c);
+                                        continue;
+                                }
+                                client_close(c);
+                                return;
+                        }
+                }
+                if (client_frame_response(c) < 0) {
+                        client_close(c);
+                        return;
+                }
+                if (c->up_eof && !c->resp_done && c->st == CS_PROXY && c->resp_fwd == buf_len(&c->uin) &&
+                    c->resp_head_done) {
+                        /* Truncated response: deliver what came, then close. */
+                        c->close_after = true;
+                        if (c->resp_fwd == 0 && buf_len(&c->out) == 0) {
+                                client_close(c);
+                                return;
+                        }
+                }
+
+                /* Us → client. */
+                if (buf_len(&c->out) > 0) {
+                        enum io_result r =
+                            write_from(c->h.fd, c->out.d + c->out.start, buf_len(&c->out), &n, &e);
+                        if (r == IO_ERROR) {
+                                client_close(c);
+                                return;
+                        }
+                        buf_consume(&c->out, n);
+                        progress |= r == IO_PROGRESS;
+                }
+                if (buf_len(&c->out) == 0 && c->resp_fwd > 0) {
+                        enum io_result r = write_from(c->h.fd, c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
+                        if (r == IO_ERROR) {
+                                client_close(c);
+                                return;
+                        }
+                        buf_consume(&c->uin, n);
+                        c->resp_fwd -= n;
+                        progress |= r == IO_PROGRESS;
+                }
+                if (c->st == CS_TUNNEL && c->up_eof && c->resp_fwd == 0 && buf_len(&c->out) == 0 &&
+                    !c->tunnel_u2c_shut) {
+                        shutdown(c->h.fd, SHUT_WR);
+                        c->tunnel_u2c_shut = true;
+                }
+
+                /* Completion. */
+                if (c->st == CS_TUNNEL && c->tunnel_c2u_shut && c->tunnel_u2c_shut) {
+                        client_close(c);
+                        return;
+                }
+                if (c->st == CS_RESPOND && buf_len(&c->out) == 0) {
+                        client_finish(c);
+                        if (c->h.dead)
+                                return;
+                        progress = true;
+                        continue;
+                }
+                if (c->st == CS_PROXY && c->resp_head_done && c->resp_done && c->resp_fwd == 0 &&
+                    buf_len(&c->out) == 0) {
+                        if (!c->req_done || c->req_fwd > 0) {
+                                /* The backend answered before the whole body came: nothing to resync on. */
+                                c->close_after = true;
+                                c->req_done = false;
+                        }
+                        client_finish(c);
+                        if (c->h.dead)
+                                return;
+                        progress = true;
+                        continue;
+                }
+                if (!progress)
+                        break;
+        }
+        if (!c->h.dead)
+                client_update_interest(c);
+}
+
+static void upstream_event(struct upstream *u, uint32_t events)
+{
+        struct worker *w = u->w;
+        struct client *c = u->owner;
+        if (!c) {
+                /* Idle in the pool: the backend closed it or sent something unasked. */
+                pool_unlink(w, u);
+                upstream_destroy(w, u);
+                return;
+        }
+        if (c->st == CS_CONNECT) {
+                int e = upstream_connect_result(u);
+                if (e == 0 && (events & EPOLLERR))
+                        e = ECONNREFUSED;
+                if (e != 0) {
+                        client_dial_failed(c, e);
+                        if (!c->h.dead)
+                                client_run(c);
+                        return;
+                }
+                if (!(events & EPOLLOUT))
+                        return;
+                u->connected = true;
+                c->st = CS_PROXY;
+                c->deadline = router_now_ms() + w->p->o.request_timeout_ms;
+        }
+        client_run(c);
+}
+
+static void client_timeout(struct client *c)
+{
+        switch (c->st) {
+        case CS_CONNECT:
+                client_dial_failed(c, ETIMEDOUT);
+                if (!c->h.dead)
+                        client_run(c);
+                return;
+        case CS_PROXY:
+                if (!c->resp_started) {
+                        log_warn("request to %s timed out", c->route ? c->route->host : "?");
+                        client_respond_bad_gateway(c);
+                        client_run(c);
+                        return;
+                }
+                client_close(c);
+                return;
+        default:
+                client_close(c);
+                return;
+        }
+}
+
+static void worker_accept(struct worker *w)
+{
+        for (int i = 0; i < 256; i++) {
+                struct sockaddr_storage ss;
+                socklen_t sl = sizeof(ss);
+                int fd = accept4(w->listen.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                            errno != ECONNABORTED)
+                                log_warn("accept: %s", strerror(errno));
+                        return;
+                }
+                if (w->n_clients >= PX_MAX_CLIENTS) {
+                        close(fd);
+                        continue;
+                }
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                struct client *c = xcalloc(1, sizeof(*c));
+                c->h = (struct handle){ .kind = HK_CLIENT, .fd = fd };
+                c->w = w;
+                c->ep = -1;
+                sockaddr_ip(&ss, c->peer_ip, sizeof(c->peer_ip));
+                if (ss.ss_family == AF_INET6 && strncmp(c->peer_ip, "::ffff:", 7) == 0)
+                        memmove(c->peer_ip, c->peer_ip + 7, strlen(c->peer_ip + 7) + 1);
+                c->st = CS_HEAD;
+                c->deadline = router_now_ms() + w->p->o.head_timeout_ms;
+                c->next = w->clients;
+                if (w->clients)
+                        w->clients->prev = c;
+                w->clients = c;
+                w->n_clients++;
+                client_update_interest(c);
+        }
+}
+
+static void worker_reap(struct worker *w)
+{
+        while (w->dead_clients) {
+                struct client *c = w->dead_clients;
+                w->dead_clients = c->next;
+                free(c);
+        }
+        while (w->dead_ups) {
+                struct upstream *u = w->dead_ups;
+                w->dead_ups = u->next;
+                free(u);
+        }
+}
+
+static void worker_tick(struct worker *w, int64_t now)
+{
+        for (struct client *c = w->clients, *next; c; c = next) {
+                next = c->next;
+                /* While draining, a connection waiting for its next request is closed at once. */
+                if (w->stopping && c->st == CS_HEAD && (!c->in.d || buf_len(&c->in) == 0)) {
+                        client_close(c);
+                        continue;
+                }
+                if (c->deadline && now >= c->deadline)
+                        client_timeout(c);
+        }
+        for (struct upstream *u = w->pool, *next; u; u = next) {
+                next = u->next;
+                if (w->stopping || now - u->idle_since >= PX_POOL_IDLE_MS) {
+                        pool_unlink(w, u);
+                        upstream_destroy(w, u);
+                }
+        }
+        /* Reaping here is safe: the tick runs after an event batch (no stale pointers in flight). */
+        worker_reap(w);
+}
+
+static void *worker_main(void *arg)
+{
+        struct worker *w = arg;
+        struct epoll_event evs[128];
+        int64_t last_tick = router_now_ms();
+        for (;;) {
+                int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), PX_TICK_MS);
+                if (n < 0 && errno != EINTR) {
+                        log_error("epoll_wait: %s", strerror(errno));
+                        break;
+                }
+                for (int i = 0; i < n; i++) {
+                        struct handle *h = evs[i].data.ptr;
+                        if (h->dead)
+                                continue;
+                        switch (h->kind) {
+                        case HK_LISTEN:
+                                worker_accept(w);
+                                break;
+                        case HK_EVENT: {
+                                uint64_t v;
+                                if (read(h->fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                                        log_warn("eventfd: %s", strerror(errno));
+                                if (!w->stopping) {
+                                        w->stopping = true;
+                                        w->drain_deadline = router_now_ms() + w->p->o.drain_timeout_ms;
+                                        handle_close(w, &w->listen);
+                                }
+                                break;
+                        }
+                        case HK_CLIENT: {
+                                struct client *c = (struct client *)h;
+                                if (evs[i].events & EPOLLERR) {
+                                        client_close(c);
+                                        break;
+                                }
+                                client_run(c);
+                                break;
+                        }
+                        case HK_UPSTREAM:
+                                upstream_event((struct upstream *)h, evs[i].events);
+                                break;
+                        }
+                }
+                worker_reap(w);
+                int64_t now = router_now_ms();
+                if (now - last_tick >= PX_TICK_MS / 2 || w->stopping) {
+                        worker_tick(w, now);
+                        last_tick = now;
+                }
+                if (w->stopping && (w->n_clients == 0 || now >= w->drain_deadline))
+                        break;
+        }
+        while (w->clients)
+                client_close(w->clients);
+        while (w->pool) {
+                struct upstream *u = w->pool;
+                pool_unlink(w, u);
+                upstream_destroy(w, u);
+        }
+        worker_reap(w);
+        return NULL;
+}
+
+/* ---- setup ---- */
+
+static int parse_listen(const char *listen, struct addrinfo **ret, struct berr **err)
+{
+        _cleanup_free_ char *host = NULL;
+        const char *port;
+        if (listen[0] == '[') {
+                const char *rb = strchr(listen, ']');
+                if (!rb || rb[1] != ':')
+                        return berr_set(err, -EINVAL, "invalid listen address \"%s\" (HOST:PORT)", listen);
+                host = xstrndup(listen + 1, (size_t)(rb - listen - 1));
+                port = rb + 2;
+        } else {
+                const char *colon = strrchr(listen, ':');
+                if (!colon)
+                        return berr_set(err, -EINVAL, "invalid listen address \"%s\" (HOST:PORT)", listen);
+                host = xstrndup(listen, (size_t)(colon - listen));
+                port = colon + 1;
+        }
+        char *end = NULL;
+        errno = 0;
+        unsigned long p = strtoul(port, &end, 10);
+        if (!*port || *end || errno || p > 65535)
+                return berr_set(err, -EINVAL, "invalid port in listen address \"%s\"", listen);
+        struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
+        int r = getaddrinfo(*host ? host : NULL, port, &hints, ret);
+        if (r != 0)
+                return berr_set(err, -EINVAL, "listen address \"%s\": %s", listen, gai_strerror(r));
+        return 0;
+}
+
+static int open_listener(const struct sockaddr *sa, socklen_t sl, struct berr **err)
+{
+        _cleanup_close_ int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return berr_set_errno(err, -errno, "socket");
+        int one = 1;
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+                return berr_set_errno(err, -errno, "setsockopt");
+        if (bind(fd, sa, sl) < 0)
+                return berr_set_errno(err, -errno, "bind");
+        if (listen(fd, 1024) < 0)
+                return berr_set_errno(err, -errno, "listen");
+        return TAKE_FD(fd);
+}
+
+const char *proxy_address(const struct proxy *p)
+{
+        return p->address;
+}
+
+static void worker_cleanup(struct worker *w)
+{
+        if (w->listen.fd >= 0)
+                close(w->listen.fd);
+        if (w->event.fd >= 0)
+                close(w->event.fd);
+        if (w->epfd >= 0)
+                close(w->epfd);
+        w->listen.fd = w->event.fd = w->epfd = -1;
+        if (w->table)
+                route_table_unref(w->table);
+        w->table = NULL;
+}
+
+void proxy_free(struct proxy *p)
+{
+        if (!p)
+                return;
+        for (unsigned i = 0; i < p->n_workers; i++)
+                worker_cleanup(&p->workers[i]);
+        free(p->workers);
+        free(p);
+}
+
+int proxy_start(const struct router_opts *o, struct route_store *store, struct proxy **ret, struct berr **err)
+{
+        struct addrinfo *ai = NULL;
+        int r = parse_listen(o->listen, &ai, err);
+        if (r < 0)
+                return r;
+        struct proxy *p = xcalloc(1, sizeof(*p));
+        p->o = *o;
+        p->store = store;
+        p->n_workers = o->workers ? o->workers : 1;
+        p->workers = xcalloc(p->n_workers, sizeof(*p->workers));
+        for (unsigned i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                w->p = p;
+                w->epfd = w->listen.fd = w->event.fd = -1;
+                w->rnd_pos = sizeof(w->rnd);
+        }
+        struct sockaddr_storage bound;
+        socklen_t bound_len = 0;
+        for (unsigned i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                /* The first listener may bind port 0; the others join the port it got. */
+                const struct sockaddr *sa = i == 0 ? ai->ai_addr : (const struct sockaddr *)&bound;
+                socklen_t sl = i == 0 ? ai->ai_addrlen : bound_len;
+                r = open_listener(sa, sl, err);
+                if (r < 0) {
+                        r = berr_prefix(err, r, "listen on %s", o->listen);
+                        goto fail;
+                }
+                w->listen = (struct handle){ .kind = HK_LISTEN, .fd = r };
+                if (i == 0) {
+                        bound_len = sizeof(bound);
+                        if (getsockname(w->listen.fd, (struct sockaddr *)&bound, &bound_len) < 0) {
+                                r = berr_set_errno(err, -errno, "getsockname");
+                                goto fail;
+                        }
+                }
+                w->epfd = epoll_create1(EPOLL_CLOEXEC);
+                int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+                if (w->epfd < 0 || efd < 0) {
+                        r = berr_set_errno(err, -errno, "epoll/eventfd");
+                        if (efd >= 0)
+                                close(efd);
+                        goto fail;
+                }
+                w->event = (struct handle){ .kind = HK_EVENT, .fd = efd };
+                handle_want(w, &w->listen, EPOLLIN);
+                handle_want(w, &w->event, EPOLLIN);
+        }
+        char ip[INET6_ADDRSTRLEN];
+        sockaddr_ip(&bound, ip, sizeof(ip));
+        uint16_t port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                          : ((struct sockaddr_in *)&bound)->sin_port);
+        snprintf(p->address, sizeof(p->address), bound.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+        for (unsigned i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                int e = pthread_create(&w->thread, NULL, worker_main, w);
+                if (e != 0) {
+                        r = berr_set_errno(err, -e, "start worker thread");
+                        proxy_stop(p);
+                        goto fail;
+                }
+                w->started = true;
+        }
+        freeaddrinfo(ai);
+        *ret = p;
+        return 0;
+fail:
+        freeaddrinfo(ai);
+        proxy_free(p);
+        return r;
+}
+
+void proxy_stop(struct proxy *p)
+{
+        for (unsigned i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                if (!w->started)
+                        continue;
+                uint64_t one = 1;
+                if (write(w->event.fd, &one, sizeof(one)) < 0)
+                        log_warn("wake worker: %s", strerror(errno));
+        }
+        for (unsigned i = 0; i < p->n_workers; i++) {
+                struct worker *w = &p->workers[i];
+                if (!w->started)
+                        continue;
+                pthread_join(w->thread, NULL);
+                w->started = false;
+        }
+}
