@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "lib/json.h"
+#include "router/router_internal.h"
+
+static struct route_table *build(const char *text, const struct route_table *prev)
+{
+        json_t *doc = NULL;
+        struct berr *err = NULL;
+        assert_int_equal(json_parse_buf(text, strlen(text), &doc, &err), 0);
+        struct route_table *t = NULL;
+        int r = route_table_from_json(doc, prev, &t, &err);
+        if (r < 0)
+                fail_msg("build: %s", berr_msg(err));
+        json_decref(doc);
+        return t;
+}
+
+static int build_fails(const char *text)
+{
+        json_t *doc = NULL;
+        struct berr *err = NULL;
+        assert_int_equal(json_parse_buf(text, strlen(text), &doc, &err), 0);
+        struct route_table *t = NULL;
+        int r = route_table_from_json(doc, NULL, &t, &err);
+        assert_null(t);
+        assert_non_null(err);
+        berr_free(err);
+        json_decref(doc);
+        return r;
+}
+
+static const struct rt_route *look(const struct route_table *t, const char *host, const char *path)
+{
+        char h[300];
+        int n = route_host_normalize(host, strlen(host), h, sizeof(h));
+        if (n < 0)
+                return NULL;
+        return route_table_lookup(t, h, (size_t)n, path, strlen(path));
+}
+
+static const char *table1 =
+    "{\"index\":7,\"routes\":["
+    "{\"host\":\"web.apps.localhost\",\"path\":\"\",\"route_guid\":\"r1\",\"app_guid\":\"a1\","
+    " \"endpoints\":[{\"instance_guid\":\"i0\",\"index\":0,\"host\":\"127.0.0.1\",\"port\":8001},"
+    "                {\"instance_guid\":\"i1\",\"index\":1,\"host\":\"127.0.0.1\",\"port\":8002}]},"
+    "{\"host\":\"web.apps.localhost\",\"path\":\"/api\",\"route_guid\":\"r2\",\"app_guid\":\"a2\","
+    " \"endpoints\":[{\"instance_guid\":\"i9\",\"index\":0,\"host\":\"::1\",\"port\":9000}]},"
+    "{\"host\":\"web.apps.localhost\",\"path\":\"/api/v2/\",\"route_guid\":\"r3\",\"app_guid\":\"a3\","
+    " \"endpoints\":[]},"
+    "{\"host\":\"empty.apps.localhost\",\"route_guid\":\"r4\",\"app_guid\":\"a4\",\"endpoints\":[]},"
+    "{\"host\":\"*.wild.localhost\",\"route_guid\":\"r5\",\"app_guid\":\"a5\",\"endpoints\":[]}"
+    "]}";
+
+static void test_normalize(void **state)
+{
+        (void)state;
+        char out[64];
+        assert_int_equal(route_host_normalize("Web.Apps.LocalHost:9080", 23, out, sizeof(out)), 18);
+        assert_string_equal(out, "web.apps.localhost");
+        assert_int_equal(route_host_normalize("web.apps.localhost.", 19, out, sizeof(out)), 18);
+        assert_string_equal(out, "web.apps.localhost");
+        assert_int_equal(route_host_normalize("[::1]:80", 8, out, sizeof(out)), 5);
+        assert_string_equal(out, "[::1]");
+        assert_int_equal(route_host_normalize("", 0, out, sizeof(out)), -1);
+        assert_int_equal(route_host_normalize(":80", 3, out, sizeof(out)), -1);
+        assert_int_equal(route_host_normalize("a b", 3, out, sizeof(out)), -1);
+        assert_int_equal(route_host_normalize("[::1", 4, out, sizeof(out)), -1);
+        /* Too long for the output. */
+        assert_int_equal(route_host_normalize("abcdefgh", 8, out, 8), -1);
+}
+
+static void test_lookup(void **state)
+{
+        (void)state;
+        struct route_table *t = build(table1, NULL);
+        assert_int_equal(t->index, 7);
+        assert_int_equal(t->n_routes, 5);
+
+        const struct rt_route *r = look(t, "WEB.apps.localhost:1234", "/");
+        assert_non_null(r);
+        assert_string_equal(r->route_guid, "r1");
+        assert_int_equal(r->n_eps, 2);
+        assert_string_equal(r->eps[1].instance_guid, "i1");
+        assert_int_equal(r->eps[1].port, 8002);
+        assert_int_equal(r->eps[0].addr.ss_family, AF_INET);
+
+        assert_string_equal(look(t, "web.apps.localhost", "/api")->route_guid, "r2");
+        assert_string_equal(look(t, "web.apps.localhost", "/api?x=1")->route_guid, "r2");
+        assert_string_equal(look(t, "web.apps.localhost", "/api/users")->route_guid, "r2");
+        assert_int_equal(look(t, "web.apps.localhost", "/api")->eps[0].addr.ss_family, AF_INET6);
+        /* A prefix matches at a '/' boundary only. */
+        assert_string_equal(look(t, "web.apps.localhost", "/apix")->route_guid, "r1");
+        /* The longest path wins; a trailing '/' in the route's path is ignored. */
+        assert_string_equal(look(t, "web.apps.localhost", "/api/v2")->route_guid, "r3");
+        assert_string_equal(look(t, "web.apps.localhost", "/api/v2/x")->route_guid, "r3");
+
+        r = look(t, "empty.apps.localhost", "/");
+        assert_non_null(r);
+        assert_int_equal(r->n_eps, 0);
+
+        assert_null(look(t, "nope.apps.localhost", "/"));
+        assert_null(look(t, "apps.localhost", "/"));
+        assert_string_equal(look(t, "a.wild.localhost", "/")->route_guid, "r5");
+        assert_null(look(t, "wild.localhost", "/"));
+        assert_null(look(t, "a.b.wild.localhost", "/"));
+        route_table_unref(t);
+}
+
+static void test_round_robin_and_failures(void **state)
+{
+        (void)state;
+        struct route_table *t = build(table1, NULL);
+        struct rt_route *r = (struct rt_route *)look(t, "web.apps.localhost", "/");
+        int a = route_pick(r, 1000, 0), b = route_pick(r, 1000, 0), c = route_pick(r, 1000, 0);
+        assert_int_not_equal(a, b);
+        assert_int_equal(a, c);
+        /* Tried endpoints are skipped; none left → -1. */
+        assert_int_equal(route_pick(r, 1000, 1ULL << 0), 1);
+        assert_int_equal(route_pick(r, 1000, 3), -1);
+        /* A failed endpoint is skipped for 30 s while another is available. */
+        route_mark_failed(&r->eps[0], 1000);
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(route_pick(r, 2000, 0), 1);
+        assert_int_equal(route_pick(r, 2000, 1ULL << 1), 0); /* the only one left, failed or not */
+        assert_true(route_pick(r, 1000 + RT_FAIL_SKIP_MS + 1, 0) >= 0);
+
+        /* The failure mark survives a table swap for the same address. */
+        struct route_table *t2 = build(table1, t);
+        struct rt_route *r2 = (struct rt_route *)look(t2, "web.apps.localhost", "/");
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(route_pick(r2, 2000, 0), 1);
+        route_table_unref(t);
+        route_table_unref(t2);
+
+        struct rt_route *e = (struct rt_route *)look(t2 = build(table1, NULL), "empty.apps.localhost", "/");
+        assert_int_equal(route_pick(e, 0, 0), -1);
+        route_table_unref(t2);
+}
+
+static void test_store(void **state)
+{
+        (void)state;
+        struct route_store s;
+        route_store_init(&s);
+        assert_null(route_store_get(&s));
+        struct route_table *t = build(table1, NULL);
+        route_store_swap(&s, t);
+        struct route_table *held = route_store_get(&s);
+        assert_ptr_equal(held, t);
+        uint64_t e = atomic_load(&s.epoch);
+        route_store_swap(&s, build("{\"index\":8,\"routes\":[]}", NULL));
+        assert_int_equal(atomic_load(&s.epoch), e + 1);
+        /* The old table stays usable by whoever holds it. */
+        assert_string_equal(look(held, "web.apps.localhost", "/")->route_guid, "r1");
+        route_table_unref(held);
+        struct route_table *cur = route_store_get(&s);
+        assert_int_equal(cur->index, 8);
+        assert_null(look(cur, "web.apps.localhost", "/"));
+        route_table_unref(cur);
+        route_store_destroy(&s);
+}
+
+static void test_invalid(void **state)
+{
+        (void)state;
+        build_fails("[]");
+        build_fails("{\"routes\":[]}");
+        build_fails("{\"index\":-1,\"routes\":[]}");
+        build_fails("{\"index\":1,\"routes\":{}}");
+        build_fails("{\"index\":1,\"routes\":[1]}");
+        build_fails("{\"index\":1,\"routes\":[{\"path\":\"\"}]}");
+        build_fails("{\"index\":1,\"routes\":[{\"host\":\"\"}]}");
+        build_fails("{\"index\":1,\"routes\":[{\"host\":\"a:80\"}]}");
+        build_fails("{\"index\":1,\"routes\":[{\"host\":\"a\",\"path\":\"nope\"}]}");
+        build_fails("{\"index\":1,\"routes\":[{\"host\":\"a\",\"endpoints\":[{\"host\":\"1.2.3.4\"}]}]}");
+        build_fails(
+            "{\"index\":1,\"routes\":[{\"host\":\"a\",\"endpoints\":[{\"host\":\"1.2.3.4\",\"port\":0}]}]}");
+        build_fails("{\"index\":1,\"routes\":[{\"host\":\"a\",\"endpoints\":[{\"host\":\"1.2.3.4\",\"port\":"
+                    "70000}]}]}");
+        /* Hosts are lowercased on the way in. */
+        struct route_table *t = build("{\"index\":1,\"routes\":[{\"host\":\"UP.Example\"}]}", NULL);
+        assert_non_null(look(t, "up.example", "/"));
+        route_table_unref(t);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_normalize),
+                cmocka_unit_test(test_lookup),
+                cmocka_unit_test(test_round_robin_and_failures),
+                cmocka_unit_test(test_store),
+                cmocka_unit_test(test_invalid),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
