@@ -791,7 +791,7 @@ static int client_frame_request(struct client *c)
                 c->req_fwd = buf_len(&c->in);
                 return 0;
         }
-        if (c->req_done)
+        if (c->req_done || c->req_mode == BODY_NONE || (c->st != CS_CONNECT && c->st != CS_PROXY))
                 return 0;
         size_t avail = buf_len(&c->in) - c->req_fwd;
         if (avail == 0)

@@ -1,0 +1,656 @@
+"""The router (`berth router`) against a fake controller and Python backends on 127.0.0.1.
+
+The fake controller serves GET /internal/v1/routes with the long-poll semantics of docs/PLATFORM.md and
+checks the bearer token; backends are http.server threads (an echo of what they received, a streamed
+download, a checksummed upload) and a raw-socket upgrade echo. Gorouter's behaviours are in
+shared/reference/cloud-foundry-behaviour.md section 8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+import berthcli
+from registry import free_port, wait_until
+
+TOKEN = "router-e2e-token-0123456789"
+
+
+# ---------------------------------------------------------------------------------------------- fakes
+
+
+class FakeController:
+    """GET /internal/v1/routes?index=N&wait=S: at once if the table's index > N, else when it changes or
+    after S seconds. Wrong or missing bearer token → 401."""
+
+    def __init__(self, port=0):
+        self.cond = threading.Condition()
+        self.index = 1
+        self.routes = []
+        self.polls = 0
+        self.unauthorized = 0
+        ctl = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                u = urllib.parse.urlsplit(self.path)
+                if u.path != "/internal/v1/routes":
+                    return self._send(404, b"{}")
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    ctl.unauthorized += 1
+                    return self._send(401, b'{"errors":[]}')
+                q = urllib.parse.parse_qs(u.query)
+                since = int(q.get("index", ["0"])[0])
+                wait = min(float(q.get("wait", ["0"])[0]), 60)
+                deadline = time.monotonic() + wait
+                with ctl.cond:
+                    ctl.polls += 1
+                    while ctl.index <= since and time.monotonic() < deadline:
+                        ctl.cond.wait(deadline - time.monotonic())
+                    body = json.dumps({"index": ctl.index, "routes": ctl.routes}).encode()
+                self._send(200, body)
+
+            def _send(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set_routes(self, routes):
+        with self.cond:
+            self.routes = routes
+            self.index += 1
+            self.cond.notify_all()
+
+    def stop(self):
+        with self.cond:
+            self.cond.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _read_chunked(rfile):
+    out = bytearray()
+    while True:
+        line = rfile.readline(1024)
+        size = int(line.split(b";")[0].strip(), 16)
+        if size == 0:
+            while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                pass
+            return bytes(out)
+        out += rfile.read(size)
+        rfile.readline(16)
+
+
+def pattern(n):
+    """n deterministic bytes."""
+    block = hashlib.sha256(b"berth").digest() * 256  # 8 KiB
+    reps, rest = divmod(n, len(block))
+    return block * reps + block[:rest]
+
+
+class Backend:
+    """An HTTP/1.1 app instance. GET /echo → JSON of what arrived; POST /upload → sha256 and length of
+    the body (Content-Length or chunked); GET /big?n=N[&chunked=1] → N pattern bytes; GET /slow?s=S."""
+
+    def __init__(self, name):
+        self.name = name
+        self.requests = []  # (client port, path, headers dict)
+        be = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, status, body, ctype="application/json", extra=None):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _record(self):
+                hdrs = {}
+                for k, v in self.headers.items():
+                    hdrs.setdefault(k.lower(), []).append(v)
+                be.requests.append((self.client_address[1], self.path, hdrs))
+                return hdrs
+
+            def do_GET(self):
+                hdrs = self._record()
+                u = urllib.parse.urlsplit(self.path)
+                q = urllib.parse.parse_qs(u.query)
+                if u.path == "/big":
+                    n = int(q["n"][0])
+                    data = pattern(n)
+                    self.send_response(200)
+                    if q.get("chunked"):
+                        self.send_header("Transfer-Encoding", "chunked")
+                        self.end_headers()
+                        for i in range(0, n, 100000):
+                            piece = data[i:i + 100000]
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.wfile.write(b"0\r\n\r\n")
+                    else:
+                        self.send_header("Content-Length", str(n))
+                        self.end_headers()
+                        for i in range(0, n, 100000):
+                            self.wfile.write(data[i:i + 100000])
+                    return
+                if u.path == "/slow":
+                    time.sleep(float(q["s"][0]))
+                body = json.dumps({"backend": be.name, "path": self.path, "headers": hdrs,
+                                   "peer_port": self.client_address[1]}).encode()
+                self._reply(200, body)
+
+            do_HEAD = do_GET
+
+            def do_POST(self):
+                self._record()
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = _read_chunked(self.rfile)
+                else:
+                    data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = json.dumps({"backend": be.name, "sha256": hashlib.sha256(data).hexdigest(),
+                                   "len": len(data)}).encode()
+                self._reply(200, body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class UpgradeEcho:
+    """A raw-socket backend: answers an Upgrade request with 101, then echoes every byte."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.heads = []
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(4096)
+                if not d:
+                    return
+                buf += d
+            head, rest = buf.split(b"\r\n\r\n", 1)
+            self.heads.append(head.decode())
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            if rest:
+                c.sendall(rest)
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                c.sendall(d)
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+
+def route(host, backends, app="app-guid-1", path=""):
+    return {"host": host, "path": path, "route_guid": f"route-{host}", "app_guid": app,
+            "endpoints": [{"instance_guid": f"inst-{i}-{port}", "index": i, "host": "127.0.0.1", "port": port}
+                          for i, port in enumerate(backends)]}
+
+
+def dead_port():
+    """A port nothing listens on (connects are refused)."""
+    return free_port()
+
+
+# ---------------------------------------------------------------------------------------------- router
+
+
+class Router:
+    def __init__(self, controller_url, tmp, workers=2, config=None, token=TOKEN):
+        self.port = free_port()
+        self.tmp = tmp
+        token_file = os.path.join(tmp, "internal-token")
+        with open(token_file, "w") as f:
+            f.write(token + "\n")
+        os.chmod(token_file, 0o600)
+        cfg = os.path.join(tmp, "config.yaml")
+        with open(cfg, "w") as f:
+            f.write(config or "router:\n  dial_timeout_ms: 2000\n")
+        self.log_path = os.path.join(tmp, "router.log")
+        self.log = open(self.log_path, "w")
+        self.cmd = [berthcli.BERTH_BIN, "--data-dir", tmp, "--config", cfg, "router",
+                    "--listen", f"127.0.0.1:{self.port}", "--controller", controller_url,
+                    "--workers", str(workers), "--internal-token-file", token_file]
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(self._accepting, timeout=15, what="the router to listen")
+
+    def _accepting(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"router exited {self.proc.returncode}:\n{self.output()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def conn(self):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+    def get(self, host, path="/echo", headers=None, method="GET", body=None):
+        c = self.conn()
+        try:
+            h = {"Host": host}
+            h.update(headers or {})
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            return r, data
+        finally:
+            c.close()
+
+    def raw(self, data, timeout=10):
+        """Send raw bytes; return everything the router answers until it closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(data)
+            out = b""
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    return out
+                out += d
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def rig():
+    """A fake controller, two backends, a router; everything stopped at teardown."""
+    tmp = tempfile.mkdtemp(prefix="berth-e2e-router-")
+    things = {"tmp": tmp, "ctl": FakeController(), "backends": [Backend("b0"), Backend("b1")]}
+    router = None
+    try:
+        router = Router(things["ctl"].url, tmp)
+        things["router"] = router
+        yield things
+    finally:
+        if router:
+            rc = router.stop()
+            if rc not in (0, None):
+                print(router.output())
+        for b in things["backends"]:
+            b.stop()
+        for extra in things.get("extras", []):
+            extra.stop()
+        try:
+            things["ctl"].stop()
+        except Exception:
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def serve(rig, routes):
+    """Publish routes and wait until the router serves the first one's host."""
+    rig["ctl"].set_routes(routes)
+    host = routes[0]["host"]
+    wait_until(lambda: rig["router"].get(host)[0].status != 404, timeout=5, what=f"route {host}")
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+def test_round_robin(rig):
+    b0, b1 = rig["backends"]
+    serve(rig, [route("rr.test", [b0.port, b1.port])])
+    seen = [json.loads(rig["router"].get("rr.test")[1])["backend"] for _ in range(10)]
+    assert seen.count("b0") == 5 and seen.count("b1") == 5, seen
+    # Strict alternation within one worker is not guaranteed across workers; counts are.
+    assert "route table" in rig["router"].output()
+    assert f"127.0.0.1:{rig['router'].port}" in rig["router"].output()
+
+
+def test_host_case_and_port_ignored(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("case.test", [b0.port])])
+    r, _ = rig["router"].get(f"CaSe.TEST:{rig['router'].port}")
+    assert r.status == 200
+
+
+def test_unknown_route_404(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("known.test", [b0.port])])
+    r, body = rig["router"].get("nope.test")
+    assert r.status == 404
+    assert r.getheader("X-Cf-Routererror") == "unknown_route"
+    assert r.getheader("Cache-Control") == "no-cache, no-store"
+    assert r.getheader("Content-Type") == "text/plain; charset=utf-8"
+    assert r.getheader("X-Content-Type-Options") == "nosniff"
+    assert body == b"404 Not Found: Requested route ('nope.test') does not exist.\n"
+
+
+def test_no_endpoints_503(rig):
+    serve(rig, [route("empty.test", [])])
+    r, body = rig["router"].get("empty.test")
+    assert r.status == 503
+    assert r.getheader("X-Cf-Routererror") == "no_endpoints"
+    assert body == b"503 Service Unavailable: Requested route ('empty.test') has no available endpoints.\n"
+
+
+def test_empty_host_400(rig):
+    out = rig["router"].raw(b"GET / HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out
+    assert b"\r\nX-Cf-Routererror: empty_host\r\n" in out
+    assert out.endswith(b"400 Bad Request: Request had empty Host header\n")
+    out = rig["router"].raw(b"GET / HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"empty_host" in out
+
+
+def test_parser_limits(rig):
+    long_target = b"/" + b"a" * 9000
+    out = rig["router"].raw(b"GET " + long_target + b" HTTP/1.1\r\nHost: x.test\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 414 "), out[:100]
+    big = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(80))
+    out = rig["router"].raw(b"GET / HTTP/1.1\r\nHost: x.test\r\n" + big + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 431 "), out[:100]
+    out = rig["router"].raw(b"GARBAGE\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out[:100]
+
+
+def test_refused_endpoint_retried(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("retry.test", [dead_port(), b0.port, dead_port()])])
+    for _ in range(20):
+        r, body = rig["router"].get("retry.test")
+        assert r.status == 200, body
+        assert json.loads(body)["backend"] == "b0"
+
+
+def test_all_dead_502(rig):
+    rig["ctl"].set_routes([route("dead.test", [dead_port(), dead_port()]), route("alive.test", [])])
+    wait_until(lambda: rig["router"].get("alive.test")[0].status == 503, timeout=5, what="table")
+    r, body = rig["router"].get("dead.test")
+    assert r.status == 502
+    assert r.getheader("X-Cf-Routererror") == "endpoint_failure"
+    assert body == b"502 Bad Gateway: Registered endpoint failed to handle the request.\n"
+
+
+def test_headers_added(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("hdr.test", [b0.port], app="the-app-guid")])
+    r, body = rig["router"].get("hdr.test", headers={
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Vcap-Request-Id": "client-chosen",
+        "X-CF-ApplicationID": "forged",
+        "Connection": "keep-alive, X-Secret",
+        "X-Secret": "hop",
+        "Keep-Alive": "timeout=5",
+        "Proxy-Authorization": "Basic Zm9v",
+        "TE": "trailers",
+        "X-Kept": "yes",
+    })
+    assert r.status == 200
+    h = json.loads(body)["headers"]
+    assert h["x-forwarded-for"] == ["203.0.113.9, 127.0.0.1"]
+    assert h["x-forwarded-proto"] == ["http"]
+    assert re.fullmatch(r"\d{13}", h["x-request-start"][0])
+    assert abs(int(h["x-request-start"][0]) - time.time() * 1000) < 60000
+    assert len(h["x-vcap-request-id"]) == 1
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                        h["x-vcap-request-id"][0])
+    assert h["x-cf-applicationid"] == ["the-app-guid"]
+    assert h["x-cf-instanceindex"] == ["0"]
+    assert h["x-cf-instanceid"] == [f"inst-0-{b0.port}"]
+    for gone in ("x-secret", "keep-alive", "proxy-authorization", "te", "connection", "upgrade"):
+        assert gone not in h, gone
+    assert h["x-kept"] == ["yes"]
+    assert h["host"] == ["hdr.test"]
+    # Present values of X-Forwarded-Proto and X-Request-Start are kept.
+    _, body = rig["router"].get("hdr.test", headers={"X-Forwarded-Proto": "https", "X-Request-Start": "123"})
+    h = json.loads(body)["headers"]
+    assert h["x-forwarded-proto"] == ["https"] and h["x-request-start"] == ["123"]
+    assert h["x-forwarded-for"] == ["127.0.0.1"]
+
+
+def test_keep_alive_both_sides(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("ka.test", [b0.port])])
+    c = rig["router"].conn()
+    ids, peers = set(), set()
+    sock = None
+    for i in range(8):
+        c.request("GET", f"/echo?i={i}", headers={"Host": "ka.test"})
+        r = c.getresponse()
+        body = json.loads(r.read())
+        assert r.status == 200
+        if sock is None:
+            sock = c.sock
+        assert c.sock is sock  # the same client connection throughout
+        ids.add(body["headers"]["x-vcap-request-id"][0])
+        peers.add(body["peer_port"])
+    c.close()
+    assert len(ids) == 8
+    # One client connection stays on one worker, whose pooled backend connection is reused.
+    assert len(peers) == 1, peers
+    # HEAD: no body but the Content-Length of the GET.
+    c = rig["router"].conn()
+    c.request("HEAD", "/echo", headers={"Host": "ka.test"})
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b""
+    c.request("GET", "/echo", headers={"Host": "ka.test"})
+    assert c.getresponse().status == 200
+    c.close()
+
+
+def test_pipelined_requests(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("pipe.test", [b0.port])])
+    req = b"GET /echo?n=%d HTTP/1.1\r\nHost: pipe.test\r\n\r\n"
+    out = rig["router"].raw(req % 1 + req % 2 + (req % 3).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert out.count(b"HTTP/1.1 200 OK") == 3
+    assert out.index(b"/echo?n=1") < out.index(b"/echo?n=2") < out.index(b"/echo?n=3")
+
+
+def test_chunked_upload_and_large_downloads(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("data.test", [b0.port])])
+    data = os.urandom(3 * 1024 * 1024 + 17)
+
+    def gen():
+        for i in range(0, len(data), 65536):
+            yield data[i:i + 65536]
+
+    c = rig["router"].conn()
+    c.request("POST", "/upload", body=gen(), headers={"Host": "data.test", "Transfer-Encoding": "chunked"},
+              encode_chunked=True)
+    r = c.getresponse()
+    got = json.loads(r.read())
+    assert r.status == 200
+    assert got["len"] == len(data) and got["sha256"] == hashlib.sha256(data).hexdigest()
+    # Content-Length upload on the same connection.
+    c.request("POST", "/upload", body=data, headers={"Host": "data.test"})
+    got = json.loads(c.getresponse().read())
+    assert got["sha256"] == hashlib.sha256(data).hexdigest()
+    # Large downloads, Content-Length and chunked, streamed through.
+    n = 64 * 1024 * 1024 + 3
+    want = hashlib.sha256(pattern(n)).hexdigest()
+    for q in ("", "&chunked=1"):
+        c.request("GET", f"/big?n={n}{q}", headers={"Host": "data.test"})
+        r = c.getresponse()
+        assert r.status == 200
+        h = hashlib.sha256()
+        total = 0
+        while True:
+            piece = r.read(1 << 20)
+            if not piece:
+                break
+            h.update(piece)
+            total += len(piece)
+        assert total == n and h.hexdigest() == want, q
+    c.close()
+
+
+def test_upgrade_tunnel(rig):
+    echo = UpgradeEcho()
+    rig.setdefault("extras", []).append(echo)
+    serve(rig, [route("ws.test", [echo.port])])
+    with socket.create_connection(("127.0.0.1", rig["router"].port), timeout=10) as s:
+        s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = s.recv(1)
+            assert d, head
+            head += d
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        assert b"\r\nUpgrade: websocket\r\n" in head and b"\r\nConnection: Upgrade\r\n" in head
+        for i in range(5):
+            msg = os.urandom(1000 + i * 50000)
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                d = s.recv(65536)
+                assert d
+                got += d
+            assert got == msg
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(10) == b""  # the close travels both ways
+    sent = echo.heads[0].lower()
+    assert "upgrade: websocket" in sent and "connection: upgrade" in sent
+
+
+def test_route_change_within_a_second(rig):
+    b0, b1 = rig["backends"]
+    serve(rig, [route("first.test", [b0.port])])
+    time.sleep(0.3)  # the router is now inside its long poll
+    t0 = time.monotonic()
+    rig["ctl"].set_routes([route("first.test", [b1.port]), route("second.test", [b0.port])])
+    wait_until(lambda: rig["router"].get("second.test")[0].status == 200, timeout=1.0, interval=0.01,
+               what="a new route")
+    assert time.monotonic() - t0 < 1.0
+    assert json.loads(rig["router"].get("first.test")[1])["backend"] == "b1"
+
+
+def test_controller_down_keeps_last_table(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("stay.test", [b0.port])])
+    port = rig["ctl"].port
+    rig["ctl"].stop()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        r, _ = rig["router"].get("stay.test")
+        assert r.status == 200
+        time.sleep(0.1)
+    # It comes back (same port) with a new table: picked up.
+    ctl = FakeController(port)
+    rig["ctl"] = ctl
+    ctl.index = 100
+    ctl.set_routes([route("back.test", [b0.port])])
+    wait_until(lambda: rig["router"].get("back.test")[0].status == 200, timeout=10, what="the new table")
+    assert "route watch" in rig["router"].output()
+
+
+def test_bad_token_is_refused(rig):
+    """A router with the wrong token gets no table (the controller answers 401)."""
+    b0, _ = rig["backends"]
+    serve(rig, [route("tok.test", [b0.port])])
+    tmp = tempfile.mkdtemp(prefix="berth-e2e-router-bad-")
+    try:
+        before = rig["ctl"].unauthorized
+        bad = Router(rig["ctl"].url, tmp, token="wrong")
+        wait_until(lambda: rig["ctl"].unauthorized > before, timeout=5, what="a refused poll")
+        assert bad.get("tok.test")[0].status == 404
+        bad.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_config_unknown_key_rejected(rig):
+    cfg = os.path.join(rig["tmp"], "bad.yaml")
+    with open(cfg, "w") as f:
+        f.write("router:\n  listen: 127.0.0.1:1\n  bogus: 1\n")
+    r = berthcli.run_berth("--config", cfg, "router", check=False, timeout=30)
+    assert r.returncode != 0
+    assert 'unknown key "bogus"' in r.stderr
+
+
+def test_sigterm_drains_in_flight(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("slow.test", [b0.port])])
+    result = {}
+
+    def slow():
+        result["r"] = rig["router"].get("slow.test", path="/slow?s=1.5")
+
+    t = threading.Thread(target=slow)
+    t.start()
+    wait_until(lambda: any(p.startswith("/slow") for _, p, _ in b0.requests), timeout=5, what="the request")
+    rig["router"].proc.send_signal(signal.SIGTERM)
+    t.join(10)
+    r, body = result["r"]
+    assert r.status == 200 and json.loads(body)["backend"] == "b0"
+    assert rig["router"].proc.wait(timeout=15) == 0
