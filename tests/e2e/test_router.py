@@ -44,6 +44,7 @@ class FakeController:
         self.routes = []
         self.polls = 0
         self.unauthorized = 0
+        self.stopped = False
         ctl = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -65,8 +66,13 @@ class FakeController:
                 deadline = time.monotonic() + wait
                 with ctl.cond:
                     ctl.polls += 1
-                    while ctl.index <= since and time.monotonic() < deadline:
+                    while ctl.index <= since and time.monotonic() < deadline and not ctl.stopped:
                         ctl.cond.wait(deadline - time.monotonic())
+                    if ctl.stopped:
+                        # Down: the connection breaks, as when the process dies.
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     body = json.dumps({"index": ctl.index, "routes": ctl.routes}).encode()
                 self._send(200, body)
 
@@ -92,6 +98,7 @@ class FakeController:
 
     def stop(self):
         with self.cond:
+            self.stopped = True
             self.cond.notify_all()
         self.server.shutdown()
         self.server.server_close()
@@ -579,7 +586,7 @@ def test_upgrade_tunnel(rig):
             assert got == msg
         s.shutdown(socket.SHUT_WR)
         assert s.recv(10) == b""  # the close travels both ways
-    sent = echo.heads[0].lower()
+    sent = [h for h in echo.heads if h.startswith("GET /chat ")][0].lower()
     assert "upgrade: websocket" in sent and "connection: upgrade" in sent
 
 
