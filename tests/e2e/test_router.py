@@ -293,7 +293,8 @@ class Router:
             return False
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
 
@@ -346,10 +347,7 @@ def rig():
         things["router"] = router
         yield things
     finally:
-        if router:
-            rc = router.stop()
-            if rc not in (0, None):
-                print(router.output())
+        rc = router.stop() if router else 0
         for b in things["backends"]:
             b.stop()
         for extra in things.get("extras", []):
@@ -358,7 +356,10 @@ def rig():
             things["ctl"].stop()
         except Exception:
             pass
+        out = router.output() if router else ""
         shutil.rmtree(tmp, ignore_errors=True)
+    # SIGTERM is a clean stop (exit 0); anything else (a crash, a sanitizer report) fails the test.
+    assert rc == 0, f"router exited {rc}:\n{out}"
 
 
 def serve(rig, routes):
