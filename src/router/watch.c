@@ -49,10 +49,14 @@ static void sleep_ms(unsigned ms)
 
 /* One poll. Returns 1 if a new table was installed, 0 if unchanged, < 0 on failure. */
 static int watch_once(struct route_watch *w, struct http_client *c, uint64_t *index, bool have_table,
-                      struct berr **err)
+                      bool resync, struct berr **err)
 {
+        /*
+         * After a failure the first poll does not wait: a controller that restarted may count its index from
+         * a lower value, and waiting for it to pass ours would keep a stale table for a whole poll.
+         */
         _cleanup_free_ char *url = xasprintf("%s?index=%" PRIu64 "&wait=%d", w->url, have_table ? *index : 0,
-                                             have_table ? WATCH_WAIT_S : 0);
+                                             have_table && !resync ? WATCH_WAIT_S : 0);
         struct http_result res = { 0 };
         int r = http_request(c, "GET", url, NULL, NULL, NULL, 0, &res, err);
         if (r < 0)
@@ -101,7 +105,7 @@ static void *watch_thread(void *arg)
                                 http_client_set_bearer(c, w->token);
                 }
                 if (r >= 0)
-                        r = watch_once(w, c, &index, have_table, &err);
+                        r = watch_once(w, c, &index, have_table, failing, &err);
                 if (atomic_load(&w->stop))
                         break;
                 if (r < 0) {

@@ -614,11 +614,12 @@ def test_controller_down_keeps_last_table(rig):
         assert r.status == 200
         time.sleep(0.1)
     # It comes back (same port) with a new table: picked up.
+    # It restarted and counts from a lower index: the router still takes its table at once.
     ctl = FakeController(port)
     rig["ctl"] = ctl
-    ctl.index = 100
+    ctl.index = 0
     ctl.set_routes([route("back.test", [b0.port])])
-    wait_until(lambda: rig["router"].get("back.test")[0].status == 200, timeout=10, what="the new table")
+    wait_until(lambda: rig["router"].get("back.test")[0].status == 200, timeout=5, what="the new table")
     assert "route watch" in rig["router"].output()
 
 
@@ -662,3 +663,25 @@ def test_sigterm_drains_in_flight(rig):
     r, body = result["r"]
     assert r.status == 200 and json.loads(body)["backend"] == "b0"
     assert rig["router"].proc.wait(timeout=15) == 0
+
+
+def test_slow_head_is_cut(rig):
+    """A head trickling in (slowloris) is dropped after the head timeout (10 s), however steady the drip."""
+    with socket.create_connection(("127.0.0.1", rig["router"].port), timeout=20) as s:
+        t0 = time.monotonic()
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        s.settimeout(1)
+        closed = False
+        for i in range(20):
+            try:
+                s.sendall(b"X-Drip-%d: x\r\n" % i)
+                if s.recv(1024) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        elapsed = time.monotonic() - t0
+    assert closed and 9 <= elapsed <= 13, elapsed
