@@ -1126,6 +1126,17 @@ static void client_run(struct client *c)
                                                 client_close(c);
                                                 return;
                                         }
+                                        if (c->resp_head_done) {
+                                                /*
+                                                 * The backend answered early (413...) and stopped reading:
+                                                 * drop the rest of the body, deliver its answer, then close.
+                                                 */
+                                                c->req_fwd = 0;
+                                                c->req_done = true;
+                                                c->close_after = true;
+                                                progress = true;
+                                                continue;
+                                        }
                                         client_upstream_lost(c, e);
                                         continue;
                                 }
