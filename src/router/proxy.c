@@ -613,6 +613,7 @@ static void client_connect(struct client *c)
                 return;
         }
         c->ep = i;
+        c->up_eof = false;
         if (i < 64)
                 c->tried |= 1ULL << i;
         c->attempts++;
@@ -983,7 +984,7 @@ static void client_upstream_lost(struct client *c, int error)
                 client_close(c);
                 return;
         }
-        if (c->up && c->up->reused && c->req_sent == 0) {
+        if (c->up && c->up->reused && c->req_sent == 0 && buf_len(&c->uin) == 0) {
                 upstream_destroy(c->w, c->up);
                 c->up = NULL;
                 c->attempts--;

@@ -685,3 +685,54 @@ def test_slow_head_is_cut(rig):
                 break
         elapsed = time.monotonic() - t0
     assert closed and 9 <= elapsed <= 13, elapsed
+
+
+class ClosingBackend:
+    """Answers one request per connection and closes when the next one arrives, unanswered (a keep-alive
+    backend closing an idle connection just as it is reused): the router retries on a fresh connection."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(4096)
+                if not d:
+                    break
+                buf += d
+            if buf:
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                # The next request on this connection finds it closing (the idle-close race).
+                c.recv(4096)
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_backend_closing_pooled_connections(rig):
+    cb = ClosingBackend()
+    rig.setdefault("extras", []).append(cb)
+    serve(rig, [route("closing.test", [cb.port])])
+    c = rig["router"].conn()
+    for i in range(40):
+        c.request("GET", "/", headers={"Host": "closing.test"})
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"ok"), i
+    c.close()
+    assert cb.connections >= 40
