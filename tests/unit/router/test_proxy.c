@@ -102,6 +102,7 @@ struct rig {
         struct backend b[2];
 };
 
+static void set_table(struct rig *r, const char *fmt, ...) _printf_(2, 3);
 static void set_table(struct rig *r, const char *fmt, ...)
 {
         char text[4096];
