@@ -650,6 +650,21 @@ int cell_container_create(struct cell *c, struct image_store *s, const struct ce
                 r = berr_set(err, -EINVAL, "port mappings need a network (not --network none)");
                 goto fail;
         }
+        if (o->env_after_lease) {
+                char **extra = o->env_after_lease(att.ip, o->env_after_lease_userdata);
+                size_t n = 0, m = 0;
+                while (p->env && p->env[n])
+                        n++;
+                while (extra && extra[m])
+                        m++;
+                if (m) {
+                        p->env = xrealloc(p->env, (n + m + 1) * sizeof(char *));
+                        for (size_t i = 0; i < m; i++)
+                                p->env[n + i] = extra[i];
+                        p->env[n + m] = NULL;
+                }
+                free(extra);
+        }
         struct bundle_opts bo = {
                 .rootfs = rootfs,
                 .hostname = hostname,

@@ -62,6 +62,13 @@ struct cell_create_opts {
         size_t n_ports;
         enum cell_network_mode network;
         bool autoremove; /* removed by its monitor when it exits (--rm) */
+        /*
+         * Optional: env computed once the address is leased (the cell agent's CF_INSTANCE_*): called with
+         * the container's IP ("" without a network); returns "K=V" entries (NULL-terminated, caller of the
+         * hook frees) appended after every other env, or NULL for none.
+         */
+        char **(*env_after_lease)(const char *ip, void *userdata);
+        void *env_after_lease_userdata;
 };
 
 /*
