@@ -21,6 +21,7 @@
  * Concurrency: the HTTP server runs each connection on its own thread. The database is one SQLite
  * connection guarded by ctl->db_lock: take it with db_lock()/db_unlock() around every use (a handler
  * does its reads and writes in one locked transaction, then releases the lock before any network call).
+ * The lock is recursive (a helper that locks may be called with it held); transactions do not nest.
  */
 #pragma once
 
@@ -44,6 +45,7 @@ struct ctl {
         char *internal_token;           /* the internal API's bearer token */
         unsigned char enc_key[32];      /* registry passwords at rest */
         unsigned token_ttl_s;
+        unsigned sync_interval_ms; /* the periodic convergence sweep (config sync_interval_ms, 1000) */
 
         sqlite3 *db;
         pthread_mutex_t db_lock;
@@ -82,9 +84,9 @@ static inline const char *db_col_text(sqlite3_stmt *s, int i)
         return (const char *)sqlite3_column_text(s, i);
 }
 /* The schema of each module, executed in order by db_open (CREATE TABLE IF NOT EXISTS ...). */
-extern const char db_schema_core[];  /* users, tokens, orgs, spaces, roles, flags, domains, events */
-extern const char db_schema_apps[];  /* apps, processes, packages, builds, droplets, routes, destinations,
-                                           cells, instances */
+extern const char db_schema_core[]; /* users, tokens, orgs, spaces, roles, flags, domains, events */
+extern const char db_schema_apps[]; /* apps, processes, packages, builds, droplets, routes, destinations,
+                                          cells, instances */
 
 /* ---- helpers (db.c) ---- */
 /* A new UUID v4 string (37 bytes incl. NUL). */
@@ -103,9 +105,11 @@ struct api_user {
 struct api_req {
         struct ctl *ctl;
         const struct http_request *http;
-        json_t *body;           /* parsed JSON object for POST/PATCH/PUT (NULL otherwise) */
-        const char *params[4];  /* ":name" path segments in pattern order */
-        struct api_user user;   /* the authenticated caller (zeroed for public routes) */
+        /* Parsed JSON object for POST/PATCH/PUT; an empty body gives an empty object (actions); NULL for
+         * other methods and for form-encoded bodies (/oauth/token). Borrowed: api_handle frees it. */
+        json_t *body;
+        const char *params[4]; /* ":name" path segments in pattern order */
+        struct api_user user;  /* the authenticated caller (zeroed for public routes) */
 };
 
 typedef void (*api_handler_fn)(struct api_req *r, struct http_response *resp);
@@ -140,7 +144,7 @@ void api_handle(void *userdata, const struct http_request *req, struct http_resp
 
 /* CF error body {"errors":[{code,title,detail}]}; title is "CF-Name" (the "CF-" is added if missing). */
 void api_error(struct http_response *resp, int status, int code, const char *title, const char *fmt, ...)
-        _printf_(5, 6);
+    _printf_(5, 6);
 /* 404 CF-ResourceNotFound "<what> not found" (what: "App", "Space", ...). */
 void api_not_found(struct http_response *resp, const char *what);
 /* 403 CF-NotAuthorized. */
@@ -166,6 +170,48 @@ char **api_query_list(struct api_req *r, const char *name);
 /* order_by: fills *field ("created_at", "updated_at", "name") and *desc; false + 400 sent if invalid. */
 bool api_order_by(struct api_req *r, struct http_response *resp, const char **field, bool *desc);
 
+/* Respond with a JSON body (takes the reference) and remember the status for the request log line. Prefer
+ * it to http_response_json in handlers. */
+void api_respond(struct http_response *resp, int status, json_t *body);
+/* A 202/204 without a body (deletes). */
+void api_respond_empty(struct http_response *resp, int status);
+/* {"labels":{},"annotations":{}} (new reference). */
+json_t *api_metadata(void);
+/* The errors body {"errors":[{code,title,detail}]} (new reference); title gets "CF-" if missing. */
+json_t *api_error_body(int code, const char *title, const char *detail);
+/*
+ * The pagination object of a list: total_results, total_pages (at least 1), first/last/next/previous links
+ * to `path` keeping the query's other parameters. New reference.
+ */
+json_t *api_pagination(struct ctl *c, const char *path, const char *query, size_t total, unsigned page,
+                       unsigned per_page);
+/*
+ * Does `path` match `pattern` (":x" = one non-empty segment)? On a match the segments for ":x" are copied
+ * NUL-terminated into buf (bufsz bytes) and params[i] points at them, in pattern order (at most 4).
+ */
+bool api_pattern_match(const char *pattern, const char *path, char *buf, size_t bufsz, const char *params[4]);
+/* Start of the one transaction of a request: lock + BEGIN IMMEDIATE; false with 500 sent on failure. */
+bool api_tx_begin(struct api_req *r, struct http_response *resp);
+/* COMMIT + unlock; false with 500 sent on failure (rolled back). */
+bool api_tx_commit(struct api_req *r, struct http_response *resp);
+/* ROLLBACK + unlock. */
+void api_tx_rollback(struct api_req *r);
+
+/* ---- auth.c ---- */
+/* argon2id (libsodium crypto_pwhash_str, interactive limits). out: crypto_pwhash_STRBYTES (128) bytes. */
+int auth_password_hash(const char *password, char out[static 128], struct berr **err);
+bool auth_password_verify(const char *hash, const char *password);
+/* Create a user (lock held, inside a transaction); -EEXIST if the name is taken, -EINVAL for bad names. */
+int auth_user_create(struct ctl *c, const char *username, const char *password, bool admin,
+                     char ret_guid[static 37], struct berr **err);
+/* Issue an access (ttl token_ttl_s) and a refresh token for a user (lock held). Caller frees both. */
+int auth_token_issue(struct ctl *c, const char *user_guid, char **ret_access, char **ret_refresh,
+                     struct berr **err);
+/* Look a valid access token up (lock held): 0 and *ret filled, -ENOENT unknown or expired. */
+int auth_token_lookup(struct ctl *c, const char *token, struct api_user *ret);
+/* Is username acceptable (1-255 bytes, no whitespace or control characters)? */
+bool auth_username_valid(const char *username);
+
 /* ---- tenancy.c: authorization ---- */
 enum authz_perm {
         AUTHZ_READ = 0,   /* see it: any role in the space (or org role for org-level reads) */
@@ -184,10 +230,24 @@ char *authz_space_filter_sql(struct api_req *r, const char *column);
 /* Space and org names for VCAP_APPLICATION and the CLI (lock held). */
 int tenancy_space_info(struct ctl *c, const char *space_guid, char **space_name, char **org_guid,
                        char **org_name);
+/* Create an org / a space (lock held, in a transaction); -EEXIST when the name is taken in its scope. */
+int tenancy_org_create(struct ctl *c, const char *name, char ret_guid[static 37], struct berr **err);
+int tenancy_space_create(struct ctl *c, const char *org_guid, const char *name, char ret_guid[static 37],
+                         struct berr **err);
+/* Is a name of an org/space/domain acceptable (1-255 bytes, no control characters)? */
+bool tenancy_name_valid(const char *name);
 
 /* ---- flags.c ---- */
 /* Is the flag on (lock held)? Unknown flags are off. */
 bool flag_enabled(struct ctl *c, const char *name);
+/* Insert the flags missing from the table with CF's defaults (lock held). */
+int flags_bootstrap(struct ctl *c, struct berr **err);
+
+/* ---- domains.c ---- */
+/* Create a shared domain (lock held); -EEXIST when it exists, -EINVAL when the name is not a DNS name. */
+int domain_create(struct ctl *c, const char *name, bool internal, char ret_guid[static 37],
+                  struct berr **err);
+bool domain_name_valid(const char *name);
 
 /* ---- events.c ---- */
 /* Record an audit event (lock held; part of the caller's transaction). data may be NULL (stolen). */
@@ -198,6 +258,15 @@ void audit_event(struct ctl *c, const char *type, const struct api_user *actor, 
 /* Encrypt to "v1:" + base64(nonce||box); decrypt back. Caller frees. */
 char *crypt_seal(struct ctl *c, const char *plain);
 int crypt_open(struct ctl *c, const char *sealed, char **ret_plain, struct berr **err);
+
+/* ---- apps.c ---- */
+/*
+ * A space is being deleted (lock held, inside the deleting transaction, before the space's rows go): delete
+ * the apps, processes, packages, builds, droplets and routes of the space. Only database work: after the
+ * commit tenancy.c calls sched_kick() and routes_changed(), and the scheduler stops the instances that are
+ * no longer desired.
+ */
+void apps_space_deleted(struct ctl *c, const char *space_guid);
 
 /* ---- routes.c ---- */
 /* Bump the route table version and wake watchers (any thread; lock not required). */
