@@ -432,8 +432,9 @@ static void api_dispatch(struct ctl *c, const struct http_request *req, struct h
         if (!api_authenticate(&r, rt->access, resp))
                 return;
         if (method_has_body(req->method)) {
-                const char *ct = http_request_header(req, "Content-Type");
-                bool form = ct && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0;
+                /* UAA's token endpoint takes a form; everything else is JSON whatever the Content-Type says
+                 * (curl -d sends a form type). */
+                bool form = strncmp(rt->pattern, "/oauth/", 7) == 0;
                 if (!form && req->body_len == 0) {
                         r.body = json_object();
                 } else if (!form) {

@@ -106,7 +106,7 @@ struct api_req {
         struct ctl *ctl;
         const struct http_request *http;
         /* Parsed JSON object for POST/PATCH/PUT; an empty body gives an empty object (actions); NULL for
-         * other methods and for form-encoded bodies (/oauth/token). Borrowed: api_handle frees it. */
+         * other methods and for /oauth/... (form bodies). Borrowed: api_handle frees it. */
         json_t *body;
         const char *params[4]; /* ":name" path segments in pattern order */
         struct api_user user;  /* the authenticated caller (zeroed for public routes) */

@@ -272,6 +272,10 @@ def test_bad_input_changes_nothing(ctl):
     r = ctl.api("POST", "/v3/organizations", admin, data="{bad json",
                 headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and errors(r)["title"] == "CF-MessageParseError"
+    # JSON whatever the Content-Type claims (curl -d sends a form type).
+    r = ctl.api("POST", "/v3/organizations", admin, data='{"name":"x"',
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and errors(r)["code"] == 1001
     for name in ["", "x" * 256, 42]:
         r = ctl.api("POST", "/v3/organizations", admin, json={"name": name})
         assert r.status_code == 422 and errors(r)["title"] == "CF-UnprocessableEntity", r.text
