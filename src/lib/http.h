@@ -31,11 +31,11 @@ struct http_limits {
 };
 
 enum http_parse_error {
-        HTTP_PARSE_INCOMPLETE = 0,  /* need more bytes (the head so far is within the limits) */
-        HTTP_PARSE_BAD = -1,        /* 400: malformed */
-        HTTP_PARSE_TOO_LARGE = -2,  /* 431: head or header count over the limit */
+        HTTP_PARSE_INCOMPLETE = 0,    /* need more bytes (the head so far is within the limits) */
+        HTTP_PARSE_BAD = -1,          /* 400: malformed */
+        HTTP_PARSE_TOO_LARGE = -2,    /* 431: head or header count over the limit */
         HTTP_PARSE_URI_TOO_LONG = -3, /* 414 */
-        HTTP_PARSE_VERSION = -4,    /* 505: not HTTP/1.0 or HTTP/1.1 */
+        HTTP_PARSE_VERSION = -4,      /* 505: not HTTP/1.0 or HTTP/1.1 */
 };
 
 struct http_head {
@@ -68,7 +68,8 @@ struct http_head {
  */
 ssize_t http_parse_request(const char *buf, size_t len, const struct http_limits *lim, struct http_head *ret);
 /* Same for a response head. A response to HEAD or a 1xx/204/304 has no body: the caller knows. */
-ssize_t http_parse_response(const char *buf, size_t len, const struct http_limits *lim, struct http_head *ret);
+ssize_t http_parse_response(const char *buf, size_t len, const struct http_limits *lim,
+                            struct http_head *ret);
 
 /* Case-insensitive header lookup: the first value, or NULL. */
 const struct http_header *http_head_get(const struct http_head *h, const char *name);
@@ -85,8 +86,8 @@ struct http_chunked {
         size_t line_len;    /* bytes of the current size/trailer line (bounded) */
 };
 /*
- * Decode from in[0..len): on return *ret_data_off/*ret_data_len give the next run of body data found (len 0
- * if none in this slice before *ret_consumed). Returns 1 when the final chunk and trailers were consumed,
+ * Decode from in[0..len): on return *ret_data_off and *ret_data_len give the next run of body data found (len
+ * 0 if none in this slice before *ret_consumed). Returns 1 when the final chunk and trailers were consumed,
  * 0 when more input is needed, HTTP_PARSE_BAD on malformed framing. *ret_consumed bytes of in were used;
  * call again with the rest.
  */
