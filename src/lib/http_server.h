@@ -43,6 +43,9 @@ void http_response_json(struct http_response *resp, int status, json_t *body);
 int http_response_stream_begin(struct http_response *resp, int status, const char *content_type);
 int http_response_stream_write(struct http_response *resp, const void *buf, size_t len);
 
+/* The status set so far (0 if none): for request logs. */
+int http_response_status(const struct http_response *resp);
+
 typedef void (*http_handler_fn)(void *userdata, const struct http_request *req, struct http_response *resp);
 
 struct http_server_opts {
