@@ -344,3 +344,32 @@ def test_restart_readopts_running_instance(platform, registry_plain):
         assert r.status == 200
     assert agent2.req("DELETE", f"/v1/lrps/{guid}")[0] == 202
     assert agent2.stop() == 0
+
+
+def test_unreachable_controller_exit_without_and_with_drain(platform, registry_plain, berth_data, scratch):
+    start, ctl = platform
+    digest = registry_plain.push(ib.busybox_image(), "test/web3:1")
+    image = registry_plain.ref(f"test/web3@{digest}")
+    token_file = os.path.join(scratch, "internal-token")
+    dead = f"http://127.0.0.1:{free_port()}"
+    agent = Agent(berth_data, scratch, dead, token_file, drain=False)
+    try:
+        guid = str(uuid.uuid4())
+        agent.req("PUT", f"/v1/lrps/{guid}", lrp(guid, image, command=WEB_CMD))
+        inst = agent.wait_state(guid, "RUNNING")  # no controller needed
+        time.sleep(2.5)  # a heartbeat round failed meanwhile
+        assert agent.get(guid)["state"] == "RUNNING"
+    finally:
+        assert agent.stop() == 0  # SIGTERM without --drain-on-exit: the instance stays
+    running = json.loads(subprocess.run([berthcli.BERTH_BIN, "--data-dir", berth_data, "ps", "--json"],
+                                        capture_output=True, text=True, check=True).stdout)
+    assert inst["container_id"] in [c["Id"] for c in running]
+    agent2 = start(drain=True)  # re-adopts, then reports it to the (reachable) controller
+    assert agent2.get(guid)["container_id"] == inst["container_id"]
+    wait_for(lambda: any(i["instance_guid"] == guid for _, hb in ctl.heartbeats for i in hb["instances"]),
+             timeout=10, what="a heartbeat with the re-adopted instance")
+    assert agent2.stop() == 0  # drains
+    left = subprocess.run([berthcli.BERTH_BIN, "--data-dir", berth_data, "ps", "-aq"], capture_output=True,
+                          text=True).stdout.split()
+    assert left == []
+    assert os.listdir(os.path.join(berth_data, "cell", "agent")) == []
