@@ -15,13 +15,6 @@ int cmd_platform(struct cli_globals *g, int argc, char **argv, struct berr **err
         return CLI_EXIT_FAILURE;
 }
 
-int cmd_up(struct cli_globals *g, int argc, char **argv, struct berr **err)
-{
-        (void)g, (void)argc, (void)argv;
-        berr_set(err, -ENOSYS, "up: not built yet");
-        return CLI_EXIT_FAILURE;
-}
-
 int cmd_daemon(struct cli_globals *g, int argc, char **argv, struct berr **err)
 {
         if (strcmp(argv[0], "controller") == 0)
