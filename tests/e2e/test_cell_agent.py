@@ -286,7 +286,9 @@ def test_basic_auth_pull_right_and_wrong(platform, registry_basic):
     agent.req("PUT", f"/v1/lrps/{bad}", lrp(bad, image, username=user, password=wrong_pw, command=WEB_CMD))
     inst = agent.wait_state(bad, "CRASHED")
     assert inst["reason"].startswith("pull failed: ")
-    agent.req("PUT", f"/v1/lrps/{good}", lrp(good, image, username=user, password=pw, command=WEB_CMD))
+    http_hc = {"type": "http", "endpoint": "/env.txt", "timeout_s": 30, "invocation_timeout_s": 1}
+    agent.req("PUT", f"/v1/lrps/{good}", lrp(good, image, username=user, password=pw, command=WEB_CMD,
+                                              health_check=http_hc))
     agent.wait_state(good, "RUNNING")
     for g in (bad, good):
         assert agent.req("DELETE", f"/v1/lrps/{g}")[0] == 202
@@ -309,6 +311,13 @@ def test_start_timeout_and_exit(platform, registry_plain):
                                                health_check=hc))
     agent.req("PUT", f"/v1/lrps/{exits}", lrp(exits, image, command=["/bin/sh", "-c", "echo bye; exit 3"],
                                                health_check={**hc, "timeout_s": 30}))
+    # Listens, becomes RUNNING, then stops listening without exiting: liveness (every 5 s) crashes it.
+    flaky = str(uuid.uuid4())
+    agent.req("PUT", f"/v1/lrps/{flaky}", lrp(flaky, image, health_check={**hc, "timeout_s": 30}, command=[
+        "/bin/sh", "-c", "httpd -f -p $PORT & sleep 2; kill $!; exec sleep 1000"]))
+    agent.wait_state(flaky, "RUNNING", timeout=30)
+    inst = agent.wait_state(flaky, "CRASHED", timeout=30)
+    assert inst["reason"] == "health check failed"
     inst = agent.wait_state(never, "CRASHED", timeout=30)
     assert inst["reason"] == "start timeout"
     inst = agent.wait_state(exits, "CRASHED", timeout=30)
@@ -317,7 +326,7 @@ def test_start_timeout_and_exit(platform, registry_plain):
              what="CRASHED events")
     st, raw = agent.req("GET", f"/v1/lrps/{exits}/logs")
     assert any(json.loads(l)["text"] == "bye" for l in raw.decode().splitlines())
-    for g in (never, exits):
+    for g in (never, exits, flaky):
         assert agent.req("DELETE", f"/v1/lrps/{g}")[0] == 202
     assert agent.stop() == 0
 
