@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The controller daemon (`berth controller`): API, store, auth, flags, staging, scheduling. docs/PLATFORM.md */
+/* The controller daemon (`berth controller`): API, store, auth, flags, staging, scheduling. docs/PLATFORM.md
+ */
 #pragma once
 
 #include "lib/config.h"

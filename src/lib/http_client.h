@@ -13,9 +13,9 @@
 #include "lib/err.h"
 
 struct http_client_opts {
-        const char *ca_file;      /* extra CA bundle for https, or NULL */
-        bool insecure;            /* skip TLS verification (login --skip-ssl-validation) */
-        unsigned timeout_ms;      /* whole request; 0: 30 s */
+        const char *ca_file;         /* extra CA bundle for https, or NULL */
+        bool insecure;               /* skip TLS verification (login --skip-ssl-validation) */
+        unsigned timeout_ms;         /* whole request; 0: 30 s */
         unsigned connect_timeout_ms; /* 0: 5 s */
 };
 

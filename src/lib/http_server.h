@@ -16,16 +16,17 @@
 #include "lib/http.h"
 
 struct http_request {
-        const char *method;   /* "GET", ... (NUL-terminated copy) */
-        const char *path;     /* percent-decoded path, without the query ("/v3/apps/abc") */
-        const char *query;    /* raw query string after '?', "" if none */
+        const char *method;           /* "GET", ... (NUL-terminated copy) */
+        const char *path;             /* percent-decoded path, without the query ("/v3/apps/abc") */
+        const char *query;            /* raw query string after '?', "" if none */
         const struct http_head *head; /* headers */
-        const char *body;     /* NUL-terminated copy of the (de-chunked) body; "" if none */
+        const char *body;             /* NUL-terminated copy of the (de-chunked) body; "" if none */
         size_t body_len;
-        const char *peer;     /* "ip:port" of the client */
+        const char *peer; /* "ip:port" of the client */
 };
 
-/* A header of the request (case-insensitive), NUL-terminated copy valid during the handler; NULL if absent. */
+/* A header of the request (case-insensitive), NUL-terminated copy valid during the handler; NULL if absent.
+ */
 const char *http_request_header(const struct http_request *r, const char *name);
 
 struct http_response;
@@ -49,13 +50,13 @@ int http_response_status(const struct http_response *resp);
 typedef void (*http_handler_fn)(void *userdata, const struct http_request *req, struct http_response *resp);
 
 struct http_server_opts {
-        const char *listen;     /* "host:port", "[v6]:port" or ":port"; port 0 picks a free one */
+        const char *listen; /* "host:port", "[v6]:port" or ":port"; port 0 picks a free one */
         http_handler_fn handler;
         void *userdata;
-        unsigned max_connections; /* 0: 1024; further connections wait in the backlog */
-        size_t max_body_bytes;    /* 0: 1 MiB; larger bodies get 413 */
-        unsigned idle_timeout_ms; /* 0: 60 s between requests on a keep-alive connection */
-        unsigned head_timeout_ms; /* 0: 10 s for a request head to arrive once begun (slowloris) */
+        unsigned max_connections;  /* 0: 1024; further connections wait in the backlog */
+        size_t max_body_bytes;     /* 0: 1 MiB; larger bodies get 413 */
+        unsigned idle_timeout_ms;  /* 0: 60 s between requests on a keep-alive connection */
+        unsigned head_timeout_ms;  /* 0: 10 s for a request head to arrive once begun (slowloris) */
         const char *tls_cert_file; /* both set: HTTPS */
         const char *tls_key_file;
 };
