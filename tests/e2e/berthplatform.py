@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 
 import pytest
 import requests

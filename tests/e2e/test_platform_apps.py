@@ -7,9 +7,7 @@ One ``berth up`` for the module (diego_docker enabled once); every test pushes a
 
 import json
 import os
-import re
 import socket
-import subprocess
 import time
 
 import pytest
