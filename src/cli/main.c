@@ -114,7 +114,14 @@ static bool names_local_container(struct cli_globals *g, int argc, char **argv)
         }
         if (!name)
                 return true; /* the container command prints its usage */
-        return cli_container_exists(g, name);
+        if (cli_container_exists(g, name))
+                return true;
+        /* Not logged in to a platform: a container command (which says "no such container"). */
+        const char *home = getenv("BERTH_HOME");
+        _cleanup_free_ char *login =
+            home && *home ? xasprintf("%s/config.json", home)
+                          : xasprintf("%s/.berth/config.json", getenv("HOME") ? getenv("HOME") : "/root");
+        return access(login, F_OK) != 0;
 }
 
 static int cmd_stop_any(struct cli_globals *g, int argc, char **argv, struct berr **err)

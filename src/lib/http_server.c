@@ -201,7 +201,7 @@ static int send_head(struct http_response *resp, int status, const char *content
                 memcpy(out + off, h.v[i], l);
                 off += l;
         }
-        _cleanup_(strv_freep) char **v = strv_take(&h);
+        strv_clear(&h);
         resp->sent = true;
         if (conn_send_all(resp->c, out, off) < 0) {
                 resp->gone = true;
@@ -297,7 +297,7 @@ static void response_finish(struct http_response *resp)
 
 static void response_reset(struct http_response *resp)
 {
-        _cleanup_(strv_freep) char **v = strv_take(&resp->headers);
+        strv_clear(&resp->headers);
         free(resp->content_type);
         free(resp->body);
         struct conn *c = resp->c;
@@ -481,7 +481,7 @@ static bool serve_one(struct conn *c)
         response_finish(&resp);
         bool again = resp.keep_alive && !resp.gone && !s->stopping;
         response_reset(&resp);
-        _cleanup_(strv_freep) char **copies = strv_take(&f.header_copies);
+        strv_clear(&f.header_copies);
         return again;
 }
 

@@ -168,8 +168,7 @@ static void test_smuggling(void **state)
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked;q=1\r\n\r\n",
                 "POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n",
                 "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
-                "POST / HTTP/1.1\r\nTransfer-Encoding:\x0b"
-                "chunked\r\n\r\n",
+                "POST / HTTP/1.1\r\nTransfer-Encoding:\013chunked\r\n\r\n", /* a vertical tab */
                 "POST / HTTP/1.1\r\nX: y\r\n Transfer-Encoding: chunked\r\n\r\n",
                 "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         };
