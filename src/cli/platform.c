@@ -1,0 +1,942 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The platform commands (login, target, orgs, apps, push, ...) against the controller's public API
+ * (docs/PLATFORM.md, CLI section). State: $BERTH_HOME/config.json (0600). Only this layer prints.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "cell/agent.h"
+#include "cli/cli.h"
+#include "controller/controller.h"
+#include "lib/http_client.h"
+#include "lib/json.h"
+#include "lib/macro.h"
+#include "router/router.h"
+
+struct pctx {
+        json_t *cfg;              /* owned: config.json contents */
+        char path[4096];          /* config.json */
+        struct http_client *http; /* owned */
+        bool json;                /* --json */
+};
+
+static void pctx_done(struct pctx *p)
+{
+        json_decref(p->cfg);
+        http_client_free(p->http);
+}
+
+static const char *cfg_str(struct pctx *p, const char *k)
+{
+        return json_string_value(json_object_get(p->cfg, k));
+}
+
+static const char *cfg_sub(struct pctx *p, const char *k, const char *f)
+{
+        return json_string_value(json_object_get(json_object_get(p->cfg, k), f));
+}
+
+static int cfg_load(struct pctx *p, struct berr **err)
+{
+        const char *home = getenv("BERTH_HOME");
+        int n;
+        if (home && *home)
+                n = snprintf(p->path, sizeof(p->path), "%s/config.json", home);
+        else
+                n = snprintf(p->path, sizeof(p->path), "%s/.berth/config.json", getenv("HOME") ?: "/root");
+        if (n < 0 || (size_t)n >= sizeof(p->path))
+                return berr_set(err, -ENAMETOOLONG, "config path too long");
+        json_error_t je;
+        p->cfg = json_load_file(p->path, 0, &je);
+        if (!p->cfg || !json_is_object(p->cfg)) {
+                json_decref(p->cfg);
+                p->cfg = json_object();
+        }
+        return 0;
+}
+
+static int cfg_save(struct pctx *p, struct berr **err)
+{
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", p->path);
+        char *slash = strrchr(dir, '/');
+        if (slash) {
+                *slash = 0;
+                if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+                        return berr_set_errno(err, -errno, "mkdir %s", dir);
+        }
+        char tmp[4200];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", p->path);
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return berr_set_errno(err, -errno, "open %s", tmp);
+        _cleanup_free_ char *s = json_dumps(p->cfg, JSON_INDENT(2));
+        size_t len = s ? strlen(s) : 0;
+        if (!s || write(fd, s, len) != (ssize_t)len || fchmod(fd, 0600) < 0) {
+                close(fd);
+                return berr_set_errno(err, -EIO, "write %s", tmp);
+        }
+        close(fd);
+        if (rename(tmp, p->path) < 0)
+                return berr_set_errno(err, -errno, "rename %s", p->path);
+        return 0;
+}
+
+static int client(struct pctx *p, struct berr **err)
+{
+        if (p->http)
+                return 0;
+        struct http_client_opts o = { .insecure =
+                                          json_is_true(json_object_get(p->cfg, "skip_ssl_validation")) };
+        int r = http_client_new(&o, &p->http, err);
+        if (r < 0)
+                return r;
+        http_client_set_bearer(p->http, cfg_str(p, "access_token"));
+        return 0;
+}
+
+/* The API's error body → err. */
+static int api_error(long status, json_t *resp, struct berr **err)
+{
+        json_t *e0 = json_array_get(json_object_get(resp, "errors"), 0);
+        const char *d = json_string_value(json_object_get(e0, "detail"));
+        if (!d)
+                d = json_string_value(json_object_get(resp, "error_description"));
+        if (d)
+                return berr_set(err, -EIO, "%s", d);
+        return berr_set(err, -EIO, "the API answered %ld", status);
+}
+
+static int refresh(struct pctx *p, struct berr **err);
+
+/* method path (relative to the API) body (borrowed, may be NULL) → *ret (owned; may be NULL on 204). */
+static int api(struct pctx *p, const char *method, const char *path, json_t *body, json_t **ret,
+               struct berr **err)
+{
+        const char *base = cfg_str(p, "api");
+        if (!base)
+                return berr_set(err, -ENOENT, "not logged in (use 'berth login -a URL -u USER')");
+        int r = client(p, err);
+        if (r < 0)
+                return r;
+        _cleanup_free_ char *url = NULL;
+        if (asprintf(&url, "%s%s", base, path) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        for (int attempt = 0;; attempt++) {
+                long status = 0;
+                json_t *resp = NULL;
+                r = http_request_json(p->http, method, url, body, &status, &resp, err);
+                if (r < 0)
+                        return r;
+                if (status == 401 && attempt == 0 && cfg_str(p, "refresh_token")) {
+                        json_decref(resp);
+                        struct berr *e2 = NULL;
+                        if (refresh(p, &e2) == 0)
+                                continue;
+                        berr_free(e2);
+                        return berr_set(err, -EACCES, "the login expired; log in again");
+                }
+                if (status >= 400) {
+                        r = api_error(status, resp, err);
+                        json_decref(resp);
+                        return r;
+                }
+                if (ret)
+                        *ret = resp;
+                else
+                        json_decref(resp);
+                return 0;
+        }
+}
+
+static void print_json(const json_t *j)
+{
+        _cleanup_free_ char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+        printf("%s\n", s ?: "null");
+}
+
+static char *urlenc(const char *s)
+{
+        size_t n = strlen(s);
+        char *o = malloc(3 * n + 1), *q = o;
+        if (!o)
+                return NULL;
+        for (; *s; s++) {
+                unsigned char c = (unsigned char)*s;
+                if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    strchr("-._~", c))
+                        *q++ = (char)c;
+                else
+                        q += sprintf(q, "%%%02X", c);
+        }
+        *q = 0;
+        return o;
+}
+
+static int token_request(struct pctx *p, const char *api_url, const char *form, struct berr **err)
+{
+        int r = client(p, err);
+        if (r < 0)
+                return r;
+        http_client_set_bearer(p->http, NULL);
+        _cleanup_free_ char *url = NULL;
+        if (asprintf(&url, "%s/oauth/token", api_url) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        const char *hdrs[] = { "Authorization: Basic Y2Y6", "Accept: application/json", NULL };
+        struct http_result res = { 0 };
+        r = http_request(p->http, "POST", url, hdrs, "application/x-www-form-urlencoded", form, strlen(form),
+                         &res, err);
+        if (r < 0)
+                return r;
+        json_t *j = res.body ? json_loads(res.body, 0, NULL) : NULL;
+        if (res.status != 200 || !json_string_value(json_object_get(j, "access_token"))) {
+                r = res.status == 401 ? berr_set(err, -EACCES, "Credentials were rejected, please try again.")
+                                      : api_error(res.status, j, err);
+                json_decref(j);
+                http_result_free(&res);
+                return r;
+        }
+        http_result_free(&res);
+        json_object_set(p->cfg, "access_token", json_object_get(j, "access_token"));
+        json_object_set(p->cfg, "refresh_token", json_object_get(j, "refresh_token") ?: json_null());
+        json_decref(j);
+        http_client_set_bearer(p->http, cfg_str(p, "access_token"));
+        return cfg_save(p, err);
+}
+
+static int refresh(struct pctx *p, struct berr **err)
+{
+        _cleanup_free_ char *rt = urlenc(cfg_str(p, "refresh_token"));
+        _cleanup_free_ char *form = NULL;
+        if (!rt || asprintf(&form, "grant_type=refresh_token&refresh_token=%s", rt) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        return token_request(p, cfg_str(p, "api"), form, err);
+}
+
+static char *read_secret(const char *prompt)
+{
+        if (!isatty(STDIN_FILENO))
+                return NULL;
+        fprintf(stderr, "%s", prompt);
+        struct termios t, o;
+        tcgetattr(STDIN_FILENO, &o);
+        t = o;
+        t.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(STDIN_FILENO, TCSANOW, &t);
+        char buf[1024];
+        char *s = fgets(buf, sizeof(buf), stdin);
+        tcsetattr(STDIN_FILENO, TCSANOW, &o);
+        fprintf(stderr, "\n");
+        if (!s)
+                return NULL;
+        buf[strcspn(buf, "\n")] = 0;
+        return strdup(buf);
+}
+
+/* First resource of GET path (a list), or NULL (owned, incref'd). */
+static int find_one(struct pctx *p, const char *path, json_t **ret, struct berr **err)
+{
+        _cleanup_json_ json_t *l = NULL;
+        int r = api(p, "GET", path, NULL, &l, err);
+        if (r < 0)
+                return r;
+        json_t *x = json_array_get(json_object_get(l, "resources"), 0);
+        *ret = x ? json_incref(x) : NULL;
+        return 0;
+}
+
+static int find_named(struct pctx *p, const char *coll, const char *name, const char *extra, const char *what,
+                      json_t **ret, struct berr **err)
+{
+        _cleanup_free_ char *n = urlenc(name);
+        _cleanup_free_ char *path = NULL;
+        if (!n || asprintf(&path, "/v3/%s?names=%s%s", coll, n, extra ?: "") < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        int r = find_one(p, path, ret, err);
+        if (r < 0)
+                return r;
+        if (!*ret && what)
+                return berr_set(err, -ENOENT, "%s '%s' not found.", what, name);
+        return 0;
+}
+
+static int set_target(struct pctx *p, const char *kind, json_t *res)
+{
+        json_t *o = json_pack("{s:O?,s:O?}", "guid", json_object_get(res, "guid"), "name",
+                              json_object_get(res, "name"));
+        return json_object_set_new(p->cfg, kind, o);
+}
+
+static int target_org(struct pctx *p, const char *org, struct berr **err)
+{
+        _cleanup_json_ json_t *o = NULL;
+        int r = find_named(p, "organizations", org, NULL, "Organization", &o, err);
+        if (r < 0)
+                return r;
+        set_target(p, "org", o);
+        json_object_del(p->cfg, "space");
+        return 0;
+}
+
+static int target_space(struct pctx *p, const char *space, struct berr **err)
+{
+        const char *og = cfg_sub(p, "org", "guid");
+        if (!og)
+                return berr_set(err, -ENOENT, "No org targeted, use 'berth target -o ORG' to target an org.");
+        _cleanup_free_ char *extra = NULL;
+        if (asprintf(&extra, "&organization_guids=%s", og) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        _cleanup_json_ json_t *s = NULL;
+        int r = find_named(p, "spaces", space, extra, "Space", &s, err);
+        if (r < 0)
+                return r;
+        set_target(p, "space", s);
+        return 0;
+}
+
+static void print_target(struct pctx *p)
+{
+        printf("API endpoint:   %s\n", cfg_str(p, "api") ?: "");
+        printf("user:           %s\n", cfg_str(p, "username") ?: "");
+        printf("org:            %s\n", cfg_sub(p, "org", "name") ?: "");
+        printf("space:          %s\n", cfg_sub(p, "space", "name") ?: "");
+}
+
+static int usage(const char *cmd, const char *u, struct berr **err)
+{
+        berr_set(err, -EINVAL, "usage: berth %s %s", cmd, u);
+        return CLI_EXIT_USAGE;
+}
+
+static int cmd_login(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        const char *a = NULL, *u = NULL, *pw = NULL, *org = NULL, *space = NULL;
+        bool skip = false;
+        static const struct option lo[] = { { "skip-ssl-validation", no_argument, NULL, 'k' }, { 0 } };
+        int c;
+        while ((c = getopt_long(argc, argv, "+a:u:p:o:s:", lo, NULL)) != -1) {
+                switch (c) {
+                case 'a':
+                        a = optarg;
+                        break;
+                case 'u':
+                        u = optarg;
+                        break;
+                case 'p':
+                        pw = optarg;
+                        break;
+                case 'o':
+                        org = optarg;
+                        break;
+                case 's':
+                        space = optarg;
+                        break;
+                case 'k':
+                        skip = true;
+                        break;
+                default:
+                        return usage("login", "-a URL -u USER [-p PASSWORD] [-o ORG] [-s SPACE]", err);
+                }
+        }
+        a = a ?: cfg_str(p, "api");
+        if (!a || !u || optind != argc)
+                return usage("login", "-a URL -u USER [-p PASSWORD] [-o ORG] [-s SPACE]", err);
+        _cleanup_free_ char *prompted = NULL;
+        if (!pw) {
+                prompted = read_secret("Password: ");
+                if (!prompted)
+                        return usage("login", "-a URL -u USER -p PASSWORD (no terminal to prompt on)", err);
+                pw = prompted;
+        }
+        _cleanup_free_ char *api_url = strdup(a);
+        if (!api_url)
+                return berr_set(err, -ENOMEM, "out of memory");
+        size_t n = strlen(api_url);
+        while (n > 0 && api_url[n - 1] == '/')
+                api_url[--n] = 0;
+        json_object_clear(p->cfg);
+        json_object_set_new(p->cfg, "api", json_string(api_url));
+        json_object_set_new(p->cfg, "skip_ssl_validation", json_boolean(skip));
+        json_object_set_new(p->cfg, "username", json_string(u));
+        printf("API endpoint: %s\n\nAuthenticating...\n", api_url);
+        _cleanup_free_ char *ue = urlenc(u), *pe = urlenc(pw), *form = NULL;
+        if (!ue || !pe || asprintf(&form, "grant_type=password&username=%s&password=%s", ue, pe) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        int r = token_request(p, api_url, form, err);
+        if (r < 0)
+                return CLI_EXIT_FAILURE;
+        printf("OK\n\n");
+        if (org) {
+                if (target_org(p, org, err) < 0)
+                        return CLI_EXIT_FAILURE;
+        } else {
+                _cleanup_json_ json_t *l = NULL;
+                if (api(p, "GET", "/v3/organizations", NULL, &l, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                json_t *res = json_object_get(l, "resources");
+                if (json_array_size(res) == 1)
+                        set_target(p, "org", json_array_get(res, 0));
+        }
+        if (space) {
+                if (target_space(p, space, err) < 0)
+                        return CLI_EXIT_FAILURE;
+        } else if (cfg_sub(p, "org", "guid")) {
+                _cleanup_free_ char *path = NULL;
+                if (asprintf(&path, "/v3/spaces?organization_guids=%s", cfg_sub(p, "org", "guid")) < 0)
+                        return CLI_EXIT_FAILURE;
+                _cleanup_json_ json_t *l = NULL;
+                if (api(p, "GET", path, NULL, &l, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                json_t *res = json_object_get(l, "resources");
+                if (json_array_size(res) == 1)
+                        set_target(p, "space", json_array_get(res, 0));
+        }
+        if (cfg_save(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        print_target(p);
+        return 0;
+}
+
+static int cmd_target(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        const char *org = NULL, *space = NULL;
+        int c;
+        while ((c = getopt(argc, argv, "+o:s:")) != -1) {
+                if (c == 'o')
+                        org = optarg;
+                else if (c == 's')
+                        space = optarg;
+                else
+                        return usage("target", "[-o ORG] [-s SPACE]", err);
+        }
+        if (optind != argc)
+                return usage("target", "[-o ORG] [-s SPACE]", err);
+        if (!cfg_str(p, "api"))
+                return berr_set(err, -ENOENT, "not logged in (use 'berth login -a URL -u USER')"),
+                       CLI_EXIT_FAILURE;
+        if (org && target_org(p, org, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (space && target_space(p, space, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if ((org || space) && cfg_save(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        print_target(p);
+        return 0;
+}
+
+/* GET path; --json prints it; else one line per resource with the given fields. */
+static int list_cmd(struct pctx *p, const char *title, const char *path, const char *const *fields,
+                    struct berr **err)
+{
+        _cleanup_json_ json_t *l = NULL;
+        if (api(p, "GET", path, NULL, &l, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (p->json) {
+                print_json(l);
+                return 0;
+        }
+        printf("%s as %s...\n\n", title, cfg_str(p, "username") ?: "?");
+        for (size_t i = 0; fields[i]; i++)
+                printf("%-24s", fields[i]);
+        printf("\n");
+        size_t idx;
+        json_t *x;
+        json_array_foreach (json_object_get(l, "resources"), idx, x) {
+                for (size_t i = 0; fields[i]; i++) {
+                        json_t *v = json_object_get(x, fields[i]);
+                        if (json_is_boolean(v))
+                                printf("%-24s", json_is_true(v) ? "enabled" : "disabled");
+                        else
+                                printf("%-24s", json_string_value(v) ?: "");
+                }
+                printf("\n");
+        }
+        return 0;
+}
+
+static int need_space(struct pctx *p, struct berr **err)
+{
+        if (!cfg_str(p, "api"))
+                return berr_set(err, -ENOENT, "not logged in (use 'berth login -a URL -u USER')");
+        if (!cfg_sub(p, "space", "guid"))
+                return berr_set(err, -ENOENT,
+                                "No space targeted, use 'berth target -s SPACE' to target a space.");
+        return 0;
+}
+
+static int find_app_opt(struct pctx *p, const char *name, bool must, json_t **ret, struct berr **err)
+{
+        _cleanup_free_ char *extra = NULL;
+        if (need_space(p, err) < 0)
+                return -ENOENT;
+        if (asprintf(&extra, "&space_guids=%s", cfg_sub(p, "space", "guid")) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        return find_named(p, "apps", name, extra, must ? "App" : NULL, ret, err);
+}
+
+static int find_app(struct pctx *p, const char *name, json_t **ret, struct berr **err)
+{
+        return find_app_opt(p, name, true, ret, err);
+}
+
+static int app_action(struct pctx *p, const char *name, const char *action, json_t **ret, struct berr **err)
+{
+        _cleanup_json_ json_t *app = NULL;
+        if (find_app(p, name, &app, err) < 0)
+                return -ENOENT;
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/v3/apps/%s/actions/%s", json_string_value(json_object_get(app, "guid")),
+                     action) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        return api(p, "POST", path, NULL, ret, err);
+}
+
+/* Sizes: 256M, 1G, 512MB, 1024 (MB) → MB; -1 invalid. */
+static long parse_size_mb(const char *s)
+{
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || end == s || v <= 0)
+                return -1;
+        if (*end == 0 || strcasecmp(end, "M") == 0 || strcasecmp(end, "MB") == 0)
+                return v;
+        if (strcasecmp(end, "G") == 0 || strcasecmp(end, "GB") == 0)
+                return v > 1024L * 1024 ? -1 : v * 1024;
+        return -1;
+}
+
+static const char *app_guid(json_t *app)
+{
+        return json_string_value(json_object_get(app, "guid"));
+}
+
+static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        const char *image = NULL, *user = NULL, *command = NULL, *hc = NULL, *endpoint = NULL,
+                   *hostname = NULL;
+        long inst = -1, mem = -1, disk = -1, timeout = -1;
+        bool no_route = false, no_start = false;
+        static const struct option lo[] = { { "docker-image", required_argument, NULL, 'o' },
+                                            { "docker-username", required_argument, NULL, 'U' },
+                                            { "endpoint", required_argument, NULL, 'e' },
+                                            { "no-route", no_argument, NULL, 'R' },
+                                            { "no-start", no_argument, NULL, 'S' },
+                                            { "hostname", required_argument, NULL, 'n' },
+                                            { 0 } };
+        const char *u = "APP --docker-image REF [--docker-username U] [-c CMD] [-i N] [-m 256M] [-k 1G] "
+                        "[-u port|http|process] [--endpoint /path] [-t SECONDS] [--no-route] [--hostname H] "
+                        "[--no-start]";
+        int c;
+        char *end;
+        while ((c = getopt_long(argc, argv, "o:c:i:m:k:u:t:n:", lo, NULL)) != -1) {
+                switch (c) {
+                case 'o':
+                        image = optarg;
+                        break;
+                case 'U':
+                        user = optarg;
+                        break;
+                case 'c':
+                        command = optarg;
+                        break;
+                case 'e':
+                        endpoint = optarg;
+                        break;
+                case 'R':
+                        no_route = true;
+                        break;
+                case 'S':
+                        no_start = true;
+                        break;
+                case 'n':
+                        hostname = optarg;
+                        break;
+                case 'i':
+                        inst = strtol(optarg, &end, 10);
+                        if (*end || inst < 0)
+                                return usage("push", u, err);
+                        break;
+                case 'm':
+                        if ((mem = parse_size_mb(optarg)) < 0)
+                                return usage("push", u, err);
+                        break;
+                case 'k':
+                        if ((disk = parse_size_mb(optarg)) < 0)
+                                return usage("push", u, err);
+                        break;
+                case 't':
+                        timeout = strtol(optarg, &end, 10);
+                        if (*end || timeout <= 0)
+                                return usage("push", u, err);
+                        break;
+                case 'u':
+                        if (strcmp(optarg, "port") && strcmp(optarg, "http") && strcmp(optarg, "process"))
+                                return usage("push", u, err);
+                        hc = optarg;
+                        break;
+                default:
+                        return usage("push", u, err);
+                }
+        }
+        if (optind + 1 != argc || !image)
+                return usage("push", u, err);
+        const char *name = argv[optind];
+        _cleanup_free_ char *prompted = NULL;
+        const char *pw = getenv("BERTH_DOCKER_PASSWORD");
+        if (!pw || !*pw)
+                pw = getenv("CF_DOCKER_PASSWORD");
+        if (user && (!pw || !*pw)) {
+                prompted = read_secret("Docker password: ");
+                if (!prompted)
+                        return berr_set(err, -EINVAL,
+                                        "Environment variable CF_DOCKER_PASSWORD not set (needed with "
+                                        "--docker-username)"),
+                               CLI_EXIT_USAGE;
+                pw = prompted;
+        }
+        if (need_space(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        printf("Pushing app %s to org %s / space %s as %s...\n", name, cfg_sub(p, "org", "name") ?: "",
+               cfg_sub(p, "space", "name") ?: "", cfg_str(p, "username") ?: "");
+        _cleanup_json_ json_t *app = NULL;
+        if (find_app_opt(p, name, false, &app, err) < 0)
+                return CLI_EXIT_FAILURE;
+        bool created = false;
+        if (!app) {
+                _cleanup_json_ json_t *b = json_pack(
+                    "{s:s,s:{s:{s:{s:s}}},s:{s:s,s:{}}}", "name", name, "relationships", "space", "data",
+                    "guid", cfg_sub(p, "space", "guid"), "lifecycle", "type", "docker", "data");
+                struct berr *e = NULL;
+                if (api(p, "POST", "/v3/apps", b, &app, &e) < 0) {
+                        berr_set(err, -EIO, "For application '%s': %s", name, berr_msg(e));
+                        berr_free(e);
+                        return CLI_EXIT_FAILURE;
+                }
+                created = true;
+        }
+        const char *ag = app_guid(app);
+        _cleanup_json_ json_t *pb = json_pack("{s:s,s:{s:s},s:{s:{s:{s:s}}}}", "type", "docker", "data",
+                                              "image", image, "relationships", "app", "data", "guid", ag);
+        if (user) {
+                json_object_set_new(json_object_get(pb, "data"), "username", json_string(user));
+                json_object_set_new(json_object_get(pb, "data"), "password", json_string(pw));
+        }
+        _cleanup_json_ json_t *pkg = NULL, *build = NULL;
+        _cleanup_free_ char *path = NULL;
+        int r = api(p, "POST", "/v3/packages", pb, &pkg, err);
+        if (r == 0) {
+                printf("Staging app and tracing logs...\n");
+                _cleanup_json_ json_t *bb =
+                    json_pack("{s:{s:O}}", "package", "guid", json_object_get(pkg, "guid"));
+                r = api(p, "POST", "/v3/builds", bb, &build, err);
+        }
+        if (r < 0) {
+                if (created) {
+                        struct berr *e = NULL;
+                        if (asprintf(&path, "/v3/apps/%s", ag) >= 0)
+                                api(p, "DELETE", path, NULL, NULL, &e);
+                        berr_free(e);
+                }
+                return CLI_EXIT_FAILURE;
+        }
+        const char *dg = json_string_value(json_object_get(json_object_get(build, "droplet"), "guid"));
+        _cleanup_json_ json_t *db = json_pack("{s:{s:s?}}", "data", "guid", dg);
+        free(path), path = NULL;
+        if (asprintf(&path, "/v3/apps/%s/relationships/current_droplet", ag) < 0 ||
+            api(p, "PATCH", path, db, NULL, err) < 0)
+                return CLI_EXIT_FAILURE;
+        _cleanup_json_ json_t *proc = NULL;
+        free(path), path = NULL;
+        if (asprintf(&path, "/v3/apps/%s/processes/web", ag) < 0 || api(p, "GET", path, NULL, &proc, err) < 0)
+                return CLI_EXIT_FAILURE;
+        const char *pg = json_string_value(json_object_get(proc, "guid"));
+        if (command || hc || endpoint || timeout > 0) {
+                json_t *pu = json_object();
+                if (command)
+                        json_object_set_new(pu, "command", json_string(command));
+                if (hc || endpoint || timeout > 0) {
+                        json_t *data = json_object();
+                        if (endpoint)
+                                json_object_set_new(data, "endpoint", json_string(endpoint));
+                        if (timeout > 0)
+                                json_object_set_new(data, "timeout", json_integer(timeout));
+                        json_object_set_new(
+                            pu, "health_check",
+                            json_pack("{s:s,s:o}", "type", hc ?: (endpoint ? "http" : "port"), "data", data));
+                }
+                free(path), path = NULL;
+                r = asprintf(&path, "/v3/processes/%s", pg) < 0 ? -ENOMEM
+                                                                : api(p, "PATCH", path, pu, NULL, err);
+                json_decref(pu);
+                if (r < 0)
+                        return CLI_EXIT_FAILURE;
+        }
+        if (inst >= 0 || mem > 0 || disk > 0) {
+                json_t *sb = json_object();
+                if (inst >= 0)
+                        json_object_set_new(sb, "instances", json_integer(inst));
+                if (mem > 0)
+                        json_object_set_new(sb, "memory_in_mb", json_integer(mem));
+                if (disk > 0)
+                        json_object_set_new(sb, "disk_in_mb", json_integer(disk));
+                free(path), path = NULL;
+                r = asprintf(&path, "/v3/processes/%s/actions/scale", pg) < 0
+                        ? -ENOMEM
+                        : api(p, "POST", path, sb, NULL, err);
+                json_decref(sb);
+                if (r < 0)
+                        return CLI_EXIT_FAILURE;
+        }
+        if (!no_route) {
+                _cleanup_json_ json_t *dom = NULL, *route = NULL;
+                if (find_one(p, "/v3/domains", &dom, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (dom) {
+                        const char *host = hostname ?: name;
+                        free(path), path = NULL;
+                        if (asprintf(&path, "/v3/routes?hosts=%s&domain_guids=%s", host,
+                                     json_string_value(json_object_get(dom, "guid"))) < 0 ||
+                            find_one(p, path, &route, err) < 0)
+                                return CLI_EXIT_FAILURE;
+                        if (!route) {
+                                _cleanup_json_ json_t *rb = json_pack(
+                                    "{s:s,s:{s:{s:{s:s}},s:{s:{s:O}}}}", "host", host, "relationships",
+                                    "space", "data", "guid", cfg_sub(p, "space", "guid"), "domain", "data",
+                                    "guid", json_object_get(dom, "guid"));
+                                if (api(p, "POST", "/v3/routes", rb, &route, err) < 0)
+                                        return CLI_EXIT_FAILURE;
+                        }
+                        _cleanup_json_ json_t *dd =
+                            json_pack("{s:[{s:{s:s}}]}", "destinations", "app", "guid", ag);
+                        free(path), path = NULL;
+                        if (asprintf(&path, "/v3/routes/%s/destinations",
+                                     json_string_value(json_object_get(route, "guid"))) < 0 ||
+                            api(p, "POST", path, dd, NULL, err) < 0)
+                                return CLI_EXIT_FAILURE;
+                }
+        }
+        if (!no_start) {
+                const char *state = json_string_value(json_object_get(app, "state"));
+                if (app_action(p, name, state && strcmp(state, "STARTED") == 0 ? "restart" : "start", NULL,
+                               err) < 0)
+                        return CLI_EXIT_FAILURE;
+                printf("Waiting for app %s to start...\n", name);
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/processes/%s/stats", pg) < 0)
+                        return CLI_EXIT_FAILURE;
+                long limit_ms = ((timeout > 0 ? timeout : 60) + 10) * 1000;
+                for (long waited = 0;; waited += 200) {
+                        _cleanup_json_ json_t *st = NULL;
+                        if (api(p, "GET", path, NULL, &st, err) < 0)
+                                return CLI_EXIT_FAILURE;
+                        size_t i, n = 0, crashed = 0;
+                        json_t *x;
+                        bool running = false;
+                        json_array_foreach (json_object_get(st, "resources"), i, x) {
+                                const char *s = json_string_value(json_object_get(x, "state")) ?: "";
+                                n++;
+                                running |= strcmp(s, "RUNNING") == 0;
+                                crashed += strcmp(s, "CRASHED") == 0;
+                        }
+                        if (running || inst == 0)
+                                break;
+                        if ((n > 0 && crashed == n) || waited >= limit_ms) {
+                                json_array_foreach (json_object_get(st, "resources"), i, x)
+                                        fprintf(stderr, "#%lld %s %s\n",
+                                                (long long)json_integer_value(json_object_get(x, "index")),
+                                                json_string_value(json_object_get(x, "state")) ?: "",
+                                                json_string_value(json_object_get(x, "details")) ?: "");
+                                berr_set(err, -EIO, "Start unsuccessful");
+                                return CLI_EXIT_FAILURE;
+                        }
+                        usleep(200 * 1000);
+                }
+        }
+        printf("\nname:              %s\nrequested state:   %s\n", name, no_start ? "stopped" : "started");
+        return 0;
+}
+
+static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        const char *cmd = argv[0];
+        optind = 0;
+        if (strcmp(cmd, "login") == 0)
+                return cmd_login(p, argc, argv, err);
+        if (strcmp(cmd, "logout") == 0) {
+                json_object_clear(p->cfg);
+                printf("Logging out...\nOK\n");
+                return cfg_save(p, err) < 0 ? CLI_EXIT_FAILURE : 0;
+        }
+        if (strcmp(cmd, "target") == 0)
+                return cmd_target(p, argc, argv, err);
+        if (strcmp(cmd, "push") == 0)
+                return cmd_push(p, argc, argv, err);
+        if (strcmp(cmd, "orgs") == 0 && argc == 1)
+                return list_cmd(p, "Getting orgs", "/v3/organizations", (const char *[]){ "name", NULL },
+                                err);
+        if (strcmp(cmd, "domains") == 0 && argc == 1)
+                return list_cmd(p, "Getting domains", "/v3/domains", (const char *[]){ "name", NULL }, err);
+        if (strcmp(cmd, "feature-flags") == 0 && argc == 1)
+                return list_cmd(p, "Getting feature flags", "/v3/feature_flags",
+                                (const char *[]){ "name", "enabled", NULL }, err);
+        if (strcmp(cmd, "spaces") == 0 && argc == 1) {
+                _cleanup_free_ char *path = NULL;
+                if (asprintf(&path, "/v3/spaces?organization_guids=%s", cfg_sub(p, "org", "guid") ?: "") < 0)
+                        return CLI_EXIT_FAILURE;
+                return list_cmd(p, "Getting spaces", path, (const char *[]){ "name", NULL }, err);
+        }
+        if (strcmp(cmd, "apps") == 0 && argc == 1) {
+                if (need_space(p, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                _cleanup_free_ char *path = NULL;
+                if (asprintf(&path, "/v3/apps?space_guids=%s", cfg_sub(p, "space", "guid")) < 0)
+                        return CLI_EXIT_FAILURE;
+                return list_cmd(p, "Getting apps", path, (const char *[]){ "name", "state", NULL }, err);
+        }
+        if ((strcmp(cmd, "enable-feature-flag") == 0 || strcmp(cmd, "disable-feature-flag") == 0) &&
+            argc == 2) {
+                _cleanup_free_ char *path = NULL;
+                _cleanup_json_ json_t *b = json_pack("{s:b}", "enabled", cmd[0] == 'e'), *resp = NULL;
+                if (asprintf(&path, "/v3/feature_flags/%s", argv[1]) < 0 ||
+                    api(p, "PATCH", path, b, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (p->json)
+                        print_json(resp);
+                else
+                        printf("Feature %s %s.\nOK\n", argv[1], cmd[0] == 'e' ? "enabled" : "disabled");
+                return 0;
+        }
+        if ((strcmp(cmd, "start") == 0 || strcmp(cmd, "stop") == 0 || strcmp(cmd, "app-stop") == 0 ||
+             strcmp(cmd, "restart") == 0) &&
+            argc == 2) {
+                const char *action = strcmp(cmd, "app-stop") == 0 ? "stop" : cmd;
+                _cleanup_json_ json_t *resp = NULL;
+                if (app_action(p, argv[1], action, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (p->json)
+                        print_json(resp);
+                else
+                        printf("OK\n");
+                return 0;
+        }
+        if (strcmp(cmd, "create-org") == 0 && argc == 2) {
+                _cleanup_json_ json_t *b = json_pack("{s:s}", "name", argv[1]), *resp = NULL;
+                if (api(p, "POST", "/v3/organizations", b, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        if (strcmp(cmd, "create-user") == 0 && argc == 3) {
+                _cleanup_json_ json_t *b = json_pack("{s:s,s:s}", "username", argv[1], "password", argv[2]),
+                                      *resp = NULL;
+                if (api(p, "POST", "/v3/users", b, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        if (strcmp(cmd, "create-space") == 0 && argc == 2) {
+                _cleanup_json_ json_t *b = json_pack("{s:s,s:{s:{s:{s:s?}}}}", "name", argv[1],
+                                                     "relationships", "organization", "data", "guid",
+                                                     cfg_sub(p, "org", "guid")),
+                                      *resp = NULL;
+                if (api(p, "POST", "/v3/spaces", b, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        if (strcmp(cmd, "delete") == 0 && argc >= 2) {
+                _cleanup_json_ json_t *app = NULL;
+                if (find_app(p, argv[1], &app, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                _cleanup_free_ char *path = NULL;
+                if (asprintf(&path, "/v3/apps/%s", app_guid(app)) < 0 ||
+                    api(p, "DELETE", path, NULL, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                printf("OK\n");
+                return 0;
+        }
+        if (strcmp(cmd, "env") == 0 && argc == 2) {
+                _cleanup_json_ json_t *app = NULL, *resp = NULL;
+                _cleanup_free_ char *path = NULL;
+                if (find_app(p, argv[1], &app, err) < 0 ||
+                    asprintf(&path, "/v3/apps/%s/env", app_guid(app)) < 0 ||
+                    api(p, "GET", path, NULL, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                print_json(resp);
+                return 0;
+        }
+        if ((strcmp(cmd, "set-env") == 0 && argc == 4) || (strcmp(cmd, "unset-env") == 0 && argc == 3)) {
+                _cleanup_json_ json_t *app = NULL;
+                _cleanup_free_ char *path = NULL;
+                if (find_app(p, argv[1], &app, err) < 0 ||
+                    asprintf(&path, "/v3/apps/%s/environment_variables", app_guid(app)) < 0)
+                        return CLI_EXIT_FAILURE;
+                _cleanup_json_ json_t *b =
+                    json_pack("{s:{s:o}}", "var", argv[2], argc == 4 ? json_string(argv[3]) : json_null());
+                if (api(p, "PATCH", path, b, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                printf("OK\n");
+                return 0;
+        }
+        if (strcmp(cmd, "logs") == 0 || strcmp(cmd, "app-logs") == 0) {
+                if (argc < 2)
+                        return usage(cmd, "APP [--recent]", err);
+                _cleanup_json_ json_t *app = NULL, *resp = NULL;
+                _cleanup_free_ char *path = NULL;
+                if (find_app(p, argv[1], &app, err) < 0 ||
+                    asprintf(&path, "/v3/apps/%s/logs?lines=1000", app_guid(app)) < 0 ||
+                    api(p, "GET", path, NULL, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                size_t i;
+                json_t *x;
+                json_array_foreach (json_object_get(resp, "resources"), i, x)
+                        printf("%s [%s/%lld] %s %s\n",
+                               json_string_value(json_object_get(x, "timestamp")) ?: "",
+                               json_string_value(json_object_get(x, "source_type")) ?: "",
+                               (long long)json_integer_value(json_object_get(x, "instance_index")),
+                               json_string_value(json_object_get(x, "message_type")) ?: "",
+                               json_string_value(json_object_get(x, "message")) ?: "");
+                return 0;
+        }
+        berr_set(err, -ENOSYS, "%s: not implemented yet (or wrong arguments)", cmd);
+        return CLI_EXIT_USAGE;
+}
+
+int cmd_platform(struct cli_globals *g, int argc, char **argv, struct berr **err)
+{
+        (void)g;
+        struct pctx p = { 0 };
+        /* --json anywhere: drop it from argv. */
+        int n = 0;
+        for (int i = 0; i < argc; i++) {
+                if (i > 0 && strcmp(argv[i], "--json") == 0)
+                        p.json = true;
+                else
+                        argv[n++] = argv[i];
+        }
+        argv[n] = NULL;
+        if (cfg_load(&p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        int r = cmd_platform_run(&p, n, argv, err);
+        pctx_done(&p);
+        return r;
+}
+
+int cmd_daemon(struct cli_globals *g, int argc, char **argv, struct berr **err)
+{
+        if (strcmp(argv[0], "controller") == 0)
+                return controller_main(g->data_dir, g->config, argc, argv, err);
+        if (strcmp(argv[0], "router") == 0)
+                return router_main(g->config, argc, argv, err);
+        return cell_agent_main(g->data_dir, g->config_explicit ? g->config_path : NULL, g->config, argc, argv,
+                               err);
+}
