@@ -726,8 +726,10 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
         }
         if (!no_start) {
                 const char *state = json_string_value(json_object_get(app, "state"));
-                if (app_action(p, name, state && strcmp(state, "STARTED") == 0 ? "restart" : "start", NULL,
-                               err) < 0)
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/apps/%s/actions/%s", ag,
+                             state && strcmp(state, "STARTED") == 0 ? "restart" : "start") < 0 ||
+                    api(p, "POST", path, NULL, NULL, err) < 0)
                         return CLI_EXIT_FAILURE;
                 printf("Waiting for app %s to start...\n", name);
                 free(path), path = NULL;
