@@ -909,6 +909,79 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                                json_string_value(json_object_get(x, "message")) ?: "");
                 return 0;
         }
+        if (strcmp(cmd, "routes") == 0 && argc == 1)
+                return list_cmd(p, "Getting routes", "/v3/routes", (const char *[]){ "host", "url", NULL },
+                                err);
+        if (strcmp(cmd, "set-space-role") == 0 && argc == 5) {
+                static const char *const names[][2] = { { "SpaceDeveloper", "space_developer" },
+                                                        { "SpaceAuditor", "space_auditor" },
+                                                        { "SpaceManager", "space_manager" } };
+                const char *type = NULL;
+                for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+                        if (strcmp(argv[4], names[i][0]) == 0)
+                                type = names[i][1];
+                if (!type)
+                        return usage(cmd, "USER ORG SPACE SpaceDeveloper|SpaceAuditor|SpaceManager", err);
+                _cleanup_json_ json_t *org = NULL, *space = NULL, *resp = NULL;
+                _cleanup_free_ char *extra = NULL;
+                if (find_named(p, "organizations", argv[2], NULL, "Organization", &org, err) < 0 ||
+                    asprintf(&extra, "&organization_guids=%s", app_guid(org)) < 0 ||
+                    find_named(p, "spaces", argv[3], extra, "Space", &space, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                _cleanup_json_ json_t *b =
+                    json_pack("{s:s,s:{s:{s:{s:s}},s:{s:{s:s}}}}", "type", type, "relationships", "user",
+                              "data", "username", argv[1], "space", "data", "guid", app_guid(space));
+                if (api(p, "POST", "/v3/roles", b, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        if (strcmp(cmd, "scale") == 0 && argc >= 2) {
+                long inst = -1, mem = -1, disk = -1;
+                int c;
+                char *end;
+                while ((c = getopt(argc, argv, "i:m:k:")) != -1) {
+                        if (c == 'i') {
+                                inst = strtol(optarg, &end, 10);
+                                if (*end || inst < 0)
+                                        return usage(cmd, "APP [-i N] [-m M] [-k K]", err);
+                        } else if (c == 'm' && (mem = parse_size_mb(optarg)) > 0) {
+                        } else if (c == 'k' && (disk = parse_size_mb(optarg)) > 0) {
+                        } else
+                                return usage(cmd, "APP [-i N] [-m M] [-k K]", err);
+                }
+                if (optind + 1 != argc)
+                        return usage(cmd, "APP [-i N] [-m M] [-k K]", err);
+                _cleanup_json_ json_t *app = NULL, *proc = NULL, *sb = json_object();
+                _cleanup_free_ char *path = NULL;
+                if (find_app(p, argv[optind], &app, err) < 0 ||
+                    asprintf(&path, "/v3/apps/%s/processes/web", app_guid(app)) < 0 ||
+                    api(p, "GET", path, NULL, &proc, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (inst >= 0)
+                        json_object_set_new(sb, "instances", json_integer(inst));
+                if (mem > 0)
+                        json_object_set_new(sb, "memory_in_mb", json_integer(mem));
+                if (disk > 0)
+                        json_object_set_new(sb, "disk_in_mb", json_integer(disk));
+                if (json_object_size(sb) == 0) {
+                        if (p->json)
+                                print_json(proc);
+                        else
+                                printf("instances: %lld\nmemory: %lldM\ndisk: %lldM\n",
+                                       (long long)json_integer_value(json_object_get(proc, "instances")),
+                                       (long long)json_integer_value(json_object_get(proc, "memory_in_mb")),
+                                       (long long)json_integer_value(json_object_get(proc, "disk_in_mb")));
+                        return 0;
+                }
+                _cleanup_json_ json_t *resp = NULL;
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/processes/%s/actions/scale", app_guid(proc)) < 0 ||
+                    api(p, "POST", path, sb, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
         berr_set(err, -ENOSYS, "%s: not implemented yet (or wrong arguments)", cmd);
         return CLI_EXIT_USAGE;
 }
