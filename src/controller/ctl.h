@@ -277,3 +277,44 @@ int sched_start(struct ctl *c, struct berr **err);
 void sched_stop(struct ctl *c);
 /* Something desired changed (app started/stopped/scaled, flag flipped): converge now. */
 void sched_kick(struct ctl *c);
+
+/* ---- apps half: helpers shared by apps.c, staging.c, routes.c, sched.c, logs.c (apps.c) ---- */
+/*
+ * Run one statement with arguments bound from `types` ('s' const char * (NULL binds NULL), 'i' int,
+ * 'I' int64_t); lock held. xdb_exec steps it to completion (SQLITE_CONSTRAINT → -EEXIST); xdb_query
+ * returns the prepared statement to step (NULL + *err on failure).
+ */
+int xdb_exec(struct ctl *c, struct berr **err, const char *sql, const char *types, ...);
+sqlite3_stmt *xdb_query(struct ctl *c, struct berr **err, const char *sql, const char *types, ...);
+/* Answer an authz result: 0 → true; -ENOENT → 404 "<what> not found"; -EPERM → 403. */
+bool apps_authz_answer(int k, struct http_response *resp, const char *what);
+/* The space of an app (lock held): 0, -ENOENT. */
+int apps_space_of(struct ctl *c, const char *app_guid, char ret_space[static 37]);
+/* Look the app up and authorize perm in its space; false with 404/403 sent. */
+bool apps_authz(struct api_req *r, struct http_response *resp, const char *app_guid, enum authz_perm perm,
+                char ret_space[static 37]);
+/* The app / process resource (lock held); NULL if absent. */
+json_t *apps_app_json(struct ctl *c, const char *guid);
+json_t *apps_process_json(struct ctl *c, const char *guid);
+/* "host.domain[/path]" URLs of the routes mapped to an app (lock held). New reference (array). */
+json_t *apps_uris(struct ctl *c, const char *app_guid);
+/* VCAP_APPLICATION without the per-instance fields (lock held); NULL if the app or process is absent. */
+json_t *apps_vcap_application(struct ctl *c, const char *app_guid, const char *process_guid);
+
+/* ---- env.c: pure helpers (unit-tested) ---- */
+/* {entrypoint,cmd,user,workdir,env,ports:[{Port,Protocol}]} from an image config (ports ascending, tcp
+ * first on ties). New reference. */
+json_t *env_execution_metadata(const json_t *config);
+/* The app port: the lowest TCP port of execution_metadata (JSON text or NULL), else 8080. */
+int env_app_port(const char *execution_metadata);
+/* The start command shown for an image config (ENTRYPOINT + CMD joined with spaces, "" if none). */
+char *env_start_command(const json_t *config);
+/* Diego's restart policy: ms to wait after the crash_count-th crash before restarting (0: at once),
+ * -1 never again. */
+int64_t env_restart_delay_ms(int crash_count);
+/* The instance's env pairs [[k,v],...]: PORT, VCAP_APPLICATION (vcap + host/instance_id/port/index),
+ * VCAP_SERVICES, MEMORY_LIMIT, then user_env's keys in order. New reference. */
+json_t *env_instance_env(const json_t *vcap, const char *instance_guid, int index, int port, int memory_mb,
+                         const json_t *user_env);
+/* Is a user env var name refused (PORT, VCAP_*, CF_INSTANCE_*)? NULL if allowed, else the 422 detail. */
+const char *env_name_refused(const char *name);
