@@ -300,6 +300,7 @@ static void routes_create(struct api_req *r, struct http_response *resp)
                 json_decref(j);
                 return;
         }
+        routes_changed(c);
         api_respond(resp, 201, j);
 }
 

@@ -1,0 +1,542 @@
+"""The controller's apps half against a fake cell (Python, speaking the cell API of docs/PLATFORM.md and
+heartbeating) and a real registry: push flow via the API (app, package, build, droplet, start) with the
+PUT /v1/lrps body checked, the diego_docker flag stopping and restoring instances, scale, staging errors,
+restage after a tag move, the route table long poll, stats and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+import berthcli
+import imagebuild
+
+START_TIMEOUT = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Controller:
+    def __init__(self, work: str):
+        self.work = work
+        self.data_dir = os.path.join(work, "data")
+        self.token_file = os.path.join(work, "internal-token")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.log_path = os.path.join(work, "controller.log")
+        self.tok = None
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [berthcli.BERTH_BIN, "--data-dir", self.data_dir, "controller", "--listen",
+             f"127.0.0.1:{self.port}", "--internal-token-file", self.token_file, "--domain", "apps.test"],
+            stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "controller exited:\n" + self.log()
+            try:
+                if requests.get(self.url + "/v3/info", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        else:
+            raise AssertionError("controller did not answer:\n" + self.log())
+        with open(os.path.join(self.data_dir, "admin-password")) as f:
+            pw = f.read().strip()
+        r = requests.post(self.url + "/oauth/token",
+                          data={"grant_type": "password", "username": "admin", "password": pw})
+        assert r.status_code == 200, r.text
+        self.tok = r.json()["access_token"]
+
+    def internal_token(self) -> str:
+        with open(self.token_file) as f:
+            return f.read().strip()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("controller did not stop on SIGTERM:\n" + self.log())
+            assert rc == 0, f"controller exited {rc}:\n" + self.log()
+        self.proc = None
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def api(self, method: str, path: str, token: str | None = "admin", **kw):
+        headers = kw.pop("headers", {})
+        if token == "admin":
+            token = self.tok
+        if token:
+            headers["Authorization"] = "bearer " + token
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kw)
+
+
+class FakeCell:
+    """The cell agent's internal API, in memory: PUT makes an instance RUNNING at once (reported as an
+    event), DELETE removes it; heartbeats every 0.5 s."""
+
+    def __init__(self, controller_url: str, token: str, cell_id="cell-0", memory_mb=4096):
+        self.controller_url = controller_url
+        self.token = token
+        self.id = cell_id
+        self.memory_mb = memory_mb
+        self.instances: dict[str, dict] = {}
+        self.puts: list[dict] = []
+        self.deletes: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.logs: dict[str, list[dict]] = {}
+        cell = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def reply(self, status, body=None, ctype="application/json"):
+                data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def authed(self):
+                if self.headers.get("Authorization") != "Bearer " + cell.token:
+                    self.reply(401, {"error": "unauthorized"})
+                    return False
+                return True
+
+            def do_PUT(self):
+                if not self.authed():
+                    return
+                guid = self.path.rsplit("/", 1)[1]
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with cell.lock:
+                    cell.puts.append(body)
+                    inst = {"instance_guid": guid, "process_guid": body["process_guid"],
+                            "app_guid": body["app_guid"], "index": body["index"], "state": "RUNNING",
+                            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": "127.0.0.1",
+                            "port": body["ports"][0], "external_ip": "127.0.0.1", "external_port": 61001,
+                            "container_id": "c-" + guid, "exit_code": None, "reason": None,
+                            "usage": {"cpu_ns": 1000, "mem_bytes": 1 << 20, "disk_bytes": 8192,
+                                      "mem_quota": body["memory_mb"] << 20, "disk_quota": body["disk_mb"] << 20}}
+                    cell.instances[guid] = inst
+                    cell.logs[guid] = [{"time": "2026-11-28T18:00:00.%06dZ" % body["index"], "stream": "stdout",
+                                        "text": f"hello from {body['index']}"}]
+                self.reply(202, {})
+                threading.Thread(target=cell.event, args=(dict(inst),), daemon=True).start()
+
+            def do_DELETE(self):
+                if not self.authed():
+                    return
+                guid = self.path.rsplit("/", 1)[1]
+                with cell.lock:
+                    cell.deletes.append((time.monotonic(), guid))
+                    found = cell.instances.pop(guid, None)
+                self.reply(202 if found else 404, {})
+
+            def do_GET(self):
+                if not self.authed():
+                    return
+                path = self.path.split("?")[0]
+                parts = path.split("/")
+                with cell.lock:
+                    if path == "/v1/lrps":
+                        return self.reply(200, {"cell_id": cell.id, "instances": list(cell.instances.values())})
+                    if len(parts) == 4 and parts[3] in cell.instances:
+                        return self.reply(200, cell.instances[parts[3]])
+                    if len(parts) == 5 and parts[4] == "logs" and parts[3] in cell.logs:
+                        data = "".join(json.dumps(l) + "\n" for l in cell.logs[parts[3]])
+                        return self.reply(200, data.encode(), "application/x-ndjson")
+                self.reply(404, {})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def event(self, inst):
+        try:
+            requests.post(f"{self.controller_url}/internal/v1/cells/{self.id}/events",
+                          headers={"Authorization": "Bearer " + self.token}, json={"instance": inst}, timeout=5)
+        except requests.RequestException:
+            pass
+
+    def heartbeat(self):
+        with self.lock:
+            body = {"url": self.url, "memory_mb": self.memory_mb, "disk_mb": 100000,
+                    "instances": list(self.instances.values())}
+        try:
+            requests.put(f"{self.controller_url}/internal/v1/cells/{self.id}",
+                         headers={"Authorization": "Bearer " + self.token}, json=body, timeout=5)
+        except requests.RequestException:
+            pass
+
+    def start(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+        def beat():
+            while not self.stopping.is_set():
+                self.heartbeat()
+                self.stopping.wait(0.5)
+
+        threading.Thread(target=beat, daemon=True).start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        self.server.shutdown()
+
+    def running(self, app_guid=None):
+        with self.lock:
+            return [i for i in self.instances.values() if app_guid is None or i["app_guid"] == app_guid]
+
+
+@pytest.fixture
+def ctl():
+    if not berthcli.berth_available():
+        pytest.skip("build/berth not built")
+    work = tempfile.mkdtemp(prefix="berth-apiapps-")
+    c = Controller(work)
+    try:
+        c.start()
+        yield c
+        c.stop()
+    finally:
+        if c.proc and c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def cell(ctl):
+    fc = FakeCell(ctl.url, ctl.internal_token()).start()
+    yield fc
+    fc.stop()
+
+
+@pytest.fixture(scope="module")
+def images(session_registry):
+    """Two images: EXPOSE 9000/tcp 7000/udp 9001/tcp with an entrypoint, and a plain busybox."""
+    web = imagebuild.busybox_image(config={"Entrypoint": ["/bin/web"], "Cmd": ["--port", "9000"],
+                                           "ExposedPorts": {"9001/tcp": {}, "7000/udp": {}, "9000/tcp": {}},
+                                           "User": "1000", "Env": ["PATH=/bin", "A=1"]})
+    plain = imagebuild.busybox_image(config={"Cmd": ["/bin/sh", "-c", "echo hi"]})
+    session_registry.push(web, "apiapps/web:1")
+    session_registry.push(plain, "apiapps/plain:1")
+    return {"web": session_registry.ref("apiapps/web:1"), "plain": session_registry.ref("apiapps/plain:1"),
+            "registry": session_registry, "web_img": web, "plain_img": plain}
+
+
+def errors(r):
+    return r.json()["errors"][0]
+
+
+def space_guid(ctl) -> str:
+    r = ctl.api("GET", "/v3/spaces?names=default")
+    return r.json()["resources"][0]["guid"]
+
+
+def set_flag(ctl, on: bool):
+    r = ctl.api("PATCH", "/v3/feature_flags/diego_docker", json={"enabled": on})
+    assert r.status_code == 200, r.text
+
+
+def create_app(ctl, name="web", env=None) -> dict:
+    body = {"name": name, "relationships": {"space": {"data": {"guid": space_guid(ctl)}}},
+            "lifecycle": {"type": "docker", "data": {}}}
+    if env:
+        body["environment_variables"] = env
+    r = ctl.api("POST", "/v3/apps", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def stage(ctl, app_guid, image, **creds) -> requests.Response:
+    data = {"image": image}
+    data.update(creds)
+    r = ctl.api("POST", "/v3/packages", json={"type": "docker", "data": data,
+                                               "relationships": {"app": {"data": {"guid": app_guid}}}})
+    assert r.status_code == 201, r.text
+    return ctl.api("POST", "/v3/builds", json={"package": {"guid": r.json()["guid"]}})
+
+
+def push(ctl, images, name="web", env=None, start=True) -> dict:
+    app = create_app(ctl, name, env)
+    b = stage(ctl, app["guid"], images["web"])
+    assert b.status_code == 201, b.text
+    assert b.json()["state"] == "STAGED"
+    drop = b.json()["droplet"]["guid"]
+    r = ctl.api("PATCH", f"/v3/apps/{app['guid']}/relationships/current_droplet", json={"data": {"guid": drop}})
+    assert r.status_code == 200, r.text
+    if start:
+        r = ctl.api("POST", f"/v3/apps/{app['guid']}/actions/start")
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "STARTED"
+    return app
+
+
+def test_docker_flag_off_refuses_and_creates_nothing(ctl):
+    body = {"name": "web", "relationships": {"space": {"data": {"guid": space_guid(ctl)}}},
+            "lifecycle": {"type": "docker", "data": {}}}
+    r = ctl.api("POST", "/v3/apps", json=body)
+    assert r.status_code == 403
+    assert r.json() == {"errors": [{"code": 330002, "title": "CF-FeatureDisabled",
+                                    "detail": "Feature Disabled: diego_docker"}]}
+    assert ctl.api("GET", "/v3/apps").json()["pagination"]["total_results"] == 0
+
+
+def test_app_crud_and_validation(ctl):
+    set_flag(ctl, True)
+    app = create_app(ctl, "one", env={"K": "v", "N": 5})
+    assert app["state"] == "STOPPED" and app["lifecycle"]["type"] == "docker"
+    sp = space_guid(ctl)
+    r = ctl.api("POST", "/v3/apps", json={"name": "one", "relationships": {"space": {"data": {"guid": sp}}}})
+    assert r.status_code == 422 and errors(r)["title"] == "CF-UniquenessError"
+    assert errors(r)["detail"] == "App with name 'one' already exists in space 'default'"
+    r = ctl.api("POST", "/v3/apps", json={"name": "", "relationships": {"space": {"data": {"guid": sp}}}})
+    assert r.status_code == 422
+    for bad, detail in (("PORT", "environment_variables cannot set PORT"),
+                        ("VCAP_X", "environment_variables cannot start with VCAP_"),
+                        ("CF_INSTANCE_IP", "environment_variables cannot start with CF_INSTANCE_")):
+        r = ctl.api("PATCH", f"/v3/apps/{app['guid']}/environment_variables", json={"var": {bad: "1"}})
+        assert r.status_code == 422 and errors(r)["detail"] == detail
+    r = ctl.api("PATCH", f"/v3/apps/{app['guid']}/environment_variables", json={"var": {"K": None, "B": "2"}})
+    assert r.status_code == 200 and r.json()["var"] == {"N": "5", "B": "2"}
+    procs = ctl.api("GET", f"/v3/apps/{app['guid']}/processes").json()["resources"]
+    assert len(procs) == 1
+    web = procs[0]
+    assert (web["type"], web["instances"], web["memory_in_mb"], web["disk_in_mb"]) == ("web", 1, 256, 1024)
+    assert web["health_check"]["type"] == "port" and web["health_check"]["data"]["timeout"] == 60
+    assert web["command"] is None
+    r = ctl.api("POST", f"/v3/processes/{web['guid']}/actions/scale", json={"memory_in_mb": 0})
+    assert r.status_code == 422 and errors(r)["detail"] == "Memory in mb must be greater than 0"
+    r = ctl.api("POST", f"/v3/processes/{web['guid']}/actions/scale", json={"instances": -1})
+    assert r.status_code == 422
+    r = ctl.api("PATCH", f"/v3/processes/{web['guid']}", json={"command": "run me",
+                "health_check": {"type": "http", "data": {"endpoint": "/health", "timeout": 10}}})
+    assert r.status_code == 200, r.text
+    assert r.json()["command"] == "run me" and r.json()["health_check"]["data"]["endpoint"] == "/health"
+    r = ctl.api("POST", f"/v3/apps/{app['guid']}/actions/start")
+    assert r.status_code == 422 and errors(r)["detail"] == "Assign a droplet before starting this app."
+    env = ctl.api("GET", f"/v3/apps/{app['guid']}/env").json()
+    va = env["application_env_json"]["VCAP_APPLICATION"]
+    assert va["application_name"] == "one" and va["space_name"] == "default"
+    assert va["limits"] == {"fds": 16384, "mem": 256, "disk": 1024}
+    assert env["system_env_json"] == {"VCAP_SERVICES": {}}
+    r = ctl.api("DELETE", f"/v3/apps/{app['guid']}")
+    assert r.status_code == 202
+    assert ctl.api("GET", f"/v3/apps/{app['guid']}").status_code == 404
+
+
+def test_push_flow_lrp_body_routes_stats_logs(ctl, cell, images):
+    set_flag(ctl, True)
+    app = push(ctl, images, env={"MY": "var"}, start=False)
+    g = app["guid"]
+    dom = ctl.api("GET", "/v3/domains").json()["resources"][0]["guid"]
+    r = ctl.api("POST", "/v3/routes", json={"host": "web", "relationships": {
+        "space": {"data": {"guid": space_guid(ctl)}}, "domain": {"data": {"guid": dom}}}})
+    assert r.status_code == 201, r.text
+    route = r.json()
+    r = ctl.api("POST", "/v3/routes", json={"host": "web", "relationships": {
+        "space": {"data": {"guid": space_guid(ctl)}}, "domain": {"data": {"guid": dom}}}})
+    assert r.status_code == 422
+    r = ctl.api("POST", "/v3/routes", json={"host": "Web", "relationships": {
+        "space": {"data": {"guid": space_guid(ctl)}}, "domain": {"data": {"guid": dom}}}})
+    assert r.status_code == 422
+    r = ctl.api("POST", f"/v3/routes/{route['guid']}/destinations",
+                json={"destinations": [{"app": {"guid": g, "process": {"type": "web"}}}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["destinations"][0]["port"] == 9000
+    r = ctl.api("POST", f"/v3/apps/{g}/actions/start")
+    assert r.status_code == 200 and r.json()["state"] == "STARTED"
+
+    wait_for(lambda: cell.running(g), what="an instance placed")
+    body = cell.puts[-1]
+    drop = ctl.api("GET", f"/v3/apps/{g}/droplets/current").json()
+    assert drop["image"].startswith(images["registry"].host + "/apiapps/web@sha256:")
+    assert drop["docker_image"] == images["web"]
+    assert drop["process_types"] == {"web": "/bin/web --port 9000"}
+    em = json.loads(drop["execution_metadata"])
+    assert em["ports"] == [{"Port": 7000, "Protocol": "udp"}, {"Port": 9000, "Protocol": "tcp"},
+                           {"Port": 9001, "Protocol": "tcp"}]
+    assert em["entrypoint"] == ["/bin/web"] and em["user"] == "1000"
+    assert body["image"] == drop["image"] and body["index"] == 0 and body["app_name"] == "web"
+    assert body["command"] is None and body["ports"] == [9000]
+    assert body["username"] is None and body["password"] is None
+    assert (body["memory_mb"], body["disk_mb"]) == (256, 1024)
+    assert body["health_check"] == {"type": "port", "endpoint": None, "timeout_s": 60, "invocation_timeout_s": 1}
+    names = [k for k, _ in body["env"]]
+    assert names == ["PORT", "VCAP_APPLICATION", "VCAP_SERVICES", "MEMORY_LIMIT", "MY"]
+    env = dict(body["env"])
+    assert env["PORT"] == "9000" and env["MEMORY_LIMIT"] == "256m" and env["VCAP_SERVICES"] == "{}"
+    va = json.loads(env["VCAP_APPLICATION"])
+    assert va["instance_id"] == body["instance_guid"] and va["instance_index"] == 0 and va["port"] == 9000
+    assert va["host"] == "0.0.0.0" and va["application_uris"] == ["web.apps.test"]
+
+    # the route table: one endpoint once RUNNING
+    it = ctl.internal_token()
+    hdr = {"Authorization": "Bearer " + it}
+
+    def table(index=0, wait=0):
+        r = requests.get(f"{ctl.url}/internal/v1/routes?index={index}&wait={wait}", headers=hdr, timeout=70)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    t = wait_for(lambda: (lambda t: t if t["routes"] and t["routes"][0]["endpoints"] else None)(table()),
+                 what="an endpoint")
+    rt = t["routes"][0]
+    assert rt["host"] == "web.apps.test" and rt["path"] == "" and rt["app_guid"] == g
+    assert rt["endpoints"] == [{"instance_guid": body["instance_guid"], "index": 0, "host": "127.0.0.1",
+                                "port": 9000}]
+    assert requests.get(f"{ctl.url}/internal/v1/routes?index=0", timeout=5).status_code == 401
+    # long poll: answered within 1 s of a change
+    idx = t["index"]
+    result = {}
+
+    def poll():
+        t0 = time.monotonic()
+        result["t"] = table(idx, 30)
+        result["dt"] = time.monotonic() - t0
+
+    th = threading.Thread(target=poll)
+    th.start()
+    time.sleep(0.5)
+    t_change = time.monotonic()
+    r = ctl.api("POST", "/v3/routes", json={"host": "other", "relationships": {
+        "space": {"data": {"guid": space_guid(ctl)}}, "domain": {"data": {"guid": dom}}}})
+    assert r.status_code == 201
+    th.join(10)
+    assert result["t"]["index"] > idx and time.monotonic() - t_change < 1.5 and result["dt"] < 5
+    assert {x["host"] for x in result["t"]["routes"]} == {"web.apps.test", "other.apps.test"}
+
+    # stats and logs
+    st = ctl.api("GET", f"/v3/apps/{g}/processes/web/stats").json()["resources"]
+    assert len(st) == 1 and st[0]["state"] == "RUNNING" and st[0]["usage"]["mem"] == 1 << 20
+    assert st[0]["instance_ports"] == [{"external": 61001, "internal": 9000}]
+    assert st[0]["mem_quota"] == 256 << 20
+    logs = ctl.api("GET", f"/v3/apps/{g}/logs?lines=10").json()["resources"]
+    assert logs == [{"timestamp": "2026-11-28T18:00:00.000000Z", "source_type": "APP/PROC/WEB",
+                     "instance_index": 0, "message_type": "OUT", "message": "hello from 0"}]
+
+    # scale to 3, then 1
+    web = ctl.api("GET", f"/v3/apps/{g}/processes/web").json()
+    r = ctl.api("POST", f"/v3/processes/{web['guid']}/actions/scale", json={"instances": 3})
+    assert r.status_code == 202 and r.json()["instances"] == 3
+    wait_for(lambda: len(cell.running(g)) == 3, what="3 instances")
+    assert sorted(i["index"] for i in cell.running(g)) == [0, 1, 2]
+    st = ctl.api("GET", f"/v3/processes/{web['guid']}/stats").json()["resources"]
+    assert [s["index"] for s in st] == [0, 1, 2]
+    r = ctl.api("POST", f"/v3/processes/{web['guid']}/actions/scale", json={"instances": 1})
+    wait_for(lambda: len(cell.running(g)) == 1, what="scale down to 1")
+    assert cell.running(g)[0]["index"] == 0
+
+    # restart: new instance guid
+    old = cell.running(g)[0]["instance_guid"]
+    r = ctl.api("POST", f"/v3/apps/{g}/actions/restart")
+    assert r.status_code == 200
+    wait_for(lambda: [i for i in cell.running(g) if i["instance_guid"] != old], what="a restarted instance")
+    wait_for(lambda: len(cell.running(g)) == 1, what="the old instance gone")
+
+    # stop: all gone, no endpoints
+    r = ctl.api("POST", f"/v3/apps/{g}/actions/stop")
+    assert r.status_code == 200 and r.json()["state"] == "STOPPED"
+    wait_for(lambda: not cell.running(g), what="stop")
+    t = table()
+    assert all(not x["endpoints"] for x in t["routes"])
+
+
+def test_flag_off_stops_and_on_restores(ctl, cell, images):
+    set_flag(ctl, True)
+    app = push(ctl, images)
+    g = app["guid"]
+    wait_for(lambda: cell.running(g), what="an instance")
+    set_flag(ctl, False)
+    t0 = time.monotonic()
+    wait_for(lambda: not cell.running(g), timeout=5, what="DELETE within 5 s of the flag going off")
+    assert time.monotonic() - t0 < 5
+    r = ctl.api("POST", f"/v3/apps/{g}/actions/start")
+    assert r.status_code == 403
+    assert r.json() == {"errors": [{"code": 330002, "title": "CF-FeatureDisabled",
+                                    "detail": "Feature Disabled: diego_docker"}]}
+    assert ctl.api("GET", f"/v3/apps/{g}").json()["state"] == "STARTED"
+    pk = ctl.api("GET", f"/v3/apps/{g}/packages").json()["resources"][0]["guid"]
+    r = ctl.api("POST", "/v3/builds", json={"package": {"guid": pk}})
+    assert r.status_code == 403
+    time.sleep(1.5)
+    assert not cell.running(g)
+    set_flag(ctl, True)
+    wait_for(lambda: cell.running(g), timeout=5, what="instances back with the flag on")
+
+
+def test_staging_errors_and_restage(ctl, images):
+    set_flag(ctl, True)
+    app = create_app(ctl, "stg")
+    g = app["guid"]
+    reg = images["registry"]
+    b = stage(ctl, g, reg.ref("apiapps/missing:1"))
+    assert b.status_code == 422
+    e = errors(b)
+    assert e["code"] == 170004 and e["title"] == "CF-StagingError"
+    assert e["detail"].startswith("Staging error: ") and "not found" in e["detail"]
+    b = stage(ctl, g, f"127.0.0.1:{free_port()}/nothing/here:1")
+    assert b.status_code == 422 and errors(b)["title"] == "CF-StagingError"
+    assert ctl.api("GET", f"/v3/apps/{g}/droplets").json()["resources"] == []
+    r = ctl.api("POST", "/v3/packages", json={"type": "docker", "data": {"image": "UPPER/Case::bad"},
+                                               "relationships": {"app": {"data": {"guid": g}}}})
+    assert r.status_code == 422
+    # credentials are sealed and never returned
+    r = ctl.api("POST", "/v3/packages", json={"type": "docker", "data": {
+        "image": images["plain"], "username": "u", "password": "sekrit"},
+        "relationships": {"app": {"data": {"guid": g}}}})
+    assert r.status_code == 201 and r.json()["data"]["password"] == "***"
+    assert "sekrit" not in ctl.api("GET", f"/v3/packages/{r.json()['guid']}").text
+
+    # restage after the tag moves: a new pinned digest
+    reg.push(images["web_img"], "apiapps/moving:1")
+    b1 = stage(ctl, g, reg.ref("apiapps/moving:1"))
+    assert b1.status_code == 201, b1.text
+    d1 = ctl.api("GET", f"/v3/droplets/{b1.json()['droplet']['guid']}").json()
+    reg.push(images["plain_img"], "apiapps/moving:1")
+    b2 = stage(ctl, g, reg.ref("apiapps/moving:1"))
+    assert b2.status_code == 201, b2.text
+    d2 = ctl.api("GET", f"/v3/droplets/{b2.json()['droplet']['guid']}").json()
+    assert d1["image"] != d2["image"] and d1["docker_image"] == d2["docker_image"]
+    assert json.loads(d2["execution_metadata"])["ports"] == []
+    assert d2["process_types"] == {"web": "/bin/sh -c echo hi"}
+    assert ctl.api("GET", f"/v3/builds/{b2.json()['guid']}").json()["state"] == "STAGED"
