@@ -221,6 +221,23 @@ class FakeCell:
         self.stopping.set()
         self.server.shutdown()
 
+    def crash(self, guid, code=3):
+        with self.lock:
+            inst = self.instances[guid]
+            inst.update(state="CRASHED", exit_code=code, reason=f"exited with status {code}",
+                        since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            inst = dict(inst)
+        self.event(inst)
+
+    def adopt(self, guid, app_guid="a", process_guid="p"):
+        """An instance the controller never asked for (left over from an earlier life)."""
+        with self.lock:
+            self.instances[guid] = {"instance_guid": guid, "process_guid": process_guid, "app_guid": app_guid,
+                                    "index": 0, "state": "RUNNING", "since": "2026-11-28T18:00:00Z",
+                                    "host": "127.0.0.1", "port": 8080, "external_ip": "127.0.0.1",
+                                    "external_port": 61002, "container_id": "x", "exit_code": None,
+                                    "reason": None, "usage": None}
+
     def running(self, app_guid=None):
         with self.lock:
             return [i for i in self.instances.values() if app_guid is None or i["app_guid"] == app_guid]
@@ -540,3 +557,80 @@ def test_staging_errors_and_restage(ctl, images):
     assert json.loads(d2["execution_metadata"])["ports"] == []
     assert d2["process_types"] == {"web": "/bin/sh -c echo hi"}
     assert ctl.api("GET", f"/v3/builds/{b2.json()['guid']}").json()["state"] == "STAGED"
+
+
+def test_crash_restart_policy_and_audit(ctl, cell, images):
+    set_flag(ctl, True)
+    app = push(ctl, images)
+    g = app["guid"]
+    first = wait_for(lambda: cell.running(g), what="an instance")[0]["instance_guid"]
+    # crashes 1 and 2 are restarted at once, with a new instance
+    seen = {first}
+    for n in (1, 2):
+        cur = [i for i in cell.running(g) if i["state"] == "RUNNING"][0]["instance_guid"]
+        cell.crash(cur)
+        new = wait_for(lambda: [i for i in cell.running(g) if i["instance_guid"] not in seen | {cur}
+                                and i["state"] == "RUNNING"], what=f"a restart after crash {n}")
+        seen |= {cur, new[0]["instance_guid"]}
+        wait_for(lambda: cur not in {i["instance_guid"] for i in cell.running(g)}, what="the crashed one deleted")
+    ev = ctl.api("GET", f"/v3/audit_events?target_guids={g}&types=audit.app.process.crash").json()["resources"]
+    assert len(ev) == 2
+    d = ev[0]["data"]
+    assert d["index"] == 0 and d["exit_status"] == 3 and d["reason"] == "exited with status 3"
+    assert d["instance"] in seen
+    # the third crash waits 30 s: it stays CRASHED, stats say so with the reason
+    cur = [i for i in cell.running(g) if i["state"] == "RUNNING"][0]["instance_guid"]
+    cell.crash(cur)
+    time.sleep(2.5)
+    insts = cell.running(g)
+    assert [i["instance_guid"] for i in insts] == [cur] and insts[0]["state"] == "CRASHED"
+    st = ctl.api("GET", f"/v3/apps/{g}/processes/web/stats").json()["resources"]
+    assert st[0]["state"] == "CRASHED" and st[0]["details"] == "exited with status 3"
+    t = requests.get(f"{ctl.url}/internal/v1/routes?index=0",
+                     headers={"Authorization": "Bearer " + ctl.internal_token()}, timeout=5).json()
+    assert all(not r["endpoints"] for r in t["routes"])
+
+
+def test_silent_cell_replaced_and_strays_deleted(ctl, images):
+    set_flag(ctl, True)
+    a = FakeCell(ctl.url, ctl.internal_token(), "cell-a", memory_mb=8192).start()
+    b = None
+    try:
+        app = push(ctl, images)
+        g = app["guid"]
+        wait_for(lambda: a.running(g), what="an instance on cell-a")
+        # a stray instance on the cell is deleted by the next heartbeat
+        a.adopt("stray-1")
+        wait_for(lambda: any(gd == "stray-1" for _, gd in a.deletes), what="the stray deleted")
+        # cell-a goes silent: after 10 s its instance is placed on cell-b
+        b = FakeCell(ctl.url, ctl.internal_token(), "cell-b", memory_mb=1024).start()
+        a.stop()
+        wait_for(lambda: b.running(g), timeout=20, what="the instance replaced on cell-b")
+    finally:
+        a.stop()
+        if b:
+            b.stop()
+
+
+def test_auditor_and_space_delete(ctl, cell, images):
+    set_flag(ctl, True)
+    app = push(ctl, images)
+    g = app["guid"]
+    wait_for(lambda: cell.running(g), what="an instance")
+    r = ctl.api("POST", "/v3/users", json={"username": "aud", "password": "pw-aud-123"})
+    assert r.status_code == 201, r.text
+    r = ctl.api("POST", "/v3/roles", json={"type": "space_auditor", "relationships": {
+        "user": {"data": {"username": "aud"}}, "space": {"data": {"guid": space_guid(ctl)}}}})
+    assert r.status_code == 201, r.text
+    tok = requests.post(ctl.url + "/oauth/token", data={"grant_type": "password", "username": "aud",
+                                                         "password": "pw-aud-123"}).json()["access_token"]
+    assert ctl.api("GET", f"/v3/apps/{g}", token=tok).status_code == 200
+    assert ctl.api("GET", f"/v3/apps/{g}/env", token=tok).status_code == 403
+    assert ctl.api("GET", f"/v3/apps/{g}/environment_variables", token=tok).status_code == 403
+    assert ctl.api("POST", f"/v3/apps/{g}/actions/stop", token=tok).status_code == 403
+    assert ctl.api("GET", f"/v3/apps/{g}/processes/web/stats", token=tok).status_code == 200
+    # deleting the space deletes the app; the scheduler stops its instances
+    r = ctl.api("DELETE", f"/v3/spaces/{space_guid(ctl)}")
+    assert r.status_code in (202, 204), r.text
+    assert ctl.api("GET", f"/v3/apps/{g}").status_code == 404
+    wait_for(lambda: not cell.running(g), what="instances stopped after the space went")
