@@ -49,18 +49,84 @@ static struct http_client *sched_client(void)
 }
 
 /* DELETE {cell}/v1/lrps/:guid (no lock held). */
-static void cell_delete_lrp(struct ctl *c, struct http_client *hc, const char *cell_url, const char *guid)
+static void cell_delete_lrp(const char *token, struct http_client *hc, const char *cell_url, const char *guid)
 {
         _cleanup_berr_ struct berr *e = NULL;
         _cleanup_free_ char *url = xasprintf("%s/v1/lrps/%s", cell_url, guid);
         long st = 0;
         json_t *j = NULL;
-        http_client_set_bearer(hc, c->internal_token);
+        http_client_set_bearer(hc, token);
         if (http_request_json(hc, "DELETE", url, NULL, &st, &j, &e) < 0)
                 log_warn("stop instance %s: %s", guid, berr_msg(e));
         else if (st >= 300 && st != 404)
                 log_warn("stop instance %s: %s answered HTTP %ld", guid, cell_url, st);
         json_decref(j);
+}
+
+/*
+ * A cell's DELETE returns once the instance stopped (SIGTERM, SIGKILL after 10 s): each runs on a detached
+ * thread of its own so that neither the scheduler nor a cell's heartbeat waits for it, and an instance
+ * already being stopped is not asked twice.
+ */
+#define STOP_TIMEOUT_MS 30000
+#define STOPS_MAX       1024
+static pthread_mutex_t stops_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct strv stops; /* instance guids being stopped */
+
+struct stop_job {
+        char *token, *cell_url, *guid;
+};
+
+static void *stop_thread(void *arg)
+{
+        struct stop_job *j = arg;
+        struct http_client *hc = NULL;
+        struct http_client_opts o = { .timeout_ms = STOP_TIMEOUT_MS, .connect_timeout_ms = 2000 };
+        if (http_client_new(&o, &hc, NULL) == 0) {
+                cell_delete_lrp(j->token, hc, j->cell_url, j->guid);
+                http_client_free(hc);
+        }
+        pthread_mutex_lock(&stops_mu);
+        for (size_t i = 0; i < stops.n; i++)
+                if (strcmp(stops.v[i], j->guid) == 0) {
+                        free(stops.v[i]);
+                        stops.v[i] = stops.v[--stops.n];
+                        stops.v[stops.n] = NULL;
+                        break;
+                }
+        pthread_mutex_unlock(&stops_mu);
+        free(j->token);
+        free(j->cell_url);
+        free(j->guid);
+        free(j);
+        return NULL;
+}
+
+static void cell_stop_async(struct ctl *c, const char *cell_url, const char *guid)
+{
+        pthread_mutex_lock(&stops_mu);
+        bool busy = stops.n >= STOPS_MAX;
+        for (size_t i = 0; !busy && i < stops.n; i++)
+                busy = strcmp(stops.v[i], guid) == 0;
+        if (!busy)
+                strv_push(&stops, xstrdup(guid));
+        pthread_mutex_unlock(&stops_mu);
+        if (busy)
+                return;
+        struct stop_job *j = xcalloc(1, sizeof(*j));
+        j->token = xstrdup(c->internal_token ? c->internal_token : "");
+        j->cell_url = xstrdup(cell_url);
+        j->guid = xstrdup(guid);
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int r = pthread_create(&t, &attr, stop_thread, j);
+        pthread_attr_destroy(&attr);
+        if (r != 0) {
+                log_warn("stop instance %s: cannot start a thread", guid);
+                stop_thread(j); /* synchronously then */
+        }
 }
 
 /* ---- instance reports (heartbeats and events) ---- */
@@ -234,13 +300,9 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
         if (kick)
                 sched_kick(c);
         api_respond(resp, 200, json_object());
-        if (unwanted.n) {
-                _cleanup_(http_client_freep) struct http_client *hc = sched_client();
-                for (size_t j = 0; hc && j < unwanted.n; j++) {
-                        log_info("cell %s runs instance %s the store does not want: stopping it", id,
-                                 unwanted.v[j]);
-                        cell_delete_lrp(c, hc, json_string_value(url), unwanted.v[j]);
-                }
+        for (size_t j = 0; j < unwanted.n; j++) {
+                log_info("cell %s runs instance %s the store does not want: stopping it", id, unwanted.v[j]);
+                cell_stop_async(c, json_string_value(url), unwanted.v[j]);
         }
         strv_clear(&unwanted);
 }
@@ -272,11 +334,8 @@ static void cells_event(struct api_req *r, struct http_response *resp)
                 sched_kick(c);
         api_respond(resp, 200, json_object());
         const char *g = json_string_value(json_object_get(in, "instance_guid"));
-        if (cell_url && g && strcmp(json_string_value(json_object_get(in, "state")) ?: "", "CRASHED") != 0) {
-                _cleanup_(http_client_freep) struct http_client *hc = sched_client();
-                if (hc)
-                        cell_delete_lrp(c, hc, cell_url, g);
-        }
+        if (cell_url && g)
+                cell_stop_async(c, cell_url, g);
 }
 
 /* ---- convergence ---- */
@@ -573,7 +632,7 @@ static void converge(struct ctl *c, struct http_client *hc)
                 struct action *a = &plan.v[i];
                 if (!a->put) {
                         log_info("stopping instance %s on %s", a->guid, a->cell_url);
-                        cell_delete_lrp(c, hc, a->cell_url, a->guid);
+                        cell_stop_async(c, a->cell_url, a->guid);
                         continue;
                 }
                 long st = 0;

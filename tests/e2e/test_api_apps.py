@@ -634,3 +634,41 @@ def test_auditor_and_space_delete(ctl, cell, images):
     assert r.status_code in (202, 204), r.text
     assert ctl.api("GET", f"/v3/apps/{g}").status_code == 404
     wait_for(lambda: not cell.running(g), what="instances stopped after the space went")
+
+
+# --- the real cell and router (berth up), driven through the API only (no CLI) -------------------------------
+
+from berthplatform import app_images, parse_environ, plat  # noqa: E402,F401
+
+
+def test_real_cell_push_via_api(plat, app_images):
+    assert plat.api("PATCH", "/v3/feature_flags/diego_docker", json={"enabled": True}).status_code == 200
+    sp = plat.api_json("GET", "/v3/spaces?names=default")["resources"][0]["guid"]
+    dom = plat.api_json("GET", "/v3/domains")["resources"][0]["guid"]
+    app = plat.api_json("POST", "/v3/apps", status=201, json={
+        "name": "apiweb", "relationships": {"space": {"data": {"guid": sp}}},
+        "lifecycle": {"type": "docker", "data": {}}, "environment_variables": {"GREET": "hi"}})
+    g = app["guid"]
+    pkg = plat.api_json("POST", "/v3/packages", status=201, json={
+        "type": "docker", "data": {"image": app_images["ports"]}, "relationships": {"app": {"data": {"guid": g}}}})
+    b = plat.api_json("POST", "/v3/builds", status=201, json={"package": {"guid": pkg["guid"]}})
+    plat.api_json("PATCH", f"/v3/apps/{g}/relationships/current_droplet",
+                  json={"data": {"guid": b["droplet"]["guid"]}})
+    route = plat.api_json("POST", "/v3/routes", status=201, json={"host": "apiweb", "relationships": {
+        "space": {"data": {"guid": sp}}, "domain": {"data": {"guid": dom}}}})
+    plat.api_json("POST", f"/v3/routes/{route['guid']}/destinations",
+                  json={"destinations": [{"app": {"guid": g}}]})
+    plat.api_json("POST", f"/v3/apps/{g}/actions/start")
+    r = plat.wait_route("apiweb", "/cgi-bin/env", timeout=90)
+    env = parse_environ(r.content)
+    assert env["PORT"] == "7000" and env["GREET"] == "hi" and env["MEMORY_LIMIT"] == "256m"
+    va = json.loads(env["VCAP_APPLICATION"])
+    assert va["application_name"] == "apiweb" and va["uris"] == ["apiweb." + plat.domain]
+    assert env["CF_INSTANCE_INDEX"] == "0"
+    st = plat.api_json("GET", f"/v3/apps/{g}/processes/web/stats")["resources"]
+    assert st[0]["state"] == "RUNNING" and st[0]["usage"]["mem"] > 0
+    # flag off: the route loses its endpoint within 5 s
+    assert plat.api("PATCH", "/v3/feature_flags/diego_docker", json={"enabled": False}).status_code == 200
+    wait_for(lambda: plat.route_get("apiweb").status_code == 503, timeout=8, what="no endpoints after flag off")
+    assert plat.api("PATCH", "/v3/feature_flags/diego_docker", json={"enabled": True}).status_code == 200
+    plat.wait_route("apiweb", "/", timeout=90)
