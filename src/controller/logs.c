@@ -16,10 +16,11 @@
 #include "lib/json.h"
 #include "lib/log.h"
 
-#define LOGS_LINES_DEFAULT 100
-#define LOGS_LINES_MAX     10000
-#define LOGS_INSTANCES_MAX 256
-#define MIB                (1024LL * 1024LL)
+#define LOGS_LINES_DEFAULT   100
+#define LOGS_LINES_MAX       10000
+#define LOGS_INSTANCES_MAX   256
+#define LOGS_KEEPALIVE_POLLS 20 /* polls of 0.5 s */
+#define MIB                  (1024LL * 1024LL)
 
 /*
  * Weak: the controller's unit tests link the controller library with fake http_response_* functions
@@ -122,8 +123,7 @@ static void stats_for(struct api_req *r, struct http_response *resp, const char 
         char nows[21];
         ctl_now(nows);
         json_t *res = json_array();
-        int shown = started ? n : n;
-        for (int idx = 0; idx < shown; idx++) {
+        for (int idx = 0; idx < n; idx++) {
                 struct stat_inst *in = NULL;
                 for (size_t i = 0; i < ninsts && !in; i++)
                         if (insts[i].idx == idx)
@@ -341,7 +341,7 @@ static void app_logs(struct api_req *r, struct http_response *resp)
         }
         if (http_response_stream_begin(resp, 200, "application/x-ndjson") < 0)
                 goto out;
-        int gone = 0;
+        int gone = 0, idle = 0;
         size_t i;
         json_t *e;
         json_array_foreach (last, i, e) {
@@ -383,10 +383,16 @@ static void app_logs(struct api_req *r, struct http_response *resp)
                                         snprintf(srcs[k].last, sizeof(srcs[k].last), "%s",
                                                  json_string_value(json_object_get(e, "timestamp")));
                 }
+                /* Every 10 s without news, an empty line (a keep-alive readers skip) finds a closed client.
+                 */
+                if (json_array_size(batch) == 0 && ++idle >= LOGS_KEEPALIVE_POLLS) {
+                        idle = 0;
+                        if (!gone && http_response_stream_write(resp, "\n", 1) < 0)
+                                gone = 1;
+                } else if (json_array_size(batch) > 0) {
+                        idle = 0;
+                }
                 json_decref(batch);
-                /* a keep-alive newline also tells a closed client */
-                if (!gone && http_response_stream_write(resp, "\n", 1) < 0)
-                        gone = 1;
         }
 out:
         json_decref(last);

@@ -470,6 +470,16 @@ def test_push_flow_lrp_body_routes_stats_logs(ctl, cell, images):
     logs = ctl.api("GET", f"/v3/apps/{g}/logs?lines=10").json()["resources"]
     assert logs == [{"timestamp": "2026-11-28T18:00:00.000000Z", "source_type": "APP/PROC/WEB",
                      "instance_index": 0, "message_type": "OUT", "message": "hello from 0"}]
+    with requests.get(f"{ctl.url}/v3/apps/{g}/logs?follow=true&lines=5", stream=True, timeout=10,
+                      headers={"Authorization": "bearer " + ctl.tok}) as r:
+        assert r.status_code == 200
+        lines = (json.loads(l) for l in r.iter_lines() if l.strip())
+        assert next(lines)["message"] == "hello from 0"
+        with cell.lock:
+            cell.logs[body["instance_guid"]].append({"time": "2026-11-28T18:00:01.000000Z", "stream": "stderr",
+                                                     "text": "later"})
+        e = next(lines)
+        assert (e["message"], e["message_type"], e["instance_index"]) == ("later", "ERR", 0)
 
     # scale to 3, then 1
     web = ctl.api("GET", f"/v3/apps/{g}/processes/web").json()
