@@ -605,6 +605,20 @@ static void app_action(struct api_req *r, struct http_response *resp, enum app_a
                         return;
                 }
         }
+        if (act != ACT_STOP) {
+                /* CF: Diego unreachable → RunnerUnavailable; here, no cell heartbeat within 10 s. */
+                _cleanup_stmt_ sqlite3_stmt *s =
+                    xdb_query(c, NULL,
+                              "SELECT 1 FROM cells WHERE last_seen > CAST(strftime('%s', 'now') AS INTEGER) "
+                              "* 1000 - 10000",
+                              NULL);
+                if (!s || sqlite3_step(s) != SQLITE_ROW) {
+                        api_tx_rollback(r);
+                        api_error(resp, 502, 170015, "CF-RunnerUnavailable",
+                                  "Runner is unavailable: no cell reachable");
+                        return;
+                }
+        }
         int k = xdb_exec(c, &e, "UPDATE apps SET state = ?, updated_at = ? WHERE guid = ?", "sss",
                          act == ACT_STOP ? "STOPPED" : "STARTED", now, r->params[0]);
         if (k == 0 && act == ACT_RESTART) {

@@ -567,6 +567,13 @@ def test_staging_errors_and_restage(ctl, images):
     assert json.loads(d2["execution_metadata"])["ports"] == []
     assert d2["process_types"] == {"web": "/bin/sh -c echo hi"}
     assert ctl.api("GET", f"/v3/builds/{b2.json()['guid']}").json()["state"] == "STAGED"
+    # no cell has reported: starting is refused and changes nothing
+    r = ctl.api("PATCH", f"/v3/apps/{g}/relationships/current_droplet",
+                json={"data": {"guid": b2.json()["droplet"]["guid"]}})
+    assert r.status_code == 200
+    r = ctl.api("POST", f"/v3/apps/{g}/actions/start")
+    assert r.status_code == 502 and errors(r)["code"] == 170015 and errors(r)["title"] == "CF-RunnerUnavailable"
+    assert ctl.api("GET", f"/v3/apps/{g}").json()["state"] == "STOPPED"
 
 
 def test_crash_restart_policy_and_audit(ctl, cell, images):
