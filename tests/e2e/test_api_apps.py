@@ -675,7 +675,9 @@ def test_real_cell_push_via_api(plat, app_images):
         "space": {"data": {"guid": sp}}, "domain": {"data": {"guid": dom}}}})
     plat.api_json("POST", f"/v3/routes/{route['guid']}/destinations",
                   json={"destinations": [{"app": {"guid": g}}]})
-    plat.api_json("POST", f"/v3/apps/{g}/actions/start")
+    # 502 until the cell has registered
+    wait_for(lambda: plat.api("POST", f"/v3/apps/{g}/actions/start").status_code == 200, timeout=30,
+             what="the app started (the cell registered)")
     r = plat.wait_route("apiweb", "/cgi-bin/env", timeout=90)
     env = parse_environ(r.content)
     assert env["PORT"] == "7000" and env["GREET"] == "hi" and env["MEMORY_LIMIT"] == "256m"
