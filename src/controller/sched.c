@@ -572,8 +572,13 @@ static void converge_plan(struct ctl *c, struct plan *plan, bool *routes)
                                     (!best || cells[j].free_mb > best->free_mb))
                                         best = &cells[j];
                         if (!best) {
-                                log_warn("no live cell with %d MB free for process %s index %d", wants[w].mem,
-                                         wants[w].proc, idx);
+                                /* at most one warning every 30 s (the sweep runs every second) */
+                                static int64_t warned;
+                                if (now - warned > 30000) {
+                                        warned = now;
+                                        log_warn("no live cell with %d MB free for process %s index %d",
+                                                 wants[w].mem, wants[w].proc, idx);
+                                }
                                 continue;
                         }
                         char guid[37], nows[21];

@@ -507,6 +507,20 @@ def test_push_flow_lrp_body_routes_stats_logs(ctl, cell, images):
     t = table()
     assert all(not x["endpoints"] for x in t["routes"])
 
+    # routes of the app, unmapping, deleting; deleting a started app stops its instances
+    rs = ctl.api("GET", f"/v3/apps/{g}/routes").json()["resources"]
+    assert [x["url"] for x in rs] == ["web.apps.test"]
+    dest = ctl.api("GET", f"/v3/routes/{route['guid']}/destinations").json()["destinations"][0]
+    assert ctl.api("DELETE", f"/v3/routes/{route['guid']}/destinations/{dest['guid']}").status_code == 204
+    assert ctl.api("GET", f"/v3/apps/{g}/routes").json()["resources"] == []
+    assert [x["app_guid"] for x in table()["routes"] if x["host"] == "web.apps.test"] == [None]
+    assert ctl.api("DELETE", f"/v3/routes/{route['guid']}").status_code == 202
+    assert "web.apps.test" not in {x["host"] for x in table()["routes"]}
+    assert ctl.api("POST", f"/v3/apps/{g}/actions/start").status_code == 200
+    wait_for(lambda: cell.running(g), what="started again")
+    assert ctl.api("DELETE", f"/v3/apps/{g}").status_code == 202
+    wait_for(lambda: not cell.running(g), what="instances of the deleted app stopped")
+
 
 def test_flag_off_stops_and_on_restores(ctl, cell, images):
     set_flag(ctl, True)
