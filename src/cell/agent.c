@@ -962,6 +962,7 @@ static void *reporter(void *arg)
         _cleanup_free_ char *cell_url = xasprintf("%s/internal/v1/cells/%s", a->controller, a->id);
         _cleanup_free_ char *events_url = xasprintf("%s/events", cell_url);
         int64_t next_hb = now_ms();
+        int64_t hb_retry_ms = 100; /* after a failed heartbeat: 100 ms, doubling up to HEARTBEAT_MS */
         bool warned = false;
         pthread_mutex_lock(&a->lock);
         while (!a->stopping) {
@@ -996,7 +997,8 @@ static void *reporter(void *arg)
                         berr_free(e);
                         e = NULL;
                         int r = http_request_json(hc, "PUT", cell_url, hb, &status, NULL, &e);
-                        if (r < 0 || status >= 300) {
+                        bool hb_failed = r < 0 || status >= 300;
+                        if (hb_failed) {
                                 if (!warned)
                                         log_warn("cell agent: heartbeat to %s failed: %s (retrying)",
                                                  cell_url, r < 0 ? berr_msg(e) : "bad status");
@@ -1007,7 +1009,11 @@ static void *reporter(void *arg)
                                 warned = false;
                         }
                         pthread_mutex_lock(&a->lock);
-                        next_hb = now_ms() + HEARTBEAT_MS;
+                        /* Register quickly with a controller that is just starting. */
+                        next_hb = now_ms() + (hb_failed ? hb_retry_ms : HEARTBEAT_MS);
+                        hb_retry_ms = hb_failed
+                                          ? (hb_retry_ms * 2 < HEARTBEAT_MS ? hb_retry_ms * 2 : HEARTBEAT_MS)
+                                          : 100;
                 }
                 if (a->stopping)
                         break;

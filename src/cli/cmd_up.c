@@ -23,6 +23,7 @@
 #include "cli/cli.h"
 #include "lib/fs.h"
 #include "lib/http_client.h"
+#include "lib/json.h"
 #include "lib/macro.h"
 #include "lib/strv.h"
 
@@ -129,13 +130,27 @@ static char *self_full(void)
         return xasprintf("%s/berth-image", exe);
 }
 
-static bool api_answers(struct http_client *hc, const char *url)
+/* Ready: the API answers and a live cell has registered (so a first push can place instances). */
+static bool platform_ready(struct http_client *hc, const char *url, const char *token)
 {
         struct http_result r = { 0 };
         _cleanup_free_ char *u = xasprintf("%s/v3/info", url);
         bool ok = http_request(hc, "GET", u, NULL, NULL, NULL, 0, &r, NULL) == 0 && r.status == 200;
         http_result_free(&r);
-        return ok;
+        if (!ok)
+                return false;
+        http_client_set_bearer(hc, token);
+        _cleanup_free_ char *cu = xasprintf("%s/internal/v1/cells", url);
+        long st = 0;
+        _cleanup_json_ json_t *j = NULL;
+        ok = http_request_json(hc, "GET", cu, NULL, &st, &j, NULL) == 0 && st == 200;
+        http_client_set_bearer(hc, NULL);
+        size_t i;
+        json_t *cell;
+        bool live = false;
+        json_array_foreach (json_object_get(j, "cells"), i, cell)
+                live = live || json_is_true(json_object_get(cell, "live"));
+        return ok && live;
 }
 
 /* Stop one child: SIGTERM to its process group, SIGKILL after timeout_ms; forwards its output meanwhile. */
@@ -339,7 +354,10 @@ int cmd_up(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 }
                 if (!announced && now >= next_probe) {
                         next_probe = now + 200;
-                        if (api_answers(hc, api)) {
+                        _cleanup_free_ char *token = NULL;
+                        size_t tlen = 0;
+                        if (fs_read_file_at(AT_FDCWD, token_file, 4096, &token, &tlen) == 0 &&
+                            (token[strcspn(token, " \r\n")] = '\0', platform_ready(hc, api, token))) {
                                 announced = true;
                                 printf("berth is up.\n\n"
                                        "  API:     %s\n"

@@ -733,7 +733,31 @@ void sched_kick(struct ctl *c)
         pthread_mutex_unlock(&s->mu);
 }
 
+/* GET /internal/v1/cells: the registered cells and whether each is live (for `berth up` and operators). */
+static void cells_list(struct api_req *r, struct http_response *resp)
+{
+        struct ctl *c = r->ctl;
+        json_t *cells = json_array();
+        db_lock(c);
+        {
+                _cleanup_stmt_ sqlite3_stmt *s = xdb_query(
+                    c, NULL, "SELECT id, url, memory_mb, disk_mb, last_seen FROM cells ORDER BY id", NULL);
+                while (s && sqlite3_step(s) == SQLITE_ROW) {
+                        int64_t seen = sqlite3_column_int64(s, 4);
+                        json_array_append_new(cells,
+                                              json_pack("{s:s, s:s, s:I, s:I, s:b}", "id", db_col_text(s, 0),
+                                                        "url", db_col_text(s, 1), "memory_mb",
+                                                        (json_int_t)sqlite3_column_int64(s, 2), "disk_mb",
+                                                        (json_int_t)sqlite3_column_int64(s, 3), "live",
+                                                        seen > now_ms() - CELL_LIVE_MS));
+                }
+        }
+        db_unlock(c);
+        api_respond(resp, 200, json_pack("{s:o}", "cells", cells));
+}
+
 const struct api_route api_routes_sched[] = {
+        { "GET", "/internal/v1/cells", cells_list, API_INTERNAL },
         { "PUT", "/internal/v1/cells/:id", cells_heartbeat, API_INTERNAL },
         { "POST", "/internal/v1/cells/:id/events", cells_event, API_INTERNAL },
         { NULL },

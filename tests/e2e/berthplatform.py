@@ -117,7 +117,9 @@ class Platform:
             self.admin_password = f.read().strip()
         self.cli("login", "-a", self.api_url, "-u", "admin", "-p", self.admin_password)
         self.token = self.get_token("admin", self.admin_password)
-        # The cell registers with the controller: wait until it did (a push before that fails with 502).
+        # `berth up` says it is up once a live cell has registered (a push before that fails with 502).
+        helpers.wait_for(lambda: "berth is up." in self.log(), timeout=UP_START_TIMEOUT,
+                         what="berth up's readiness (a registered cell)")
         return self
 
     def get_token(self, user, password) -> str:
