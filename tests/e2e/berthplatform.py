@@ -308,11 +308,14 @@ def plat(request, cell_network_config):
         log = p.log()
         snap = helpers.host_snapshot(data)
         bridge = _bridge_of(cell_network_config)
+        # The data dir's own cell resources outlive a stop by design (like the image store): the quota pool
+        # (a loop-mounted btrfs at cell/disk), the netns mount point and the address-lease lock.
+        per_data_dir = (os.path.join(data, "cell/disk") + " ", os.path.join(data, "cell/netns") + " ")
         left = {
             "exit status": rc,
             "processes": snap["processes"],
-            "mounts": snap["mounts"],
-            "cell files": snap["files"],
+            "mounts": [m for m in snap["mounts"] if not any(x in m for x in per_data_dir)],
+            "cell files": [f for f in snap["files"] if f != "cell/net/lock"],
             "veths on the bridge": _links_on(bridge) if bridge else [],
             "cgroups": _cgroups_of(ids),
         }
