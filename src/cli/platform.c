@@ -3,6 +3,7 @@
  * The platform commands (login, target, orgs, apps, push, ...) against the controller's public API
  * (docs/PLATFORM.md, CLI section). State: $BERTH_HOME/config.json (0600). Only this layer prints.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -110,9 +111,10 @@ static int api_error(long status, json_t *resp, struct berr **err)
         const char *d = json_string_value(json_object_get(e0, "detail"));
         if (!d)
                 d = json_string_value(json_object_get(resp, "error_description"));
+        int code = status == 404 ? -ENOENT : status == 401 || status == 403 ? -EACCES : -EIO;
         if (d)
-                return berr_set(err, -EIO, "%s", d);
-        return berr_set(err, -EIO, "the API answered %ld", status);
+                return berr_set(err, code, "%s", d);
+        return berr_set(err, code, "the API answered %ld", status);
 }
 
 static int refresh(struct pctx *p, struct berr **err);
@@ -767,6 +769,262 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
         return 0;
 }
 
+/* GET that may 404: *ret NULL then. */
+static int api_get_opt(struct pctx *p, const char *path, json_t **ret, struct berr **err)
+{
+        _cleanup_berr_ struct berr *e = NULL;
+        int r = api(p, "GET", path, NULL, ret, &e);
+        if (r == -ENOENT) {
+                *ret = NULL;
+                return 0;
+        }
+        if (r < 0 && err && !*err)
+                *err = TAKE_PTR(e);
+        return r;
+}
+
+/* "12.5M", "1G", "512K" for the app view. */
+static void human_bytes(double b, char *buf, size_t n)
+{
+        static const char *u[] = { "B", "K", "M", "G", "T" };
+        size_t i = 0;
+        while (b >= 1024 && i + 1 < ARRAY_SIZE(u)) {
+                b /= 1024;
+                i++;
+        }
+        if (b == (double)(long long)b)
+                snprintf(buf, n, "%lld%s", (long long)b, u[i]);
+        else
+                snprintf(buf, n, "%.1f%s", b, u[i]);
+}
+
+/* The app, its web process, droplet, routes and instances: `berth app`'s document. Caller owns *ret. */
+static int app_document(struct pctx *p, const char *name, json_t **ret, struct berr **err)
+{
+        _cleanup_json_ json_t *app = NULL, *proc = NULL, *droplet = NULL, *routes = NULL, *stats = NULL;
+        _cleanup_free_ char *pp = NULL, *dp = NULL, *rp = NULL, *sp = NULL;
+        if (find_app(p, name, &app, err) < 0 ||
+            asprintf(&pp, "/v3/apps/%s/processes/web", app_guid(app)) < 0 ||
+            api(p, "GET", pp, NULL, &proc, err) < 0 ||
+            asprintf(&dp, "/v3/apps/%s/droplets/current", app_guid(app)) < 0 ||
+            api_get_opt(p, dp, &droplet, err) < 0 || asprintf(&rp, "/v3/apps/%s/routes", app_guid(app)) < 0 ||
+            api(p, "GET", rp, NULL, &routes, err) < 0 ||
+            asprintf(&sp, "/v3/processes/%s/stats", app_guid(proc)) < 0 ||
+            api(p, "GET", sp, NULL, &stats, err) < 0)
+                return -EIO;
+        json_t *rl = json_object_get(routes, "resources");
+        json_t *il = json_object_get(stats, "resources");
+        *ret = json_pack("{s:O, s:O, s:O, s:O, s:O}", "app", app, "process", proc, "droplet",
+                         droplet ? droplet : json_null(), "routes", rl ? rl : json_array(), "instances",
+                         il ? il : json_array());
+        return 0;
+}
+
+static int cmd_app(struct pctx *p, const char *name, struct berr **err)
+{
+        _cleanup_json_ json_t *doc = NULL;
+        if (app_document(p, name, &doc, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (p->json) {
+                print_json(doc);
+                return 0;
+        }
+        json_t *app = json_object_get(doc, "app"), *proc = json_object_get(doc, "process"),
+               *droplet = json_object_get(doc, "droplet"), *inst = json_object_get(doc, "instances");
+        printf("Showing health and status for app %s in org %s / space %s as %s...\n\n", name,
+               cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+               cfg_str(p, "username") ?: "?");
+        printf("name:              %s\n", json_string_value(json_object_get(app, "name")) ?: "");
+        printf("requested state:   %s\n", json_string_value(json_object_get(app, "state")) ?: "");
+        printf("routes:            ");
+        size_t i;
+        json_t *x;
+        json_array_foreach (json_object_get(doc, "routes"), i, x)
+                printf("%s%s", i ? ", " : "", json_string_value(json_object_get(x, "url")) ?: "");
+        printf("\n");
+        if (json_is_object(droplet))
+                printf("docker image:      %s (%s)\n",
+                       json_string_value(json_object_get(droplet, "docker_image")) ?: "",
+                       json_string_value(json_object_get(droplet, "image")) ?: "");
+        size_t running = 0;
+        json_array_foreach (inst, i, x)
+                running += strcasecmp(json_string_value(json_object_get(x, "state")) ?: "", "RUNNING") == 0;
+        char mem[32], disk[32];
+        json_int_t mem_mb = json_integer_value(json_object_get(proc, "memory_in_mb"));
+        json_int_t disk_mb = json_integer_value(json_object_get(proc, "disk_in_mb"));
+        human_bytes((double)mem_mb * 1048576, mem, sizeof(mem));
+        human_bytes((double)disk_mb * 1048576, disk, sizeof(disk));
+        printf("\ntype:           web\ninstances:      %zu/%lld\nmemory usage:   %s\n", running,
+               (long long)json_integer_value(json_object_get(proc, "instances")), mem);
+        const char *command = json_string_value(json_object_get(proc, "command"));
+        if (!command && json_is_object(droplet))
+                command =
+                    json_string_value(json_object_get(json_object_get(droplet, "process_types"), "web"));
+        printf("start command:  %s\n", command ?: "");
+        printf("     %-9s %-22s %-6s %-16s %-16s %s\n", "state", "since", "cpu", "memory", "disk", "details");
+        json_array_foreach (inst, i, x) {
+                json_t *u = json_object_get(x, "usage");
+                char m[32], mq[32], d[32], dq[32], st[32];
+                human_bytes((double)json_integer_value(json_object_get(u, "mem")), m, sizeof(m));
+                human_bytes((double)json_integer_value(json_object_get(x, "mem_quota")), mq, sizeof(mq));
+                human_bytes((double)json_integer_value(json_object_get(u, "disk")), d, sizeof(d));
+                human_bytes((double)json_integer_value(json_object_get(x, "disk_quota")), dq, sizeof(dq));
+                snprintf(st, sizeof(st), "%s", json_string_value(json_object_get(x, "state")) ?: "");
+                for (char *c = st; *c; c++)
+                        *c = (char)tolower((unsigned char)*c);
+                char mcol[80], dcol[80];
+                snprintf(mcol, sizeof(mcol), "%s of %s", m, mq);
+                snprintf(dcol, sizeof(dcol), "%s of %s", d, dq);
+                printf("#%-3lld %-9s %-22s %5.1f%% %-16s %-16s %s\n",
+                       (long long)json_integer_value(json_object_get(x, "index")), st,
+                       json_string_value(json_object_get(x, "since")) ?: "",
+                       json_number_value(json_object_get(u, "cpu")) * 100, mcol, dcol,
+                       json_string_value(json_object_get(x, "details")) ?: "");
+        }
+        (void)disk;
+        return 0;
+}
+
+static int cmd_map_route(struct pctx *p, int argc, char **argv, bool map, struct berr **err)
+{
+        const char *host = NULL, *rpath = "";
+        const char *use = "APP DOMAIN [--hostname H] [--path P]";
+        int c;
+        static const struct option lo[] = { { "hostname", required_argument, NULL, 'n' },
+                                            { "path", required_argument, NULL, 'p' },
+                                            { 0 } };
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "n:", lo, NULL)) != -1) {
+                if (c == 'n')
+                        host = optarg;
+                else if (c == 'p')
+                        rpath = optarg;
+                else
+                        return usage(argv[0], use, err);
+        }
+        if (optind + 2 != argc)
+                return usage(argv[0], use, err);
+        const char *appname = argv[optind], *domain = argv[optind + 1];
+        _cleanup_json_ json_t *app = NULL, *dom = NULL, *route = NULL;
+        if (find_app(p, appname, &app, err) < 0 ||
+            find_named(p, "domains", domain, NULL, "Domain", &dom, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!host)
+                host = appname;
+        _cleanup_free_ char *h = urlenc(host), *q = NULL;
+        if (!h || asprintf(&q, "/v3/routes?hosts=%s&domain_guids=%s", h, app_guid(dom)) < 0 ||
+            find_one(p, q, &route, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (map) {
+                if (!route) {
+                        _cleanup_json_ json_t *b =
+                            json_pack("{s:s, s:s, s:{s:{s:{s:s}}, s:{s:{s:s}}}}", "host", host, "path", rpath,
+                                      "relationships", "space", "data", "guid", cfg_sub(p, "space", "guid"),
+                                      "domain", "data", "guid", app_guid(dom));
+                        if (api(p, "POST", "/v3/routes", b, &route, err) < 0)
+                                return CLI_EXIT_FAILURE;
+                }
+                _cleanup_free_ char *dp = NULL;
+                _cleanup_json_ json_t *b =
+                    json_pack("{s:[{s:{s:s}}]}", "destinations", "app", "guid", app_guid(app));
+                if (asprintf(&dp, "/v3/routes/%s/destinations", app_guid(route)) < 0 ||
+                    api(p, "POST", dp, b, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                printf("OK\n");
+                return 0;
+        }
+        if (!route)
+                return berr_set(err, -ENOENT, "Route %s.%s not found.", host, domain), CLI_EXIT_FAILURE;
+        _cleanup_free_ char *dp = NULL;
+        _cleanup_json_ json_t *dl = NULL;
+        if (asprintf(&dp, "/v3/routes/%s/destinations", app_guid(route)) < 0 ||
+            api(p, "GET", dp, NULL, &dl, err) < 0)
+                return CLI_EXIT_FAILURE;
+        size_t i;
+        json_t *d;
+        json_array_foreach (json_object_get(dl, "destinations"), i, d) {
+                const char *ag = json_string_value(json_object_get(json_object_get(d, "app"), "guid"));
+                if (!ag || strcmp(ag, app_guid(app)) != 0)
+                        continue;
+                _cleanup_free_ char *one = NULL;
+                if (asprintf(&one, "%s/%s", dp, json_string_value(json_object_get(d, "guid"))) < 0 ||
+                    api(p, "DELETE", one, NULL, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+        }
+        printf("OK\n");
+        return 0;
+}
+
+static int cmd_restage(struct pctx *p, const char *name, struct berr **err)
+{
+        _cleanup_json_ json_t *app = NULL, *pkgs = NULL, *build = NULL, *resp = NULL;
+        _cleanup_free_ char *pp = NULL, *dp = NULL, *rp = NULL;
+        if (find_app(p, name, &app, err) < 0 ||
+            asprintf(&pp, "/v3/apps/%s/packages?order_by=-created_at", app_guid(app)) < 0 ||
+            api(p, "GET", pp, NULL, &pkgs, err) < 0)
+                return CLI_EXIT_FAILURE;
+        json_t *list = json_object_get(pkgs, "resources");
+        json_t *pkg = json_array_get(list, 0);
+        /* newest package, whatever order the API used */
+        size_t i;
+        json_t *x;
+        json_array_foreach (list, i, x) {
+                const char *a = json_string_value(json_object_get(x, "created_at")),
+                           *b = json_string_value(json_object_get(pkg, "created_at"));
+                if (a && b && strcmp(a, b) > 0)
+                        pkg = x;
+        }
+        if (!pkg)
+                return berr_set(err, -ENOENT, "App '%s' has no package to restage.", name), CLI_EXIT_FAILURE;
+        printf("Restaging app %s in org %s / space %s as %s...\n", name, cfg_sub(p, "org", "name") ?: "?",
+               cfg_sub(p, "space", "name") ?: "?", cfg_str(p, "username") ?: "?");
+        _cleanup_json_ json_t *bb = json_pack("{s:{s:O}}", "package", "guid", json_object_get(pkg, "guid"));
+        if (api(p, "POST", "/v3/builds", bb, &build, err) < 0)
+                return CLI_EXIT_FAILURE;
+        const char *state = json_string_value(json_object_get(build, "state"));
+        if (state && strcmp(state, "FAILED") == 0)
+                return berr_set(err, -EIO, "%s",
+                                json_string_value(json_object_get(build, "error")) ?: "staging failed"),
+                       CLI_EXIT_FAILURE;
+        json_t *dg = json_object_get(json_object_get(build, "droplet"), "guid");
+        _cleanup_json_ json_t *db = json_pack("{s:{s:O}}", "data", "guid", dg ? dg : json_null());
+        if (asprintf(&dp, "/v3/apps/%s/relationships/current_droplet", app_guid(app)) < 0 ||
+            api(p, "PATCH", dp, db, NULL, err) < 0 ||
+            asprintf(&rp, "/v3/apps/%s/actions/restart", app_guid(app)) < 0 ||
+            api(p, "POST", rp, NULL, &resp, err) < 0)
+                return CLI_EXIT_FAILURE;
+        p->json ? print_json(resp) : (void)printf("OK\n");
+        return 0;
+}
+
+static int cmd_events(struct pctx *p, const char *name, struct berr **err)
+{
+        _cleanup_json_ json_t *app = NULL, *ev = NULL;
+        _cleanup_free_ char *path = NULL;
+        if (find_app(p, name, &app, err) < 0 ||
+            asprintf(&path, "/v3/audit_events?target_guids=%s&order_by=-created_at&per_page=50",
+                     app_guid(app)) < 0 ||
+            api(p, "GET", path, NULL, &ev, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (p->json) {
+                print_json(ev);
+                return 0;
+        }
+        printf("Getting events for app %s in org %s / space %s as %s...\n\n%-22s %-32s %-12s %s\n", name,
+               cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+               cfg_str(p, "username") ?: "?", "time", "event", "actor", "description");
+        size_t i;
+        json_t *x;
+        json_array_foreach (json_object_get(ev, "resources"), i, x) {
+                _cleanup_free_ char *data = json_dumps(json_object_get(x, "data"), JSON_COMPACT);
+                printf("%-22s %-32s %-12s %s\n", json_string_value(json_object_get(x, "created_at")) ?: "",
+                       json_string_value(json_object_get(x, "type")) ?: "",
+                       json_string_value(json_object_get(json_object_get(x, "actor"), "name")) ?: "",
+                       data && strcmp(data, "{}") != 0 ? data : "");
+        }
+        return 0;
+}
+
 static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *cmd = argv[0];
@@ -980,6 +1238,68 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                     api(p, "POST", path, sb, &resp, err) < 0)
                         return CLI_EXIT_FAILURE;
                 p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        if (strcmp(cmd, "app") == 0 && argc == 2)
+                return cmd_app(p, argv[1], err);
+        if (strcmp(cmd, "feature-flag") == 0 && argc == 2) {
+                _cleanup_free_ char *n = urlenc(argv[1]), *path = NULL;
+                _cleanup_json_ json_t *resp = NULL;
+                if (!n || asprintf(&path, "/v3/feature_flags/%s", n) < 0 ||
+                    api(p, "GET", path, NULL, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (p->json)
+                        print_json(resp);
+                else
+                        printf("Getting info for feature flag %s as %s...\n\nfeatures                "
+                               "state\n%-24s%s\n",
+                               argv[1], cfg_str(p, "username") ?: "?", argv[1],
+                               json_is_true(json_object_get(resp, "enabled")) ? "enabled" : "disabled");
+                return 0;
+        }
+        if (strcmp(cmd, "create-space") == 0 && argc == 4 && strcmp(argv[2], "-o") == 0) {
+                _cleanup_json_ json_t *org = NULL, *resp = NULL;
+                if (find_named(p, "organizations", argv[3], NULL, "Organization", &org, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                _cleanup_json_ json_t *b =
+                    json_pack("{s:s,s:{s:{s:{s:s}}}}", "name", argv[1], "relationships", "organization",
+                              "data", "guid", app_guid(org));
+                if (api(p, "POST", "/v3/spaces", b, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        if ((strcmp(cmd, "map-route") == 0 || strcmp(cmd, "unmap-route") == 0) && argc >= 3)
+                return cmd_map_route(p, argc, argv, strcmp(cmd, "map-route") == 0, err);
+        if (strcmp(cmd, "restage") == 0 && argc == 2)
+                return cmd_restage(p, argv[1], err);
+        if (strcmp(cmd, "events") == 0 && argc == 2)
+                return cmd_events(p, argv[1], err);
+        if ((strcmp(cmd, "delete-org") == 0 || strcmp(cmd, "delete-space") == 0 ||
+             strcmp(cmd, "delete-user") == 0) &&
+            (argc == 2 || (argc == 3 && strcmp(argv[2], "-f") == 0))) {
+                const char *coll = cmd[7] == 'o' ? "organizations" : cmd[7] == 's' ? "spaces" : "users";
+                const char *what = cmd[7] == 'o' ? "Organization" : cmd[7] == 's' ? "Space" : "User";
+                _cleanup_json_ json_t *x = NULL;
+                _cleanup_free_ char *extra = NULL, *path = NULL;
+                if (cmd[7] == 's' && cfg_sub(p, "org", "guid") &&
+                    asprintf(&extra, "&organization_guids=%s", cfg_sub(p, "org", "guid")) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (cmd[7] == 'u') {
+                        _cleanup_free_ char *n = urlenc(argv[1]);
+                        _cleanup_free_ char *q = NULL;
+                        if (!n || asprintf(&q, "/v3/users?usernames=%s", n) < 0 ||
+                            find_one(p, q, &x, err) < 0)
+                                return CLI_EXIT_FAILURE;
+                        if (!x)
+                                return berr_set(err, -ENOENT, "User '%s' not found.", argv[1]),
+                                       CLI_EXIT_FAILURE;
+                } else if (find_named(p, coll, argv[1], extra, what, &x, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (asprintf(&path, "/v3/%s/%s", coll, app_guid(x)) < 0 ||
+                    api(p, "DELETE", path, NULL, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                printf("OK\n");
                 return 0;
         }
         berr_set(err, -ENOSYS, "%s: not implemented yet (or wrong arguments)", cmd);
