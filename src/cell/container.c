@@ -1237,6 +1237,31 @@ int cell_container_kill(struct cell *c, const char *id, int sig, struct berr **e
         return r < 0 ? r : runtime_kill(c, meta, id, sig, err);
 }
 
+/*
+ * Does the container's init (host pid) catch sig? The kernel discards a signal sent to a PID namespace's init
+ * from outside unless init handles it, so waiting for it to act on an uncaught stop signal (an app running
+ * as PID 1 without a handler, e.g. busybox httpd) is pointless. Unknown (no /proc entry): true.
+ */
+static bool init_catches(int pid, int sig)
+{
+        if (pid <= 0)
+                return true;
+        char path[64], line[256];
+        snprintf(path, sizeof(path), "/proc/%d/status", pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return true;
+        bool caught = true;
+        while (fgets(line, sizeof(line), f))
+                if (strncmp(line, "SigCgt:", 7) == 0) {
+                        unsigned long long mask = strtoull(line + 7, NULL, 16);
+                        caught = (mask >> (sig - 1)) & 1;
+                        break;
+                }
+        fclose(f);
+        return caught;
+}
+
 int cell_container_stop(struct cell *c, const char *id, int timeout_s, struct berr **err)
 {
         _cleanup_json_ json_t *meta = NULL;
@@ -1251,6 +1276,10 @@ int cell_container_stop(struct cell *c, const char *id, int timeout_s, struct be
         if (sig < 0)
                 sig = SIGTERM;
         _cleanup_berr_ struct berr *e = NULL;
+        if (timeout_s != 0 && !init_catches(st.pid, sig)) {
+                log_debug("stop %.12s: its init does not catch signal %d: SIGKILL now", id, sig);
+                timeout_s = 0;
+        }
         if (timeout_s != 0 && runtime_kill(c, meta, id, sig, &e) < 0)
                 log_debug("stop %.12s: %s", id, berr_msg(e));
         if (timeout_s != 0 && wait_not_running(c, id, timeout_s < 0 ? -1 : (int64_t)timeout_s * 1000) == 0)

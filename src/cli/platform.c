@@ -521,6 +521,8 @@ static const char *app_guid(json_t *app)
         return json_string_value(json_object_get(app, "guid"));
 }
 
+static int cmd_app(struct pctx *p, const char *name, struct berr **err);
+
 static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *image = NULL, *user = NULL, *command = NULL, *hc = NULL, *endpoint = NULL,
@@ -577,7 +579,7 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         break;
                 case 't':
                         timeout = strtol(optarg, &end, 10);
-                        if (*end || timeout <= 0)
+                        if (*end || timeout <= 0 || timeout > 180)
                                 return usage("push", u, err);
                         break;
                 case 'u':
@@ -765,8 +767,9 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         usleep(200 * 1000);
                 }
         }
-        printf("\nname:              %s\nrequested state:   %s\n", name, no_start ? "stopped" : "started");
-        return 0;
+        printf("\n");
+        fflush(stdout);
+        return cmd_app(p, name, err);
 }
 
 /* GET that may 404: *ret NULL then. */

@@ -386,7 +386,15 @@ static void builds_create(struct api_req *r, struct http_response *resp)
                 return;
         }
         if (rk < 0) {
-                _cleanup_free_ char *detail = xasprintf("Staging error: %s", berr_msg(se));
+                /* Say what kind of failure it is before the registry's own words. */
+                const char *kind = rk == -ENOENT    ? "image not found: "
+                                   : rk == -EACCES  ? "registry authentication failed: "
+                                   : rk == -EINVAL  ? "invalid image reference: "
+                                   : rk == -ENOTSUP ? "unsupported image format: "
+                                   : rk == -EHOSTUNREACH || rk == -ECONNREFUSED || rk == -ETIMEDOUT
+                                       ? "registry unreachable: "
+                                       : "";
+                _cleanup_free_ char *detail = xasprintf("Staging error: %s%s", kind, berr_msg(se));
                 log_info("staging %s (%s) failed: %s", app_name, image, berr_msg(se));
                 int x =
                     xdb_exec(c, &e,

@@ -204,7 +204,7 @@ def test_bad_references(bad_base, ref):
 def test_bad_reference_api_422(bad_base):
     p = bad_base
     guid = p.app_guid("steady")
-    for ref in ("UPPER/case:x", "a@sha256:zz"):
+    for ref in ("repo/UPPER:x", "a@sha256:zz"):  # "UPPER/case:x" is registry UPPER, as in Docker
         r = p.api("POST", "/v3/packages", json={"type": "docker", "data": {"image": ref},
                                                "relationships": {"app": {"data": {"guid": guid}}}})
         assert r.status_code == 422, r.text
