@@ -485,7 +485,11 @@ static int instance_create(struct agent *a, struct instance *in, char **reason)
                 in->host_port = 0;
                 pthread_mutex_unlock(&a->lock);
                 pthread_mutex_unlock(&a->ops);
-                *reason = xasprintf("create failed: %s", e ? berr_msg(e) : "no free host port");
+                /* Cloud Foundry's launcher says this when an image has neither ENTRYPOINT nor CMD. */
+                if (e && strstr(berr_msg(e), "no command specified"))
+                        *reason = xstrdup("No start command found or specified");
+                else
+                        *reason = xasprintf("create failed: %s", e ? berr_msg(e) : "no free host port");
                 return r;
         }
         pthread_mutex_lock(&a->lock);
@@ -808,10 +812,22 @@ static void handle_logs(struct agent *a, const struct http_request *req, struct 
         pthread_mutex_lock(&a->lock);
         struct instance *in = find_instance(a, guid);
         char *id = in && in->container_id ? xstrdup(in->container_id) : NULL;
+        /* An instance that never got a container (create failed): its reason is its only output. */
+        char *why = in && !id && in->reason ? xstrdup(in->reason) : NULL;
+        time_t since = in ? in->since : 0;
         pthread_mutex_unlock(&a->lock);
         if (!in)
                 return reply_error(resp, 404, "instance not found");
         if (http_response_stream_begin(resp, 200, "application/x-ndjson") < 0 || !id) {
+                if (why && tail != 0) {
+                        char t[32];
+                        struct tm tm;
+                        gmtime_r(&since, &tm);
+                        strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%S.000000000Z", &tm);
+                        struct log_stream ls = { .resp = resp };
+                        log_line(2, t, why, strlen(why), &ls);
+                }
+                free(why);
                 free(id);
                 return;
         }

@@ -520,10 +520,8 @@ static json_t *route_table(struct ctl *c)
                                                                 db_col_text(s, 3), "route_guid", g,
                                                                 "app_guid", app, "endpoints", eps));
                 }
-                if (!any)
-                        json_array_append_new(routes, json_pack("{s:s,s:s,s:s,s:n,s:[]}", "host", host,
-                                                                "path", db_col_text(s, 3), "route_guid", g,
-                                                                "app_guid", "endpoints"));
+                /* A route mapped to no app is not routable: unknown to the router (404), as in Gorouter. */
+                (void)any;
         }
         return routes;
 }

@@ -242,10 +242,10 @@ class Platform:
             except requests.RequestException:
                 return None
             if r.status_code == status and (pred is None or pred(r)):
-                return r
+                return [r]  # a Response is falsy for 4xx/5xx: wrap it
             return None
         return helpers.wait_for(ok, timeout=timeout, what=f"GET {host}{path} through the router -> {status}",
-                                interval=0.05)
+                                interval=0.05)[0]
 
     def instance_env(self, host) -> dict:
         r = self.wait_route(host, "/cgi-bin/env")
