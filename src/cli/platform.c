@@ -769,7 +769,12 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
         }
         printf("\n");
         fflush(stdout);
-        return cmd_app(p, name, err);
+        /* The app view is a courtesy: the push itself succeeded whatever it says. */
+        _cleanup_berr_ struct berr *ve = NULL;
+        if (cmd_app(p, name, &ve) != 0)
+                printf("name:              %s\nrequested state:   %s\n", name,
+                       no_start ? "stopped" : "started");
+        return 0;
 }
 
 /* GET that may 404: *ret NULL then. */

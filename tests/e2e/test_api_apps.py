@@ -460,7 +460,8 @@ def test_push_flow_lrp_body_routes_stats_logs(ctl, cell, images):
     assert r.status_code == 201
     th.join(10)
     assert result["t"]["index"] > idx and time.monotonic() - t_change < 1.5 and result["dt"] < 5
-    assert {x["host"] for x in result["t"]["routes"]} == {"web.apps.test", "other.apps.test"}
+    # the change wakes the poll; a route mapped to no app is not routable, so it is not in the table
+    assert {x["host"] for x in result["t"]["routes"]} == {"web.apps.test"}
 
     # stats and logs
     st = ctl.api("GET", f"/v3/apps/{g}/processes/web/stats").json()["resources"]
