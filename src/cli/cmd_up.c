@@ -299,6 +299,7 @@ int cmd_up(struct cli_globals *g, int argc, char **argv, struct berr **err)
         sigprocmask(SIG_BLOCK, &mask, &oldmask);
         int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
         int rc = 0;
+        _cleanup_(http_client_freep) struct http_client *hc = NULL; /* before any goto (clang) */
         for (int i = 0; i < N_CHILDREN; i++) {
                 int r = spawn(&ch[i], &oldmask);
                 if (r < 0) {
@@ -309,7 +310,6 @@ int cmd_up(struct cli_globals *g, int argc, char **argv, struct berr **err)
         }
         fprintf(stderr, "berth up: controller (%s), cell (%s), router (http://%s) starting; data in %s\n",
                 api, cell_url, router_listen, g->data_dir);
-        _cleanup_(http_client_freep) struct http_client *hc = NULL;
         struct http_client_opts hco = { .timeout_ms = 1000, .connect_timeout_ms = 500 };
         if (http_client_new(&hco, &hc, err) < 0) {
                 rc = CLI_EXIT_FAILURE;
