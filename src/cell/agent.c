@@ -473,6 +473,7 @@ static int instance_create(struct agent *a, struct instance *in, char **reason)
                         .ports = &pm,
                         .n_ports = 1,
                         .network = CELL_NET_BRIDGE,
+                        .stop_uncaught_now = true,
                         .env_after_lease = instance_env,
                         .env_after_lease_userdata = &ctx,
                 };

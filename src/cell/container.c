@@ -699,6 +699,8 @@ int cell_container_create(struct cell *c, struct image_store *s, const struct ce
                                       "cwd", json_object_get(procj, "cwd"), "user", p->user, "stop_signal",
                                       stop_signal, "exposed_ports", json_object_get(icfg, "ExposedPorts"),
                                       "hostname", hostname));
+        if (o->stop_uncaught_now)
+                json_object_set_new(meta, "stop_uncaught_now", json_true());
         if (att.ip[0])
                 json_object_set_new(meta, "network",
                                     json_pack("{s:s, s:s, s:i, s:s}", "ip", att.ip, "gateway", att.gateway,
@@ -1276,7 +1278,8 @@ int cell_container_stop(struct cell *c, const char *id, int timeout_s, struct be
         if (sig < 0)
                 sig = SIGTERM;
         _cleanup_berr_ struct berr *e = NULL;
-        if (timeout_s != 0 && !init_catches(st.pid, sig)) {
+        if (timeout_s != 0 && json_is_true(json_object_get(meta, "stop_uncaught_now")) &&
+            !init_catches(st.pid, sig)) {
                 log_debug("stop %.12s: its init does not catch signal %d: SIGKILL now", id, sig);
                 timeout_s = 0;
         }

@@ -63,6 +63,12 @@ struct cell_create_opts {
         enum cell_network_mode network;
         bool autoremove; /* removed by its monitor when it exits (--rm) */
         /*
+         * Stop with SIGKILL at once when the container's init does not catch the stop signal (the kernel
+         * would discard it). Platform instances: Cloud Foundry runs apps under an init that passes SIGTERM
+         * on, so an app without a handler ends at once there too. Docker-like containers keep waiting.
+         */
+        bool stop_uncaught_now;
+        /*
          * Optional: env computed once the address is leased (the cell agent's CF_INSTANCE_*): called with
          * the container's IP ("" without a network); returns "K=V" entries (NULL-terminated, caller of the
          * hook frees) appended after every other env, or NULL for none.
