@@ -23,6 +23,7 @@ Fixtures (import them into a test module: ``from berthplatform import plat, app_
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -280,6 +281,30 @@ def _pids_with(text: str) -> list[int]:
     return [p for p in pids if p != os.getpid()]
 
 
+def _pids_in_cgroups(ids) -> list[int]:
+    """Processes whose cgroup is one of these containers' (/berth/<id>)."""
+    pids = []
+    for p in glob.glob("/proc/[0-9]*/cgroup"):
+        try:
+            with open(p) as f:
+                text = f.read()
+        except OSError:
+            continue
+        if any(f"/berth/{i}" in text for i in ids if i):
+            pids.append(int(p.split("/")[2]))
+    return pids
+
+
+def _rmdir_quiet(path) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
 def _cgroups_of(ids) -> list[str]:
     import glob
     found = []
@@ -323,12 +348,18 @@ def plat(request, cell_network_config):
         if failed or os.environ.get("BERTH_E2E_SHOW_UP_LOG"):
             print(f"--- berth up log (tail) ---\n{log[-8000:]}")
         if failed:
-            # Kill what is left of this platform (by pid) so the next module starts clean.
-            for pid in _pids_with(data):
+            # Kill what is left of this platform (by pid) so the next module starts clean: its processes, and
+            # its containers' processes, which do not name the data dir and would otherwise outlive it
+            # (holding the quota pool's loop device through their overlay mounts).
+            cdir = os.path.join(data, "cell", "containers")
+            cids = set(ids) | set(os.listdir(cdir) if os.path.isdir(cdir) else [])
+            for pid in _pids_with(data) + _pids_in_cgroups(cids):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+            for cg in _cgroups_of(cids):
+                helpers.wait_for(lambda cg=cg: _rmdir_quiet(cg), timeout=5, what=f"removing {cg}")
         from conftest import _rmtree
         _rmtree(work)
         assert not failed, f"berth up did not stop cleanly: {left}"
