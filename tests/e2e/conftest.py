@@ -178,7 +178,9 @@ def run_berth():
 # touch a platform running on the same host (berth0 / "berth"), and removed at the end.
 E2E_BRIDGE = f"bte2e{os.getpid() % 100000}"
 E2E_TABLE = f"berth_e2e_{os.getpid()}"
-E2E_SUBNET = "10.213.0.0/16"
+# Per run, so that concurrent runs (helpers, a developer and CI) do not route into each other's bridges.
+E2E_SUBNET_PREFIX = f"10.{200 + os.getpid() % 50}."
+E2E_SUBNET = E2E_SUBNET_PREFIX + "0.0/16"
 CELL_CONFIG_YAML = (f"cell:\n  network:\n    bridge: {E2E_BRIDGE}\n    subnet: {E2E_SUBNET}\n"
                     f"    nft_table: {E2E_TABLE}\n")
 

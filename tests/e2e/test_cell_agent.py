@@ -228,7 +228,7 @@ def test_lifecycle_env_events_and_delete(platform, registry_plain, berth_data):
     assert inst["external_ip"] == "127.0.0.1"
     lo, hi = map(int, HOST_PORTS.split("-"))
     assert lo <= inst["external_port"] <= hi
-    assert inst["port"] == 8080 and inst["host"].startswith("10.213.")
+    assert inst["port"] == 8080 and inst["host"].startswith(conftest.E2E_SUBNET_PREFIX)
     assert inst["exit_code"] is None and inst["reason"] is None
     assert inst["usage"]["mem_quota"] == 64 << 20 and inst["usage"]["disk_quota"] == 64 << 20
     # Reachable on the host port, with the env of docs/PLATFORM.md.

@@ -14,7 +14,7 @@ import pytest
 
 import berthcli
 import imagebuild as ib
-from conftest import CELL_CONFIG_YAML
+from conftest import CELL_CONFIG_YAML, E2E_SUBNET_PREFIX
 from helpers import berth, host_snapshot, inspect_ctr, ps_json, wait_for
 
 TRAP_APP = ("trap 'echo got-$SIG; exit 0' $SIG; echo ready; i=0; "
@@ -330,7 +330,7 @@ def test_published_port_disk_quota_and_usage(cell):
     assert "Disk quota exceeded" in r.stdout, r.stdout
     d = inspect_ctr(cell.data, cid)
     assert d["HostConfig"]["DiskQuota"] == 64 << 20
-    assert d["NetworkSettings"]["IPAddress"].startswith("10.213.")
+    assert d["NetworkSettings"]["IPAddress"].startswith(E2E_SUBNET_PREFIX)
     assert d["NetworkSettings"]["Ports"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18181"}]}
     assert "127.0.0.1:18181->8080/tcp" in cell("ps").stdout
     u = d["Usage"]
