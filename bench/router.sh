@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+#
+# Router benchmark (issue 6): `wrk` against one small static backend on loopback, four ways in the same run:
+# directly, through nginx (`proxy_pass` to an upstream with a keep-alive pool), through HAProxy (`http-reuse
+# always`) and through berth's router, each proxy with the same number of workers (BENCH_WORKERS, default 1),
+# at BENCH_CONNS connections (default "1 64 1000"), BENCH_SECONDS each (default 10) after a 2 s warm-up.
+# Prints requests/s, p50 and p99 latency, the ratio berth/nginx and berth's p50 overhead over direct, and
+# writes the table to bench/out/router-results.md.
+#
+# Placement on the 2-core machine: the backend (nginx serving a 612-byte page from memory, one worker) is
+# pinned to CPU 1 with wrk (one thread); the proxy under test is pinned to CPU 0. Every proxy gets the
+# same placement, so the ratios compare like with like; "direct" runs wrk against the backend with the
+# proxy's core idle.
+#
+# berth's router reads its table from a stand-in controller (a few lines of Python answering the
+# route-table long poll with one route, `bench.apps.localhost` → the backend), so the controller's cost is
+# not in the figures, as nginx's and HAProxy's configuration files are not.
+#
+# Environment: BERTH (default build/berth), BENCH_OUT, BENCH_CONNS, BENCH_SECONDS, BENCH_WORKERS,
+# BENCH_TOOLS (default "direct nginx haproxy berth"), BENCH_COMMIT. Needs root (ulimits, packages).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$PWD
+BERTH=${BERTH:-$REPO/build/berth}
+OUT=${BENCH_OUT:-$REPO/bench/out}
+CONNS=${BENCH_CONNS:-1 64 1000}
+SECS=${BENCH_SECONDS:-10}
+WORKERS=${BENCH_WORKERS:-1}
+TOOLS=${BENCH_TOOLS:-direct nginx haproxy berth}
+PY=/usr/bin/python3
+HOST=bench.apps.localhost
+
+log() { printf '[router] %s\n' "$*" >&2; }
+die() {
+        log "error: $*"
+        exit 1
+}
+has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
+
+[ "$(id -u)" = 0 ] || die "run as root"
+[ -x "$BERTH" ] || die "$BERTH is not built (run make, or set BERTH)"
+BERTH=$(cd "$(dirname "$BERTH")" && pwd)/$(basename "$BERTH")
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+COMMIT=${BENCH_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+if [ -z "${BENCH_COMMIT:-}" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+        COMMIT="$COMMIT (work tree modified)"
+fi
+
+"$REPO/scripts/install-deps.sh" wrk nginx-light haproxy python3 curl util-linux
+
+ulimit -n "$(ulimit -Hn)" # 1,000 connections need about 2,000 descriptors per proxy
+
+WORK=$(mktemp -d "$OUT/router.XXXXXX")
+chmod 0755 "$WORK" # nginx's workers run as www-data
+PIDS=()
+cleanup() {
+        local rc=$?
+        set +e
+        trap - INT TERM
+        local p
+        for p in "${PIDS[@]}"; do
+                kill -TERM "$p" 2>/dev/null
+        done
+        for p in "${PIDS[@]}"; do
+                wait "$p" 2>/dev/null
+        done
+        if [ $rc -ne 0 ]; then
+                local f
+                for f in "$WORK"/*.log; do
+                        [ -s "$f" ] || continue
+                        log "$(basename "$f") ends with:"
+                        tail -n 15 "$f" >&2
+                done
+        fi
+        rm -rf "$WORK"
+        exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+        $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Wait until URL answers 200 (with Host: $HOST), at most 10 s.
+await_200() {
+        local url=$1 i
+        for i in $(seq 200); do
+                [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "$url" || true)" = 200 ] && return 0
+                sleep 0.05
+        done
+        die "$url did not answer 200"
+}
+
+# --- the backend: nginx serving one small page from memory ---------------------------------------------------
+BACK_PORT=$(free_port)
+mkdir -p "$WORK/backend/www"
+head -c 612 /dev/zero | tr '\0' 'x' >"$WORK/backend/www/index.html"
+cat >"$WORK/backend/nginx.conf" <<EOF
+worker_processes 1;
+worker_cpu_affinity 10;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend.log warn;
+events { worker_connections 8192; }
+http {
+        access_log off;
+        open_file_cache max=16;
+        keepalive_requests 1000000;
+        server {
+                listen 127.0.0.1:$BACK_PORT reuseport backlog=4096;
+                root $WORK/backend/www;
+        }
+}
+EOF
+nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" >"$WORK/backend.log" 2>&1 &
+PIDS+=($!)
+await_200 "http://127.0.0.1:$BACK_PORT/"
+
+# --- nginx as the proxy ----------------------------------------------------------------------------------------
+NGINX_PORT=$(free_port)
+if has_tool nginx; then
+        mkdir -p "$WORK/nginx"
+        cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes $WORKERS;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx.log warn;
+events { worker_connections 16384; }
+http {
+        access_log off;
+        keepalive_requests 1000000;
+        upstream app { server 127.0.0.1:$BACK_PORT; keepalive 1024; keepalive_requests 1000000; }
+        server {
+                listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
+                location / {
+                        proxy_pass http://app;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                        proxy_set_header Host \$host;
+                        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+                        proxy_buffering off;
+                }
+        }
+}
+EOF
+        taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" >"$WORK/nginx.log" 2>&1 &
+        PIDS+=($!)
+        await_200 "http://127.0.0.1:$NGINX_PORT/"
+fi
+
+# --- HAProxy ----------------------------------------------------------------------------------------------------
+HAPROXY_PORT=$(free_port)
+if has_tool haproxy; then
+        cat >"$WORK/haproxy.cfg" <<EOF
+global
+        nbthread $WORKERS
+        maxconn 8000
+defaults
+        mode http
+        timeout connect 5s
+        timeout client 60s
+        timeout server 60s
+        option forwardfor
+        http-reuse always
+frontend fe
+        bind 127.0.0.1:$HAPROXY_PORT
+        default_backend be
+backend be
+        server app 127.0.0.1:$BACK_PORT
+EOF
+        taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+        PIDS+=($!)
+        await_200 "http://127.0.0.1:$HAPROXY_PORT/"
+fi
+
+# --- berth's router and its stand-in controller ----------------------------------------------------------------
+BERTH_PORT=$(free_port)
+if has_tool berth; then
+        CTL_PORT=$(free_port)
+        head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/token"
+        chmod 0600 "$WORK/token"
+        cat >"$WORK/controller.py" <<EOF
+import http.server, json, threading, time, urllib.parse
+TABLE = json.dumps({"index": 1, "routes": [{"host": "$HOST", "path": "", "route_guid": "r-1",
+    "app_guid": "a-1", "endpoints": [{"instance_guid": "i-1", "index": 0, "host": "127.0.0.1",
+    "port": $BACK_PORT}]}]}).encode()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        if int(q.get("index", ["0"])[0]) >= 1:
+            time.sleep(min(int(q.get("wait", ["30"])[0]), 60))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(TABLE)))
+        self.end_headers()
+        self.wfile.write(TABLE)
+s = http.server.ThreadingHTTPServer(("127.0.0.1", $CTL_PORT), H)
+s.daemon_threads = True
+s.serve_forever()
+EOF
+        $PY "$WORK/controller.py" >"$WORK/controller.log" 2>&1 &
+        PIDS+=($!)
+        BERTH_LOG_LEVEL=warn taskset -c 0 "$BERTH" router --listen "127.0.0.1:$BERTH_PORT" \
+                --controller "http://127.0.0.1:$CTL_PORT" --workers "$WORKERS" \
+                --internal-token-file "$WORK/token" >"$WORK/berth.log" 2>&1 &
+        PIDS+=($!)
+        await_200 "http://127.0.0.1:$BERTH_PORT/"
+fi
+
+port_of() {
+        case $1 in
+        direct) echo "$BACK_PORT" ;;
+        nginx) echo "$NGINX_PORT" ;;
+        haproxy) echo "$HAPROXY_PORT" ;;
+        berth) echo "$BERTH_PORT" ;;
+        esac
+}
+
+# wrk's latency ("1.23ms", "850.00us", "1.02s") in microseconds.
+to_us() {
+        awk -v v="$1" 'BEGIN {
+                n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+                if (u == "us") m = 1; else if (u == "ms") m = 1000; else if (u == "s") m = 1000000; else m = 60000000
+                printf "%.0f", n * m }'
+}
+
+declare -A RPS P50 P99
+for c in $CONNS; do
+        for t in $TOOLS; do
+                port=$(port_of "$t")
+                threads=1
+                url="http://127.0.0.1:$port/"
+                taskset -c 1 wrk -t"$threads" -c"$c" -d2s -H "Host: $HOST" "$url" >/dev/null 2>&1 || true
+                res=$(taskset -c 1 wrk -t"$threads" -c"$c" -d"${SECS}s" --latency -H "Host: $HOST" "$url")
+                if grep -q "Non-2xx\|Socket errors" <<<"$res"; then
+                        log "$t at $c connections reported errors:"
+                        grep "Non-2xx\|Socket errors" <<<"$res" >&2
+                fi
+                RPS[$t,$c]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$res")
+                P50[$t,$c]=$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$res")")
+                P99[$t,$c]=$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$res")")
+                log "$(printf '%-8s c=%-5s %9s req/s  p50 %6s us  p99 %6s us' "$t" "$c" "${RPS[$t,$c]}" \
+                        "${P50[$t,$c]}" "${P99[$t,$c]}")"
+        done
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+{
+        echo "# Router benchmark ($(date -u +%Y-%m-%dT%H:%MZ), commit $COMMIT)"
+        echo
+        echo "Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
+                "$(uname -r); load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
+        echo "Backend and wrk (1 thread) on CPU 1, the proxy on CPU 0; $WORKERS proxy worker(s); ${SECS} s per run;"
+        echo "612-byte page; nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR==1 { print $3 }')."
+        echo
+        echo "| connections | tool | req/s | p50 (µs) | p99 (µs) | vs nginx req/s |"
+        echo "|---:|---|---:|---:|---:|---:|"
+        for c in $CONNS; do
+                for t in $TOOLS; do
+                        r="-"
+                        has_tool nginx && [ "$t" != direct ] && r=$(ratio "${RPS[$t,$c]}" "${RPS[nginx,$c]}")
+                        echo "| $c | $t | ${RPS[$t,$c]} | ${P50[$t,$c]} | ${P99[$t,$c]} | $r |"
+                done
+        done
+        if has_tool berth && has_tool direct; then
+                echo
+                for c in $CONNS; do
+                        echo "- $c connection(s): berth's p50 overhead over direct" \
+                                "$((P50[berth,$c] - P50[direct,$c])) µs; p99 berth ${P99[berth,$c]} µs" \
+                                "vs nginx ${P99[nginx,$c]:-?} µs."
+                done
+        fi
+} | tee "$OUT/router-results.md"
