@@ -179,7 +179,7 @@ def run_berth():
 E2E_BRIDGE = f"bte2e{os.getpid() % 100000}"
 E2E_TABLE = f"berth_e2e_{os.getpid()}"
 # Per run, so that concurrent runs (helpers, a developer and CI) do not route into each other's bridges.
-E2E_SUBNET_PREFIX = f"10.{200 + os.getpid() % 50}."
+E2E_SUBNET_PREFIX = f"10.{160 + os.getpid() % 40}."  # clear of the unit tests (10.200-204) and bench (10.21x)
 E2E_SUBNET = E2E_SUBNET_PREFIX + "0.0/16"
 CELL_CONFIG_YAML = (f"cell:\n  network:\n    bridge: {E2E_BRIDGE}\n    subnet: {E2E_SUBNET}\n"
                     f"    nft_table: {E2E_TABLE}\n")
