@@ -16,6 +16,7 @@
 
 #include "cell/agent.h"
 #include "cli/cli.h"
+#include "cli/manifest.h"
 #include "controller/controller.h"
 #include "lib/http_client.h"
 #include "lib/json.h"
@@ -501,19 +502,10 @@ static int app_action(struct pctx *p, const char *name, const char *action, json
         return api(p, "POST", path, NULL, ret, err);
 }
 
-/* Sizes: 256M, 1G, 512MB, 1024 (MB) → MB; -1 invalid. */
+/* Sizes: 256M, 1G, 512MB, 1024 (MB) → MB; -1 invalid (the manifest's rules). */
 static long parse_size_mb(const char *s)
 {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || v <= 0)
-                return -1;
-        if (*end == 0 || strcasecmp(end, "M") == 0 || strcasecmp(end, "MB") == 0)
-                return v;
-        if (strcasecmp(end, "G") == 0 || strcasecmp(end, "GB") == 0)
-                return v > 1024L * 1024 ? -1 : v * 1024;
-        return -1;
+        return manifest_size_mb(s);
 }
 
 static const char *app_guid(json_t *app)
@@ -523,26 +515,398 @@ static const char *app_guid(json_t *app)
 
 static int cmd_app(struct pctx *p, const char *name, struct berr **err);
 
+/* What one app of a push needs, from the command line and/or the manifest. Strings are borrowed. */
+struct push_app {
+        const char *name, *image, *user, *command, *hc, *endpoint, *hostname;
+        long inst, mem, disk, timeout;
+        bool no_route, no_start, rolling;
+        json_t *env;         /* manifest env (object of strings) or NULL; borrowed */
+        char *const *routes; /* manifest routes or NULL; borrowed */
+        json_t *resolved;    /* owned: [{"host","path","domain_guid"}] to map; empty with no_route */
+};
+
+/* Read a manifest file (at most MANIFEST_MAX_BYTES) and parse it. Caller owns *ret. */
+static int manifest_load(const char *path, struct manifest **ret, struct berr **err)
+{
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        if (!f)
+                return berr_set_errno(err, -errno, "open manifest %s", path);
+        _cleanup_free_ char *buf = xmalloc(MANIFEST_MAX_BYTES + 1);
+        size_t n = fread(buf, 1, MANIFEST_MAX_BYTES + 1, f);
+        if (ferror(f))
+                return berr_set(err, -EIO, "read manifest %s", path);
+        int r = manifest_parse(buf, n, ret, err);
+        if (r < 0)
+                return berr_prefix(err, r, "%s", path);
+        return 0;
+}
+
+/*
+ * The routes a push maps, resolved against the platform's domains (GET only, nothing changes): the
+ * manifest's "host.domain[/path]" (the longest domain that is a suffix wins, as cf splits them), else
+ * --hostname or the app's name on the first domain. Fills a->resolved.
+ */
+static int push_resolve_routes(struct push_app *a, json_t *domains, struct berr **err)
+{
+        a->resolved = json_array();
+        if (a->no_route)
+                return 0;
+        json_t *d0 = json_array_get(domains, 0);
+        if (!a->routes || a->hostname) {
+                if (!d0)
+                        return 0; /* no domain at all: nothing to route to (as before) */
+                const char *host = a->hostname ?: a->name;
+                _cleanup_berr_ struct berr *e = NULL;
+                _cleanup_free_ char *lower = xstrdup(host);
+                for (char *c = lower; *c; c++)
+                        *c = (char)tolower((unsigned char)*c);
+                if (manifest_route_check(lower, &e) < 0 || strchr(lower, '.') || strchr(lower, '/'))
+                        return berr_set(
+                            err, -EINVAL,
+                            "For application '%s': host name '%s' is not a DNS label (letters, digits "
+                            "and '-')",
+                            a->name, host);
+                json_array_append_new(a->resolved, json_pack("{s:s,s:s,s:O}", "host", lower, "path", "",
+                                                             "domain_guid", json_object_get(d0, "guid")));
+                return 0;
+        }
+        for (size_t i = 0; a->routes[i]; i++) {
+                const char *rt = a->routes[i];
+                size_t hl = strcspn(rt, "/");
+                json_t *best = NULL;
+                size_t best_len = 0, k;
+                json_t *d;
+                json_array_foreach (domains, k, d) {
+                        const char *dn = json_string_value(json_object_get(d, "name"));
+                        size_t dl = dn ? strlen(dn) : 0;
+                        if (!dl || dl > hl || dl <= best_len)
+                                continue;
+                        if (strncasecmp(rt + hl - dl, dn, dl) == 0 && (dl == hl || rt[hl - dl - 1] == '.')) {
+                                best = d;
+                                best_len = dl;
+                        }
+                }
+                if (!best)
+                        return berr_set(err, -ENOENT, "For application '%s': route %s: no such domain",
+                                        a->name, rt);
+                if (best_len == hl)
+                        return berr_set(
+                            err, -EINVAL,
+                            "For application '%s': route %s: a route needs a host name before the "
+                            "domain",
+                            a->name, rt);
+                _cleanup_free_ char *host = strndup(rt, hl - best_len - 1);
+                if (!host)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                if (strchr(host, '.'))
+                        return berr_set(
+                            err, -EINVAL,
+                            "For application '%s': route %s: the host name '%s' must be one DNS label",
+                            a->name, rt, host);
+                json_array_append_new(a->resolved, json_pack("{s:s,s:s,s:O}", "host", host, "path", rt + hl,
+                                                             "domain_guid", json_object_get(best, "guid")));
+        }
+        return 0;
+}
+
+/* Find the route host/path on domain_guid, creating it in the targeted space if missing. Caller owns *ret. */
+static int route_find_or_create(struct pctx *p, const char *host, const char *path, const char *domain_guid,
+                                bool create, json_t **ret, struct berr **err)
+{
+        _cleanup_free_ char *h = urlenc(host), *q = NULL;
+        _cleanup_json_ json_t *l = NULL;
+        if (!h || asprintf(&q, "/v3/routes?hosts=%s&domain_guids=%s&per_page=5000", h, domain_guid) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        int r = api(p, "GET", q, NULL, &l, err);
+        if (r < 0)
+                return r;
+        size_t i;
+        json_t *x;
+        json_array_foreach (json_object_get(l, "resources"), i, x) {
+                const char *xp = json_string_value(json_object_get(x, "path")) ?: "";
+                if (strcmp(xp, path) == 0) {
+                        *ret = json_incref(x);
+                        return 0;
+                }
+        }
+        if (!create) {
+                *ret = NULL;
+                return 0;
+        }
+        _cleanup_json_ json_t *b = json_pack(
+            "{s:s, s:s, s:{s:{s:{s:s}}, s:{s:{s:s}}}}", "host", host, "path", path, "relationships", "space",
+            "data", "guid", cfg_sub(p, "space", "guid"), "domain", "data", "guid", domain_guid);
+        return api(p, "POST", "/v3/routes", b, ret, err);
+}
+
+/* Wait until an instance of process pg runs (or all crashed / the start timeout passed → error). */
+static int wait_started(struct pctx *p, const char *pg, long inst, long timeout, struct berr **err)
+{
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/v3/processes/%s/stats", pg) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        long limit_ms = ((timeout > 0 ? timeout : 60) + 10) * 1000;
+        for (long waited = 0;; waited += 200) {
+                _cleanup_json_ json_t *st = NULL;
+                int r = api(p, "GET", path, NULL, &st, err);
+                if (r < 0)
+                        return r;
+                size_t i, n = 0, crashed = 0;
+                json_t *x;
+                bool running = false;
+                json_array_foreach (json_object_get(st, "resources"), i, x) {
+                        const char *s = json_string_value(json_object_get(x, "state")) ?: "";
+                        n++;
+                        running |= strcmp(s, "RUNNING") == 0;
+                        crashed += strcmp(s, "CRASHED") == 0;
+                }
+                if (running || inst == 0)
+                        return 0;
+                if ((n > 0 && crashed == n) || waited >= limit_ms) {
+                        json_array_foreach (json_object_get(st, "resources"), i, x)
+                                fprintf(stderr, "#%lld %s %s\n",
+                                        (long long)json_integer_value(json_object_get(x, "index")),
+                                        json_string_value(json_object_get(x, "state")) ?: "",
+                                        json_string_value(json_object_get(x, "details")) ?: "");
+                        return berr_set(err, -EIO, "Start unsuccessful");
+                }
+                usleep(200 * 1000);
+        }
+}
+
+#define DEPLOY_POLL_MS 200
+
+/*
+ * A rolling deployment of app_guid (docs/PLATFORM.md, Cloud Foundry V3 deployments): POST
+ * /v3/deployments (with droplet_guid, or NULL for the current droplet: a rolling restart), then GET it
+ * every DEPLOY_POLL_MS until FINALIZED. Reason DEPLOYED is success; any other reason is an error. *ret (may
+ * be NULL) gets the final deployment (caller owns).
+ */
+static int deploy_rolling(struct pctx *p, const char *app_guid_s, const char *droplet_guid, json_t **ret,
+                          struct berr **err)
+{
+        _cleanup_json_ json_t *b = json_pack("{s:s,s:{s:{s:{s:s}}}}", "strategy", "rolling", "relationships",
+                                             "app", "data", "guid", app_guid_s);
+        if (droplet_guid)
+                json_object_set_new(b, "droplet", json_pack("{s:s}", "guid", droplet_guid));
+        _cleanup_json_ json_t *dep = NULL;
+        _cleanup_berr_ struct berr *e = NULL;
+        int r = api(p, "POST", "/v3/deployments", b, &dep, &e);
+        if (r == -ENOENT && e && strstr(berr_msg(e), "Unknown request"))
+                return berr_set(err, -ENOTSUP,
+                                "this platform has no rolling deployments (POST /v3/deployments: %s)",
+                                berr_msg(e));
+        if (r < 0) {
+                if (err && !*err)
+                        *err = TAKE_PTR(e);
+                return r;
+        }
+        const char *dg = json_string_value(json_object_get(dep, "guid"));
+        if (!dg)
+                return berr_set(err, -EPROTO, "POST /v3/deployments answered without a deployment guid");
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/v3/deployments/%s", dg) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        for (;;) {
+                json_t *status = json_object_get(dep, "status");
+                const char *value = json_string_value(json_object_get(status, "value")) ?: "";
+                const char *reason = json_string_value(json_object_get(status, "reason")) ?: "";
+                if (strcmp(value, "FINALIZED") == 0) {
+                        if (strcmp(reason, "DEPLOYED") != 0)
+                                return berr_set(err, -EIO, "Deployment %s: %s", dg,
+                                                *reason ? reason : "failed");
+                        if (ret)
+                                *ret = TAKE_PTR(dep);
+                        return 0;
+                }
+                usleep(DEPLOY_POLL_MS * 1000);
+                json_decref(dep);
+                dep = NULL;
+                r = api(p, "GET", path, NULL, &dep, err);
+                if (r < 0)
+                        return r;
+        }
+}
+
+/* Push one app (a->resolved already filled): every request of the push. */
+static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct berr **err)
+{
+        const char *name = a->name;
+        printf("Pushing app %s to org %s / space %s as %s...\n", name, cfg_sub(p, "org", "name") ?: "",
+               cfg_sub(p, "space", "name") ?: "", cfg_str(p, "username") ?: "");
+        _cleanup_json_ json_t *app = NULL;
+        int r = find_app_opt(p, name, false, &app, err);
+        if (r < 0)
+                return r;
+        bool created = false;
+        if (!app) {
+                _cleanup_json_ json_t *b = json_pack(
+                    "{s:s,s:{s:{s:{s:s}}},s:{s:s,s:{}}}", "name", name, "relationships", "space", "data",
+                    "guid", cfg_sub(p, "space", "guid"), "lifecycle", "type", "docker", "data");
+                if (a->env)
+                        json_object_set(b, "environment_variables", a->env);
+                struct berr *e = NULL;
+                if (api(p, "POST", "/v3/apps", b, &app, &e) < 0) {
+                        r = berr_set(err, -EIO, "For application '%s': %s", name, berr_msg(e));
+                        berr_free(e);
+                        return r;
+                }
+                created = true;
+        }
+        const char *ag = app_guid(app);
+        _cleanup_free_ char *path = NULL;
+        if (!created && a->env && json_object_size(a->env) > 0) {
+                _cleanup_json_ json_t *eb = json_pack("{s:O}", "var", a->env);
+                if (asprintf(&path, "/v3/apps/%s/environment_variables", ag) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "PATCH", path, eb, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        const char *state = json_string_value(json_object_get(app, "state"));
+        bool was_started = state && strcmp(state, "STARTED") == 0;
+        bool rolling = a->rolling && !created && was_started && !a->no_start;
+        _cleanup_json_ json_t *pb = json_pack("{s:s,s:{s:s},s:{s:{s:{s:s}}}}", "type", "docker", "data",
+                                              "image", a->image, "relationships", "app", "data", "guid", ag);
+        if (a->user) {
+                json_object_set_new(json_object_get(pb, "data"), "username", json_string(a->user));
+                json_object_set_new(json_object_get(pb, "data"), "password", json_string(pw));
+        }
+        _cleanup_json_ json_t *pkg = NULL, *build = NULL;
+        r = api(p, "POST", "/v3/packages", pb, &pkg, err);
+        if (r == 0) {
+                printf("Staging app and tracing logs...\n");
+                _cleanup_json_ json_t *bb =
+                    json_pack("{s:{s:O}}", "package", "guid", json_object_get(pkg, "guid"));
+                r = api(p, "POST", "/v3/builds", bb, &build, err);
+        }
+        if (r < 0) {
+                if (created) {
+                        struct berr *e = NULL;
+                        free(path), path = NULL;
+                        if (asprintf(&path, "/v3/apps/%s", ag) >= 0)
+                                api(p, "DELETE", path, NULL, NULL, &e);
+                        berr_free(e);
+                }
+                return r;
+        }
+        const char *dg = json_string_value(json_object_get(json_object_get(build, "droplet"), "guid"));
+        if (!rolling) {
+                _cleanup_json_ json_t *db = json_pack("{s:{s:s?}}", "data", "guid", dg);
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/apps/%s/relationships/current_droplet", ag) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "PATCH", path, db, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        _cleanup_json_ json_t *proc = NULL;
+        free(path), path = NULL;
+        if (asprintf(&path, "/v3/apps/%s/processes/web", ag) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        r = api(p, "GET", path, NULL, &proc, err);
+        if (r < 0)
+                return r;
+        const char *pg = json_string_value(json_object_get(proc, "guid"));
+        if (a->command || a->hc || a->endpoint || a->timeout > 0) {
+                _cleanup_json_ json_t *pu = json_object();
+                if (a->command)
+                        json_object_set_new(pu, "command", json_string(a->command));
+                if (a->hc || a->endpoint || a->timeout > 0) {
+                        json_t *data = json_object();
+                        if (a->endpoint)
+                                json_object_set_new(data, "endpoint", json_string(a->endpoint));
+                        if (a->timeout > 0)
+                                json_object_set_new(data, "timeout", json_integer(a->timeout));
+                        json_object_set_new(pu, "health_check",
+                                            json_pack("{s:s,s:o}", "type",
+                                                      a->hc ?: (a->endpoint ? "http" : "port"), "data",
+                                                      data));
+                }
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/processes/%s", pg) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "PATCH", path, pu, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        if (a->inst >= 0 || a->mem > 0 || a->disk > 0) {
+                _cleanup_json_ json_t *sb = json_object();
+                if (a->inst >= 0)
+                        json_object_set_new(sb, "instances", json_integer(a->inst));
+                if (a->mem > 0)
+                        json_object_set_new(sb, "memory_in_mb", json_integer(a->mem));
+                if (a->disk > 0)
+                        json_object_set_new(sb, "disk_in_mb", json_integer(a->disk));
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/processes/%s/actions/scale", pg) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "POST", path, sb, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        size_t i;
+        json_t *rt;
+        json_array_foreach (a->resolved, i, rt) {
+                _cleanup_json_ json_t *route = NULL;
+                r = route_find_or_create(p, json_string_value(json_object_get(rt, "host")),
+                                         json_string_value(json_object_get(rt, "path")),
+                                         json_string_value(json_object_get(rt, "domain_guid")), true, &route,
+                                         err);
+                if (r < 0)
+                        return r;
+                _cleanup_json_ json_t *dd = json_pack("{s:[{s:{s:s}}]}", "destinations", "app", "guid", ag);
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/routes/%s/destinations", app_guid(route)) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "POST", path, dd, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        if (a->no_start)
+                return 0;
+        if (rolling) {
+                printf("Deploying app %s with a rolling deployment...\n", name);
+                fflush(stdout);
+                return deploy_rolling(p, ag, dg, NULL, err);
+        }
+        free(path), path = NULL;
+        if (asprintf(&path, "/v3/apps/%s/actions/%s", ag, was_started ? "restart" : "start") < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        r = api(p, "POST", path, NULL, NULL, err);
+        if (r < 0)
+                return r;
+        printf("Waiting for app %s to start...\n", name);
+        fflush(stdout);
+        return wait_started(p, pg, a->inst, a->timeout, err);
+}
+
 static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *image = NULL, *user = NULL, *command = NULL, *hc = NULL, *endpoint = NULL,
-                   *hostname = NULL;
+                   *hostname = NULL, *manifest_path = NULL;
         long inst = -1, mem = -1, disk = -1, timeout = -1;
-        bool no_route = false, no_start = false;
+        bool no_route = false, no_start = false, rolling = false;
         static const struct option lo[] = { { "docker-image", required_argument, NULL, 'o' },
                                             { "docker-username", required_argument, NULL, 'U' },
                                             { "endpoint", required_argument, NULL, 'e' },
                                             { "no-route", no_argument, NULL, 'R' },
                                             { "no-start", no_argument, NULL, 'S' },
                                             { "hostname", required_argument, NULL, 'n' },
+                                            { "strategy", required_argument, NULL, 'Y' },
                                             { 0 } };
-        const char *u = "APP --docker-image REF [--docker-username U] [-c CMD] [-i N] [-m 256M] [-k 1G] "
-                        "[-u port|http|process] [--endpoint /path] [-t SECONDS] [--no-route] [--hostname H] "
-                        "[--no-start]";
-        int c;
+        const char *u =
+            "[APP] [-f manifest.yml] [--docker-image REF] [--docker-username U] [-c CMD] [-i N] "
+            "[-m 256M] [-k 1G] [-u port|http|process] [--endpoint /path] [-t SECONDS] [--no-route] "
+            "[--hostname H] [--no-start] [--strategy rolling]";
+        int c, flags = 0;
         char *end;
-        while ((c = getopt_long(argc, argv, "o:c:i:m:k:u:t:n:", lo, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "o:c:i:m:k:u:t:n:f:", lo, NULL)) != -1) {
+                flags += c != 'f' && c != 'S' && c != 'Y';
                 switch (c) {
+                case 'f':
+                        manifest_path = optarg;
+                        break;
                 case 'o':
                         image = optarg;
                         break;
@@ -564,9 +928,14 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                 case 'n':
                         hostname = optarg;
                         break;
+                case 'Y':
+                        if (strcmp(optarg, "rolling") != 0)
+                                return usage("push", u, err);
+                        rolling = true;
+                        break;
                 case 'i':
                         inst = strtol(optarg, &end, 10);
-                        if (*end || inst < 0)
+                        if (!*optarg || *end || inst < 0 || inst > INT32_MAX)
                                 return usage("push", u, err);
                         break;
                 case 'm':
@@ -579,7 +948,7 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         break;
                 case 't':
                         timeout = strtol(optarg, &end, 10);
-                        if (*end || timeout <= 0 || timeout > 180)
+                        if (!*optarg || *end || timeout <= 0 || timeout > MANIFEST_TIMEOUT_MAX)
                                 return usage("push", u, err);
                         break;
                 case 'u':
@@ -591,190 +960,130 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         return usage("push", u, err);
                 }
         }
-        if (optind + 1 != argc || !image)
+        if (optind + 1 < argc || (!manifest_path && (optind + 1 != argc || !image)))
                 return usage("push", u, err);
-        const char *name = argv[optind];
+        const char *only = optind < argc ? argv[optind] : NULL;
+        _cleanup_(manifest_freep) struct manifest *m = NULL;
+        if (manifest_path && manifest_load(manifest_path, &m, err) < 0)
+                return CLI_EXIT_FAILURE;
+        for (size_t i = 0; m && m->warnings[i]; i++)
+                fprintf(stderr, "berth: warning: %s\n", m->warnings[i]);
+        /* The apps of this push, in order: the command line's one, or the manifest's (APP selects one). */
+        size_t napps = 1;
+        const struct manifest_app *mapps[MANIFEST_MAX_APPS];
+        mapps[0] = NULL;
+        if (m) {
+                napps = 0;
+                for (size_t i = 0; i < m->n_apps; i++)
+                        if (!only || strcmp(m->apps[i].name, only) == 0)
+                                mapps[napps++] = &m->apps[i];
+                if (napps == 0)
+                        return berr_set(err, -ENOENT, "Could not find app named '%s' in manifest", only),
+                               CLI_EXIT_FAILURE;
+                if (napps > 1 && flags > 0)
+                        return berr_set(err, -EINVAL,
+                                        "Command line flags (except -f, --no-start and --strategy) cannot be "
+                                        "applied when pushing multiple apps from a manifest file."),
+                               CLI_EXIT_USAGE;
+        }
+        struct push_app apps[MANIFEST_MAX_APPS];
+        for (size_t i = 0; i < napps; i++) {
+                const struct manifest_app *ma = mapps[i];
+                apps[i] = (struct push_app){
+                        .name = ma ? ma->name : only,
+                        .image = image
+                                     ?: ma ? ma->image
+                                           : NULL,
+                        .user = user
+                                    ?: ma ? ma->username
+                                          : NULL,
+                        .command = command
+                                       ?: ma ? ma->command
+                                             : NULL,
+                        .hc = hc
+                                  ?: ma ? ma->health_check_type
+                                        : NULL,
+                        .endpoint = endpoint
+                                        ?: ma ? ma->health_check_endpoint
+                                              : NULL,
+                        .hostname = hostname,
+                        .inst = inst >= 0 ? inst
+                                : ma      ? ma->instances
+                                          : -1,
+                        .mem = mem > 0 ? mem
+                               : ma    ? ma->memory_mb
+                                       : -1,
+                        .disk = disk > 0 ? disk
+                                : ma     ? ma->disk_mb
+                                         : -1,
+                        .timeout = timeout > 0 ? timeout
+                                   : ma        ? ma->timeout
+                                               : -1,
+                        .no_route = no_route || (ma && ma->no_route),
+                        .no_start = no_start,
+                        .rolling = rolling,
+                        .env = ma ? ma->env : NULL,
+                        .routes = ma ? ma->routes : NULL,
+                };
+        }
+        int rc = CLI_EXIT_FAILURE;
         _cleanup_free_ char *prompted = NULL;
+        _cleanup_json_ json_t *domains = NULL, *dl = NULL;
         const char *pw = getenv("BERTH_DOCKER_PASSWORD");
         if (!pw || !*pw)
                 pw = getenv("CF_DOCKER_PASSWORD");
-        if (user && (!pw || !*pw)) {
+        /* Everything is checked before the first request that changes anything. */
+        bool need_pw = false;
+        for (size_t i = 0; i < napps; i++) {
+                if (!apps[i].image) {
+                        berr_set(
+                            err, -EINVAL,
+                            "For application '%s': no Docker image (--docker-image REF or docker.image in "
+                            "the manifest)",
+                            apps[i].name);
+                        rc = m ? CLI_EXIT_FAILURE : CLI_EXIT_USAGE;
+                        goto out;
+                }
+                need_pw |= apps[i].user != NULL;
+        }
+        if (need_pw && (!pw || !*pw)) {
                 prompted = read_secret("Docker password: ");
-                if (!prompted)
-                        return berr_set(err, -EINVAL,
-                                        "Environment variable CF_DOCKER_PASSWORD not set (needed with "
-                                        "--docker-username)"),
-                               CLI_EXIT_USAGE;
+                if (!prompted) {
+                        berr_set(err, -EINVAL,
+                                 "Environment variable CF_DOCKER_PASSWORD not set (needed with "
+                                 "--docker-username or docker.username)");
+                        rc = CLI_EXIT_USAGE;
+                        goto out;
+                }
                 pw = prompted;
         }
         if (need_space(p, err) < 0)
-                return CLI_EXIT_FAILURE;
-        printf("Pushing app %s to org %s / space %s as %s...\n", name, cfg_sub(p, "org", "name") ?: "",
-               cfg_sub(p, "space", "name") ?: "", cfg_str(p, "username") ?: "");
-        _cleanup_json_ json_t *app = NULL;
-        if (find_app_opt(p, name, false, &app, err) < 0)
-                return CLI_EXIT_FAILURE;
-        bool created = false;
-        if (!app) {
-                _cleanup_json_ json_t *b = json_pack(
-                    "{s:s,s:{s:{s:{s:s}}},s:{s:s,s:{}}}", "name", name, "relationships", "space", "data",
-                    "guid", cfg_sub(p, "space", "guid"), "lifecycle", "type", "docker", "data");
-                struct berr *e = NULL;
-                if (api(p, "POST", "/v3/apps", b, &app, &e) < 0) {
-                        berr_set(err, -EIO, "For application '%s': %s", name, berr_msg(e));
-                        berr_free(e);
-                        return CLI_EXIT_FAILURE;
-                }
-                created = true;
+                goto out;
+        if (api(p, "GET", "/v3/domains?per_page=5000", NULL, &dl, err) < 0)
+                goto out;
+        json_t *dres = json_object_get(dl, "resources");
+        domains = dres ? json_incref(dres) : json_array();
+        for (size_t i = 0; i < napps; i++)
+                if (push_resolve_routes(&apps[i], domains, err) < 0)
+                        goto out;
+        for (size_t i = 0; i < napps; i++) {
+                if (push_one(p, &apps[i], pw, err) < 0)
+                        goto out;
+                printf("\n");
+                fflush(stdout);
+                /* The app view is a courtesy: the push itself succeeded whatever it says. */
+                _cleanup_berr_ struct berr *ve = NULL;
+                if (cmd_app(p, apps[i].name, &ve) != 0)
+                        printf("name:              %s\nrequested state:   %s\n", apps[i].name,
+                               no_start ? "stopped" : "started");
+                if (i + 1 < napps)
+                        printf("\n");
         }
-        const char *ag = app_guid(app);
-        _cleanup_json_ json_t *pb = json_pack("{s:s,s:{s:s},s:{s:{s:{s:s}}}}", "type", "docker", "data",
-                                              "image", image, "relationships", "app", "data", "guid", ag);
-        if (user) {
-                json_object_set_new(json_object_get(pb, "data"), "username", json_string(user));
-                json_object_set_new(json_object_get(pb, "data"), "password", json_string(pw));
-        }
-        _cleanup_json_ json_t *pkg = NULL, *build = NULL;
-        _cleanup_free_ char *path = NULL;
-        int r = api(p, "POST", "/v3/packages", pb, &pkg, err);
-        if (r == 0) {
-                printf("Staging app and tracing logs...\n");
-                _cleanup_json_ json_t *bb =
-                    json_pack("{s:{s:O}}", "package", "guid", json_object_get(pkg, "guid"));
-                r = api(p, "POST", "/v3/builds", bb, &build, err);
-        }
-        if (r < 0) {
-                if (created) {
-                        struct berr *e = NULL;
-                        if (asprintf(&path, "/v3/apps/%s", ag) >= 0)
-                                api(p, "DELETE", path, NULL, NULL, &e);
-                        berr_free(e);
-                }
-                return CLI_EXIT_FAILURE;
-        }
-        const char *dg = json_string_value(json_object_get(json_object_get(build, "droplet"), "guid"));
-        _cleanup_json_ json_t *db = json_pack("{s:{s:s?}}", "data", "guid", dg);
-        free(path), path = NULL;
-        if (asprintf(&path, "/v3/apps/%s/relationships/current_droplet", ag) < 0 ||
-            api(p, "PATCH", path, db, NULL, err) < 0)
-                return CLI_EXIT_FAILURE;
-        _cleanup_json_ json_t *proc = NULL;
-        free(path), path = NULL;
-        if (asprintf(&path, "/v3/apps/%s/processes/web", ag) < 0 || api(p, "GET", path, NULL, &proc, err) < 0)
-                return CLI_EXIT_FAILURE;
-        const char *pg = json_string_value(json_object_get(proc, "guid"));
-        if (command || hc || endpoint || timeout > 0) {
-                json_t *pu = json_object();
-                if (command)
-                        json_object_set_new(pu, "command", json_string(command));
-                if (hc || endpoint || timeout > 0) {
-                        json_t *data = json_object();
-                        if (endpoint)
-                                json_object_set_new(data, "endpoint", json_string(endpoint));
-                        if (timeout > 0)
-                                json_object_set_new(data, "timeout", json_integer(timeout));
-                        json_object_set_new(
-                            pu, "health_check",
-                            json_pack("{s:s,s:o}", "type", hc ?: (endpoint ? "http" : "port"), "data", data));
-                }
-                free(path), path = NULL;
-                r = asprintf(&path, "/v3/processes/%s", pg) < 0 ? -ENOMEM
-                                                                : api(p, "PATCH", path, pu, NULL, err);
-                json_decref(pu);
-                if (r < 0)
-                        return CLI_EXIT_FAILURE;
-        }
-        if (inst >= 0 || mem > 0 || disk > 0) {
-                json_t *sb = json_object();
-                if (inst >= 0)
-                        json_object_set_new(sb, "instances", json_integer(inst));
-                if (mem > 0)
-                        json_object_set_new(sb, "memory_in_mb", json_integer(mem));
-                if (disk > 0)
-                        json_object_set_new(sb, "disk_in_mb", json_integer(disk));
-                free(path), path = NULL;
-                r = asprintf(&path, "/v3/processes/%s/actions/scale", pg) < 0
-                        ? -ENOMEM
-                        : api(p, "POST", path, sb, NULL, err);
-                json_decref(sb);
-                if (r < 0)
-                        return CLI_EXIT_FAILURE;
-        }
-        if (!no_route) {
-                _cleanup_json_ json_t *dom = NULL, *route = NULL;
-                if (find_one(p, "/v3/domains", &dom, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                if (dom) {
-                        const char *host = hostname ?: name;
-                        free(path), path = NULL;
-                        if (asprintf(&path, "/v3/routes?hosts=%s&domain_guids=%s", host,
-                                     json_string_value(json_object_get(dom, "guid"))) < 0 ||
-                            find_one(p, path, &route, err) < 0)
-                                return CLI_EXIT_FAILURE;
-                        if (!route) {
-                                _cleanup_json_ json_t *rb = json_pack(
-                                    "{s:s,s:{s:{s:{s:s}},s:{s:{s:O}}}}", "host", host, "relationships",
-                                    "space", "data", "guid", cfg_sub(p, "space", "guid"), "domain", "data",
-                                    "guid", json_object_get(dom, "guid"));
-                                if (api(p, "POST", "/v3/routes", rb, &route, err) < 0)
-                                        return CLI_EXIT_FAILURE;
-                        }
-                        _cleanup_json_ json_t *dd =
-                            json_pack("{s:[{s:{s:s}}]}", "destinations", "app", "guid", ag);
-                        free(path), path = NULL;
-                        if (asprintf(&path, "/v3/routes/%s/destinations",
-                                     json_string_value(json_object_get(route, "guid"))) < 0 ||
-                            api(p, "POST", path, dd, NULL, err) < 0)
-                                return CLI_EXIT_FAILURE;
-                }
-        }
-        if (!no_start) {
-                const char *state = json_string_value(json_object_get(app, "state"));
-                free(path), path = NULL;
-                if (asprintf(&path, "/v3/apps/%s/actions/%s", ag,
-                             state && strcmp(state, "STARTED") == 0 ? "restart" : "start") < 0 ||
-                    api(p, "POST", path, NULL, NULL, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                printf("Waiting for app %s to start...\n", name);
-                free(path), path = NULL;
-                if (asprintf(&path, "/v3/processes/%s/stats", pg) < 0)
-                        return CLI_EXIT_FAILURE;
-                long limit_ms = ((timeout > 0 ? timeout : 60) + 10) * 1000;
-                for (long waited = 0;; waited += 200) {
-                        _cleanup_json_ json_t *st = NULL;
-                        if (api(p, "GET", path, NULL, &st, err) < 0)
-                                return CLI_EXIT_FAILURE;
-                        size_t i, n = 0, crashed = 0;
-                        json_t *x;
-                        bool running = false;
-                        json_array_foreach (json_object_get(st, "resources"), i, x) {
-                                const char *s = json_string_value(json_object_get(x, "state")) ?: "";
-                                n++;
-                                running |= strcmp(s, "RUNNING") == 0;
-                                crashed += strcmp(s, "CRASHED") == 0;
-                        }
-                        if (running || inst == 0)
-                                break;
-                        if ((n > 0 && crashed == n) || waited >= limit_ms) {
-                                json_array_foreach (json_object_get(st, "resources"), i, x)
-                                        fprintf(stderr, "#%lld %s %s\n",
-                                                (long long)json_integer_value(json_object_get(x, "index")),
-                                                json_string_value(json_object_get(x, "state")) ?: "",
-                                                json_string_value(json_object_get(x, "details")) ?: "");
-                                berr_set(err, -EIO, "Start unsuccessful");
-                                return CLI_EXIT_FAILURE;
-                        }
-                        usleep(200 * 1000);
-                }
-        }
-        printf("\n");
-        fflush(stdout);
-        /* The app view is a courtesy: the push itself succeeded whatever it says. */
-        _cleanup_berr_ struct berr *ve = NULL;
-        if (cmd_app(p, name, &ve) != 0)
-                printf("name:              %s\nrequested state:   %s\n", name,
-                       no_start ? "stopped" : "started");
-        return 0;
+        rc = 0;
+out:
+        for (size_t i = 0; i < napps; i++)
+                json_decref(apps[i].resolved);
+        return rc;
 }
 
 /* GET that may 404: *ret NULL then. */
