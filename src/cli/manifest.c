@@ -65,8 +65,8 @@ int manifest_route_check(const char *route, struct berr **err)
                         continue;
                 }
                 if (c == ':')
-                        return berr_set(err, -EINVAL, "route \"%s\": TCP routes (with a port) are not supported",
-                                        route);
+                        return berr_set(err, -EINVAL,
+                                        "route \"%s\": TCP routes (with a port) are not supported", route);
                 if (!isalnum(c) && c != '-')
                         return berr_set(err, -EINVAL,
                                         "route \"%s\": a host name has only letters, digits, '-' and '.'",
@@ -123,7 +123,8 @@ struct actx {
         struct strv *warnings;
 };
 
-static int want_string(struct actx *c, const char *key, json_t *v, bool empty_ok, char **ret, struct berr **err)
+static int want_string(struct actx *c, const char *key, json_t *v, bool empty_ok, char **ret,
+                       struct berr **err)
 {
         if (!json_is_string(v))
                 return berr_set(err, -EINVAL, "%s: %s must be a string", c->where, key);
@@ -200,16 +201,18 @@ static int parse_env(struct actx *c, struct manifest_app *a, json_t *v, struct b
         if (!json_is_object(v))
                 return berr_set(err, -EINVAL, "%s: env must be a map of names to values", c->where);
         if (json_object_size(v) > MANIFEST_MAX_ENV)
-                return berr_set(err, -EINVAL, "%s: env has more than %d variables", c->where, MANIFEST_MAX_ENV);
+                return berr_set(err, -EINVAL, "%s: env has more than %d variables", c->where,
+                                MANIFEST_MAX_ENV);
         a->env = json_object();
         const char *k;
         json_t *x;
         json_object_foreach (v, k, x) {
                 if (manifest_env_name_reserved(k))
-                        return berr_set(err, -EINVAL,
-                                        "%s: env: %s%s%s cannot be set (PORT, VCAP_* and CF_INSTANCE_* are the "
-                                        "platform's)",
-                                        c->where, *k ? "'" : "", *k ? k : "an empty name", *k ? "'" : "");
+                        return berr_set(
+                            err, -EINVAL,
+                            "%s: env: %s%s%s cannot be set (PORT, VCAP_* and CF_INSTANCE_* are the "
+                            "platform's)",
+                            c->where, *k ? "'" : "", *k ? k : "an empty name", *k ? "'" : "");
                 json_t *s;
                 if (json_is_string(x)) {
                         s = json_incref(x);
@@ -312,15 +315,17 @@ static int parse_app(struct actx *c, struct manifest_app *a, json_t *o, struct b
                         if (!t || (strcmp(t, "port") && strcmp(t, "http") && strcmp(t, "process") &&
                                    strcmp(t, "none")))
                                 return berr_set(err, -EINVAL,
-                                                "%s: health-check-type must be port, http or process", c->where);
+                                                "%s: health-check-type must be port, http or process",
+                                                c->where);
                         a->health_check_type = xstrdup(strcmp(t, "none") == 0 ? "process" : t);
                 } else if (strcmp(k, "health-check-http-endpoint") == 0) {
                         r = want_string(c, "health-check-http-endpoint", v, false, &a->health_check_endpoint,
                                         err);
                         if (r == 0 && a->health_check_endpoint[0] != '/')
-                                return berr_set(err, -EINVAL,
-                                                "%s: health-check-http-endpoint must be a path starting with '/'",
-                                                c->where);
+                                return berr_set(
+                                    err, -EINVAL,
+                                    "%s: health-check-http-endpoint must be a path starting with '/'",
+                                    c->where);
                 } else if (strcmp(k, "timeout") == 0) {
                         if (!json_is_integer(v) || json_integer_value(v) < 1 ||
                             json_integer_value(v) > MANIFEST_TIMEOUT_MAX)
@@ -335,8 +340,8 @@ static int parse_app(struct actx *c, struct manifest_app *a, json_t *o, struct b
         }
         if (a->health_check_endpoint && a->health_check_type && strcmp(a->health_check_type, "http") != 0)
                 return berr_set(err, -EINVAL,
-                                "%s: health-check-http-endpoint needs health-check-type http (not %s)", c->where,
-                                a->health_check_type);
+                                "%s: health-check-http-endpoint needs health-check-type http (not %s)",
+                                c->where, a->health_check_type);
         if (a->no_route && a->routes && a->routes[0])
                 return berr_set(err, -EINVAL, "%s: no-route and routes cannot be used together", c->where);
         return 0;

@@ -11,11 +11,11 @@
 
 #include "lib/err.h"
 
-#define MANIFEST_MAX_BYTES (1024 * 1024) /* a manifest file; cf's are a few KiB */
-#define MANIFEST_MAX_APPS  1000
-#define MANIFEST_MAX_ROUTES 1000
-#define MANIFEST_MAX_ENV   1000
-#define MANIFEST_TIMEOUT_MAX 180 /* seconds, the platform's ceiling for the start timeout */
+#define MANIFEST_MAX_BYTES   (1024 * 1024) /* a manifest file; cf's are a few KiB */
+#define MANIFEST_MAX_APPS    1000
+#define MANIFEST_MAX_ROUTES  1000
+#define MANIFEST_MAX_ENV     1000
+#define MANIFEST_TIMEOUT_MAX 180                  /* seconds, the platform's ceiling for the start timeout */
 #define MANIFEST_SIZE_MAX_MB (16LL * 1024 * 1024) /* 16 TiB in MB: far above any cell, below INT_MAX */
 
 /* One application of a manifest. Unset numbers are -1, unset strings NULL. */
@@ -26,12 +26,12 @@ struct manifest_app {
         long instances;
         long memory_mb;
         long disk_mb;
-        long timeout;          /* health check / start timeout, seconds */
+        long timeout; /* health check / start timeout, seconds */
         char *command;
         char *health_check_type; /* "port", "http" or "process" ("none" is taken as "process", as cf does) */
         char *health_check_endpoint;
-        json_t *env;     /* object of strings, or NULL (owned) */
-        char **routes;   /* "host.domain[/path]", lowercase host part; NULL-terminated or NULL (owned) */
+        json_t *env;   /* object of strings, or NULL (owned) */
+        char **routes; /* "host.domain[/path]", lowercase host part; NULL-terminated or NULL (owned) */
         bool no_route;
         bool random_route; /* accepted, not implemented (a warning says so) */
 };
@@ -39,7 +39,8 @@ struct manifest_app {
 struct manifest {
         struct manifest_app *apps;
         size_t n_apps;
-        char **warnings; /* NULL-terminated (never NULL after a successful parse): unknown keys, ignored keys */
+        char *
+            *warnings; /* NULL-terminated (never NULL after a successful parse): unknown keys, ignored keys */
 };
 
 /*

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,9 @@
 #include "controller/controller.h"
 #include "lib/http_client.h"
 #include "lib/json.h"
+#include "lib/log.h"
 #include "lib/macro.h"
+#include "lib/strv.h"
 #include "router/router.h"
 
 struct pctx {
@@ -1342,6 +1345,209 @@ static int cmd_events(struct pctx *p, const char *name, struct berr **err)
         return 0;
 }
 
+/*
+ * One log entry as cf prints it: "   2026-11-28T18:00:00.12+0000 [APP/PROC/WEB/0] OUT text". The API's
+ * timestamps are RFC 3339 UTC ("...:00.123456789Z"); anything else is shown as it came.
+ */
+static void log_print(const json_t *x)
+{
+        const char *ts = json_string_value(json_object_get(x, "timestamp")) ?: "";
+        char shown[64];
+        size_t n = strlen(ts);
+        if (n >= 20 && ts[10] == 'T' && ts[n - 1] == 'Z') {
+                char frac[3] = "00";
+                if (ts[19] == '.')
+                        for (size_t i = 0; i < 2 && isdigit((unsigned char)ts[20 + i]); i++)
+                                frac[i] = ts[20 + i];
+                snprintf(shown, sizeof(shown), "%.19s.%s+0000", ts, frac);
+        } else {
+                snprintf(shown, sizeof(shown), "%s", ts);
+        }
+        const char *src = json_string_value(json_object_get(x, "source_type")) ?: "";
+        json_t *idx = json_object_get(x, "instance_index");
+        char tag[96];
+        if (json_is_integer(idx))
+                snprintf(tag, sizeof(tag), "%s/%lld", src, (long long)json_integer_value(idx));
+        else
+                snprintf(tag, sizeof(tag), "%s", src);
+        printf("   %s [%s] %s %s\n", shown, tag, json_string_value(json_object_get(x, "message_type")) ?: "",
+               json_string_value(json_object_get(x, "message")) ?: "");
+}
+
+#define LOGS_RECENT_LINES 1000
+#define LOGS_LINE_MAX     (256 * 1024) /* one NDJSON line; longer ones are dropped */
+#define LOGS_SEEN_MAX     4096         /* entries remembered at the newest timestamp */
+#define LOGS_RETRIES      30           /* reconnection attempts in a row (about 30 s) */
+
+/*
+ * Following an app's logs across reconnections: entries older than the newest timestamp printed are
+ * repeats (the controller resends recent lines on each new stream), and so are those at that very
+ * timestamp already printed (kept in `seen`).
+ */
+struct logs_follow {
+        bool json;
+        char last[64];    /* newest timestamp printed */
+        struct strv seen; /* "index\tstream\tmessage" printed at `last` */
+        char *buf;        /* partial line */
+        size_t len;
+        bool overlong; /* dropping the rest of a too-long line */
+        long printed;
+};
+
+static void logs_follow_entry(struct logs_follow *f, json_t *x)
+{
+        const char *ts = json_string_value(json_object_get(x, "timestamp"));
+        if (!ts || strlen(ts) >= sizeof(f->last))
+                return;
+        int c = strcmp(ts, f->last);
+        if (c < 0)
+                return;
+        _cleanup_free_ char *key =
+            xasprintf("%lld\t%s\t%s", (long long)json_integer_value(json_object_get(x, "instance_index")),
+                      json_string_value(json_object_get(x, "message_type")) ?: "",
+                      json_string_value(json_object_get(x, "message")) ?: "");
+        if (c == 0)
+                for (size_t i = 0; i < f->seen.n; i++)
+                        if (strcmp(f->seen.v[i], key) == 0)
+                                return;
+        if (c > 0) {
+                strv_clear(&f->seen);
+                snprintf(f->last, sizeof(f->last), "%s", ts);
+        }
+        if (f->seen.n < LOGS_SEEN_MAX)
+                strv_push(&f->seen, TAKE_PTR(key));
+        if (f->json) {
+                _cleanup_free_ char *s = json_dumps(x, JSON_COMPACT);
+                printf("%s\n", s ?: "null");
+        } else {
+                log_print(x);
+        }
+        fflush(stdout);
+        f->printed++;
+}
+
+static int logs_follow_data(const char *data, size_t len, void *userdata)
+{
+        struct logs_follow *f = userdata;
+        for (size_t i = 0; i < len; i++) {
+                if (data[i] != '\n') {
+                        if (f->len >= LOGS_LINE_MAX) {
+                                f->overlong = true;
+                                continue;
+                        }
+                        if (!f->buf)
+                                f->buf = xmalloc(LOGS_LINE_MAX);
+                        f->buf[f->len++] = data[i];
+                        continue;
+                }
+                /* blank lines are the controller's keep-alives */
+                if (f->len > 0 && !f->overlong) {
+                        _cleanup_json_ json_t *x = json_loadb(f->buf, f->len, 0, NULL);
+                        if (json_is_object(x))
+                                logs_follow_entry(f, x);
+                }
+                f->len = 0;
+                f->overlong = false;
+        }
+        return 0;
+}
+
+static void logs_exit_on_signal(int sig)
+{
+        (void)sig;
+        _exit(0); /* every line printed was flushed */
+}
+
+static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        bool recent = false;
+        static const struct option lo[] = { { "recent", no_argument, NULL, 'r' }, { 0 } };
+        int c;
+        while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+                if (c != 'r')
+                        return usage(argv[0], "APP [--recent]", err);
+                recent = true;
+        }
+        if (optind + 1 != argc)
+                return usage(argv[0], "APP [--recent]", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *app = NULL;
+        _cleanup_free_ char *path = NULL;
+        if (find_app(p, name, &app, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (recent) {
+                _cleanup_json_ json_t *resp = NULL;
+                if (asprintf(&path, "/v3/apps/%s/logs?lines=%d", app_guid(app), LOGS_RECENT_LINES) < 0 ||
+                    api(p, "GET", path, NULL, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (p->json) {
+                        print_json(resp);
+                        return 0;
+                }
+                printf("Retrieving logs for app %s in org %s / space %s as %s...\n\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+                size_t i;
+                json_t *x;
+                json_array_foreach (json_object_get(resp, "resources"), i, x)
+                        log_print(x);
+                return 0;
+        }
+        if (!p->json)
+                printf("Retrieving logs for app %s in org %s / space %s as %s...\n\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        fflush(stdout);
+        struct sigaction sa = { .sa_handler = logs_exit_on_signal };
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        struct logs_follow f = { .json = p->json };
+        int rc = CLI_EXIT_FAILURE;
+        if (client(p, err) < 0)
+                goto out;
+        /* The stream ends when the controller ends it (a restart of the controller, instances that
+         * changed): follow on from the newest line printed. */
+        for (int failures = 0, attempt = 0;; attempt++) {
+                free(path), path = NULL;
+                if (asprintf(&path, "%s/v3/apps/%s/logs?follow=true&lines=%d", cfg_str(p, "api"),
+                             app_guid(app), attempt == 0 ? 100 : LOGS_RECENT_LINES) < 0)
+                        goto out;
+                long status = 0;
+                f.len = 0;
+                f.overlong = false;
+                _cleanup_berr_ struct berr *e = NULL;
+                long before = f.printed;
+                int r = http_request_stream(p->http, "GET", path, &status, logs_follow_data, &f, &e);
+                if (r == 0 && status == 401 && failures == 0 && cfg_str(p, "refresh_token")) {
+                        if (refresh(p, err) < 0)
+                                goto out;
+                        failures++;
+                        continue;
+                }
+                if (r == 0 && status == 404) {
+                        berr_set(err, -ENOENT, "App '%s' not found (deleted?)", name);
+                        goto out;
+                }
+                if (r == 0 && status >= 400) {
+                        berr_set(err, -EIO, "following the logs: the API answered %ld", status);
+                        goto out;
+                }
+                failures = r < 0 && f.printed == before ? failures + 1 : 0;
+                if (failures >= LOGS_RETRIES) {
+                        if (err && !*err)
+                                *err = TAKE_PTR(e);
+                        goto out;
+                }
+                log_debug("logs: stream ended (%s); reconnecting", e ? berr_msg(e) : "closed by the server");
+                usleep(failures ? 1000 * 1000 : 200 * 1000);
+        }
+out:
+        strv_clear(&f.seen);
+        free(f.buf);
+        return rc;
+}
+
 static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *cmd = argv[0];
@@ -1464,26 +1670,8 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                 printf("OK\n");
                 return 0;
         }
-        if (strcmp(cmd, "logs") == 0 || strcmp(cmd, "app-logs") == 0) {
-                if (argc < 2)
-                        return usage(cmd, "APP [--recent]", err);
-                _cleanup_json_ json_t *app = NULL, *resp = NULL;
-                _cleanup_free_ char *path = NULL;
-                if (find_app(p, argv[1], &app, err) < 0 ||
-                    asprintf(&path, "/v3/apps/%s/logs?lines=1000", app_guid(app)) < 0 ||
-                    api(p, "GET", path, NULL, &resp, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                size_t i;
-                json_t *x;
-                json_array_foreach (json_object_get(resp, "resources"), i, x)
-                        printf("%s [%s/%lld] %s %s\n",
-                               json_string_value(json_object_get(x, "timestamp")) ?: "",
-                               json_string_value(json_object_get(x, "source_type")) ?: "",
-                               (long long)json_integer_value(json_object_get(x, "instance_index")),
-                               json_string_value(json_object_get(x, "message_type")) ?: "",
-                               json_string_value(json_object_get(x, "message")) ?: "");
-                return 0;
-        }
+        if (strcmp(cmd, "logs") == 0 || strcmp(cmd, "app-logs") == 0)
+                return cmd_logs_app(p, argc, argv, err);
         if (strcmp(cmd, "routes") == 0 && argc == 1)
                 return list_cmd(p, "Getting routes", "/v3/routes", (const char *[]){ "host", "url", NULL },
                                 err);

@@ -119,3 +119,115 @@ def test_manifest_errors_change_nothing(plat, app_images, tmp_path):
     r = plat.cli("push", "mf-err-a", "-f", m, "--strategy", "blue-green", check=False)
     assert r.returncode == 2 and "usage" in r.stderr
     assert plat.app_names() == before
+
+
+# --- logs ---------------------------------------------------------------------------------------------------
+
+TICKER = "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.2; done & exec start-web"
+LOG_LINE = r"^   \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d\d\+0000 \[APP/PROC/WEB/(\d+)\] (OUT|ERR) (.*)$"
+
+
+class Follower:
+    """``berth logs APP [--json]`` in the background; ``lines`` collects its stdout."""
+
+    def __init__(self, plat, *args):
+        env = dict(os.environ, BERTH_HOME=plat.home)
+        self.proc = subprocess.Popen([berthcli.BERTH_BIN, "logs", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.lines = []
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait(self, pred, what, timeout=30):
+        return helpers.wait_for(lambda: pred(list(self.lines)), timeout=timeout, what=what, interval=0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(10)
+        self.t.join(5)
+        return rc, self.proc.stderr.read()
+
+
+def ticks(lines):
+    import re
+    out = []
+    for l in lines:
+        m = re.match(LOG_LINE, l)
+        if m and m.group(3).startswith("tick-"):
+            out.append(int(m.group(3)[5:]))
+    return out
+
+
+def controller_pids(plat):
+    pids = []
+    for c in os.listdir("/proc"):
+        if not c.isdigit():
+            continue
+        try:
+            with open(f"/proc/{c}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"controller" in argv and any(plat.data_dir.encode() in a for a in argv) and b"up" not in argv:
+            pids.append(int(c))
+    return pids
+
+
+def test_logs_recent_human_and_json(plat, app_images):
+    import re
+    plat.push("lg-recent", app_images["web"], "-c", TICKER)
+    helpers.wait_for(lambda: len(ticks(plat.cli("logs", "lg-recent", "--recent").stdout.splitlines())) >= 3,
+                     timeout=20, what="three ticks in the recent logs")
+    out = plat.cli("logs", "lg-recent", "--recent").stdout.splitlines()
+    assert out[0].startswith("Retrieving logs for app lg-recent in org default / space default as admin...")
+    entries = [l for l in out[2:] if l]
+    assert entries and all(re.match(LOG_LINE, l) for l in entries), entries
+    assert any("start-web: uid 0 (root)" in l for l in entries)
+    doc = plat.cli_json("logs", "lg-recent", "--recent")
+    assert {"timestamp", "source_type", "instance_index", "message_type", "message"} <= set(doc["resources"][0])
+    r = plat.cli("logs", "no-such-app", "--recent", check=False)
+    assert r.returncode == 1 and "App 'no-such-app' not found" in r.stderr
+
+
+def test_logs_follow_across_restart_and_controller_restart(plat, app_images):
+    plat.push("lg-follow", app_images["web"], "-c", TICKER)
+    f = Follower(plat, "lg-follow")
+    try:
+        # recent lines first, then new ones live
+        f.wait(lambda ls: len(ticks(ls)) >= 2, "the first ticks")
+        first = max(ticks(f.lines))
+        f.wait(lambda ls: max(ticks(ls)) >= first + 5, "live ticks")
+        # a restart: the new instance's lines follow (its start line, ticks from 1 again)
+        n_start = sum("start-web: uid" in l for l in f.lines)
+        plat.cli("restart", "lg-follow")
+        f.wait(lambda ls: sum("start-web: uid" in l for l in ls) > n_start, "the restarted instance's lines")
+        # the controller dies (berth up restarts it): the CLI reconnects and goes on without repeating lines
+        pids = controller_pids(plat)
+        assert len(pids) == 1, pids
+        n = len(f.lines)
+        os.kill(pids[0], signal.SIGKILL)
+        f.wait(lambda ls: len(ticks(ls[n:])) >= 5, "ticks after the controller restarted", timeout=60)
+        assert f.proc.poll() is None
+    finally:
+        rc, err = f.stop()
+    assert rc == 0, err
+    entries = [l for l in f.lines if l.startswith("   ")]
+    assert len(entries) == len(set(entries)), "no line printed twice"
+    assert entries == sorted(entries), "in time order"
+
+
+def test_logs_follow_json(plat, app_images):
+    plat.push("lg-json", app_images["web"], "-c", TICKER)
+    f = Follower(plat, "lg-json", "--json")
+    try:
+        f.wait(lambda ls: sum('"tick-' in l for l in ls) >= 3, "three ticks as NDJSON")
+    finally:
+        rc, _ = f.stop()
+    assert rc == 0
+    docs = [json.loads(l) for l in f.lines if l.strip()]
+    assert all(d["source_type"] == "APP/PROC/WEB" and d["instance_index"] == 0 for d in docs)
