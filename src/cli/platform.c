@@ -1548,6 +1548,352 @@ out:
         return rc;
 }
 
+/* cf's role names on the command line ↔ the API's role types. */
+static const char *const space_role_names[][2] = {
+        { "SpaceManager", "space_manager" },
+        { "SpaceDeveloper", "space_developer" },
+        { "SpaceAuditor", "space_auditor" },
+        { "SpaceSupporter", "space_supporter" },
+};
+
+static const char *space_role_type(const char *name)
+{
+        for (size_t i = 0; i < ARRAY_SIZE(space_role_names); i++)
+                if (strcmp(name, space_role_names[i][0]) == 0)
+                        return space_role_names[i][1];
+        return NULL;
+}
+
+/* The org ORG and its space SPACE (caller owns both). */
+static int find_org_space(struct pctx *p, const char *org_name, const char *space_name, json_t **ret_org,
+                          json_t **ret_space, struct berr **err)
+{
+        _cleanup_json_ json_t *org = NULL, *space = NULL;
+        _cleanup_free_ char *extra = NULL;
+        int r = find_named(p, "organizations", org_name, NULL, "Organization", &org, err);
+        if (r < 0)
+                return r;
+        if (asprintf(&extra, "&organization_guids=%s", app_guid(org)) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        r = find_named(p, "spaces", space_name, extra, "Space", &space, err);
+        if (r < 0)
+                return r;
+        if (ret_org)
+                *ret_org = TAKE_PTR(org);
+        *ret_space = TAKE_PTR(space);
+        return 0;
+}
+
+static int find_user(struct pctx *p, const char *username, json_t **ret, struct berr **err)
+{
+        _cleanup_free_ char *n = urlenc(username), *q = NULL;
+        if (!n || asprintf(&q, "/v3/users?usernames=%s", n) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        int r = find_one(p, q, ret, err);
+        if (r < 0)
+                return r;
+        if (!*ret)
+                return berr_set(err, -ENOENT, "User '%s' not found.", username);
+        return 0;
+}
+
+static int cmd_set_space_role(struct pctx *p, int argc, char **argv, bool set, struct berr **err)
+{
+        const char *use = "USER ORG SPACE SpaceManager|SpaceDeveloper|SpaceAuditor|SpaceSupporter";
+        if (argc != 5)
+                return usage(argv[0], use, err);
+        const char *type = space_role_type(argv[4]);
+        if (!type)
+                return usage(argv[0], use, err);
+        _cleanup_json_ json_t *space = NULL, *resp = NULL;
+        if (find_org_space(p, argv[2], argv[3], NULL, &space, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (set) {
+                _cleanup_json_ json_t *b =
+                    json_pack("{s:s,s:{s:{s:{s:s}},s:{s:{s:s}}}}", "type", type, "relationships", "user",
+                              "data", "username", argv[1], "space", "data", "guid", app_guid(space));
+                if (!p->json)
+                        printf("Assigning role %s to user %s in org %s / space %s as %s...\n", argv[4],
+                               argv[1], argv[2], argv[3], cfg_str(p, "username") ?: "?");
+                if (api(p, "POST", "/v3/roles", b, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        _cleanup_json_ json_t *user = NULL, *role = NULL;
+        _cleanup_free_ char *q = NULL, *dp = NULL;
+        if (find_user(p, argv[1], &user, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf("Removing role %s from user %s in org %s / space %s as %s...\n", argv[4], argv[1],
+                       argv[2], argv[3], cfg_str(p, "username") ?: "?");
+        if (asprintf(&q, "/v3/roles?types=%s&space_guids=%s&user_guids=%s", type, app_guid(space),
+                     app_guid(user)) < 0 ||
+            find_one(p, q, &role, err) < 0)
+                return CLI_EXIT_FAILURE;
+        /* As cf: a role the user does not have is already unset. */
+        if (role &&
+            (asprintf(&dp, "/v3/roles/%s", app_guid(role)) < 0 || api(p, "DELETE", dp, NULL, NULL, err) < 0))
+                return CLI_EXIT_FAILURE;
+        if (p->json)
+                print_json(role ? role : json_null());
+        else
+                printf("OK\n");
+        return 0;
+}
+
+#define SPACE_USERS_MAX 5000 /* one page of roles; a space with more is beyond the CLI's table */
+
+static int cmd_space_users(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        if (argc != 3)
+                return usage(argv[0], "ORG SPACE", err);
+        _cleanup_json_ json_t *space = NULL, *roles = NULL, *users = NULL;
+        _cleanup_free_ char *q = NULL, *uq = NULL;
+        if (find_org_space(p, argv[1], argv[2], NULL, &space, err) < 0 ||
+            asprintf(&q, "/v3/roles?space_guids=%s&per_page=%d", app_guid(space), SPACE_USERS_MAX) < 0 ||
+            api(p, "GET", q, NULL, &roles, err) < 0)
+                return CLI_EXIT_FAILURE;
+        json_t *rl = json_object_get(roles, "resources");
+        /* the users of these roles, by guid, in one request */
+        size_t i;
+        json_t *x;
+        size_t cap = 64 + json_array_size(rl) * 37, len = 0;
+        _cleanup_free_ char *guids = xcalloc(1, cap);
+        json_array_foreach (rl, i, x) {
+                const char *ug = json_string_value(json_object_get(
+                    json_object_get(json_object_get(json_object_get(x, "relationships"), "user"), "data"),
+                    "guid"));
+                if (!ug || strlen(ug) > 36 || strstr(guids, ug))
+                        continue;
+                len += (size_t)snprintf(guids + len, cap - len, "%s%s", len ? "," : "", ug);
+        }
+        json_t *ul = NULL;
+        if (len) {
+                if (asprintf(&uq, "/v3/users?guids=%s&per_page=%d", guids, SPACE_USERS_MAX) < 0 ||
+                    api(p, "GET", uq, NULL, &users, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                ul = json_object_get(users, "resources");
+        }
+        if (p->json) {
+                _cleanup_json_ json_t *doc =
+                    json_pack("{s:o,s:o}", "roles", rl ? json_incref(rl) : json_array(), "users",
+                              ul ? json_incref(ul) : json_array());
+                print_json(doc);
+                return 0;
+        }
+        printf("Getting users in org %s / space %s as %s...\n", argv[1], argv[2],
+               cfg_str(p, "username") ?: "?");
+        static const char *const titles[][2] = {
+                { "space_manager", "SPACE MANAGER" },
+                { "space_developer", "SPACE DEVELOPER" },
+                { "space_auditor", "SPACE AUDITOR" },
+                { "space_supporter", "SPACE SUPPORTER" },
+        };
+        for (size_t t = 0; t < ARRAY_SIZE(titles); t++) {
+                printf("\n%s\n", titles[t][1]);
+                bool any = false;
+                json_array_foreach (rl, i, x) {
+                        if (strcmp(json_string_value(json_object_get(x, "type")) ?: "", titles[t][0]) != 0)
+                                continue;
+                        const char *ug = json_string_value(json_object_get(
+                            json_object_get(json_object_get(json_object_get(x, "relationships"), "user"),
+                                            "data"),
+                            "guid"));
+                        size_t k;
+                        json_t *u, *found = NULL;
+                        json_array_foreach (ul, k, u)
+                                if (ug &&
+                                    strcmp(json_string_value(json_object_get(u, "guid")) ?: "", ug) == 0)
+                                        found = u;
+                        const char *uname = json_string_value(json_object_get(found, "username"));
+                        printf("  %s (%s)\n", uname ?: ug ?: "?",
+                               json_string_value(json_object_get(found, "origin")) ?: "uaa");
+                        any = true;
+                }
+                if (!any) {
+                        char lower[32];
+                        snprintf(lower, sizeof(lower), "%s", titles[t][1]);
+                        for (char *c = lower; *c; c++)
+                                *c = (char)tolower((unsigned char)*c);
+                        printf("  No %s found\n", lower);
+                }
+        }
+        return 0;
+}
+
+/* "host.domain/path" as cf shows a route. Caller frees. */
+static char *route_url(const char *host, const char *domain, const char *path)
+{
+        return xasprintf("%s%s%s%s", host, *host ? "." : "", domain, path);
+}
+
+static int cmd_route(struct pctx *p, int argc, char **argv, bool create, struct berr **err)
+{
+        const char *host = NULL, *rpath = "";
+        bool force = false;
+        const char *use = create ? "DOMAIN --hostname H [--path /P]" : "DOMAIN --hostname H [--path /P] [-f]";
+        static const struct option lo[] = { { "hostname", required_argument, NULL, 'n' },
+                                            { "path", required_argument, NULL, 'p' },
+                                            { 0 } };
+        int c;
+        while ((c = getopt_long(argc, argv, create ? "n:" : "n:f", lo, NULL)) != -1) {
+                if (c == 'n')
+                        host = optarg;
+                else if (c == 'p')
+                        rpath = optarg;
+                else if (c == 'f')
+                        force = true;
+                else
+                        return usage(argv[0], use, err);
+        }
+        if (optind + 1 != argc || !host)
+                return usage(argv[0], use, err);
+        const char *domain = argv[optind];
+        if (need_space(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        _cleanup_json_ json_t *dom = NULL, *route = NULL;
+        if (find_named(p, "domains", domain, NULL, "Domain", &dom, err) < 0)
+                return CLI_EXIT_FAILURE;
+        _cleanup_free_ char *url = route_url(host, domain, rpath);
+        if (create) {
+                if (!p->json)
+                        printf("Creating route %s for org %s / space %s as %s...\n", url,
+                               cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                               cfg_str(p, "username") ?: "?");
+                _cleanup_json_ json_t *b =
+                    json_pack("{s:s, s:s, s:{s:{s:{s:s}}, s:{s:{s:s}}}}", "host", host, "path", rpath,
+                              "relationships", "space", "data", "guid", cfg_sub(p, "space", "guid"), "domain",
+                              "data", "guid", app_guid(dom));
+                if (api(p, "POST", "/v3/routes", b, &route, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (p->json)
+                        print_json(route);
+                else
+                        printf("Route %s has been created.\nOK\n", url);
+                return 0;
+        }
+        if (route_find_or_create(p, host, rpath, app_guid(dom), false, &route, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!route) {
+                /* As cf: deleting what does not exist succeeds, saying so. */
+                if (p->json)
+                        print_json(json_null());
+                else
+                        printf("Unable to delete. Route %s not found.\nOK\n", url);
+                return 0;
+        }
+        if (!force && isatty(STDIN_FILENO)) {
+                fprintf(stderr, "Really delete the route %s? [yN]: ", url);
+                char ans[16];
+                if (!fgets(ans, sizeof(ans), stdin) || (ans[0] != 'y' && ans[0] != 'Y')) {
+                        printf("Delete cancelled\n");
+                        return 0;
+                }
+        }
+        if (!p->json)
+                printf("Deleting route %s...\n", url);
+        _cleanup_free_ char *dp = NULL;
+        if (asprintf(&dp, "/v3/routes/%s", app_guid(route)) < 0 || api(p, "DELETE", dp, NULL, NULL, err) < 0)
+                return CLI_EXIT_FAILURE;
+        p->json ? print_json(route) : (void)printf("OK\n");
+        return 0;
+}
+
+/* delete APP [-f] [-r]: -r also deletes the routes mapped to the app (even if mapped to others too, as cf).
+ */
+static int cmd_delete_app(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        bool routes = false;
+        int c;
+        while ((c = getopt(argc, argv, "fr")) != -1) {
+                if (c == 'r')
+                        routes = true;
+                else if (c != 'f')
+                        return usage(argv[0], "APP [-f] [-r]", err);
+        }
+        if (optind + 1 != argc)
+                return usage(argv[0], "APP [-f] [-r]", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *app = NULL, *rl = NULL;
+        _cleanup_free_ char *path = NULL, *rp = NULL;
+        if (find_app(p, name, &app, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (routes && (asprintf(&rp, "/v3/apps/%s/routes?per_page=5000", app_guid(app)) < 0 ||
+                       api(p, "GET", rp, NULL, &rl, err) < 0))
+                return CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf("Deleting app %s in org %s / space %s as %s...\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        if (asprintf(&path, "/v3/apps/%s", app_guid(app)) < 0 || api(p, "DELETE", path, NULL, NULL, err) < 0)
+                return CLI_EXIT_FAILURE;
+        size_t i;
+        json_t *x;
+        json_array_foreach (json_object_get(rl, "resources"), i, x) {
+                _cleanup_free_ char *dp = NULL;
+                _cleanup_berr_ struct berr *e = NULL;
+                if (!p->json)
+                        printf("Deleting route %s...\n", json_string_value(json_object_get(x, "url")) ?: "?");
+                /* a route that went away meanwhile is deleted already */
+                if (asprintf(&dp, "/v3/routes/%s", app_guid(x)) < 0)
+                        return CLI_EXIT_FAILURE;
+                int r = api(p, "DELETE", dp, NULL, NULL, &e);
+                if (r < 0 && r != -ENOENT) {
+                        if (err && !*err)
+                                *err = TAKE_PTR(e);
+                        return CLI_EXIT_FAILURE;
+                }
+        }
+        if (p->json) {
+                json_t *rr = json_object_get(rl, "resources");
+                _cleanup_json_ json_t *doc =
+                    json_pack("{s:O,s:o}", "app", app, "routes", rr ? json_incref(rr) : json_array());
+                print_json(doc);
+        } else {
+                printf("OK\n");
+        }
+        return 0;
+}
+
+/* create-space NAME [-o ORG], -o before or after NAME. */
+static int cmd_create_space(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        const char *org = NULL;
+        int c;
+        while ((c = getopt(argc, argv, "o:")) != -1) {
+                if (c == 'o')
+                        org = optarg;
+                else
+                        return usage(argv[0], "NAME [-o ORG]", err);
+        }
+        if (optind + 1 != argc)
+                return usage(argv[0], "NAME [-o ORG]", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *o = NULL, *resp = NULL;
+        const char *og = cfg_sub(p, "org", "guid");
+        if (org) {
+                if (find_named(p, "organizations", org, NULL, "Organization", &o, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                og = app_guid(o);
+        }
+        if (!cfg_str(p, "api"))
+                return berr_set(err, -ENOENT, "not logged in (use 'berth login -a URL -u USER')"),
+                       CLI_EXIT_FAILURE;
+        if (!og)
+                return berr_set(err, -ENOENT, "No org targeted, use 'berth target -o ORG' or -o ORG."),
+                       CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf("Creating space %s in org %s as %s...\n", name, org ?: cfg_sub(p, "org", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        _cleanup_json_ json_t *b = json_pack("{s:s,s:{s:{s:{s:s}}}}", "name", name, "relationships",
+                                             "organization", "data", "guid", og);
+        if (api(p, "POST", "/v3/spaces", b, &resp, err) < 0)
+                return CLI_EXIT_FAILURE;
+        p->json ? print_json(resp) : (void)printf("OK\n");
+        return 0;
+}
+
 static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *cmd = argv[0];
@@ -1626,27 +1972,6 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                 p->json ? print_json(resp) : (void)printf("OK\n");
                 return 0;
         }
-        if (strcmp(cmd, "create-space") == 0 && argc == 2) {
-                _cleanup_json_ json_t *b = json_pack("{s:s,s:{s:{s:{s:s?}}}}", "name", argv[1],
-                                                     "relationships", "organization", "data", "guid",
-                                                     cfg_sub(p, "org", "guid")),
-                                      *resp = NULL;
-                if (api(p, "POST", "/v3/spaces", b, &resp, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                p->json ? print_json(resp) : (void)printf("OK\n");
-                return 0;
-        }
-        if (strcmp(cmd, "delete") == 0 && argc >= 2) {
-                _cleanup_json_ json_t *app = NULL;
-                if (find_app(p, argv[1], &app, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                _cleanup_free_ char *path = NULL;
-                if (asprintf(&path, "/v3/apps/%s", app_guid(app)) < 0 ||
-                    api(p, "DELETE", path, NULL, NULL, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                printf("OK\n");
-                return 0;
-        }
         if (strcmp(cmd, "env") == 0 && argc == 2) {
                 _cleanup_json_ json_t *app = NULL, *resp = NULL;
                 _cleanup_free_ char *path = NULL;
@@ -1675,30 +2000,6 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
         if (strcmp(cmd, "routes") == 0 && argc == 1)
                 return list_cmd(p, "Getting routes", "/v3/routes", (const char *[]){ "host", "url", NULL },
                                 err);
-        if (strcmp(cmd, "set-space-role") == 0 && argc == 5) {
-                static const char *const names[][2] = { { "SpaceDeveloper", "space_developer" },
-                                                        { "SpaceAuditor", "space_auditor" },
-                                                        { "SpaceManager", "space_manager" } };
-                const char *type = NULL;
-                for (size_t i = 0; i < ARRAY_SIZE(names); i++)
-                        if (strcmp(argv[4], names[i][0]) == 0)
-                                type = names[i][1];
-                if (!type)
-                        return usage(cmd, "USER ORG SPACE SpaceDeveloper|SpaceAuditor|SpaceManager", err);
-                _cleanup_json_ json_t *org = NULL, *space = NULL, *resp = NULL;
-                _cleanup_free_ char *extra = NULL;
-                if (find_named(p, "organizations", argv[2], NULL, "Organization", &org, err) < 0 ||
-                    asprintf(&extra, "&organization_guids=%s", app_guid(org)) < 0 ||
-                    find_named(p, "spaces", argv[3], extra, "Space", &space, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                _cleanup_json_ json_t *b =
-                    json_pack("{s:s,s:{s:{s:{s:s}},s:{s:{s:s}}}}", "type", type, "relationships", "user",
-                              "data", "username", argv[1], "space", "data", "guid", app_guid(space));
-                if (api(p, "POST", "/v3/roles", b, &resp, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                p->json ? print_json(resp) : (void)printf("OK\n");
-                return 0;
-        }
         if (strcmp(cmd, "scale") == 0 && argc >= 2) {
                 long inst = -1, mem = -1, disk = -1;
                 int c;
@@ -1762,18 +2063,16 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                                json_is_true(json_object_get(resp, "enabled")) ? "enabled" : "disabled");
                 return 0;
         }
-        if (strcmp(cmd, "create-space") == 0 && argc == 4 && strcmp(argv[2], "-o") == 0) {
-                _cleanup_json_ json_t *org = NULL, *resp = NULL;
-                if (find_named(p, "organizations", argv[3], NULL, "Organization", &org, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                _cleanup_json_ json_t *b =
-                    json_pack("{s:s,s:{s:{s:{s:s}}}}", "name", argv[1], "relationships", "organization",
-                              "data", "guid", app_guid(org));
-                if (api(p, "POST", "/v3/spaces", b, &resp, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                p->json ? print_json(resp) : (void)printf("OK\n");
-                return 0;
-        }
+        if (strcmp(cmd, "create-space") == 0)
+                return cmd_create_space(p, argc, argv, err);
+        if (strcmp(cmd, "delete") == 0)
+                return cmd_delete_app(p, argc, argv, err);
+        if (strcmp(cmd, "set-space-role") == 0 || strcmp(cmd, "unset-space-role") == 0)
+                return cmd_set_space_role(p, argc, argv, cmd[0] == 's', err);
+        if (strcmp(cmd, "space-users") == 0)
+                return cmd_space_users(p, argc, argv, err);
+        if (strcmp(cmd, "create-route") == 0 || strcmp(cmd, "delete-route") == 0)
+                return cmd_route(p, argc, argv, cmd[0] == 'c', err);
         if ((strcmp(cmd, "map-route") == 0 || strcmp(cmd, "unmap-route") == 0) && argc >= 3)
                 return cmd_map_route(p, argc, argv, strcmp(cmd, "map-route") == 0, err);
         if (strcmp(cmd, "restage") == 0 && argc == 2)

@@ -231,3 +231,131 @@ def test_logs_follow_json(plat, app_images):
     assert rc == 0
     docs = [json.loads(l) for l in f.lines if l.strip()]
     assert all(d["source_type"] == "APP/PROC/WEB" and d["instance_index"] == 0 for d in docs)
+
+
+# --- spaces, roles, routes, delete -r ------------------------------------------------------------------------
+
+def route_urls(plat):
+    return sorted(r["url"] for r in plat.api_json("GET", "/v3/routes?per_page=5000")["resources"])
+
+
+def space_names(plat):
+    return sorted(s["name"] for s in plat.api_json("GET", "/v3/spaces?per_page=5000")["resources"])
+
+
+def test_create_space_o_before_or_after(plat):
+    assert plat.cli("create-space", "cli-sp-after", "-o", "default").stdout.strip().endswith("OK")
+    doc = plat.cli_json("create-space", "-o", "default", "cli-sp-before")
+    assert doc["name"] == "cli-sp-before"
+    org = plat.api_json("GET", "/v3/organizations?names=default")["resources"][0]["guid"]
+    assert doc["relationships"]["organization"]["data"]["guid"] == org
+    assert {"cli-sp-after", "cli-sp-before"} <= set(space_names(plat))
+    before = space_names(plat)
+    r = plat.cli("create-space", "cli-sp-after", "-o", "default", check=False)
+    assert r.returncode == 1 and "cli-sp-after" in r.stderr, r.stderr
+    r = plat.cli("create-space", "x-sp", "-o", "no-such-org", check=False)
+    assert r.returncode == 1 and "Organization 'no-such-org' not found." in r.stderr
+    r = plat.cli("create-space", check=False)
+    assert r.returncode == 2
+    assert space_names(plat) == before
+
+
+def test_space_roles_and_space_users(plat):
+    plat.cli("create-space", "cli-roles", "-o", "default")
+    plat.cli("create-user", "cli-dev", "cli-dev-pa55")
+    plat.cli("create-user", "cli-aud", "cli-aud-pa55")
+    r = plat.cli("set-space-role", "cli-dev", "default", "cli-roles", "SpaceDeveloper")
+    assert "Assigning role SpaceDeveloper to user cli-dev in org default / space cli-roles" in r.stdout
+    role = plat.cli_json("set-space-role", "cli-aud", "default", "cli-roles", "SpaceAuditor")
+    assert role["type"] == "space_auditor"
+    plat.cli("set-space-role", "cli-dev", "default", "cli-roles", "SpaceAuditor")
+
+    out = plat.cli("space-users", "default", "cli-roles").stdout
+    assert out.startswith("Getting users in org default / space cli-roles as admin...")
+    assert "\nSPACE MANAGER\n  No space manager found\n" in out
+    assert "\nSPACE DEVELOPER\n  cli-dev (uaa)\n" in out
+    aud = out.split("SPACE AUDITOR\n")[1].split("\n\n")[0]
+    assert sorted(aud.split("\n")) == ["  cli-aud (uaa)", "  cli-dev (uaa)"]
+    doc = plat.cli_json("space-users", "default", "cli-roles")
+    assert sorted(r["type"] for r in doc["roles"]) == ["space_auditor", "space_auditor", "space_developer"]
+    assert sorted(u["username"] for u in doc["users"]) == ["cli-aud", "cli-dev"]
+
+    r = plat.cli("unset-space-role", "cli-dev", "default", "cli-roles", "SpaceDeveloper")
+    assert "Removing role SpaceDeveloper from user cli-dev" in r.stdout and r.stdout.strip().endswith("OK")
+    out = plat.cli("space-users", "default", "cli-roles").stdout
+    assert "\nSPACE DEVELOPER\n  No space developer found\n" in out
+    assert "  cli-dev (uaa)" in out, "the auditor role stays"
+    # unsetting a role the user does not have is fine (cf's behaviour); --json gives the role deleted
+    assert plat.cli_json("unset-space-role", "cli-dev", "default", "cli-roles", "SpaceDeveloper") is None
+    removed = plat.cli_json("unset-space-role", "cli-aud", "default", "cli-roles", "SpaceAuditor")
+    assert removed["type"] == "space_auditor"
+
+    before = plat.cli_json("space-users", "default", "cli-roles")
+    for args, code, says in [
+        (["unset-space-role", "nobody", "default", "cli-roles", "SpaceAuditor"], 1, "User 'nobody' not found."),
+        (["unset-space-role", "cli-dev", "default", "cli-roles", "SpaceKing"], 2, "usage"),
+        (["set-space-role", "cli-dev", "default", "no-space", "SpaceAuditor"], 1, "Space 'no-space' not found."),
+        (["space-users", "default", "no-space"], 1, "Space 'no-space' not found."),
+        (["space-users", "no-org", "cli-roles"], 1, "Organization 'no-org' not found."),
+        (["space-users", "default"], 2, "usage"),
+    ]:
+        r = plat.cli(*args, check=False)
+        assert r.returncode == code and says in r.stderr, (args, r)
+    assert plat.cli_json("space-users", "default", "cli-roles") == before
+
+
+def test_create_and_delete_route(plat):
+    r = plat.cli("create-route", "apps.localhost", "--hostname", "cr-one")
+    assert "Creating route cr-one.apps.localhost for org default / space default as admin..." in r.stdout
+    assert "Route cr-one.apps.localhost has been created." in r.stdout
+    doc = plat.cli_json("create-route", "apps.localhost", "--hostname", "cr-two", "--path", "/api")
+    assert doc["url"] == "cr-two.apps.localhost/api" and doc["host"] == "cr-two" and doc["path"] == "/api"
+    assert {"cr-one.apps.localhost", "cr-two.apps.localhost/api"} <= set(route_urls(plat))
+    # a route without app: unknown to the router
+    assert plat.route_get("cr-one").status_code == 404
+
+    before = route_urls(plat)
+    for args, code, says in [
+        (["create-route", "apps.localhost", "--hostname", "cr-one"], 1, "cr-one"),
+        (["create-route", "apps.localhost", "--hostname", "Bad Host"], 1, "Host"),
+        (["create-route", "no-such.example", "--hostname", "x"], 1, "Domain 'no-such.example' not found."),
+        (["create-route", "apps.localhost"], 2, "usage"),
+        (["delete-route", "apps.localhost"], 2, "usage"),
+        (["delete-route", "no-such.example", "--hostname", "cr-one", "-f"], 1, "Domain 'no-such.example' not found."),
+    ]:
+        r = plat.cli(*args, check=False)
+        assert r.returncode == code and says in r.stderr, (args, r)
+    assert route_urls(plat) == before
+
+    r = plat.cli("delete-route", "apps.localhost", "--hostname", "cr-one", "-f")
+    assert "Deleting route cr-one.apps.localhost..." in r.stdout and r.stdout.strip().endswith("OK")
+    # the path tells two routes of one host apart
+    r = plat.cli("delete-route", "apps.localhost", "--hostname", "cr-two", "-f")
+    assert "Unable to delete. Route cr-two.apps.localhost not found." in r.stdout
+    gone = plat.cli_json("delete-route", "apps.localhost", "--hostname", "cr-two", "--path", "/api", "-f")
+    assert gone["url"] == "cr-two.apps.localhost/api"
+    urls = route_urls(plat)
+    assert "cr-one.apps.localhost" not in urls and "cr-two.apps.localhost/api" not in urls
+    assert plat.cli_json("delete-route", "apps.localhost", "--hostname", "cr-one", "-f") is None
+
+
+def test_delete_app_with_and_without_routes(plat, app_images):
+    plat.push("del-r", app_images["web"], "-i", "0")
+    plat.cli("map-route", "del-r", "apps.localhost", "--hostname", "del-r-two")
+    plat.push("del-keep", app_images["web"], "-i", "0")
+    assert {"del-r.apps.localhost", "del-r-two.apps.localhost", "del-keep.apps.localhost"} <= set(route_urls(plat))
+    r = plat.cli("delete", "del-r", "-r", "-f")
+    assert "Deleting app del-r in org default / space default as admin..." in r.stdout
+    assert "Deleting route del-r-two.apps.localhost..." in r.stdout
+    assert "del-r" not in plat.app_names()
+    urls = route_urls(plat)
+    assert "del-r.apps.localhost" not in urls and "del-r-two.apps.localhost" not in urls
+    assert "del-keep.apps.localhost" in urls
+    # without -r the routes stay; --json gives what was deleted
+    doc = plat.cli_json("delete", "del-keep", "-f")
+    assert doc["app"]["name"] == "del-keep" and doc["routes"] == []
+    assert "del-keep.apps.localhost" in route_urls(plat)
+    r = plat.cli("delete", "del-keep", "-f", check=False)
+    assert r.returncode == 1 and "App 'del-keep' not found." in r.stderr
+    r = plat.cli("delete", "x", "-z", check=False)
+    assert r.returncode == 2
