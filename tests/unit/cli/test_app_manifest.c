@@ -24,17 +24,17 @@ static struct manifest *parse_ok(const char *y)
 static void test_full_app(void **state)
 {
         (void)state;
-        _cleanup_(manifest_freep) struct manifest *m = parse_ok(
-            "---\nversion: 1\napplications:\n"
-            "- name: web\n"
-            "  docker:\n    image: registry.example:5000/web:1\n    username: deploy\n"
-            "  instances: 3\n  memory: 64M\n  disk_quota: 1G\n"
-            "  command: exec start-web from-manifest\n"
-            "  health-check-type: http\n  health-check-http-endpoint: /health\n  timeout: 90\n"
-            "  env:\n    A: \"yes\"\n    N: 42\n    B: true\n    F: 1.5\n"
-            "  routes:\n  - route: Web.Apps.Localhost/Api\n  - route: other.apps.localhost\n"
-            "- name: worker\n  docker:\n    image: busybox\n  no-route: true\n  memory: 512mb\n"
-            "  health-check-type: none\n");
+        _cleanup_(manifest_freep) struct manifest *m =
+            parse_ok("---\nversion: 1\napplications:\n"
+                     "- name: web\n"
+                     "  docker:\n    image: registry.example:5000/web:1\n    username: deploy\n"
+                     "  instances: 3\n  memory: 64M\n  disk_quota: 1G\n"
+                     "  command: exec start-web from-manifest\n"
+                     "  health-check-type: http\n  health-check-http-endpoint: /health\n  timeout: 90\n"
+                     "  env:\n    A: \"yes\"\n    N: 42\n    B: true\n    F: 1.5\n"
+                     "  routes:\n  - route: Web.Apps.Localhost/Api\n  - route: other.apps.localhost\n"
+                     "- name: worker\n  docker:\n    image: busybox\n  no-route: true\n  memory: 512mb\n"
+                     "  health-check-type: none\n");
         assert_int_equal(m->n_apps, 2);
         struct manifest_app *a = &m->apps[0];
         assert_string_equal(a->name, "web");
@@ -116,13 +116,15 @@ static void test_errors(void **state)
                 { "applications:\n- name: a\n  memory: -5M\n", "memory: invalid size" },
                 { "applications:\n- name: a\n  disk_quota: 1X\n", "disk_quota: invalid size" },
                 { "applications:\n- name: a\n  memory: 99999999999G\n", "invalid size" },
-                { "applications:\n- name: a\n  instances: -2\n", "instances must be an integer of 0 or more" },
+                { "applications:\n- name: a\n  instances: -2\n",
+                  "instances must be an integer of 0 or more" },
                 { "applications:\n- name: a\n  instances: '2'\n", "instances must be an integer" },
                 { "applications:\n- name: a\n  instances: 1.5\n", "instances must be an integer" },
                 { "applications:\n- name: a\n  env:\n    PORT: 9\n", "'PORT' cannot be set" },
                 { "applications:\n- name: a\n  env:\n    VCAP_X: 9\n", "'VCAP_X' cannot be set" },
                 { "applications:\n- name: a\n  env:\n    CF_INSTANCE_IP: 9\n", "cannot be set" },
-                { "applications:\n- name: a\n  env:\n    K: [1]\n", "'K' must be a string, number or boolean" },
+                { "applications:\n- name: a\n  env:\n    K: [1]\n",
+                  "'K' must be a string, number or boolean" },
                 { "applications:\n- name: a\n  env:\n    K: ~\n", "'K' must be a string" },
                 { "applications:\n- name: a\n  env: [K]\n", "env must be a map" },
                 { "applications:\n- name: a\n  routes: x.example\n", "routes must be a list" },
@@ -167,8 +169,9 @@ static void test_error_names_the_app(void **state)
         struct manifest *m = NULL;
         struct berr *err = NULL;
         assert_true(manifest_parse(y, strlen(y), &m, &err) < 0);
-        assert_string_equal(berr_msg(err), "applications[1] (second): memory: invalid size \"lots\" (use 256M, "
-                                           "1G, 512MB, ...)");
+        assert_string_equal(berr_msg(err),
+                            "applications[1] (second): memory: invalid size \"lots\" (use 256M, "
+                            "1G, 512MB, ...)");
         berr_free(err);
 }
 
@@ -223,9 +226,9 @@ static void test_too_big(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_full_app),  cmocka_unit_test(test_unknown_keys_warn),
-                cmocka_unit_test(test_errors),    cmocka_unit_test(test_error_names_the_app),
-                cmocka_unit_test(test_sizes),     cmocka_unit_test(test_routes_and_env_names),
+                cmocka_unit_test(test_full_app), cmocka_unit_test(test_unknown_keys_warn),
+                cmocka_unit_test(test_errors),   cmocka_unit_test(test_error_names_the_app),
+                cmocka_unit_test(test_sizes),    cmocka_unit_test(test_routes_and_env_names),
                 cmocka_unit_test(test_too_big),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
