@@ -1140,6 +1140,49 @@ static int app_document(struct pctx *p, const char *name, json_t **ret, struct b
         return 0;
 }
 
+#define APP_CRASH_EVENTS    50 /* the newest crash events searched for an instance's exit status */
+#define APP_CRASH_LOG_LINES 10 /* log lines shown per crashed instance */
+#define LOGS_RECENT_LINES   1000
+
+static void log_print(const json_t *x);
+
+/*
+ * The details column of a CRASHED instance: the reason the stats give ("exited with status 3", "out of
+ * memory", "health check failed", ...) with the exit status of its last crash (audit.app.process.crash)
+ * when the reason does not say it, and how many times it crashed. NULL for other instances. Caller frees.
+ */
+static char *crash_details(json_t *inst, json_t *events)
+{
+        if (strcmp(json_string_value(json_object_get(inst, "state")) ?: "", "CRASHED") != 0)
+                return NULL;
+        const char *reason = json_string_value(json_object_get(inst, "details"));
+        const char *guid = json_string_value(json_object_get(inst, "guid"));
+        json_int_t idx = json_integer_value(json_object_get(inst, "index"));
+        json_t *data = NULL, *e;
+        size_t i;
+        json_array_foreach (json_object_get(events, "resources"), i, e) {
+                json_t *d = json_object_get(e, "data");
+                const char *ig = json_string_value(json_object_get(d, "instance"));
+                if ((guid && ig && strcmp(guid, ig) == 0) ||
+                    (!ig && json_integer_value(json_object_get(d, "index")) == idx)) {
+                        data = d;
+                        break;
+                }
+        }
+        if (!reason)
+                reason = json_string_value(json_object_get(data, "reason")) ?: "crashed";
+        json_t *es = json_object_get(data, "exit_status");
+        char status[48] = "";
+        if (json_is_integer(es) && !strstr(reason, "status"))
+                snprintf(status, sizeof(status), ", exit status %lld", (long long)json_integer_value(es));
+        json_t *cc = json_object_get(data, "crash_count");
+        char count[48] = "";
+        if (json_is_integer(cc) && json_integer_value(cc) > 0)
+                snprintf(count, sizeof(count), " (crashed %lld time%s)", (long long)json_integer_value(cc),
+                         json_integer_value(cc) == 1 ? "" : "s");
+        return xasprintf("%s%s%s", reason, status, count);
+}
+
 static int cmd_app(struct pctx *p, const char *name, struct berr **err)
 {
         _cleanup_json_ json_t *doc = NULL;
@@ -1182,9 +1225,28 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
                     json_string_value(json_object_get(json_object_get(droplet, "process_types"), "web"));
         printf("start command:  %s\n", command ?: "");
         printf("     %-9s %-22s %-6s %-16s %-16s %s\n", "state", "since", "cpu", "memory", "disk", "details");
+        /* Crashed instances: their last crash's exit status (audit events) and last log lines. */
+        _cleanup_json_ json_t *crashes = NULL, *logs = NULL;
+        bool any_crashed = false;
+        json_array_foreach (inst, i, x)
+                any_crashed |= strcmp(json_string_value(json_object_get(x, "state")) ?: "", "CRASHED") == 0;
+        if (any_crashed) {
+                _cleanup_free_ char *ep = NULL, *lp = NULL;
+                _cleanup_berr_ struct berr *e1 = NULL, *e2 = NULL;
+                /* courtesy data: the view stands without it */
+                if (asprintf(
+                        &ep,
+                        "/v3/audit_events?target_guids=%s&types=audit.app.process.crash&order_by=-created_at"
+                        "&per_page=%d",
+                        app_guid(app), APP_CRASH_EVENTS) >= 0)
+                        api(p, "GET", ep, NULL, &crashes, &e1);
+                if (asprintf(&lp, "/v3/apps/%s/logs?lines=%d", app_guid(app), LOGS_RECENT_LINES) >= 0)
+                        api(p, "GET", lp, NULL, &logs, &e2);
+        }
         json_array_foreach (inst, i, x) {
                 json_t *u = json_object_get(x, "usage");
                 char m[32], mq[32], d[32], dq[32], st[32];
+                _cleanup_free_ char *details = crash_details(x, crashes);
                 human_bytes((double)json_integer_value(json_object_get(u, "mem")), m, sizeof(m));
                 human_bytes((double)json_integer_value(json_object_get(x, "mem_quota")), mq, sizeof(mq));
                 human_bytes((double)json_integer_value(json_object_get(u, "disk")), d, sizeof(d));
@@ -1195,13 +1257,32 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
                 char mcol[80], dcol[80];
                 snprintf(mcol, sizeof(mcol), "%s of %s", m, mq);
                 snprintf(dcol, sizeof(dcol), "%s of %s", d, dq);
-                printf("#%-3lld %-9s %-22s %5.1f%% %-16s %-16s %s\n",
+                char cpu[32];
+                snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(u, "cpu")) * 100);
+                printf("#%-3lld %-9s %-22s %-6s %-16s %-16s %s\n",
                        (long long)json_integer_value(json_object_get(x, "index")), st,
-                       json_string_value(json_object_get(x, "since")) ?: "",
-                       json_number_value(json_object_get(u, "cpu")) * 100, mcol, dcol,
-                       json_string_value(json_object_get(x, "details")) ?: "");
+                       json_string_value(json_object_get(x, "since")) ?: "", cpu, mcol, dcol,
+                       details ?: json_string_value(json_object_get(x, "details")) ?: "");
         }
         (void)disk;
+        json_array_foreach (inst, i, x) {
+                if (strcmp(json_string_value(json_object_get(x, "state")) ?: "", "CRASHED") != 0)
+                        continue;
+                json_int_t idx = json_integer_value(json_object_get(x, "index"));
+                json_t *lines = json_object_get(logs, "resources"), *l;
+                size_t n = 0, k, shown = 0;
+                json_array_foreach (lines, k, l)
+                        n += json_integer_value(json_object_get(l, "instance_index")) == idx;
+                printf("\nlast log lines of crashed instance #%lld:\n", (long long)idx);
+                json_array_foreach (lines, k, l) {
+                        if (json_integer_value(json_object_get(l, "instance_index")) != idx)
+                                continue;
+                        if (n - shown++ <= APP_CRASH_LOG_LINES)
+                                log_print(l);
+                }
+                if (n == 0)
+                        printf("   (none)\n");
+        }
         return 0;
 }
 

@@ -359,3 +359,46 @@ def test_delete_app_with_and_without_routes(plat, app_images):
     assert r.returncode == 1 and "App 'del-keep' not found." in r.stderr
     r = plat.cli("delete", "x", "-z", check=False)
     assert r.returncode == 2
+
+
+# --- app: crashed instances, CPU ----------------------------------------------------------------------------
+
+def test_app_shows_crash_reason_and_last_lines(plat, app_images):
+    r = plat.push("cr-view", app_images["crash"], check=False)
+    assert r.returncode == 1, r
+
+    def crashed_view():
+        out = plat.cli("app", "cr-view").stdout
+        rows = [l for l in out.splitlines() if l.startswith("#0 ")]
+        return out if rows and " crashed " in rows[0] and "last log lines" in out else None
+    out = helpers.wait_for(crashed_view, timeout=60, what="cr-view's instance shown as crashed", interval=0.2)
+    row = [l for l in out.splitlines() if l.startswith("#0 ")][0]
+    assert "exited with status 3" in row and "(crashed " in row, row
+    tail = out.split("last log lines of crashed instance #0:\n")[1].splitlines()
+    assert 1 <= len(tail) <= 10 and all(l.startswith("   ") for l in tail), tail
+    assert any("[APP/PROC/WEB/0] ERR crashing-now" in l for l in tail), tail
+    # --json stays the API's data
+    inst = plat.app("cr-view")["instances"][0]
+    if inst["state"] == "CRASHED":
+        assert inst["details"] == "exited with status 3"
+    assert set(plat.app("cr-view")) == {"app", "process", "droplet", "routes", "instances"}
+
+
+def test_app_cpu_usage(plat, app_images):
+    plat.push("cpu-burn", app_images["web"], "-c", "while :; do :; done & exec start-web")
+    plat.wait_route("cpu-burn")
+
+    def busy():
+        inst = plat.app("cpu-burn")["instances"]
+        return inst if inst and inst[0]["state"] == "RUNNING" and inst[0]["usage"].get("cpu", 0) > 0.05 else None
+    inst = helpers.wait_for(busy, timeout=30, what="cpu usage of cpu-burn above 5%", interval=0.5)
+    assert inst[0]["usage"]["cpu"] > 0
+
+    def shown():
+        rows = [l for l in plat.cli("app", "cpu-burn").stdout.splitlines() if l.startswith("#0 ")]
+        if not rows:
+            return None
+        pct = [f for f in rows[0].split() if f.endswith("%")]
+        return float(pct[0][:-1]) if pct and float(pct[0][:-1]) > 0 else None
+    assert helpers.wait_for(shown, timeout=30, what="a non-zero cpu % in berth app", interval=0.5) > 0
+    plat.cli("delete", "cpu-burn", "-f")
