@@ -1975,6 +1975,61 @@ static int cmd_create_space(struct pctx *p, int argc, char **argv, struct berr *
         return 0;
 }
 
+/*
+ * restart APP [--strategy rolling]: without a strategy, the API's restart (every instance at once). Rolling:
+ * a deployment of the current droplet replacing instances one at a time; on a stopped app, a plain start.
+ */
+static int cmd_restart(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        bool rolling = false;
+        static const struct option lo[] = { { "strategy", required_argument, NULL, 'Y' }, { 0 } };
+        int c;
+        while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+                if (c != 'Y' || strcmp(optarg, "rolling") != 0)
+                        return usage(argv[0], "APP [--strategy rolling]", err);
+                rolling = true;
+        }
+        if (optind + 1 != argc)
+                return usage(argv[0], "APP [--strategy rolling]", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *app = NULL, *resp = NULL;
+        if (!rolling) {
+                if (app_action(p, name, "restart", &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        if (find_app(p, name, &app, err) < 0)
+                return CLI_EXIT_FAILURE;
+        const char *state = json_string_value(json_object_get(app, "state"));
+        if (!p->json)
+                printf("Restarting app %s in org %s / space %s as %s...\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        if (state && strcmp(state, "STARTED") == 0) {
+                if (!p->json) {
+                        printf("Creating deployment for app %s...\nWaiting for app to deploy...\n", name);
+                        fflush(stdout);
+                }
+                if (deploy_rolling(p, app_guid(app), NULL, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+        } else {
+                _cleanup_free_ char *path = NULL;
+                if (asprintf(&path, "/v3/apps/%s/actions/start", app_guid(app)) < 0 ||
+                    api(p, "POST", path, NULL, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+        }
+        if (!p->json) {
+                printf("\n");
+                fflush(stdout);
+        }
+        /* The app view is a courtesy: the deployment succeeded whatever it says. */
+        _cleanup_berr_ struct berr *ve = NULL;
+        if (cmd_app(p, name, &ve) != 0 && !p->json)
+                printf("OK\n");
+        return 0;
+}
+
 static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *cmd = argv[0];
@@ -2025,8 +2080,9 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                         printf("Feature %s %s.\nOK\n", argv[1], cmd[0] == 'e' ? "enabled" : "disabled");
                 return 0;
         }
-        if ((strcmp(cmd, "start") == 0 || strcmp(cmd, "stop") == 0 || strcmp(cmd, "app-stop") == 0 ||
-             strcmp(cmd, "restart") == 0) &&
+        if (strcmp(cmd, "restart") == 0)
+                return cmd_restart(p, argc, argv, err);
+        if ((strcmp(cmd, "start") == 0 || strcmp(cmd, "stop") == 0 || strcmp(cmd, "app-stop") == 0) &&
             argc == 2) {
                 const char *action = strcmp(cmd, "app-stop") == 0 ? "stop" : cmd;
                 _cleanup_json_ json_t *resp = NULL;

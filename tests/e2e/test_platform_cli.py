@@ -402,3 +402,219 @@ def test_app_cpu_usage(plat, app_images):
         return float(pct[0][:-1]) if pct and float(pct[0][:-1]) > 0 else None
     assert helpers.wait_for(shown, timeout=30, what="a non-zero cpu % in berth app", interval=0.5) > 0
     plat.cli("delete", "cpu-burn", "-f")
+
+
+# --- rolling deployments: the CLI's side against a fake API -----------------------------------------------
+
+class FakeDeployAPI:
+    """Just enough of the API for ``restart --strategy rolling`` and ``push --strategy rolling`` on a started
+    app: a deployment goes ACTIVE for ``polls`` GETs, then FINALIZED with ``reason``. Records requests."""
+
+    APP, PROC, DROPLET, NEW_DROPLET, DEP, ROUTE = ("a-guid", "p-guid", "d-old", "d-new", "dep-guid", "r-guid")
+
+    def __init__(self, reason="DEPLOYED", polls=3, deployments=True):
+        import http.server
+        self.reason, self.polls, self.deployments = reason, polls, deployments
+        self.requests = []  # (monotonic time, method, path, body)
+        self.gets = 0
+        fake = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _do(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n)) if n else None
+                fake.requests.append((time.monotonic(), self.command, self.path, body))
+                status, doc = fake.answer(self.command, self.path, body)
+                data = json.dumps(doc).encode() if doc is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            do_GET = do_POST = do_PATCH = do_DELETE = _do
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def deployment(self, value, reason):
+        return {"guid": self.DEP, "status": {"value": value, "reason": reason, "details": {}},
+                "strategy": "rolling", "droplet": {"guid": self.NEW_DROPLET}, "previous_droplet": {"guid": self.DROPLET},
+                "relationships": {"app": {"data": {"guid": self.APP}}}, "created_at": "2026-11-28T18:00:00Z",
+                "updated_at": "2026-11-28T18:00:00Z"}
+
+    def answer(self, method, path, body):
+        p = path.split("?")[0]
+        app = {"guid": self.APP, "name": "roller", "state": "STARTED"}
+        if method == "GET" and p == "/v3/apps":
+            return 200, {"resources": [app] if "names=roller" in path else []}
+        if method == "GET" and p == f"/v3/apps/{self.APP}/processes/web":
+            return 200, {"guid": self.PROC, "instances": 2, "memory_in_mb": 256, "disk_in_mb": 1024, "command": None}
+        if method == "GET" and p == f"/v3/apps/{self.APP}/droplets/current":
+            return 200, {"guid": self.DROPLET, "image": "r/x@sha256:0", "docker_image": "r/x:1"}
+        if method == "GET" and p == f"/v3/apps/{self.APP}/routes":
+            return 200, {"resources": [{"guid": self.ROUTE, "url": "roller.apps.test"}]}
+        if method == "GET" and p == f"/v3/processes/{self.PROC}/stats":
+            return 200, {"resources": [{"index": 0, "state": "RUNNING", "since": "2026-11-28T18:00:00Z",
+                                        "usage": {"cpu": 0.01, "mem": 1, "disk": 1}, "mem_quota": 1, "disk_quota": 1,
+                                        "details": None}]}
+        if method == "GET" and p == "/v3/domains":
+            return 200, {"resources": [{"guid": "dom", "name": "apps.test"}]}
+        if method == "GET" and p == "/v3/routes":
+            return 200, {"resources": [{"guid": self.ROUTE, "host": "roller", "path": ""}]}
+        if method == "POST" and p == f"/v3/routes/{self.ROUTE}/destinations":
+            return 200, {"destinations": []}
+        if method == "POST" and p == "/v3/packages":
+            return 201, {"guid": "pkg", "state": "READY"}
+        if method == "POST" and p == "/v3/builds":
+            return 201, {"guid": "bld", "state": "STAGED", "droplet": {"guid": self.NEW_DROPLET}}
+        if self.deployments and method == "POST" and p == "/v3/deployments":
+            return 201, self.deployment("ACTIVE", "DEPLOYING")
+        if self.deployments and method == "GET" and p == f"/v3/deployments/{self.DEP}":
+            self.gets += 1
+            if self.gets < self.polls:
+                return 200, self.deployment("ACTIVE", "DEPLOYING")
+            return 200, self.deployment("FINALIZED", self.reason)
+        return 404, {"errors": [{"code": 10000, "title": "CF-NotFound", "detail": "Unknown request"}]}
+
+    def calls(self, method=None, prefix=""):
+        return [r for r in self.requests if (method is None or r[1] == method) and r[2].startswith(prefix)]
+
+    def cli(self, tmp_path, *args):
+        home = tmp_path / "fake-home"
+        home.mkdir(exist_ok=True)
+        (home / "config.json").write_text(json.dumps({
+            "api": self.url, "access_token": "tok", "username": "admin",
+            "org": {"guid": "o", "name": "default"}, "space": {"guid": "s", "name": "default"}}))
+        return berthcli.run_berth(*args, env={"BERTH_HOME": str(home)}, check=False, timeout=60)
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture
+def fake_api():
+    made = []
+
+    def make(**kw):
+        made.append(FakeDeployAPI(**kw))
+        return made[-1]
+    yield make
+    for f in made:
+        f.close()
+
+
+def test_restart_rolling_polls_the_deployment(fake_api, tmp_path):
+    f = fake_api(polls=4)
+    r = f.cli(tmp_path, "restart", "roller", "--strategy", "rolling")
+    assert r.returncode == 0, r
+    assert "Waiting for app to deploy..." in r.stdout and "name:              roller" in r.stdout
+    posts = f.calls("POST", "/v3/deployments")
+    assert [x[3] for x in posts] == [{"strategy": "rolling", "relationships": {"app": {"data": {"guid": f.APP}}}}]
+    gets = [x[0] for x in f.calls("GET", f"/v3/deployments/{f.DEP}")]
+    assert len(gets) == 4
+    assert all(b - a >= 0.15 for a, b in zip(gets, gets[1:])), "polled every 200 ms"
+    assert not f.calls("POST", f"/v3/apps/{f.APP}/actions/"), "no plain restart"
+    # --json: the app view's document
+    f2 = fake_api(polls=1)
+    r = f2.cli(tmp_path, "restart", "roller", "--strategy", "rolling", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["app"]["name"] == "roller"
+
+
+@pytest.mark.parametrize("reason", ["CANCELED", "SUPERSEDED"])
+def test_restart_rolling_fails_unless_deployed(fake_api, tmp_path, reason):
+    f = fake_api(reason=reason, polls=2)
+    r = f.cli(tmp_path, "restart", "roller", "--strategy", "rolling")
+    assert r.returncode == 1 and reason in r.stderr, r
+
+
+def test_rolling_usage_and_missing_endpoint(fake_api, tmp_path):
+    f = fake_api(deployments=False)
+    for args in (["restart", "roller", "--strategy", "blue-green"], ["restart", "roller", "--strategy"],
+                 ["push", "roller", "--docker-image", "r/x:1", "--strategy", "canary"]):
+        r = f.cli(tmp_path, *args)
+        assert r.returncode == 2 and "usage" in r.stderr, (args, r)
+    assert f.requests == [], "usage errors send nothing"
+    r = f.cli(tmp_path, "restart", "roller", "--strategy", "rolling")
+    assert r.returncode == 1 and "no rolling deployments" in r.stderr, r
+
+
+def test_push_rolling_deploys_the_new_droplet(fake_api, tmp_path):
+    f = fake_api(polls=2)
+    r = f.cli(tmp_path, "push", "roller", "--docker-image", "r/x:2", "--strategy", "rolling")
+    assert r.returncode == 0, r
+    posts = f.calls("POST", "/v3/deployments")
+    assert len(posts) == 1 and posts[0][3]["droplet"] == {"guid": f.NEW_DROPLET}
+    assert posts[0][3]["strategy"] == "rolling"
+    assert not f.calls("PATCH", f"/v3/apps/{f.APP}/relationships/current_droplet"), "the deployment sets it"
+    assert not f.calls("POST", f"/v3/apps/{f.APP}/actions/"), "no restart"
+    assert f.calls("POST", "/v3/builds")[0][0] < posts[0][0], "staged first"
+
+
+# --- rolling deployments on the real platform ----------------------------------------------------------------
+
+class Load:
+    """GETs through the router in a loop (a new connection each); counts answers other than 200."""
+
+    def __init__(self, plat, host):
+        self.plat, self.host = plat, host
+        self.ok, self.failed, self.stop_ = 0, [], False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop_:
+            try:
+                r = self.plat.route_get(self.host, timeout=10)
+                if r.status_code == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(r.status_code)
+            except requests.RequestException as e:
+                self.failed.append(repr(e))
+
+    def stop(self):
+        self.stop_ = True
+        self.t.join(30)
+
+
+@pytest.fixture
+def deployments(plat):
+    r = plat.api("POST", "/v3/deployments", json={})
+    if r.status_code == 404:
+        pytest.skip("needs /v3/deployments")
+    return plat
+
+
+def test_rolling_restart_and_push_under_load(deployments, app_images):
+    plat = deployments
+    plat.push("roll", app_images["web"], "-i", "3")
+    plat.wait_running("roll", 3)
+    plat.wait_route("roll")
+    before = {i["guid"] for i in plat.app("roll")["instances"]}
+    load = Load(plat, "roll")
+    try:
+        helpers.wait_for(lambda: load.ok >= 5, timeout=10, what="the load running")
+        r = plat.cli("restart", "roll", "--strategy", "rolling", timeout=300)
+        assert "name:              roll" in r.stdout
+        n = load.ok
+        helpers.wait_for(lambda: load.ok >= n + 5, timeout=10, what="requests after the deployment")
+    finally:
+        load.stop()
+    assert load.failed == [], f"{len(load.failed)} failed requests of {load.ok + len(load.failed)}"
+    after = plat.wait_running("roll", 3)
+    assert not before & {i["guid"] for i in after}, "every instance replaced"
+
+    load = Load(plat, "roll")
+    try:
+        helpers.wait_for(lambda: load.ok >= 5, timeout=10, what="the load running")
+        plat.push("roll", app_images["web2"], "--strategy", "rolling", timeout=300)
+    finally:
+        load.stop()
+    assert load.failed == [], f"{len(load.failed)} failed requests of {load.ok + len(load.failed)}"
+    assert plat.wait_route("roll", pred=lambda r: r.text.strip() == "berth-e2e-web 2")
+    assert plat.app("roll")["droplet"]["docker_image"].endswith("e2e/web:2")
