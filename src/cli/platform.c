@@ -99,8 +99,13 @@ static int client(struct pctx *p, struct berr **err)
 {
         if (p->http)
                 return 0;
+        /* The API's CA: login --ca-file (kept in config.json), else $SSL_CERT_FILE, else the system's. */
+        const char *ca = cfg_str(p, "ca_file");
+        if (!ca || !*ca)
+                ca = getenv("SSL_CERT_FILE");
         struct http_client_opts o = { .insecure =
-                                          json_is_true(json_object_get(p->cfg, "skip_ssl_validation")) };
+                                          json_is_true(json_object_get(p->cfg, "skip_ssl_validation")),
+                                      .ca_file = ca && *ca ? ca : NULL };
         int r = http_client_new(&o, &p->http, err);
         if (r < 0)
                 return r;
@@ -324,12 +329,19 @@ static int usage(const char *cmd, const char *u, struct berr **err)
 
 static int cmd_login(struct pctx *p, int argc, char **argv, struct berr **err)
 {
-        const char *a = NULL, *u = NULL, *pw = NULL, *org = NULL, *space = NULL;
+        const char *a = NULL, *u = NULL, *pw = NULL, *org = NULL, *space = NULL, *ca = NULL;
         bool skip = false;
-        static const struct option lo[] = { { "skip-ssl-validation", no_argument, NULL, 'k' }, { 0 } };
+        static const struct option lo[] = { { "skip-ssl-validation", no_argument, NULL, 'k' },
+                                            { "ca-file", required_argument, NULL, 'C' },
+                                            { 0 } };
+        const char *use =
+            "-a URL -u USER [-p PASSWORD] [-o ORG] [-s SPACE] [--skip-ssl-validation] [--ca-file PEM]";
         int c;
         while ((c = getopt_long(argc, argv, "+a:u:p:o:s:", lo, NULL)) != -1) {
                 switch (c) {
+                case 'C':
+                        ca = optarg;
+                        break;
                 case 'a':
                         a = optarg;
                         break;
@@ -349,12 +361,18 @@ static int cmd_login(struct pctx *p, int argc, char **argv, struct berr **err)
                         skip = true;
                         break;
                 default:
-                        return usage("login", "-a URL -u USER [-p PASSWORD] [-o ORG] [-s SPACE]", err);
+                        return usage("login", use, err);
                 }
         }
         a = a ?: cfg_str(p, "api");
         if (!a || !u || optind != argc)
-                return usage("login", "-a URL -u USER [-p PASSWORD] [-o ORG] [-s SPACE]", err);
+                return usage("login", use, err);
+        _cleanup_free_ char *ca_abs = NULL;
+        if (ca) {
+                ca_abs = realpath(ca, NULL);
+                if (!ca_abs)
+                        return berr_set_errno(err, -errno, "--ca-file %s", ca), CLI_EXIT_FAILURE;
+        }
         _cleanup_free_ char *prompted = NULL;
         if (!pw) {
                 prompted = read_secret("Password: ");
@@ -371,12 +389,21 @@ static int cmd_login(struct pctx *p, int argc, char **argv, struct berr **err)
         json_object_clear(p->cfg);
         json_object_set_new(p->cfg, "api", json_string(api_url));
         json_object_set_new(p->cfg, "skip_ssl_validation", json_boolean(skip));
+        if (ca_abs)
+                json_object_set_new(p->cfg, "ca_file", json_string(ca_abs));
         json_object_set_new(p->cfg, "username", json_string(u));
         printf("API endpoint: %s\n\nAuthenticating...\n", api_url);
         _cleanup_free_ char *ue = urlenc(u), *pe = urlenc(pw), *form = NULL;
         if (!ue || !pe || asprintf(&form, "grant_type=password&username=%s&password=%s", ue, pe) < 0)
                 return berr_set(err, -ENOMEM, "out of memory");
-        int r = token_request(p, api_url, form, err);
+        struct berr *te = NULL;
+        int r = token_request(p, api_url, form, &te);
+        if (r == -EPROTO && !skip) /* TLS: say what to do about it */
+                berr_set(err, r, "%s (use --skip-ssl-validation, or --ca-file PEM with the API's CA)",
+                         berr_msg(te));
+        else if (r < 0 && err && !*err)
+                *err = TAKE_PTR(te);
+        berr_free(te);
         if (r < 0)
                 return CLI_EXIT_FAILURE;
         printf("OK\n\n");

@@ -618,3 +618,86 @@ def test_rolling_restart_and_push_under_load(deployments, app_images):
     assert load.failed == [], f"{len(load.failed)} failed requests of {load.ok + len(load.failed)}"
     assert plat.wait_route("roll", pred=lambda r: r.text.strip() == "berth-e2e-web 2")
     assert plat.app("roll")["droplet"]["docker_image"].endswith("e2e/web:2")
+
+
+# --- the API over TLS -----------------------------------------------------------------------------------------
+
+def _self_signed(d, name):
+    cert, key = os.path.join(d, f"{name}.pem"), os.path.join(d, f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_controller(tmp_path):
+    """``berth controller`` alone, serving its API over HTTPS with a self-signed certificate."""
+    from berthplatform import free_port
+    d = str(tmp_path)
+    cert, key = _self_signed(d, "api")
+    wrong_ca, _ = _self_signed(d, "other")
+    data = os.path.join(d, "data")
+    os.makedirs(data)
+    cfg = os.path.join(d, "config.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"controller:\n  tls_cert: {cert}\n  tls_key: {key}\n")
+    port = free_port()
+    log = open(os.path.join(d, "controller.log"), "wb")
+    proc = subprocess.Popen([berthcli.BERTH_BIN, "--data-dir", data, "--config", cfg, "controller",
+                             "--listen", f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    url = f"https://127.0.0.1:{port}"
+
+    def up():
+        assert proc.poll() is None, open(os.path.join(d, "controller.log")).read()
+        try:
+            return requests.get(url + "/v3/info", verify=cert, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+    try:
+        helpers.wait_for(up, timeout=30, what="the controller's HTTPS API", interval=0.05)
+        with open(os.path.join(data, "admin-password")) as f:
+            pw = f.read().strip()
+        yield {"url": url, "cert": cert, "wrong_ca": wrong_ca, "password": pw, "dir": d}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def test_api_over_tls(tls_controller, tmp_path):
+    t = tls_controller
+
+    def berth(*args, home, env=None):
+        return berthcli.run_berth(*args, env={"BERTH_HOME": str(tmp_path / home), "SSL_CERT_FILE": None,
+                                              **(env or {})}, check=False, timeout=60)
+    login = ["login", "-a", t["url"], "-u", "admin", "-p", t["password"]]
+    # the system's CAs do not know a self-signed certificate: a clear error, no login kept
+    r = berth(*login, home="h-none")
+    assert r.returncode == 1, r
+    assert f"TLS with 127.0.0.1:{t['url'].rsplit(':', 1)[1]}" in r.stderr and "--skip-ssl-validation" in r.stderr, r
+    assert berth("orgs", home="h-none").returncode != 0
+    # --skip-ssl-validation: works, and is remembered
+    r = berth(*login, "--skip-ssl-validation", home="h-skip")
+    assert r.returncode == 0, r
+    assert json.loads((tmp_path / "h-skip" / "config.json").read_text())["skip_ssl_validation"] is True
+    r = berth("orgs", home="h-skip")
+    assert r.returncode == 0 and "default" in r.stdout, r
+    # the API's CA given: verified; a wrong CA: refused
+    r = berth(*login, "--ca-file", t["cert"], home="h-ca")
+    assert r.returncode == 0, r
+    assert berth("orgs", "--json", home="h-ca").returncode == 0
+    r = berth(*login, "--ca-file", t["wrong_ca"], home="h-wrong")
+    assert r.returncode == 1 and "TLS with" in r.stderr, r
+    r = berth(*login, "--ca-file", os.path.join(t["dir"], "missing.pem"), home="h-missing")
+    assert r.returncode == 1 and "missing.pem" in r.stderr
+    # SSL_CERT_FILE
+    r = berth(*login, home="h-env", env={"SSL_CERT_FILE": t["cert"]})
+    assert r.returncode == 0, r
+    r = berth(*login, home="h-env-wrong", env={"SSL_CERT_FILE": t["wrong_ca"]})
+    assert r.returncode == 1 and "TLS with" in r.stderr, r
