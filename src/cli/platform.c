@@ -669,8 +669,29 @@ static int route_find_or_create(struct pctx *p, const char *host, const char *pa
         return api(p, "POST", "/v3/routes", b, ret, err);
 }
 
-/* Wait until an instance of process pg runs (or all crashed / the start timeout passed → error). */
-static int wait_started(struct pctx *p, const char *pg, long inst, long timeout, struct berr **err)
+/* Was this instance report already in `before` (a stats list), i.e. not news since the (re)start? */
+static bool stats_stale(json_t *before, json_t *x)
+{
+        const char *g = json_string_value(json_object_get(x, "guid"));
+        const char *since = json_string_value(json_object_get(x, "since"));
+        size_t i;
+        json_t *b;
+        json_array_foreach (json_object_get(before, "resources"), i, b) {
+                const char *bg = json_string_value(json_object_get(b, "guid"));
+                const char *bs = json_string_value(json_object_get(b, "since"));
+                if (g && bg && strcmp(g, bg) == 0 && since && bs && strcmp(since, bs) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/*
+ * Wait until an instance of process pg runs (or all crashed / the start timeout passed → error). before:
+ * the stats as they were before the start or restart (may be NULL): a crash reported there is the old
+ * instances', not news (the controller may still list it right after the restart).
+ */
+static int wait_started(struct pctx *p, const char *pg, long inst, long timeout, json_t *before,
+                        struct berr **err)
 {
         _cleanup_free_ char *path = NULL;
         if (asprintf(&path, "/v3/processes/%s/stats", pg) < 0)
@@ -687,8 +708,8 @@ static int wait_started(struct pctx *p, const char *pg, long inst, long timeout,
                 json_array_foreach (json_object_get(st, "resources"), i, x) {
                         const char *s = json_string_value(json_object_get(x, "state")) ?: "";
                         n++;
-                        running |= strcmp(s, "RUNNING") == 0;
-                        crashed += strcmp(s, "CRASHED") == 0;
+                        running |= strcmp(s, "RUNNING") == 0 && !stats_stale(before, x);
+                        crashed += strcmp(s, "CRASHED") == 0 && !stats_stale(before, x);
                 }
                 if (running || inst == 0)
                         return 0;
@@ -900,6 +921,12 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
                 fflush(stdout);
                 return deploy_rolling(p, ag, dg, NULL, err);
         }
+        _cleanup_json_ json_t *before = NULL;
+        _cleanup_berr_ struct berr *be = NULL;
+        free(path), path = NULL;
+        if (asprintf(&path, "/v3/processes/%s/stats", pg) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        api(p, "GET", path, NULL, &before, &be); /* without it, the wait trusts every report */
         free(path), path = NULL;
         if (asprintf(&path, "/v3/apps/%s/actions/%s", ag, was_started ? "restart" : "start") < 0)
                 return berr_set(err, -ENOMEM, "out of memory");
@@ -908,7 +935,7 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
                 return r;
         printf("Waiting for app %s to start...\n", name);
         fflush(stdout);
-        return wait_started(p, pg, a->inst, a->timeout, err);
+        return wait_started(p, pg, a->inst, a->timeout, before, err);
 }
 
 static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
