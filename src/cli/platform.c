@@ -544,6 +544,7 @@ static const char *app_guid(json_t *app)
 }
 
 static int cmd_app(struct pctx *p, const char *name, struct berr **err);
+static int app_document(struct pctx *p, const char *name, json_t **ret, struct berr **err);
 
 /* What one app of a push needs, from the command line and/or the manifest. Strings are borrowed. */
 struct push_app {
@@ -780,11 +781,18 @@ static int deploy_rolling(struct pctx *p, const char *app_guid_s, const char *dr
 }
 
 /* Push one app (a->resolved already filled): every request of the push. */
+/* Where a command's progress lines go: stdout, or stderr when --json keeps stdout for JSON. */
+static FILE *progress_out(struct pctx *p)
+{
+        return p->json ? stderr : stdout;
+}
+
 static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct berr **err)
 {
         const char *name = a->name;
-        printf("Pushing app %s to org %s / space %s as %s...\n", name, cfg_sub(p, "org", "name") ?: "",
-               cfg_sub(p, "space", "name") ?: "", cfg_str(p, "username") ?: "");
+        fprintf(progress_out(p), "Pushing app %s to org %s / space %s as %s...\n", name,
+                cfg_sub(p, "org", "name") ?: "", cfg_sub(p, "space", "name") ?: "",
+                cfg_str(p, "username") ?: "");
         _cleanup_json_ json_t *app = NULL;
         int r = find_app_opt(p, name, false, &app, err);
         if (r < 0)
@@ -826,7 +834,7 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
         _cleanup_json_ json_t *pkg = NULL, *build = NULL;
         r = api(p, "POST", "/v3/packages", pb, &pkg, err);
         if (r == 0) {
-                printf("Staging app and tracing logs...\n");
+                fprintf(progress_out(p), "Staging app and tracing logs...\n");
                 _cleanup_json_ json_t *bb =
                     json_pack("{s:{s:O}}", "package", "guid", json_object_get(pkg, "guid"));
                 r = api(p, "POST", "/v3/builds", bb, &build, err);
@@ -917,8 +925,8 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
         if (a->no_start)
                 return 0;
         if (rolling) {
-                printf("Deploying app %s with a rolling deployment...\n", name);
-                fflush(stdout);
+                fprintf(progress_out(p), "Deploying app %s with a rolling deployment...\n", name);
+                fflush(progress_out(p));
                 return deploy_rolling(p, ag, dg, NULL, err);
         }
         _cleanup_json_ json_t *before = NULL;
@@ -933,8 +941,8 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
         r = api(p, "POST", path, NULL, NULL, err);
         if (r < 0)
                 return r;
-        printf("Waiting for app %s to start...\n", name);
-        fflush(stdout);
+        fprintf(progress_out(p), "Waiting for app %s to start...\n", name);
+        fflush(progress_out(p));
         return wait_started(p, pg, a->inst, a->timeout, before, err);
 }
 
@@ -1085,7 +1093,7 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
         }
         int rc = CLI_EXIT_FAILURE;
         _cleanup_free_ char *prompted = NULL;
-        _cleanup_json_ json_t *domains = NULL, *dl = NULL;
+        _cleanup_json_ json_t *domains = NULL, *dl = NULL, *views = json_array();
         const char *pw = getenv("BERTH_DOCKER_PASSWORD");
         if (!pw || !*pw)
                 pw = getenv("CF_DOCKER_PASSWORD");
@@ -1126,6 +1134,15 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
         for (size_t i = 0; i < napps; i++) {
                 if (push_one(p, &apps[i], pw, err) < 0)
                         goto out;
+                if (p->json) {
+                        /* --json: the app views, one document (a list for several apps) */
+                        json_t *doc = NULL;
+                        _cleanup_berr_ struct berr *ve = NULL;
+                        if (app_document(p, apps[i].name, &doc, &ve) < 0)
+                                doc = json_pack("{s:{s:s}}", "app", "name", apps[i].name);
+                        json_array_append_new(views, doc);
+                        continue;
+                }
                 printf("\n");
                 fflush(stdout);
                 /* The app view is a courtesy: the push itself succeeded whatever it says. */
@@ -1136,6 +1153,8 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                 if (i + 1 < napps)
                         printf("\n");
         }
+        if (p->json)
+                print_json(napps == 1 ? json_array_get(views, 0) : views);
         rc = 0;
 out:
         for (size_t i = 0; i < napps; i++)

@@ -100,6 +100,26 @@ def test_manifest_app_selected_and_flags_override(plat, app_images, tmp_path):
     assert plat.cli_json("env", "mf-sel-b")["environment_variables"]["KEEP"] == "second"
 
 
+def test_push_json(plat, app_images, tmp_path):
+    r = plat.cli("push", "pj-one", "--docker-image", app_images["web"], "--json")
+    doc = json.loads(r.stdout)
+    assert doc["app"]["name"] == "pj-one" and doc["process"]["instances"] == 1
+    assert any(i["state"] == "RUNNING" for i in doc["instances"])
+    assert "Pushing app pj-one" in r.stderr, "progress goes to stderr with --json"
+    m = write(tmp_path, f"""applications:
+- name: pj-a
+  docker:
+    image: {app_images['web']}
+  instances: 0
+- name: pj-b
+  docker:
+    image: {app_images['web']}
+  instances: 0
+""")
+    docs = json.loads(plat.cli("push", "-f", m, "--json").stdout)
+    assert [d["app"]["name"] for d in docs] == ["pj-a", "pj-b"]
+
+
 def test_manifest_errors_change_nothing(plat, app_images, tmp_path):
     m = write(tmp_path, f"""applications:
 - name: mf-err-a
