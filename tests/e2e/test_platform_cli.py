@@ -100,6 +100,29 @@ def test_manifest_app_selected_and_flags_override(plat, app_images, tmp_path):
     assert plat.cli_json("env", "mf-sel-b")["environment_variables"]["KEEP"] == "second"
 
 
+def test_manifest_health_check_and_limits(plat, app_images, tmp_path):
+    m = write(tmp_path, f"""applications:
+- name: mf-hc
+  docker:
+    image: {app_images['web']}
+  memory: 96M
+  disk_quota: 512M
+  health-check-type: http
+  health-check-http-endpoint: /index.html
+  timeout: 45
+""")
+    plat.cli("push", "-f", m)
+    proc = plat.app("mf-hc")["process"]
+    assert proc["health_check"]["type"] == "http"
+    assert proc["health_check"]["data"]["endpoint"] == "/index.html"
+    assert proc["health_check"]["data"]["timeout"] == 45
+    assert (proc["memory_in_mb"], proc["disk_in_mb"]) == (96, 512)
+    plat.wait_route("mf-hc")
+    # the flag wins over the manifest's health check
+    plat.cli("push", "-f", m, "-u", "port")
+    assert plat.app("mf-hc")["process"]["health_check"]["type"] == "port"
+
+
 def test_push_json(plat, app_images, tmp_path):
     r = plat.cli("push", "pj-one", "--docker-image", app_images["web"], "--json")
     doc = json.loads(r.stdout)
