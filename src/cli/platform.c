@@ -591,6 +591,17 @@ static int push_resolve_routes(struct push_app *a, json_t *domains, struct berr 
                 _cleanup_free_ char *lower = xstrdup(host);
                 for (char *c = lower; *c; c++)
                         *c = (char)tolower((unsigned char)*c);
+                if (!a->hostname) {
+                        /* As cf derives a host from an app name: other characters become '-'. */
+                        for (char *c = lower; *c; c++)
+                                if (!isalnum((unsigned char)*c) && *c != '-')
+                                        *c = '-';
+                        size_t n = strlen(lower), b = strspn(lower, "-");
+                        while (n > b && lower[n - 1] == '-')
+                                n--;
+                        memmove(lower, lower + b, n - b);
+                        lower[MIN(n - b, (size_t)63)] = 0;
+                }
                 if (manifest_route_check(lower, &e) < 0 || strchr(lower, '.') || strchr(lower, '/'))
                         return berr_set(
                             err, -EINVAL,

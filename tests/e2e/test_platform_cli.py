@@ -123,6 +123,14 @@ def test_manifest_health_check_and_limits(plat, app_images, tmp_path):
     assert plat.app("mf-hc")["process"]["health_check"]["type"] == "port"
 
 
+def test_default_route_from_app_name(plat, app_images):
+    plat.push("Under_Score.App", app_images["web"], "-i", "0")
+    assert [r["url"] for r in plat.app("Under_Score.App")["routes"]] == ["under-score-app.apps.localhost"]
+    r = plat.push("hn-bad", app_images["web"], "--hostname", "no.dots", check=False)
+    assert r.returncode == 1 and "host name 'no.dots' is not a DNS label" in r.stderr
+    assert "hn-bad" not in plat.app_names()
+
+
 def test_push_json(plat, app_images, tmp_path):
     r = plat.cli("push", "pj-one", "--docker-image", app_images["web"], "--json")
     doc = json.loads(r.stdout)
