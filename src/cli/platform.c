@@ -1545,17 +1545,18 @@ static void log_print(const json_t *x)
 #define LOGS_RETRIES      30           /* reconnection attempts in a row (about 30 s) */
 
 /*
- * Following an app's logs across reconnections: entries older than the newest timestamp printed are
- * repeats (the controller resends recent lines on each new stream), and so are those at that very
- * timestamp already printed (kept in `seen`).
+ * Following an app's logs across reconnections: a stream never repeats itself, but a new one starts with
+ * recent lines again. Of those, entries older than the newest timestamp printed are repeats, and so are
+ * those at that very timestamp already printed (kept in `seen`); the first other one ends the replay.
  */
 struct logs_follow {
         bool json;
         char last[64];    /* newest timestamp printed */
-        struct strv seen; /* "index\tstream\tmessage" printed at `last` */
+        struct strv seen; /* "source\tindex\ttype\tmessage" printed at `last` */
         char *buf;        /* partial line */
         size_t len;
         bool overlong; /* dropping the rest of a too-long line */
+        bool replay;   /* a reconnection: lines already printed may come again */
         long printed;
 };
 
@@ -1565,21 +1566,27 @@ static void logs_follow_entry(struct logs_follow *f, json_t *x)
         if (!ts || strlen(ts) >= sizeof(f->last))
                 return;
         int c = strcmp(ts, f->last);
-        if (c < 0)
-                return;
         _cleanup_free_ char *key =
-            xasprintf("%lld\t%s\t%s", (long long)json_integer_value(json_object_get(x, "instance_index")),
+            xasprintf("%s\t%lld\t%s\t%s", json_string_value(json_object_get(x, "source_type")) ?: "",
+                      (long long)json_integer_value(json_object_get(x, "instance_index")),
                       json_string_value(json_object_get(x, "message_type")) ?: "",
                       json_string_value(json_object_get(x, "message")) ?: "");
-        if (c == 0)
-                for (size_t i = 0; i < f->seen.n; i++)
-                        if (strcmp(f->seen.v[i], key) == 0)
-                                return;
+        if (f->replay) {
+                /* A new stream starts with recent lines, oldest first: skip up to the first one not printed.
+                 */
+                if (c < 0)
+                        return;
+                if (c == 0)
+                        for (size_t i = 0; i < f->seen.n; i++)
+                                if (strcmp(f->seen.v[i], key) == 0)
+                                        return;
+                f->replay = false;
+        }
         if (c > 0) {
                 strv_clear(&f->seen);
                 snprintf(f->last, sizeof(f->last), "%s", ts);
         }
-        if (f->seen.n < LOGS_SEEN_MAX)
+        if (c >= 0 && f->seen.n < LOGS_SEEN_MAX)
                 strv_push(&f->seen, TAKE_PTR(key));
         if (f->json) {
                 _cleanup_free_ char *s = json_dumps(x, JSON_COMPACT);
@@ -1681,6 +1688,7 @@ static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err
                 long status = 0;
                 f.len = 0;
                 f.overlong = false;
+                f.replay = attempt > 0;
                 _cleanup_berr_ struct berr *e = NULL;
                 long before = f.printed;
                 int r = http_request_stream(p->http, "GET", path, &status, logs_follow_data, &f, &e);
