@@ -461,6 +461,14 @@ static int cmd_target(struct pctx *p, int argc, char **argv, struct berr **err)
                 return CLI_EXIT_FAILURE;
         if ((org || space) && cfg_save(p, err) < 0)
                 return CLI_EXIT_FAILURE;
+        if (p->json) {
+                _cleanup_json_ json_t *t =
+                    json_pack("{s:O?,s:O?,s:O?,s:O?}", "api", json_object_get(p->cfg, "api"), "user",
+                              json_object_get(p->cfg, "username"), "org", json_object_get(p->cfg, "org"),
+                              "space", json_object_get(p->cfg, "space"));
+                print_json(t);
+                return 0;
+        }
         print_target(p);
         return 0;
 }
@@ -1412,10 +1420,11 @@ static int cmd_map_route(struct pctx *p, int argc, char **argv, bool map, struct
                 _cleanup_free_ char *dp = NULL;
                 _cleanup_json_ json_t *b =
                     json_pack("{s:[{s:{s:s}}]}", "destinations", "app", "guid", app_guid(app));
+                _cleanup_json_ json_t *resp = NULL;
                 if (asprintf(&dp, "/v3/routes/%s/destinations", app_guid(route)) < 0 ||
-                    api(p, "POST", dp, b, NULL, err) < 0)
+                    api(p, "POST", dp, b, &resp, err) < 0)
                         return CLI_EXIT_FAILURE;
-                printf("OK\n");
+                p->json ? print_json(resp) : (void)printf("OK\n");
                 return 0;
         }
         if (!route)
@@ -1436,7 +1445,7 @@ static int cmd_map_route(struct pctx *p, int argc, char **argv, bool map, struct
                     api(p, "DELETE", one, NULL, NULL, err) < 0)
                         return CLI_EXIT_FAILURE;
         }
-        printf("OK\n");
+        p->json ? print_json(route) : (void)printf("OK\n");
         return 0;
 }
 
@@ -2219,9 +2228,10 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                         return CLI_EXIT_FAILURE;
                 _cleanup_json_ json_t *b =
                     json_pack("{s:{s:o}}", "var", argv[2], argc == 4 ? json_string(argv[3]) : json_null());
-                if (api(p, "PATCH", path, b, NULL, err) < 0)
+                _cleanup_json_ json_t *resp = NULL;
+                if (api(p, "PATCH", path, b, &resp, err) < 0)
                         return CLI_EXIT_FAILURE;
-                printf("OK\n");
+                p->json ? print_json(resp) : (void)printf("OK\n");
                 return 0;
         }
         if (strcmp(cmd, "logs") == 0 || strcmp(cmd, "app-logs") == 0)
@@ -2332,7 +2342,7 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                 if (asprintf(&path, "/v3/%s/%s", coll, app_guid(x)) < 0 ||
                     api(p, "DELETE", path, NULL, NULL, err) < 0)
                         return CLI_EXIT_FAILURE;
-                printf("OK\n");
+                p->json ? print_json(x) : (void)printf("OK\n"); /* --json: what was deleted */
                 return 0;
         }
         berr_set(err, -ENOSYS, "%s: not implemented yet (or wrong arguments)", cmd);

@@ -752,3 +752,22 @@ def test_api_over_tls(tls_controller, tmp_path):
     assert r.returncode == 0, r
     r = berth(*login, home="h-env-wrong", env={"SSL_CERT_FILE": t["wrong_ca"]})
     assert r.returncode == 1 and "TLS with" in r.stderr, r
+
+
+def test_json_everywhere(plat, app_images):
+    t = plat.cli_json("target")
+    assert t["api"] == plat.api_url and t["user"] == "admin" and t["org"]["name"] == "default"
+    plat.push("js-app", app_images["web"], "-i", "0")
+    assert plat.cli_json("set-env", "js-app", "K", "v")["var"]["K"] == "v"
+    assert "K" not in plat.cli_json("unset-env", "js-app", "K")["var"]
+    mapped = plat.cli_json("map-route", "js-app", "apps.localhost", "--hostname", "js-two")
+    guid = plat.app_guid("js-app")
+    assert guid in [d["app"]["guid"] for d in mapped["destinations"]]
+    assert plat.cli_json("unmap-route", "js-app", "apps.localhost", "--hostname", "js-two")["url"] == \
+        "js-two.apps.localhost"
+    assert [r["url"] for r in plat.app("js-app")["routes"]] == ["js-app.apps.localhost"]
+    plat.cli("create-space", "js-space", "-o", "default")
+    assert plat.cli_json("delete-space", "js-space", "-f")["name"] == "js-space"
+    plat.cli("create-user", "js-user", "js-pa55")
+    assert plat.cli_json("delete-user", "js-user", "-f")["username"] == "js-user"
+    assert "js-space" not in space_names(plat)
