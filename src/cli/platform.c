@@ -772,9 +772,10 @@ static int deploy_rolling(struct pctx *p, const char *app_guid_s, const char *dr
                         *err = TAKE_PTR(e);
                 return r;
         }
-        const char *dg = json_string_value(json_object_get(dep, "guid"));
-        if (!dg)
+        const char *g = json_string_value(json_object_get(dep, "guid"));
+        if (!g)
                 return berr_set(err, -EPROTO, "POST /v3/deployments answered without a deployment guid");
+        _cleanup_free_ char *dg = xstrdup(g); /* dep is replaced at each poll */
         _cleanup_free_ char *path = NULL;
         if (asprintf(&path, "/v3/deployments/%s", dg) < 0)
                 return berr_set(err, -ENOMEM, "out of memory");
@@ -2115,9 +2116,17 @@ static int cmd_restart(struct pctx *p, int argc, char **argv, struct berr **err)
                 if (deploy_rolling(p, app_guid(app), NULL, NULL, err) < 0)
                         return CLI_EXIT_FAILURE;
         } else {
-                _cleanup_free_ char *path = NULL;
-                if (asprintf(&path, "/v3/apps/%s/actions/start", app_guid(app)) < 0 ||
+                /* nothing runs: a plain start, waited for as push waits */
+                _cleanup_free_ char *path = NULL, *pp = NULL;
+                _cleanup_json_ json_t *proc = NULL;
+                if (asprintf(&pp, "/v3/apps/%s/processes/web", app_guid(app)) < 0 ||
+                    api(p, "GET", pp, NULL, &proc, err) < 0 ||
+                    asprintf(&path, "/v3/apps/%s/actions/start", app_guid(app)) < 0 ||
                     api(p, "POST", path, NULL, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (wait_started(p, app_guid(proc),
+                                 (long)json_integer_value(json_object_get(proc, "instances")), -1, NULL,
+                                 err) < 0)
                         return CLI_EXIT_FAILURE;
         }
         if (!p->json) {

@@ -606,6 +606,18 @@ def test_push_rolling_deploys_the_new_droplet(fake_api, tmp_path):
     assert f.calls("POST", "/v3/builds")[0][0] < posts[0][0], "staged first"
 
 
+def test_rolling_on_new_or_stopped_app_is_a_plain_start(plat, app_images):
+    """No deployment is needed (nor made) for an app that runs nothing yet."""
+    plat.push("roll-new", app_images["web"], "--strategy", "rolling")
+    plat.wait_route("roll-new")
+    plat.cli("app-stop", "roll-new")
+    plat.wait_route("roll-new", status=503, timeout=15)
+    r = plat.cli("restart", "roll-new", "--strategy", "rolling")
+    assert "name:              roll-new" in r.stdout
+    assert "#0   running" in r.stdout, "it waited for the instance"
+    plat.wait_route("roll-new")
+
+
 # --- rolling deployments on the real platform ----------------------------------------------------------------
 
 class Load:
