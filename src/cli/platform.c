@@ -17,6 +17,7 @@
 
 #include "cell/agent.h"
 #include "cli/cli.h"
+#include "cli/app_logs.h"
 #include "cli/manifest.h"
 #include "controller/controller.h"
 #include "lib/http_client.h"
@@ -1237,8 +1238,6 @@ static int app_document(struct pctx *p, const char *name, json_t **ret, struct b
 #define APP_CRASH_LOG_LINES 10 /* log lines shown per crashed instance */
 #define LOGS_RECENT_LINES   1000
 
-static void log_print(const json_t *x);
-
 /*
  * The details column of a CRASHED instance: the reason the stats give ("exited with status 3", "out of
  * memory", "health check failed", ...) with the exit status of its last crash (audit.app.process.crash)
@@ -1371,7 +1370,7 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
                         if (json_integer_value(json_object_get(l, "instance_index")) != idx)
                                 continue;
                         if (n - shown++ <= APP_CRASH_LOG_LINES)
-                                log_print(l);
+                                app_logs_print(stdout, l);
                 }
                 if (n == 0)
                         printf("   (none)\n");
@@ -1520,119 +1519,7 @@ static int cmd_events(struct pctx *p, const char *name, struct berr **err)
         return 0;
 }
 
-/*
- * One log entry as cf prints it: "   2026-11-28T18:00:00.12+0000 [APP/PROC/WEB/0] OUT text". The API's
- * timestamps are RFC 3339 UTC ("...:00.123456789Z"); anything else is shown as it came.
- */
-static void log_print(const json_t *x)
-{
-        const char *ts = json_string_value(json_object_get(x, "timestamp")) ?: "";
-        char shown[64];
-        size_t n = strlen(ts);
-        if (n >= 20 && ts[10] == 'T' && ts[n - 1] == 'Z') {
-                char frac[3] = "00";
-                if (ts[19] == '.')
-                        for (size_t i = 0; i < 2 && isdigit((unsigned char)ts[20 + i]); i++)
-                                frac[i] = ts[20 + i];
-                snprintf(shown, sizeof(shown), "%.19s.%s+0000", ts, frac);
-        } else {
-                snprintf(shown, sizeof(shown), "%s", ts);
-        }
-        const char *src = json_string_value(json_object_get(x, "source_type")) ?: "";
-        json_t *idx = json_object_get(x, "instance_index");
-        char tag[96];
-        if (json_is_integer(idx))
-                snprintf(tag, sizeof(tag), "%s/%lld", src, (long long)json_integer_value(idx));
-        else
-                snprintf(tag, sizeof(tag), "%s", src);
-        printf("   %s [%s] %s %s\n", shown, tag, json_string_value(json_object_get(x, "message_type")) ?: "",
-               json_string_value(json_object_get(x, "message")) ?: "");
-}
-
-#define LOGS_RECENT_LINES 1000
-#define LOGS_LINE_MAX     (256 * 1024) /* one NDJSON line; longer ones are dropped */
-#define LOGS_SEEN_MAX     4096         /* entries remembered at the newest timestamp */
-#define LOGS_RETRIES      30           /* reconnection attempts in a row (about 30 s) */
-
-/*
- * Following an app's logs across reconnections: a stream never repeats itself, but a new one starts with
- * recent lines again. Of those, entries older than the newest timestamp printed are repeats, and so are
- * those at that very timestamp already printed (kept in `seen`); the first other one ends the replay.
- */
-struct logs_follow {
-        bool json;
-        char last[64];    /* newest timestamp printed */
-        struct strv seen; /* "source\tindex\ttype\tmessage" printed at `last` */
-        char *buf;        /* partial line */
-        size_t len;
-        bool overlong; /* dropping the rest of a too-long line */
-        bool replay;   /* a reconnection: lines already printed may come again */
-        long printed;
-};
-
-static void logs_follow_entry(struct logs_follow *f, json_t *x)
-{
-        const char *ts = json_string_value(json_object_get(x, "timestamp"));
-        if (!ts || strlen(ts) >= sizeof(f->last))
-                return;
-        int c = strcmp(ts, f->last);
-        _cleanup_free_ char *key =
-            xasprintf("%s\t%lld\t%s\t%s", json_string_value(json_object_get(x, "source_type")) ?: "",
-                      (long long)json_integer_value(json_object_get(x, "instance_index")),
-                      json_string_value(json_object_get(x, "message_type")) ?: "",
-                      json_string_value(json_object_get(x, "message")) ?: "");
-        if (f->replay) {
-                /* A new stream starts with recent lines, oldest first: skip up to the first one not printed.
-                 */
-                if (c < 0)
-                        return;
-                if (c == 0)
-                        for (size_t i = 0; i < f->seen.n; i++)
-                                if (strcmp(f->seen.v[i], key) == 0)
-                                        return;
-                f->replay = false;
-        }
-        if (c > 0) {
-                strv_clear(&f->seen);
-                snprintf(f->last, sizeof(f->last), "%s", ts);
-        }
-        if (c >= 0 && f->seen.n < LOGS_SEEN_MAX)
-                strv_push(&f->seen, TAKE_PTR(key));
-        if (f->json) {
-                _cleanup_free_ char *s = json_dumps(x, JSON_COMPACT);
-                printf("%s\n", s ?: "null");
-        } else {
-                log_print(x);
-        }
-        fflush(stdout);
-        f->printed++;
-}
-
-static int logs_follow_data(const char *data, size_t len, void *userdata)
-{
-        struct logs_follow *f = userdata;
-        for (size_t i = 0; i < len; i++) {
-                if (data[i] != '\n') {
-                        if (f->len >= LOGS_LINE_MAX) {
-                                f->overlong = true;
-                                continue;
-                        }
-                        if (!f->buf)
-                                f->buf = xmalloc(LOGS_LINE_MAX);
-                        f->buf[f->len++] = data[i];
-                        continue;
-                }
-                /* blank lines are the controller's keep-alives */
-                if (f->len > 0 && !f->overlong) {
-                        _cleanup_json_ json_t *x = json_loadb(f->buf, f->len, 0, NULL);
-                        if (json_is_object(x))
-                                logs_follow_entry(f, x);
-                }
-                f->len = 0;
-                f->overlong = false;
-        }
-        return 0;
-}
+#define LOGS_RETRIES 30 /* reconnection attempts in a row (about 30 s) */
 
 static void logs_exit_on_signal(int sig)
 {
@@ -1672,7 +1559,7 @@ static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err
                 size_t i;
                 json_t *x;
                 json_array_foreach (json_object_get(resp, "resources"), i, x)
-                        log_print(x);
+                        app_logs_print(stdout, x);
                 return 0;
         }
         if (!p->json)
@@ -1684,7 +1571,7 @@ static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err
         sigemptyset(&sa.sa_mask);
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
-        struct logs_follow f = { .json = p->json };
+        struct app_logs_follow f = { .out = stdout, .json = p->json };
         int rc = CLI_EXIT_FAILURE;
         if (client(p, err) < 0)
                 goto out;
@@ -1696,12 +1583,10 @@ static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err
                              app_guid(app), attempt == 0 ? 100 : LOGS_RECENT_LINES) < 0)
                         goto out;
                 long status = 0;
-                f.len = 0;
-                f.overlong = false;
-                f.replay = attempt > 0;
+                app_logs_follow_begin(&f, attempt > 0);
                 _cleanup_berr_ struct berr *e = NULL;
                 long before = f.printed;
-                int r = http_request_stream(p->http, "GET", path, &status, logs_follow_data, &f, &e);
+                int r = http_request_stream(p->http, "GET", path, &status, app_logs_follow_data, &f, &e);
                 if (r == 0 && status == 401 && failures == 0 && cfg_str(p, "refresh_token")) {
                         if (refresh(p, err) < 0)
                                 goto out;
@@ -1726,8 +1611,7 @@ static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err
                 usleep(failures ? 1000 * 1000 : 200 * 1000);
         }
 out:
-        strv_clear(&f.seen);
-        free(f.buf);
+        app_logs_follow_done(&f);
         return rc;
 }
 
