@@ -1962,6 +1962,34 @@ static int cmd_create_space(struct pctx *p, int argc, char **argv, struct berr *
 }
 
 /*
+ * start or restart APP through the API, then wait as push does until an instance started by it runs (all
+ * crashed or the start timeout passed: exit 1 with the instances' details). Prints OK, or with --json the
+ * app the API answered.
+ */
+static int app_start_wait(struct pctx *p, const char *name, const char *action, struct berr **err)
+{
+        _cleanup_json_ json_t *app = NULL, *proc = NULL, *before = NULL, *resp = NULL;
+        _cleanup_free_ char *pp = NULL, *sp = NULL, *ap = NULL;
+        _cleanup_berr_ struct berr *be = NULL;
+        if (find_app(p, name, &app, err) < 0 ||
+            asprintf(&pp, "/v3/apps/%s/processes/web", app_guid(app)) < 0 ||
+            api(p, "GET", pp, NULL, &proc, err) < 0 ||
+            asprintf(&sp, "/v3/processes/%s/stats", app_guid(proc)) < 0)
+                return CLI_EXIT_FAILURE;
+        api(p, "GET", sp, NULL, &before, &be); /* without it, the wait trusts every report */
+        if (asprintf(&ap, "/v3/apps/%s/actions/%s", app_guid(app), action) < 0 ||
+            api(p, "POST", ap, NULL, &resp, err) < 0)
+                return CLI_EXIT_FAILURE;
+        json_t *hcd = json_object_get(json_object_get(proc, "health_check"), "data");
+        json_t *to = json_object_get(hcd, "timeout");
+        if (wait_started(p, app_guid(proc), (long)json_integer_value(json_object_get(proc, "instances")),
+                         json_is_integer(to) ? (long)json_integer_value(to) : -1, before, err) < 0)
+                return CLI_EXIT_FAILURE;
+        p->json ? print_json(resp) : (void)printf("OK\n");
+        return 0;
+}
+
+/*
  * restart APP [--strategy rolling]: without a strategy, the API's restart (every instance at once). Rolling:
  * a deployment of the current droplet replacing instances one at a time; on a stopped app, a plain start.
  */
@@ -1978,13 +2006,9 @@ static int cmd_restart(struct pctx *p, int argc, char **argv, struct berr **err)
         if (optind + 1 != argc)
                 return usage(argv[0], "APP [--strategy rolling]", err);
         const char *name = argv[optind];
-        _cleanup_json_ json_t *app = NULL, *resp = NULL;
-        if (!rolling) {
-                if (app_action(p, name, "restart", &resp, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                p->json ? print_json(resp) : (void)printf("OK\n");
-                return 0;
-        }
+        _cleanup_json_ json_t *app = NULL;
+        if (!rolling)
+                return app_start_wait(p, name, "restart", err);
         if (find_app(p, name, &app, err) < 0)
                 return CLI_EXIT_FAILURE;
         const char *state = json_string_value(json_object_get(app, "state"));
@@ -2076,8 +2100,9 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
         }
         if (strcmp(cmd, "restart") == 0)
                 return cmd_restart(p, argc, argv, err);
-        if ((strcmp(cmd, "start") == 0 || strcmp(cmd, "stop") == 0 || strcmp(cmd, "app-stop") == 0) &&
-            argc == 2) {
+        if (strcmp(cmd, "start") == 0 && argc == 2)
+                return app_start_wait(p, argv[1], "start", err);
+        if ((strcmp(cmd, "stop") == 0 || strcmp(cmd, "app-stop") == 0) && argc == 2) {
                 const char *action = strcmp(cmd, "app-stop") == 0 ? "stop" : cmd;
                 _cleanup_json_ json_t *resp = NULL;
                 if (app_action(p, argv[1], action, &resp, err) < 0)

@@ -455,6 +455,21 @@ def test_app_cpu_usage(plat, app_images):
     plat.cli("delete", "cpu-burn", "-f")
 
 
+def test_start_and_restart_wait_for_a_new_instance(plat, app_images):
+    plat.push("rs-wait", app_images["web"])
+    old = {i["guid"] for i in plat.running("rs-wait")}
+    assert plat.cli("restart", "rs-wait").stdout.strip().endswith("OK")
+    new = {i["guid"] for i in plat.running("rs-wait")}
+    assert new and not new & old, "restart returned once a new instance ran"
+    plat.cli("app-stop", "rs-wait")
+    assert plat.cli_json("start", "rs-wait")["state"] == "STARTED"
+    assert plat.running("rs-wait"), "start returned once an instance ran"
+    # an app whose instances all crash: restart fails with their details
+    plat.push("rs-crash", app_images["crash"], check=False)
+    r = plat.cli("restart", "rs-crash", check=False)
+    assert r.returncode == 1 and "Start unsuccessful" in r.stderr and "exited with status 3" in r.stderr, r
+
+
 # --- rolling deployments: the CLI's side against a fake API -----------------------------------------------
 
 class FakeDeployAPI:
