@@ -94,6 +94,7 @@ int app_logs_follow_data(const char *data, size_t len, void *userdata)
                         f->buf[f->len++] = data[i];
                         continue;
                 }
+                bool blank = f->len == 0 && !f->overlong;
                 if (f->len > 0 && !f->overlong) {
                         _cleanup_json_ json_t *x = json_loadb(f->buf, f->len, 0, NULL);
                         if (json_is_object(x))
@@ -101,6 +102,11 @@ int app_logs_follow_data(const char *data, size_t len, void *userdata)
                 }
                 f->len = 0;
                 f->overlong = false;
+                if (blank && f->idle) {
+                        int r = f->idle(f->idle_userdata);
+                        if (r < 0)
+                                return r;
+                }
         }
         return 0;
 }

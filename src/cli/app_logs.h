@@ -36,11 +36,17 @@ struct app_logs_follow {
         bool overlong; /* dropping the rest of a too-long line */
         bool replay;   /* after a reconnection: lines already printed may come again */
         long printed;  /* entries printed so far */
+        /* Called at each keep-alive (a blank line, after some idle seconds); < 0 ends the stream with it. */
+        int (*idle)(void *userdata);
+        void *idle_userdata;
 };
 
 /* A new stream begins: drop any partial line; reconnected: its replay of recent lines is filtered. */
 void app_logs_follow_begin(struct app_logs_follow *f, bool reconnected);
-/* Stream data (an http_stream_fn): whole lines are parsed and printed; blank lines (keep-alives) skipped. */
+/*
+ * Stream data (an http_stream_fn): whole lines are parsed and printed; blank lines (keep-alives) call
+ * f->idle. Returns 0, or idle's negative value.
+ */
 int app_logs_follow_data(const char *data, size_t len, void *userdata);
 /* Free what f holds. */
 void app_logs_follow_done(struct app_logs_follow *f);

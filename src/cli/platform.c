@@ -96,10 +96,9 @@ static int cfg_save(struct pctx *p, struct berr **err)
         return 0;
 }
 
-static int client(struct pctx *p, struct berr **err)
+/* A new HTTP client with the login's TLS settings and token. Caller owns *ret. */
+static int client_open(struct pctx *p, struct http_client **ret, struct berr **err)
 {
-        if (p->http)
-                return 0;
         /* The API's CA: login --ca-file (kept in config.json), else $SSL_CERT_FILE, else the system's. */
         const char *ca = cfg_str(p, "ca_file");
         if (!ca || !*ca)
@@ -107,11 +106,18 @@ static int client(struct pctx *p, struct berr **err)
         struct http_client_opts o = { .insecure =
                                           json_is_true(json_object_get(p->cfg, "skip_ssl_validation")),
                                       .ca_file = ca && *ca ? ca : NULL };
-        int r = http_client_new(&o, &p->http, err);
+        int r = http_client_new(&o, ret, err);
         if (r < 0)
                 return r;
-        http_client_set_bearer(p->http, cfg_str(p, "access_token"));
+        http_client_set_bearer(*ret, cfg_str(p, "access_token"));
         return 0;
+}
+
+static int client(struct pctx *p, struct berr **err)
+{
+        if (p->http)
+                return 0;
+        return client_open(p, &p->http, err);
 }
 
 /* The API's error body → err. */
@@ -1521,6 +1527,21 @@ static int cmd_events(struct pctx *p, const char *name, struct berr **err)
 
 #define LOGS_RETRIES 30 /* reconnection attempts in a row (about 30 s) */
 
+/* While following: is the app still there? Asked at the stream's keep-alives, on a client of its own. */
+struct logs_idle {
+        struct http_client *hc;
+        char *url; /* GET /v3/apps/:guid */
+};
+
+static int logs_app_gone(void *userdata)
+{
+        struct logs_idle *li = userdata;
+        long status = 0;
+        if (http_request_json(li->hc, "GET", li->url, NULL, &status, NULL, NULL) == 0 && status == 404)
+                return -ENOENT;
+        return 0; /* anything else: keep following */
+}
+
 static void logs_exit_on_signal(int sig)
 {
         (void)sig;
@@ -1571,10 +1592,14 @@ static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err
         sigemptyset(&sa.sa_mask);
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
-        struct app_logs_follow f = { .out = stdout, .json = p->json };
+        struct logs_idle li = { 0 };
+        struct app_logs_follow f = {
+                .out = stdout, .json = p->json, .idle = logs_app_gone, .idle_userdata = &li
+        };
         int rc = CLI_EXIT_FAILURE;
-        if (client(p, err) < 0)
+        if (client(p, err) < 0 || client_open(p, &li.hc, err) < 0)
                 goto out;
+        li.url = xasprintf("%s/v3/apps/%s", cfg_str(p, "api"), app_guid(app));
         /* The stream ends when the controller ends it (a restart of the controller, instances that
          * changed): follow on from the newest line printed. */
         for (int failures = 0, attempt = 0;; attempt++) {
@@ -1593,7 +1618,7 @@ static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err
                         failures++;
                         continue;
                 }
-                if (r == 0 && status == 404) {
+                if ((r == 0 && status == 404) || r == -ENOENT) {
                         berr_set(err, -ENOENT, "App '%s' not found (deleted?)", name);
                         goto out;
                 }
@@ -1612,6 +1637,8 @@ static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err
         }
 out:
         app_logs_follow_done(&f);
+        http_client_free(li.hc);
+        free(li.url);
         return rc;
 }
 

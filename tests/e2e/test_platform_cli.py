@@ -273,6 +273,20 @@ def test_logs_follow_across_restart_and_controller_restart(plat, app_images):
     # newer one of its successor; the CLI prints what a stream sends as it comes.)
 
 
+def test_logs_follow_ends_when_the_app_is_deleted(plat, app_images):
+    plat.push("lg-gone", app_images["web"])
+    f = Follower(plat, "lg-gone")
+    try:
+        f.wait(lambda ls: any("start-web: uid" in l for l in ls), "the recent lines")
+        plat.cli("delete", "lg-gone", "-f")
+        # noticed at the next keep-alive of the stream (10 s without news)
+        f.proc.wait(30)
+    finally:
+        rc, err = f.stop()
+    assert rc == 1
+    assert "App 'lg-gone' not found (deleted?)" in err
+
+
 def test_logs_follow_json(plat, app_images):
     plat.push("lg-json", app_images["web"], "-c", TICKER)
     f = Follower(plat, "lg-json", "--json")

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* `berth logs` (src/cli/app_logs.c): cf's line format, and following across reconnections. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -138,6 +139,33 @@ static void test_follow_json(void **state)
         free(out);
 }
 
+static int idle_calls;
+static int idle_answer;
+
+static int on_idle(void *userdata)
+{
+        (void)userdata;
+        idle_calls++;
+        return idle_answer;
+}
+
+static void test_follow_keepalives_ask_idle(void **state)
+{
+        (void)state;
+        struct run r;
+        run_open(&r);
+        r.f.idle = on_idle;
+        idle_calls = idle_answer = 0;
+        feed(&r, false, L("1", 0, "a") "\n" L("2", 0, "b") "\n\n");
+        assert_int_equal(idle_calls, 3);
+        assert_int_equal(r.f.printed, 2);
+        idle_answer = -ENOENT;
+        app_logs_follow_begin(&r.f, false);
+        assert_int_equal(app_logs_follow_data(L("3", 0, "c"), strlen(L("3", 0, "c")), &r.f), 0);
+        assert_int_equal(app_logs_follow_data("\n", 1, &r.f), -ENOENT);
+        free(run_close(&r));
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -145,6 +173,7 @@ int main(void)
                 cmocka_unit_test(test_follow_reconnect_skips_repeats),
                 cmocka_unit_test(test_follow_within_a_stream_prints_everything),
                 cmocka_unit_test(test_follow_json),
+                cmocka_unit_test(test_follow_keepalives_ask_idle),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
