@@ -166,7 +166,7 @@ static const struct {
         const char *name;
         const char *summary;
 } platform_commands[] = {
-        { "login", "log in to a berth API (login -a URL -u USER [-p PASSWORD])" },
+        { "login", "log in to a berth API (login -a URL -u USER [-p PASSWORD] [--ca-file PEM])" },
         { "logout", "forget the login" },
         { "target", "show or set the targeted org and space" },
         { "orgs", "list orgs" },
@@ -180,14 +180,14 @@ static const struct {
         { "set-space-role", "give a user a role in a space" },
         { "unset-space-role", "take a user's role in a space away" },
         { "space-users", "list a space's users by role" },
-        { "push", "push an app from a Docker image (push APP --docker-image REF)" },
+        { "push", "push an app from a Docker image (push APP --docker-image REF, or push -f manifest.yml)" },
         { "apps", "list apps of the targeted space" },
         { "app", "show an app and its instances" },
         { "start", "start an app" },
         { "app-stop", "stop an app (also `berth stop APP`)" },
-        { "restart", "restart an app" },
+        { "restart", "restart an app (--strategy rolling: one instance at a time)" },
         { "restage", "re-resolve an app's image and restart it" },
-        { "delete", "delete an app" },
+        { "delete", "delete an app (-r: and its routes)" },
         { "scale", "change an app's instances, memory or disk" },
         { "env", "show an app's environment" },
         { "set-env", "set an app's environment variable" },

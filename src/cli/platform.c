@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,10 +17,14 @@
 
 #include "cell/agent.h"
 #include "cli/cli.h"
+#include "cli/app_logs.h"
+#include "cli/manifest.h"
 #include "controller/controller.h"
 #include "lib/http_client.h"
 #include "lib/json.h"
+#include "lib/log.h"
 #include "lib/macro.h"
+#include "lib/strv.h"
 #include "router/router.h"
 
 struct pctx {
@@ -91,17 +96,28 @@ static int cfg_save(struct pctx *p, struct berr **err)
         return 0;
 }
 
+/* A new HTTP client with the login's TLS settings and token. Caller owns *ret. */
+static int client_open(struct pctx *p, struct http_client **ret, struct berr **err)
+{
+        /* The API's CA: login --ca-file (kept in config.json), else $SSL_CERT_FILE, else the system's. */
+        const char *ca = cfg_str(p, "ca_file");
+        if (!ca || !*ca)
+                ca = getenv("SSL_CERT_FILE");
+        struct http_client_opts o = { .insecure =
+                                          json_is_true(json_object_get(p->cfg, "skip_ssl_validation")),
+                                      .ca_file = ca && *ca ? ca : NULL };
+        int r = http_client_new(&o, ret, err);
+        if (r < 0)
+                return r;
+        http_client_set_bearer(*ret, cfg_str(p, "access_token"));
+        return 0;
+}
+
 static int client(struct pctx *p, struct berr **err)
 {
         if (p->http)
                 return 0;
-        struct http_client_opts o = { .insecure =
-                                          json_is_true(json_object_get(p->cfg, "skip_ssl_validation")) };
-        int r = http_client_new(&o, &p->http, err);
-        if (r < 0)
-                return r;
-        http_client_set_bearer(p->http, cfg_str(p, "access_token"));
-        return 0;
+        return client_open(p, &p->http, err);
 }
 
 /* The API's error body → err. */
@@ -320,12 +336,19 @@ static int usage(const char *cmd, const char *u, struct berr **err)
 
 static int cmd_login(struct pctx *p, int argc, char **argv, struct berr **err)
 {
-        const char *a = NULL, *u = NULL, *pw = NULL, *org = NULL, *space = NULL;
+        const char *a = NULL, *u = NULL, *pw = NULL, *org = NULL, *space = NULL, *ca = NULL;
         bool skip = false;
-        static const struct option lo[] = { { "skip-ssl-validation", no_argument, NULL, 'k' }, { 0 } };
+        static const struct option lo[] = { { "skip-ssl-validation", no_argument, NULL, 'k' },
+                                            { "ca-file", required_argument, NULL, 'C' },
+                                            { 0 } };
+        const char *use =
+            "-a URL -u USER [-p PASSWORD] [-o ORG] [-s SPACE] [--skip-ssl-validation] [--ca-file PEM]";
         int c;
         while ((c = getopt_long(argc, argv, "+a:u:p:o:s:", lo, NULL)) != -1) {
                 switch (c) {
+                case 'C':
+                        ca = optarg;
+                        break;
                 case 'a':
                         a = optarg;
                         break;
@@ -345,12 +368,18 @@ static int cmd_login(struct pctx *p, int argc, char **argv, struct berr **err)
                         skip = true;
                         break;
                 default:
-                        return usage("login", "-a URL -u USER [-p PASSWORD] [-o ORG] [-s SPACE]", err);
+                        return usage("login", use, err);
                 }
         }
         a = a ?: cfg_str(p, "api");
         if (!a || !u || optind != argc)
-                return usage("login", "-a URL -u USER [-p PASSWORD] [-o ORG] [-s SPACE]", err);
+                return usage("login", use, err);
+        _cleanup_free_ char *ca_abs = NULL;
+        if (ca) {
+                ca_abs = realpath(ca, NULL);
+                if (!ca_abs)
+                        return berr_set_errno(err, -errno, "--ca-file %s", ca), CLI_EXIT_FAILURE;
+        }
         _cleanup_free_ char *prompted = NULL;
         if (!pw) {
                 prompted = read_secret("Password: ");
@@ -367,12 +396,21 @@ static int cmd_login(struct pctx *p, int argc, char **argv, struct berr **err)
         json_object_clear(p->cfg);
         json_object_set_new(p->cfg, "api", json_string(api_url));
         json_object_set_new(p->cfg, "skip_ssl_validation", json_boolean(skip));
+        if (ca_abs)
+                json_object_set_new(p->cfg, "ca_file", json_string(ca_abs));
         json_object_set_new(p->cfg, "username", json_string(u));
         printf("API endpoint: %s\n\nAuthenticating...\n", api_url);
         _cleanup_free_ char *ue = urlenc(u), *pe = urlenc(pw), *form = NULL;
         if (!ue || !pe || asprintf(&form, "grant_type=password&username=%s&password=%s", ue, pe) < 0)
                 return berr_set(err, -ENOMEM, "out of memory");
-        int r = token_request(p, api_url, form, err);
+        struct berr *te = NULL;
+        int r = token_request(p, api_url, form, &te);
+        if (r == -EPROTO && !skip) /* TLS: say what to do about it */
+                berr_set(err, r, "%s (use --skip-ssl-validation, or --ca-file PEM with the API's CA)",
+                         berr_msg(te));
+        else if (r < 0 && err && !*err)
+                *err = TAKE_PTR(te);
+        berr_free(te);
         if (r < 0)
                 return CLI_EXIT_FAILURE;
         printf("OK\n\n");
@@ -430,6 +468,14 @@ static int cmd_target(struct pctx *p, int argc, char **argv, struct berr **err)
                 return CLI_EXIT_FAILURE;
         if ((org || space) && cfg_save(p, err) < 0)
                 return CLI_EXIT_FAILURE;
+        if (p->json) {
+                _cleanup_json_ json_t *t =
+                    json_pack("{s:O?,s:O?,s:O?,s:O?}", "api", json_object_get(p->cfg, "api"), "user",
+                              json_object_get(p->cfg, "username"), "org", json_object_get(p->cfg, "org"),
+                              "space", json_object_get(p->cfg, "space"));
+                print_json(t);
+                return 0;
+        }
         print_target(p);
         return 0;
 }
@@ -501,19 +547,10 @@ static int app_action(struct pctx *p, const char *name, const char *action, json
         return api(p, "POST", path, NULL, ret, err);
 }
 
-/* Sizes: 256M, 1G, 512MB, 1024 (MB) → MB; -1 invalid. */
+/* Sizes: 256M, 1G, 512MB, 1024 (MB) → MB; -1 invalid (the manifest's rules). */
 static long parse_size_mb(const char *s)
 {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || v <= 0)
-                return -1;
-        if (*end == 0 || strcasecmp(end, "M") == 0 || strcasecmp(end, "MB") == 0)
-                return v;
-        if (strcasecmp(end, "G") == 0 || strcasecmp(end, "GB") == 0)
-                return v > 1024L * 1024 ? -1 : v * 1024;
-        return -1;
+        return manifest_size_mb(s);
 }
 
 static const char *app_guid(json_t *app)
@@ -522,27 +559,446 @@ static const char *app_guid(json_t *app)
 }
 
 static int cmd_app(struct pctx *p, const char *name, struct berr **err);
+static int app_document(struct pctx *p, const char *name, json_t **ret, struct berr **err);
+
+/* What one app of a push needs, from the command line and/or the manifest. Strings are borrowed. */
+struct push_app {
+        const char *name, *image, *user, *command, *hc, *endpoint, *hostname;
+        long inst, mem, disk, timeout;
+        bool no_route, no_start, rolling;
+        json_t *env;         /* manifest env (object of strings) or NULL; borrowed */
+        char *const *routes; /* manifest routes or NULL; borrowed */
+        json_t *resolved;    /* owned: [{"host","path","domain_guid"}] to map; empty with no_route */
+};
+
+/* Read a manifest file (at most MANIFEST_MAX_BYTES) and parse it. Caller owns *ret. */
+static int manifest_load(const char *path, struct manifest **ret, struct berr **err)
+{
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        if (!f)
+                return berr_set_errno(err, -errno, "open manifest %s", path);
+        _cleanup_free_ char *buf = xmalloc(MANIFEST_MAX_BYTES + 1);
+        size_t n = fread(buf, 1, MANIFEST_MAX_BYTES + 1, f);
+        if (ferror(f))
+                return berr_set(err, -EIO, "read manifest %s", path);
+        int r = manifest_parse(buf, n, ret, err);
+        if (r < 0)
+                return berr_prefix(err, r, "%s", path);
+        return 0;
+}
+
+/*
+ * The routes a push maps, resolved against the platform's domains (GET only, nothing changes): the
+ * manifest's "host.domain[/path]" (the longest domain that is a suffix wins, as cf splits them), else
+ * --hostname or the app's name on the first domain. Fills a->resolved.
+ */
+static int push_resolve_routes(struct push_app *a, json_t *domains, struct berr **err)
+{
+        a->resolved = json_array();
+        if (a->no_route)
+                return 0;
+        json_t *d0 = json_array_get(domains, 0);
+        if (!a->routes || a->hostname) {
+                if (!d0)
+                        return 0; /* no domain at all: nothing to route to (as before) */
+                const char *host = a->hostname ?: a->name;
+                _cleanup_berr_ struct berr *e = NULL;
+                _cleanup_free_ char *lower = xstrdup(host);
+                for (char *c = lower; *c; c++)
+                        *c = (char)tolower((unsigned char)*c);
+                if (!a->hostname) {
+                        /* As cf derives a host from an app name: other characters become '-'. */
+                        for (char *c = lower; *c; c++)
+                                if (!isalnum((unsigned char)*c) && *c != '-')
+                                        *c = '-';
+                        size_t n = strlen(lower), b = strspn(lower, "-");
+                        while (n > b && lower[n - 1] == '-')
+                                n--;
+                        memmove(lower, lower + b, n - b);
+                        lower[MIN(n - b, (size_t)63)] = 0;
+                }
+                if (manifest_route_check(lower, &e) < 0 || strchr(lower, '.') || strchr(lower, '/'))
+                        return berr_set(
+                            err, -EINVAL,
+                            "For application '%s': host name '%s' is not a DNS label (letters, digits "
+                            "and '-')",
+                            a->name, host);
+                json_array_append_new(a->resolved, json_pack("{s:s,s:s,s:O}", "host", lower, "path", "",
+                                                             "domain_guid", json_object_get(d0, "guid")));
+                return 0;
+        }
+        for (size_t i = 0; a->routes[i]; i++) {
+                const char *rt = a->routes[i];
+                size_t hl = strcspn(rt, "/");
+                json_t *best = NULL;
+                size_t best_len = 0, k;
+                json_t *d;
+                json_array_foreach (domains, k, d) {
+                        const char *dn = json_string_value(json_object_get(d, "name"));
+                        size_t dl = dn ? strlen(dn) : 0;
+                        if (!dl || dl > hl || dl <= best_len)
+                                continue;
+                        if (strncasecmp(rt + hl - dl, dn, dl) == 0 && (dl == hl || rt[hl - dl - 1] == '.')) {
+                                best = d;
+                                best_len = dl;
+                        }
+                }
+                if (!best)
+                        return berr_set(err, -ENOENT, "For application '%s': route %s: no such domain",
+                                        a->name, rt);
+                if (best_len == hl)
+                        return berr_set(
+                            err, -EINVAL,
+                            "For application '%s': route %s: a route needs a host name before the "
+                            "domain",
+                            a->name, rt);
+                _cleanup_free_ char *host = strndup(rt, hl - best_len - 1);
+                if (!host)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                if (strchr(host, '.'))
+                        return berr_set(
+                            err, -EINVAL,
+                            "For application '%s': route %s: the host name '%s' must be one DNS label",
+                            a->name, rt, host);
+                json_array_append_new(a->resolved, json_pack("{s:s,s:s,s:O}", "host", host, "path", rt + hl,
+                                                             "domain_guid", json_object_get(best, "guid")));
+        }
+        return 0;
+}
+
+/* Find the route host/path on domain_guid, creating it in the targeted space if missing. Caller owns *ret. */
+static int route_find_or_create(struct pctx *p, const char *host, const char *path, const char *domain_guid,
+                                bool create, json_t **ret, struct berr **err)
+{
+        _cleanup_free_ char *h = urlenc(host), *q = NULL;
+        _cleanup_json_ json_t *l = NULL;
+        if (!h || asprintf(&q, "/v3/routes?hosts=%s&domain_guids=%s&per_page=5000", h, domain_guid) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        int r = api(p, "GET", q, NULL, &l, err);
+        if (r < 0)
+                return r;
+        size_t i;
+        json_t *x;
+        json_array_foreach (json_object_get(l, "resources"), i, x) {
+                const char *xp = json_string_value(json_object_get(x, "path")) ?: "";
+                if (strcmp(xp, path) == 0) {
+                        *ret = json_incref(x);
+                        return 0;
+                }
+        }
+        if (!create) {
+                *ret = NULL;
+                return 0;
+        }
+        _cleanup_json_ json_t *b = json_pack(
+            "{s:s, s:s, s:{s:{s:{s:s}}, s:{s:{s:s}}}}", "host", host, "path", path, "relationships", "space",
+            "data", "guid", cfg_sub(p, "space", "guid"), "domain", "data", "guid", domain_guid);
+        return api(p, "POST", "/v3/routes", b, ret, err);
+}
+
+/* Was this instance report already in `before` (a stats list), i.e. not news since the (re)start? */
+static bool stats_stale(json_t *before, json_t *x)
+{
+        const char *g = json_string_value(json_object_get(x, "guid"));
+        const char *since = json_string_value(json_object_get(x, "since"));
+        size_t i;
+        json_t *b;
+        json_array_foreach (json_object_get(before, "resources"), i, b) {
+                const char *bg = json_string_value(json_object_get(b, "guid"));
+                const char *bs = json_string_value(json_object_get(b, "since"));
+                if (g && bg && strcmp(g, bg) == 0 && since && bs && strcmp(since, bs) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/*
+ * Wait until an instance of process pg runs (or all crashed / the start timeout passed → error). before:
+ * the stats as they were before the start or restart (may be NULL): a crash reported there is the old
+ * instances', not news (the controller may still list it right after the restart).
+ */
+static int wait_started(struct pctx *p, const char *pg, long inst, long timeout, json_t *before,
+                        struct berr **err)
+{
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/v3/processes/%s/stats", pg) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        long limit_ms = ((timeout > 0 ? timeout : 60) + 10) * 1000;
+        for (long waited = 0;; waited += 200) {
+                _cleanup_json_ json_t *st = NULL;
+                int r = api(p, "GET", path, NULL, &st, err);
+                if (r < 0)
+                        return r;
+                size_t i, n = 0, crashed = 0;
+                json_t *x;
+                bool running = false;
+                json_array_foreach (json_object_get(st, "resources"), i, x) {
+                        const char *s = json_string_value(json_object_get(x, "state")) ?: "";
+                        n++;
+                        running |= strcmp(s, "RUNNING") == 0 && !stats_stale(before, x);
+                        crashed += strcmp(s, "CRASHED") == 0 && !stats_stale(before, x);
+                }
+                if (running || inst == 0)
+                        return 0;
+                if ((n > 0 && crashed == n) || waited >= limit_ms) {
+                        json_array_foreach (json_object_get(st, "resources"), i, x)
+                                fprintf(stderr, "#%lld %s %s\n",
+                                        (long long)json_integer_value(json_object_get(x, "index")),
+                                        json_string_value(json_object_get(x, "state")) ?: "",
+                                        json_string_value(json_object_get(x, "details")) ?: "");
+                        return berr_set(err, -EIO, "Start unsuccessful");
+                }
+                usleep(200 * 1000);
+        }
+}
+
+#define DEPLOY_POLL_MS 200
+
+/*
+ * A rolling deployment of app_guid (docs/PLATFORM.md, Cloud Foundry V3 deployments): POST
+ * /v3/deployments (with droplet_guid, or NULL for the current droplet: a rolling restart), then GET it
+ * every DEPLOY_POLL_MS until FINALIZED. Reason DEPLOYED is success; any other reason is an error. *ret (may
+ * be NULL) gets the final deployment (caller owns).
+ */
+static int deploy_rolling(struct pctx *p, const char *app_guid_s, const char *droplet_guid, json_t **ret,
+                          struct berr **err)
+{
+        _cleanup_json_ json_t *b = json_pack("{s:s,s:{s:{s:{s:s}}}}", "strategy", "rolling", "relationships",
+                                             "app", "data", "guid", app_guid_s);
+        if (droplet_guid)
+                json_object_set_new(b, "droplet", json_pack("{s:s}", "guid", droplet_guid));
+        _cleanup_json_ json_t *dep = NULL;
+        _cleanup_berr_ struct berr *e = NULL;
+        int r = api(p, "POST", "/v3/deployments", b, &dep, &e);
+        if (r == -ENOENT && e && strstr(berr_msg(e), "Unknown request"))
+                return berr_set(err, -ENOTSUP,
+                                "this platform has no rolling deployments (POST /v3/deployments: %s)",
+                                berr_msg(e));
+        if (r < 0) {
+                if (err && !*err)
+                        *err = TAKE_PTR(e);
+                return r;
+        }
+        const char *g = json_string_value(json_object_get(dep, "guid"));
+        if (!g)
+                return berr_set(err, -EPROTO, "POST /v3/deployments answered without a deployment guid");
+        _cleanup_free_ char *dg = xstrdup(g); /* dep is replaced at each poll */
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/v3/deployments/%s", dg) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        for (;;) {
+                json_t *status = json_object_get(dep, "status");
+                const char *value = json_string_value(json_object_get(status, "value")) ?: "";
+                const char *reason = json_string_value(json_object_get(status, "reason")) ?: "";
+                if (strcmp(value, "FINALIZED") == 0) {
+                        if (strcmp(reason, "DEPLOYED") != 0)
+                                return berr_set(err, -EIO, "Deployment %s: %s", dg,
+                                                *reason ? reason : "failed");
+                        if (ret)
+                                *ret = TAKE_PTR(dep);
+                        return 0;
+                }
+                usleep(DEPLOY_POLL_MS * 1000);
+                json_decref(dep);
+                dep = NULL;
+                r = api(p, "GET", path, NULL, &dep, err);
+                if (r < 0)
+                        return r;
+        }
+}
+
+/* Push one app (a->resolved already filled): every request of the push. */
+/* Where a command's progress lines go: stdout, or stderr when --json keeps stdout for JSON. */
+static FILE *progress_out(struct pctx *p)
+{
+        return p->json ? stderr : stdout;
+}
+
+static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct berr **err)
+{
+        const char *name = a->name;
+        fprintf(progress_out(p), "Pushing app %s to org %s / space %s as %s...\n", name,
+                cfg_sub(p, "org", "name") ?: "", cfg_sub(p, "space", "name") ?: "",
+                cfg_str(p, "username") ?: "");
+        _cleanup_json_ json_t *app = NULL;
+        int r = find_app_opt(p, name, false, &app, err);
+        if (r < 0)
+                return r;
+        bool created = false;
+        if (!app) {
+                _cleanup_json_ json_t *b = json_pack(
+                    "{s:s,s:{s:{s:{s:s}}},s:{s:s,s:{}}}", "name", name, "relationships", "space", "data",
+                    "guid", cfg_sub(p, "space", "guid"), "lifecycle", "type", "docker", "data");
+                if (a->env)
+                        json_object_set(b, "environment_variables", a->env);
+                struct berr *e = NULL;
+                if (api(p, "POST", "/v3/apps", b, &app, &e) < 0) {
+                        r = berr_set(err, -EIO, "For application '%s': %s", name, berr_msg(e));
+                        berr_free(e);
+                        return r;
+                }
+                created = true;
+        }
+        const char *ag = app_guid(app);
+        _cleanup_free_ char *path = NULL;
+        if (!created && a->env && json_object_size(a->env) > 0) {
+                _cleanup_json_ json_t *eb = json_pack("{s:O}", "var", a->env);
+                if (asprintf(&path, "/v3/apps/%s/environment_variables", ag) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "PATCH", path, eb, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        const char *state = json_string_value(json_object_get(app, "state"));
+        bool was_started = state && strcmp(state, "STARTED") == 0;
+        bool rolling = a->rolling && !created && was_started && !a->no_start;
+        _cleanup_json_ json_t *pb = json_pack("{s:s,s:{s:s},s:{s:{s:{s:s}}}}", "type", "docker", "data",
+                                              "image", a->image, "relationships", "app", "data", "guid", ag);
+        if (a->user) {
+                json_object_set_new(json_object_get(pb, "data"), "username", json_string(a->user));
+                json_object_set_new(json_object_get(pb, "data"), "password", json_string(pw));
+        }
+        _cleanup_json_ json_t *pkg = NULL, *build = NULL;
+        r = api(p, "POST", "/v3/packages", pb, &pkg, err);
+        if (r == 0) {
+                fprintf(progress_out(p), "Staging app and tracing logs...\n");
+                _cleanup_json_ json_t *bb =
+                    json_pack("{s:{s:O}}", "package", "guid", json_object_get(pkg, "guid"));
+                r = api(p, "POST", "/v3/builds", bb, &build, err);
+        }
+        if (r < 0) {
+                if (created) {
+                        struct berr *e = NULL;
+                        free(path), path = NULL;
+                        if (asprintf(&path, "/v3/apps/%s", ag) >= 0)
+                                api(p, "DELETE", path, NULL, NULL, &e);
+                        berr_free(e);
+                }
+                return r;
+        }
+        const char *dg = json_string_value(json_object_get(json_object_get(build, "droplet"), "guid"));
+        if (!rolling) {
+                _cleanup_json_ json_t *db = json_pack("{s:{s:s?}}", "data", "guid", dg);
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/apps/%s/relationships/current_droplet", ag) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "PATCH", path, db, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        _cleanup_json_ json_t *proc = NULL;
+        free(path), path = NULL;
+        if (asprintf(&path, "/v3/apps/%s/processes/web", ag) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        r = api(p, "GET", path, NULL, &proc, err);
+        if (r < 0)
+                return r;
+        const char *pg = json_string_value(json_object_get(proc, "guid"));
+        if (a->command || a->hc || a->endpoint || a->timeout > 0) {
+                _cleanup_json_ json_t *pu = json_object();
+                if (a->command)
+                        json_object_set_new(pu, "command", json_string(a->command));
+                if (a->hc || a->endpoint || a->timeout > 0) {
+                        json_t *data = json_object();
+                        if (a->endpoint)
+                                json_object_set_new(data, "endpoint", json_string(a->endpoint));
+                        if (a->timeout > 0)
+                                json_object_set_new(data, "timeout", json_integer(a->timeout));
+                        json_object_set_new(pu, "health_check",
+                                            json_pack("{s:s,s:o}", "type",
+                                                      a->hc ?: (a->endpoint ? "http" : "port"), "data",
+                                                      data));
+                }
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/processes/%s", pg) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "PATCH", path, pu, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        if (a->inst >= 0 || a->mem > 0 || a->disk > 0) {
+                _cleanup_json_ json_t *sb = json_object();
+                if (a->inst >= 0)
+                        json_object_set_new(sb, "instances", json_integer(a->inst));
+                if (a->mem > 0)
+                        json_object_set_new(sb, "memory_in_mb", json_integer(a->mem));
+                if (a->disk > 0)
+                        json_object_set_new(sb, "disk_in_mb", json_integer(a->disk));
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/processes/%s/actions/scale", pg) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "POST", path, sb, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        size_t i;
+        json_t *rt;
+        json_array_foreach (a->resolved, i, rt) {
+                _cleanup_json_ json_t *route = NULL;
+                r = route_find_or_create(p, json_string_value(json_object_get(rt, "host")),
+                                         json_string_value(json_object_get(rt, "path")),
+                                         json_string_value(json_object_get(rt, "domain_guid")), true, &route,
+                                         err);
+                if (r < 0)
+                        return r;
+                _cleanup_json_ json_t *dd = json_pack("{s:[{s:{s:s}}]}", "destinations", "app", "guid", ag);
+                free(path), path = NULL;
+                if (asprintf(&path, "/v3/routes/%s/destinations", app_guid(route)) < 0)
+                        return berr_set(err, -ENOMEM, "out of memory");
+                r = api(p, "POST", path, dd, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+        if (a->no_start)
+                return 0;
+        if (rolling) {
+                fprintf(progress_out(p), "Deploying app %s with a rolling deployment...\n", name);
+                fflush(progress_out(p));
+                return deploy_rolling(p, ag, dg, NULL, err);
+        }
+        _cleanup_json_ json_t *before = NULL;
+        _cleanup_berr_ struct berr *be = NULL;
+        free(path), path = NULL;
+        if (asprintf(&path, "/v3/processes/%s/stats", pg) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        api(p, "GET", path, NULL, &before, &be); /* without it, the wait trusts every report */
+        free(path), path = NULL;
+        if (asprintf(&path, "/v3/apps/%s/actions/%s", ag, was_started ? "restart" : "start") < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        r = api(p, "POST", path, NULL, NULL, err);
+        if (r < 0)
+                return r;
+        fprintf(progress_out(p), "Waiting for app %s to start...\n", name);
+        fflush(progress_out(p));
+        return wait_started(p, pg, a->inst, a->timeout, before, err);
+}
 
 static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *image = NULL, *user = NULL, *command = NULL, *hc = NULL, *endpoint = NULL,
-                   *hostname = NULL;
+                   *hostname = NULL, *manifest_path = NULL;
         long inst = -1, mem = -1, disk = -1, timeout = -1;
-        bool no_route = false, no_start = false;
+        bool no_route = false, no_start = false, rolling = false;
         static const struct option lo[] = { { "docker-image", required_argument, NULL, 'o' },
                                             { "docker-username", required_argument, NULL, 'U' },
                                             { "endpoint", required_argument, NULL, 'e' },
                                             { "no-route", no_argument, NULL, 'R' },
                                             { "no-start", no_argument, NULL, 'S' },
                                             { "hostname", required_argument, NULL, 'n' },
+                                            { "strategy", required_argument, NULL, 'Y' },
                                             { 0 } };
-        const char *u = "APP --docker-image REF [--docker-username U] [-c CMD] [-i N] [-m 256M] [-k 1G] "
-                        "[-u port|http|process] [--endpoint /path] [-t SECONDS] [--no-route] [--hostname H] "
-                        "[--no-start]";
-        int c;
+        const char *u =
+            "[APP] [-f manifest.yml] [--docker-image REF] [--docker-username U] [-c CMD] [-i N] "
+            "[-m 256M] [-k 1G] [-u port|http|process] [--endpoint /path] [-t SECONDS] [--no-route] "
+            "[--hostname H] [--no-start] [--strategy rolling]";
+        int c, flags = 0;
         char *end;
-        while ((c = getopt_long(argc, argv, "o:c:i:m:k:u:t:n:", lo, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "o:c:i:m:k:u:t:n:f:", lo, NULL)) != -1) {
+                flags += c != 'f' && c != 'S' && c != 'Y';
                 switch (c) {
+                case 'f':
+                        manifest_path = optarg;
+                        break;
                 case 'o':
                         image = optarg;
                         break;
@@ -564,9 +1020,14 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                 case 'n':
                         hostname = optarg;
                         break;
+                case 'Y':
+                        if (strcmp(optarg, "rolling") != 0)
+                                return usage("push", u, err);
+                        rolling = true;
+                        break;
                 case 'i':
                         inst = strtol(optarg, &end, 10);
-                        if (*end || inst < 0)
+                        if (!*optarg || *end || inst < 0 || inst > INT32_MAX)
                                 return usage("push", u, err);
                         break;
                 case 'm':
@@ -579,7 +1040,7 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         break;
                 case 't':
                         timeout = strtol(optarg, &end, 10);
-                        if (*end || timeout <= 0 || timeout > 180)
+                        if (!*optarg || *end || timeout <= 0 || timeout > MANIFEST_TIMEOUT_MAX)
                                 return usage("push", u, err);
                         break;
                 case 'u':
@@ -591,190 +1052,141 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         return usage("push", u, err);
                 }
         }
-        if (optind + 1 != argc || !image)
+        if (optind + 1 < argc || (!manifest_path && (optind + 1 != argc || !image)))
                 return usage("push", u, err);
-        const char *name = argv[optind];
+        const char *only = optind < argc ? argv[optind] : NULL;
+        _cleanup_(manifest_freep) struct manifest *m = NULL;
+        if (manifest_path && manifest_load(manifest_path, &m, err) < 0)
+                return CLI_EXIT_FAILURE;
+        for (size_t i = 0; m && m->warnings[i]; i++)
+                fprintf(stderr, "berth: warning: %s\n", m->warnings[i]);
+        /* The apps of this push, in order: the command line's one, or the manifest's (APP selects one). */
+        size_t napps = 1;
+        const struct manifest_app *mapps[MANIFEST_MAX_APPS];
+        mapps[0] = NULL;
+        if (m) {
+                napps = 0;
+                for (size_t i = 0; i < m->n_apps; i++)
+                        if (!only || strcmp(m->apps[i].name, only) == 0)
+                                mapps[napps++] = &m->apps[i];
+                if (napps == 0)
+                        return berr_set(err, -ENOENT, "Could not find app named '%s' in manifest", only),
+                               CLI_EXIT_FAILURE;
+                if (napps > 1 && flags > 0)
+                        return berr_set(err, -EINVAL,
+                                        "Command line flags (except -f, --no-start and --strategy) cannot be "
+                                        "applied when pushing multiple apps from a manifest file."),
+                               CLI_EXIT_USAGE;
+        }
+        struct push_app apps[MANIFEST_MAX_APPS];
+        for (size_t i = 0; i < napps; i++) {
+                const struct manifest_app *ma = mapps[i];
+                apps[i] = (struct push_app){
+                        .name = ma ? ma->name : only,
+                        .image = image
+                                     ?: ma ? ma->image
+                                           : NULL,
+                        .user = user
+                                    ?: ma ? ma->username
+                                          : NULL,
+                        .command = command
+                                       ?: ma ? ma->command
+                                             : NULL,
+                        .hc = hc
+                                  ?: ma ? ma->health_check_type
+                                        : NULL,
+                        .endpoint = endpoint
+                                        ?: ma ? ma->health_check_endpoint
+                                              : NULL,
+                        .hostname = hostname,
+                        .inst = inst >= 0 ? inst
+                                : ma      ? ma->instances
+                                          : -1,
+                        .mem = mem > 0 ? mem
+                               : ma    ? ma->memory_mb
+                                       : -1,
+                        .disk = disk > 0 ? disk
+                                : ma     ? ma->disk_mb
+                                         : -1,
+                        .timeout = timeout > 0 ? timeout
+                                   : ma        ? ma->timeout
+                                               : -1,
+                        .no_route = no_route || (ma && ma->no_route),
+                        .no_start = no_start,
+                        .rolling = rolling,
+                        .env = ma ? ma->env : NULL,
+                        .routes = ma ? ma->routes : NULL,
+                };
+        }
+        int rc = CLI_EXIT_FAILURE;
         _cleanup_free_ char *prompted = NULL;
+        _cleanup_json_ json_t *domains = NULL, *dl = NULL, *views = json_array();
         const char *pw = getenv("BERTH_DOCKER_PASSWORD");
         if (!pw || !*pw)
                 pw = getenv("CF_DOCKER_PASSWORD");
-        if (user && (!pw || !*pw)) {
+        /* Everything is checked before the first request that changes anything. */
+        bool need_pw = false;
+        for (size_t i = 0; i < napps; i++) {
+                if (!apps[i].image) {
+                        berr_set(
+                            err, -EINVAL,
+                            "For application '%s': no Docker image (--docker-image REF or docker.image in "
+                            "the manifest)",
+                            apps[i].name);
+                        rc = m ? CLI_EXIT_FAILURE : CLI_EXIT_USAGE;
+                        goto out;
+                }
+                need_pw |= apps[i].user != NULL;
+        }
+        if (need_pw && (!pw || !*pw)) {
                 prompted = read_secret("Docker password: ");
-                if (!prompted)
-                        return berr_set(err, -EINVAL,
-                                        "Environment variable CF_DOCKER_PASSWORD not set (needed with "
-                                        "--docker-username)"),
-                               CLI_EXIT_USAGE;
+                if (!prompted) {
+                        berr_set(err, -EINVAL,
+                                 "Environment variable CF_DOCKER_PASSWORD not set (needed with "
+                                 "--docker-username or docker.username)");
+                        rc = CLI_EXIT_USAGE;
+                        goto out;
+                }
                 pw = prompted;
         }
         if (need_space(p, err) < 0)
-                return CLI_EXIT_FAILURE;
-        printf("Pushing app %s to org %s / space %s as %s...\n", name, cfg_sub(p, "org", "name") ?: "",
-               cfg_sub(p, "space", "name") ?: "", cfg_str(p, "username") ?: "");
-        _cleanup_json_ json_t *app = NULL;
-        if (find_app_opt(p, name, false, &app, err) < 0)
-                return CLI_EXIT_FAILURE;
-        bool created = false;
-        if (!app) {
-                _cleanup_json_ json_t *b = json_pack(
-                    "{s:s,s:{s:{s:{s:s}}},s:{s:s,s:{}}}", "name", name, "relationships", "space", "data",
-                    "guid", cfg_sub(p, "space", "guid"), "lifecycle", "type", "docker", "data");
-                struct berr *e = NULL;
-                if (api(p, "POST", "/v3/apps", b, &app, &e) < 0) {
-                        berr_set(err, -EIO, "For application '%s': %s", name, berr_msg(e));
-                        berr_free(e);
-                        return CLI_EXIT_FAILURE;
+                goto out;
+        if (api(p, "GET", "/v3/domains?per_page=5000", NULL, &dl, err) < 0)
+                goto out;
+        json_t *dres = json_object_get(dl, "resources");
+        domains = dres ? json_incref(dres) : json_array();
+        for (size_t i = 0; i < napps; i++)
+                if (push_resolve_routes(&apps[i], domains, err) < 0)
+                        goto out;
+        for (size_t i = 0; i < napps; i++) {
+                if (push_one(p, &apps[i], pw, err) < 0)
+                        goto out;
+                if (p->json) {
+                        /* --json: the app views, one document (a list for several apps) */
+                        json_t *doc = NULL;
+                        _cleanup_berr_ struct berr *ve = NULL;
+                        if (app_document(p, apps[i].name, &doc, &ve) < 0)
+                                doc = json_pack("{s:{s:s}}", "app", "name", apps[i].name);
+                        json_array_append_new(views, doc);
+                        continue;
                 }
-                created = true;
+                printf("\n");
+                fflush(stdout);
+                /* The app view is a courtesy: the push itself succeeded whatever it says. */
+                _cleanup_berr_ struct berr *ve = NULL;
+                if (cmd_app(p, apps[i].name, &ve) != 0)
+                        printf("name:              %s\nrequested state:   %s\n", apps[i].name,
+                               no_start ? "stopped" : "started");
+                if (i + 1 < napps)
+                        printf("\n");
         }
-        const char *ag = app_guid(app);
-        _cleanup_json_ json_t *pb = json_pack("{s:s,s:{s:s},s:{s:{s:{s:s}}}}", "type", "docker", "data",
-                                              "image", image, "relationships", "app", "data", "guid", ag);
-        if (user) {
-                json_object_set_new(json_object_get(pb, "data"), "username", json_string(user));
-                json_object_set_new(json_object_get(pb, "data"), "password", json_string(pw));
-        }
-        _cleanup_json_ json_t *pkg = NULL, *build = NULL;
-        _cleanup_free_ char *path = NULL;
-        int r = api(p, "POST", "/v3/packages", pb, &pkg, err);
-        if (r == 0) {
-                printf("Staging app and tracing logs...\n");
-                _cleanup_json_ json_t *bb =
-                    json_pack("{s:{s:O}}", "package", "guid", json_object_get(pkg, "guid"));
-                r = api(p, "POST", "/v3/builds", bb, &build, err);
-        }
-        if (r < 0) {
-                if (created) {
-                        struct berr *e = NULL;
-                        if (asprintf(&path, "/v3/apps/%s", ag) >= 0)
-                                api(p, "DELETE", path, NULL, NULL, &e);
-                        berr_free(e);
-                }
-                return CLI_EXIT_FAILURE;
-        }
-        const char *dg = json_string_value(json_object_get(json_object_get(build, "droplet"), "guid"));
-        _cleanup_json_ json_t *db = json_pack("{s:{s:s?}}", "data", "guid", dg);
-        free(path), path = NULL;
-        if (asprintf(&path, "/v3/apps/%s/relationships/current_droplet", ag) < 0 ||
-            api(p, "PATCH", path, db, NULL, err) < 0)
-                return CLI_EXIT_FAILURE;
-        _cleanup_json_ json_t *proc = NULL;
-        free(path), path = NULL;
-        if (asprintf(&path, "/v3/apps/%s/processes/web", ag) < 0 || api(p, "GET", path, NULL, &proc, err) < 0)
-                return CLI_EXIT_FAILURE;
-        const char *pg = json_string_value(json_object_get(proc, "guid"));
-        if (command || hc || endpoint || timeout > 0) {
-                json_t *pu = json_object();
-                if (command)
-                        json_object_set_new(pu, "command", json_string(command));
-                if (hc || endpoint || timeout > 0) {
-                        json_t *data = json_object();
-                        if (endpoint)
-                                json_object_set_new(data, "endpoint", json_string(endpoint));
-                        if (timeout > 0)
-                                json_object_set_new(data, "timeout", json_integer(timeout));
-                        json_object_set_new(
-                            pu, "health_check",
-                            json_pack("{s:s,s:o}", "type", hc ?: (endpoint ? "http" : "port"), "data", data));
-                }
-                free(path), path = NULL;
-                r = asprintf(&path, "/v3/processes/%s", pg) < 0 ? -ENOMEM
-                                                                : api(p, "PATCH", path, pu, NULL, err);
-                json_decref(pu);
-                if (r < 0)
-                        return CLI_EXIT_FAILURE;
-        }
-        if (inst >= 0 || mem > 0 || disk > 0) {
-                json_t *sb = json_object();
-                if (inst >= 0)
-                        json_object_set_new(sb, "instances", json_integer(inst));
-                if (mem > 0)
-                        json_object_set_new(sb, "memory_in_mb", json_integer(mem));
-                if (disk > 0)
-                        json_object_set_new(sb, "disk_in_mb", json_integer(disk));
-                free(path), path = NULL;
-                r = asprintf(&path, "/v3/processes/%s/actions/scale", pg) < 0
-                        ? -ENOMEM
-                        : api(p, "POST", path, sb, NULL, err);
-                json_decref(sb);
-                if (r < 0)
-                        return CLI_EXIT_FAILURE;
-        }
-        if (!no_route) {
-                _cleanup_json_ json_t *dom = NULL, *route = NULL;
-                if (find_one(p, "/v3/domains", &dom, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                if (dom) {
-                        const char *host = hostname ?: name;
-                        free(path), path = NULL;
-                        if (asprintf(&path, "/v3/routes?hosts=%s&domain_guids=%s", host,
-                                     json_string_value(json_object_get(dom, "guid"))) < 0 ||
-                            find_one(p, path, &route, err) < 0)
-                                return CLI_EXIT_FAILURE;
-                        if (!route) {
-                                _cleanup_json_ json_t *rb = json_pack(
-                                    "{s:s,s:{s:{s:{s:s}},s:{s:{s:O}}}}", "host", host, "relationships",
-                                    "space", "data", "guid", cfg_sub(p, "space", "guid"), "domain", "data",
-                                    "guid", json_object_get(dom, "guid"));
-                                if (api(p, "POST", "/v3/routes", rb, &route, err) < 0)
-                                        return CLI_EXIT_FAILURE;
-                        }
-                        _cleanup_json_ json_t *dd =
-                            json_pack("{s:[{s:{s:s}}]}", "destinations", "app", "guid", ag);
-                        free(path), path = NULL;
-                        if (asprintf(&path, "/v3/routes/%s/destinations",
-                                     json_string_value(json_object_get(route, "guid"))) < 0 ||
-                            api(p, "POST", path, dd, NULL, err) < 0)
-                                return CLI_EXIT_FAILURE;
-                }
-        }
-        if (!no_start) {
-                const char *state = json_string_value(json_object_get(app, "state"));
-                free(path), path = NULL;
-                if (asprintf(&path, "/v3/apps/%s/actions/%s", ag,
-                             state && strcmp(state, "STARTED") == 0 ? "restart" : "start") < 0 ||
-                    api(p, "POST", path, NULL, NULL, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                printf("Waiting for app %s to start...\n", name);
-                free(path), path = NULL;
-                if (asprintf(&path, "/v3/processes/%s/stats", pg) < 0)
-                        return CLI_EXIT_FAILURE;
-                long limit_ms = ((timeout > 0 ? timeout : 60) + 10) * 1000;
-                for (long waited = 0;; waited += 200) {
-                        _cleanup_json_ json_t *st = NULL;
-                        if (api(p, "GET", path, NULL, &st, err) < 0)
-                                return CLI_EXIT_FAILURE;
-                        size_t i, n = 0, crashed = 0;
-                        json_t *x;
-                        bool running = false;
-                        json_array_foreach (json_object_get(st, "resources"), i, x) {
-                                const char *s = json_string_value(json_object_get(x, "state")) ?: "";
-                                n++;
-                                running |= strcmp(s, "RUNNING") == 0;
-                                crashed += strcmp(s, "CRASHED") == 0;
-                        }
-                        if (running || inst == 0)
-                                break;
-                        if ((n > 0 && crashed == n) || waited >= limit_ms) {
-                                json_array_foreach (json_object_get(st, "resources"), i, x)
-                                        fprintf(stderr, "#%lld %s %s\n",
-                                                (long long)json_integer_value(json_object_get(x, "index")),
-                                                json_string_value(json_object_get(x, "state")) ?: "",
-                                                json_string_value(json_object_get(x, "details")) ?: "");
-                                berr_set(err, -EIO, "Start unsuccessful");
-                                return CLI_EXIT_FAILURE;
-                        }
-                        usleep(200 * 1000);
-                }
-        }
-        printf("\n");
-        fflush(stdout);
-        /* The app view is a courtesy: the push itself succeeded whatever it says. */
-        _cleanup_berr_ struct berr *ve = NULL;
-        if (cmd_app(p, name, &ve) != 0)
-                printf("name:              %s\nrequested state:   %s\n", name,
-                       no_start ? "stopped" : "started");
-        return 0;
+        if (p->json)
+                print_json(napps == 1 ? json_array_get(views, 0) : views);
+        rc = 0;
+out:
+        for (size_t i = 0; i < napps; i++)
+                json_decref(apps[i].resolved);
+        return rc;
 }
 
 /* GET that may 404: *ret NULL then. */
@@ -828,6 +1240,47 @@ static int app_document(struct pctx *p, const char *name, json_t **ret, struct b
         return 0;
 }
 
+#define APP_CRASH_EVENTS    50 /* the newest crash events searched for an instance's exit status */
+#define APP_CRASH_LOG_LINES 10 /* log lines shown per crashed instance */
+#define LOGS_RECENT_LINES   1000
+
+/*
+ * The details column of a CRASHED instance: the reason the stats give ("exited with status 3", "out of
+ * memory", "health check failed", ...) with the exit status of its last crash (audit.app.process.crash)
+ * when the reason does not say it, and how many times it crashed. NULL for other instances. Caller frees.
+ */
+static char *crash_details(json_t *inst, json_t *events)
+{
+        if (strcmp(json_string_value(json_object_get(inst, "state")) ?: "", "CRASHED") != 0)
+                return NULL;
+        const char *reason = json_string_value(json_object_get(inst, "details"));
+        const char *guid = json_string_value(json_object_get(inst, "guid"));
+        json_int_t idx = json_integer_value(json_object_get(inst, "index"));
+        json_t *data = NULL, *e;
+        size_t i;
+        json_array_foreach (json_object_get(events, "resources"), i, e) {
+                json_t *d = json_object_get(e, "data");
+                const char *ig = json_string_value(json_object_get(d, "instance"));
+                if ((guid && ig && strcmp(guid, ig) == 0) ||
+                    (!ig && json_integer_value(json_object_get(d, "index")) == idx)) {
+                        data = d;
+                        break;
+                }
+        }
+        if (!reason)
+                reason = json_string_value(json_object_get(data, "reason")) ?: "crashed";
+        json_t *es = json_object_get(data, "exit_status");
+        char status[48] = "";
+        if (json_is_integer(es) && !strstr(reason, "status"))
+                snprintf(status, sizeof(status), ", exit status %lld", (long long)json_integer_value(es));
+        json_t *cc = json_object_get(data, "crash_count");
+        char count[48] = "";
+        if (json_is_integer(cc) && json_integer_value(cc) > 0)
+                snprintf(count, sizeof(count), " (crashed %lld time%s)", (long long)json_integer_value(cc),
+                         json_integer_value(cc) == 1 ? "" : "s");
+        return xasprintf("%s%s%s", reason, status, count);
+}
+
 static int cmd_app(struct pctx *p, const char *name, struct berr **err)
 {
         _cleanup_json_ json_t *doc = NULL;
@@ -870,9 +1323,28 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
                     json_string_value(json_object_get(json_object_get(droplet, "process_types"), "web"));
         printf("start command:  %s\n", command ?: "");
         printf("     %-9s %-22s %-6s %-16s %-16s %s\n", "state", "since", "cpu", "memory", "disk", "details");
+        /* Crashed instances: their last crash's exit status (audit events) and last log lines. */
+        _cleanup_json_ json_t *crashes = NULL, *logs = NULL;
+        bool any_crashed = false;
+        json_array_foreach (inst, i, x)
+                any_crashed |= strcmp(json_string_value(json_object_get(x, "state")) ?: "", "CRASHED") == 0;
+        if (any_crashed) {
+                _cleanup_free_ char *ep = NULL, *lp = NULL;
+                _cleanup_berr_ struct berr *e1 = NULL, *e2 = NULL;
+                /* courtesy data: the view stands without it */
+                if (asprintf(
+                        &ep,
+                        "/v3/audit_events?target_guids=%s&types=audit.app.process.crash&order_by=-created_at"
+                        "&per_page=%d",
+                        app_guid(app), APP_CRASH_EVENTS) >= 0)
+                        api(p, "GET", ep, NULL, &crashes, &e1);
+                if (asprintf(&lp, "/v3/apps/%s/logs?lines=%d", app_guid(app), LOGS_RECENT_LINES) >= 0)
+                        api(p, "GET", lp, NULL, &logs, &e2);
+        }
         json_array_foreach (inst, i, x) {
                 json_t *u = json_object_get(x, "usage");
                 char m[32], mq[32], d[32], dq[32], st[32];
+                _cleanup_free_ char *details = crash_details(x, crashes);
                 human_bytes((double)json_integer_value(json_object_get(u, "mem")), m, sizeof(m));
                 human_bytes((double)json_integer_value(json_object_get(x, "mem_quota")), mq, sizeof(mq));
                 human_bytes((double)json_integer_value(json_object_get(u, "disk")), d, sizeof(d));
@@ -883,13 +1355,32 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
                 char mcol[80], dcol[80];
                 snprintf(mcol, sizeof(mcol), "%s of %s", m, mq);
                 snprintf(dcol, sizeof(dcol), "%s of %s", d, dq);
-                printf("#%-3lld %-9s %-22s %5.1f%% %-16s %-16s %s\n",
+                char cpu[32];
+                snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(u, "cpu")) * 100);
+                printf("#%-3lld %-9s %-22s %-6s %-16s %-16s %s\n",
                        (long long)json_integer_value(json_object_get(x, "index")), st,
-                       json_string_value(json_object_get(x, "since")) ?: "",
-                       json_number_value(json_object_get(u, "cpu")) * 100, mcol, dcol,
-                       json_string_value(json_object_get(x, "details")) ?: "");
+                       json_string_value(json_object_get(x, "since")) ?: "", cpu, mcol, dcol,
+                       details ?: json_string_value(json_object_get(x, "details")) ?: "");
         }
         (void)disk;
+        json_array_foreach (inst, i, x) {
+                if (strcmp(json_string_value(json_object_get(x, "state")) ?: "", "CRASHED") != 0)
+                        continue;
+                json_int_t idx = json_integer_value(json_object_get(x, "index"));
+                json_t *lines = json_object_get(logs, "resources"), *l;
+                size_t n = 0, k, shown = 0;
+                json_array_foreach (lines, k, l)
+                        n += json_integer_value(json_object_get(l, "instance_index")) == idx;
+                printf("\nlast log lines of crashed instance #%lld:\n", (long long)idx);
+                json_array_foreach (lines, k, l) {
+                        if (json_integer_value(json_object_get(l, "instance_index")) != idx)
+                                continue;
+                        if (n - shown++ <= APP_CRASH_LOG_LINES)
+                                app_logs_print(stdout, l);
+                }
+                if (n == 0)
+                        printf("   (none)\n");
+        }
         return 0;
 }
 
@@ -935,10 +1426,11 @@ static int cmd_map_route(struct pctx *p, int argc, char **argv, bool map, struct
                 _cleanup_free_ char *dp = NULL;
                 _cleanup_json_ json_t *b =
                     json_pack("{s:[{s:{s:s}}]}", "destinations", "app", "guid", app_guid(app));
+                _cleanup_json_ json_t *resp = NULL;
                 if (asprintf(&dp, "/v3/routes/%s/destinations", app_guid(route)) < 0 ||
-                    api(p, "POST", dp, b, NULL, err) < 0)
+                    api(p, "POST", dp, b, &resp, err) < 0)
                         return CLI_EXIT_FAILURE;
-                printf("OK\n");
+                p->json ? print_json(resp) : (void)printf("OK\n");
                 return 0;
         }
         if (!route)
@@ -959,7 +1451,7 @@ static int cmd_map_route(struct pctx *p, int argc, char **argv, bool map, struct
                     api(p, "DELETE", one, NULL, NULL, err) < 0)
                         return CLI_EXIT_FAILURE;
         }
-        printf("OK\n");
+        p->json ? print_json(route) : (void)printf("OK\n");
         return 0;
 }
 
@@ -1033,6 +1525,556 @@ static int cmd_events(struct pctx *p, const char *name, struct berr **err)
         return 0;
 }
 
+#define LOGS_RETRIES 30 /* reconnection attempts in a row (about 30 s) */
+
+/* While following: is the app still there? Asked at the stream's keep-alives, on a client of its own. */
+struct logs_idle {
+        struct http_client *hc;
+        char *url; /* GET /v3/apps/:guid */
+};
+
+static int logs_app_gone(void *userdata)
+{
+        struct logs_idle *li = userdata;
+        long status = 0;
+        if (http_request_json(li->hc, "GET", li->url, NULL, &status, NULL, NULL) == 0 && status == 404)
+                return -ENOENT;
+        return 0; /* anything else: keep following */
+}
+
+static void logs_exit_on_signal(int sig)
+{
+        (void)sig;
+        _exit(0); /* every line printed was flushed */
+}
+
+static int cmd_logs_app(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        bool recent = false;
+        static const struct option lo[] = { { "recent", no_argument, NULL, 'r' }, { 0 } };
+        int c;
+        while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+                if (c != 'r')
+                        return usage(argv[0], "APP [--recent]", err);
+                recent = true;
+        }
+        if (optind + 1 != argc)
+                return usage(argv[0], "APP [--recent]", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *app = NULL;
+        _cleanup_free_ char *path = NULL;
+        if (find_app(p, name, &app, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (recent) {
+                _cleanup_json_ json_t *resp = NULL;
+                if (asprintf(&path, "/v3/apps/%s/logs?lines=%d", app_guid(app), LOGS_RECENT_LINES) < 0 ||
+                    api(p, "GET", path, NULL, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (p->json) {
+                        print_json(resp);
+                        return 0;
+                }
+                printf("Retrieving logs for app %s in org %s / space %s as %s...\n\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+                size_t i;
+                json_t *x;
+                json_array_foreach (json_object_get(resp, "resources"), i, x)
+                        app_logs_print(stdout, x);
+                return 0;
+        }
+        if (!p->json)
+                printf("Retrieving logs for app %s in org %s / space %s as %s...\n\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        fflush(stdout);
+        struct sigaction sa = { .sa_handler = logs_exit_on_signal };
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        struct logs_idle li = { 0 };
+        struct app_logs_follow f = {
+                .out = stdout, .json = p->json, .idle = logs_app_gone, .idle_userdata = &li
+        };
+        int rc = CLI_EXIT_FAILURE;
+        if (client(p, err) < 0 || client_open(p, &li.hc, err) < 0)
+                goto out;
+        li.url = xasprintf("%s/v3/apps/%s", cfg_str(p, "api"), app_guid(app));
+        /* The stream ends when the controller ends it (a restart of the controller, instances that
+         * changed): follow on from the newest line printed. */
+        for (int failures = 0, attempt = 0;; attempt++) {
+                free(path), path = NULL;
+                if (asprintf(&path, "%s/v3/apps/%s/logs?follow=true&lines=%d", cfg_str(p, "api"),
+                             app_guid(app), attempt == 0 ? 100 : LOGS_RECENT_LINES) < 0)
+                        goto out;
+                long status = 0;
+                app_logs_follow_begin(&f, attempt > 0);
+                _cleanup_berr_ struct berr *e = NULL;
+                long before = f.printed;
+                int r = http_request_stream(p->http, "GET", path, &status, app_logs_follow_data, &f, &e);
+                if (r == 0 && status == 401 && failures == 0 && cfg_str(p, "refresh_token")) {
+                        if (refresh(p, err) < 0)
+                                goto out;
+                        failures++;
+                        continue;
+                }
+                if ((r == 0 && status == 404) || r == -ENOENT) {
+                        berr_set(err, -ENOENT, "App '%s' not found (deleted?)", name);
+                        goto out;
+                }
+                if (r == 0 && status >= 400) {
+                        berr_set(err, -EIO, "following the logs: the API answered %ld", status);
+                        goto out;
+                }
+                failures = r < 0 && f.printed == before ? failures + 1 : 0;
+                if (failures >= LOGS_RETRIES) {
+                        if (err && !*err)
+                                *err = TAKE_PTR(e);
+                        goto out;
+                }
+                log_debug("logs: stream ended (%s); reconnecting", e ? berr_msg(e) : "closed by the server");
+                usleep(failures ? 1000 * 1000 : 200 * 1000);
+        }
+out:
+        app_logs_follow_done(&f);
+        http_client_free(li.hc);
+        free(li.url);
+        return rc;
+}
+
+/* cf's role names on the command line ↔ the API's role types. */
+static const char *const space_role_names[][2] = {
+        { "SpaceManager", "space_manager" },
+        { "SpaceDeveloper", "space_developer" },
+        { "SpaceAuditor", "space_auditor" },
+        { "SpaceSupporter", "space_supporter" },
+};
+
+static const char *space_role_type(const char *name)
+{
+        for (size_t i = 0; i < ARRAY_SIZE(space_role_names); i++)
+                if (strcmp(name, space_role_names[i][0]) == 0)
+                        return space_role_names[i][1];
+        return NULL;
+}
+
+/* The org ORG and its space SPACE (caller owns both). */
+static int find_org_space(struct pctx *p, const char *org_name, const char *space_name, json_t **ret_org,
+                          json_t **ret_space, struct berr **err)
+{
+        _cleanup_json_ json_t *org = NULL, *space = NULL;
+        _cleanup_free_ char *extra = NULL;
+        int r = find_named(p, "organizations", org_name, NULL, "Organization", &org, err);
+        if (r < 0)
+                return r;
+        if (asprintf(&extra, "&organization_guids=%s", app_guid(org)) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        r = find_named(p, "spaces", space_name, extra, "Space", &space, err);
+        if (r < 0)
+                return r;
+        if (ret_org)
+                *ret_org = TAKE_PTR(org);
+        *ret_space = TAKE_PTR(space);
+        return 0;
+}
+
+static int find_user(struct pctx *p, const char *username, json_t **ret, struct berr **err)
+{
+        _cleanup_free_ char *n = urlenc(username), *q = NULL;
+        if (!n || asprintf(&q, "/v3/users?usernames=%s", n) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        int r = find_one(p, q, ret, err);
+        if (r < 0)
+                return r;
+        if (!*ret)
+                return berr_set(err, -ENOENT, "User '%s' not found.", username);
+        return 0;
+}
+
+static int cmd_set_space_role(struct pctx *p, int argc, char **argv, bool set, struct berr **err)
+{
+        const char *use = "USER ORG SPACE SpaceManager|SpaceDeveloper|SpaceAuditor|SpaceSupporter";
+        if (argc != 5)
+                return usage(argv[0], use, err);
+        const char *type = space_role_type(argv[4]);
+        if (!type)
+                return usage(argv[0], use, err);
+        _cleanup_json_ json_t *space = NULL, *resp = NULL;
+        if (find_org_space(p, argv[2], argv[3], NULL, &space, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (set) {
+                _cleanup_json_ json_t *b =
+                    json_pack("{s:s,s:{s:{s:{s:s}},s:{s:{s:s}}}}", "type", type, "relationships", "user",
+                              "data", "username", argv[1], "space", "data", "guid", app_guid(space));
+                if (!p->json)
+                        printf("Assigning role %s to user %s in org %s / space %s as %s...\n", argv[4],
+                               argv[1], argv[2], argv[3], cfg_str(p, "username") ?: "?");
+                if (api(p, "POST", "/v3/roles", b, &resp, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                p->json ? print_json(resp) : (void)printf("OK\n");
+                return 0;
+        }
+        _cleanup_json_ json_t *user = NULL, *role = NULL;
+        _cleanup_free_ char *q = NULL, *dp = NULL;
+        if (find_user(p, argv[1], &user, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf("Removing role %s from user %s in org %s / space %s as %s...\n", argv[4], argv[1],
+                       argv[2], argv[3], cfg_str(p, "username") ?: "?");
+        if (asprintf(&q, "/v3/roles?types=%s&space_guids=%s&user_guids=%s", type, app_guid(space),
+                     app_guid(user)) < 0 ||
+            find_one(p, q, &role, err) < 0)
+                return CLI_EXIT_FAILURE;
+        /* As cf: a role the user does not have is already unset. */
+        if (role &&
+            (asprintf(&dp, "/v3/roles/%s", app_guid(role)) < 0 || api(p, "DELETE", dp, NULL, NULL, err) < 0))
+                return CLI_EXIT_FAILURE;
+        if (p->json)
+                print_json(role ? role : json_null());
+        else
+                printf("OK\n");
+        return 0;
+}
+
+#define SPACE_USERS_MAX 5000 /* one page of roles; a space with more is beyond the CLI's table */
+
+static int cmd_space_users(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        if (argc != 3)
+                return usage(argv[0], "ORG SPACE", err);
+        _cleanup_json_ json_t *space = NULL, *roles = NULL, *users = NULL;
+        _cleanup_free_ char *q = NULL, *uq = NULL;
+        if (find_org_space(p, argv[1], argv[2], NULL, &space, err) < 0 ||
+            asprintf(&q, "/v3/roles?space_guids=%s&per_page=%d", app_guid(space), SPACE_USERS_MAX) < 0 ||
+            api(p, "GET", q, NULL, &roles, err) < 0)
+                return CLI_EXIT_FAILURE;
+        json_t *rl = json_object_get(roles, "resources");
+        /* the users of these roles, by guid, in one request */
+        size_t i;
+        json_t *x;
+        size_t cap = 64 + json_array_size(rl) * 37, len = 0;
+        _cleanup_free_ char *guids = xcalloc(1, cap);
+        json_array_foreach (rl, i, x) {
+                const char *ug = json_string_value(json_object_get(
+                    json_object_get(json_object_get(json_object_get(x, "relationships"), "user"), "data"),
+                    "guid"));
+                if (!ug || strlen(ug) > 36 || strstr(guids, ug))
+                        continue;
+                len += (size_t)snprintf(guids + len, cap - len, "%s%s", len ? "," : "", ug);
+        }
+        json_t *ul = NULL;
+        if (len) {
+                if (asprintf(&uq, "/v3/users?guids=%s&per_page=%d", guids, SPACE_USERS_MAX) < 0 ||
+                    api(p, "GET", uq, NULL, &users, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                ul = json_object_get(users, "resources");
+        }
+        if (p->json) {
+                _cleanup_json_ json_t *doc =
+                    json_pack("{s:o,s:o}", "roles", rl ? json_incref(rl) : json_array(), "users",
+                              ul ? json_incref(ul) : json_array());
+                print_json(doc);
+                return 0;
+        }
+        printf("Getting users in org %s / space %s as %s...\n", argv[1], argv[2],
+               cfg_str(p, "username") ?: "?");
+        static const char *const titles[][2] = {
+                { "space_manager", "SPACE MANAGER" },
+                { "space_developer", "SPACE DEVELOPER" },
+                { "space_auditor", "SPACE AUDITOR" },
+                { "space_supporter", "SPACE SUPPORTER" },
+        };
+        for (size_t t = 0; t < ARRAY_SIZE(titles); t++) {
+                printf("\n%s\n", titles[t][1]);
+                bool any = false;
+                json_array_foreach (rl, i, x) {
+                        if (strcmp(json_string_value(json_object_get(x, "type")) ?: "", titles[t][0]) != 0)
+                                continue;
+                        const char *ug = json_string_value(json_object_get(
+                            json_object_get(json_object_get(json_object_get(x, "relationships"), "user"),
+                                            "data"),
+                            "guid"));
+                        size_t k;
+                        json_t *u, *found = NULL;
+                        json_array_foreach (ul, k, u)
+                                if (ug &&
+                                    strcmp(json_string_value(json_object_get(u, "guid")) ?: "", ug) == 0)
+                                        found = u;
+                        const char *uname = json_string_value(json_object_get(found, "username"));
+                        printf("  %s (%s)\n", uname ?: ug ?: "?",
+                               json_string_value(json_object_get(found, "origin")) ?: "uaa");
+                        any = true;
+                }
+                if (!any) {
+                        char lower[32];
+                        snprintf(lower, sizeof(lower), "%s", titles[t][1]);
+                        for (char *c = lower; *c; c++)
+                                *c = (char)tolower((unsigned char)*c);
+                        printf("  No %s found\n", lower);
+                }
+        }
+        return 0;
+}
+
+/* "host.domain/path" as cf shows a route. Caller frees. */
+static char *route_url(const char *host, const char *domain, const char *path)
+{
+        return xasprintf("%s%s%s%s", host, *host ? "." : "", domain, path);
+}
+
+static int cmd_route(struct pctx *p, int argc, char **argv, bool create, struct berr **err)
+{
+        const char *host = NULL, *rpath = "";
+        bool force = false;
+        const char *use = create ? "DOMAIN --hostname H [--path /P]" : "DOMAIN --hostname H [--path /P] [-f]";
+        static const struct option lo[] = { { "hostname", required_argument, NULL, 'n' },
+                                            { "path", required_argument, NULL, 'p' },
+                                            { 0 } };
+        int c;
+        while ((c = getopt_long(argc, argv, create ? "n:" : "n:f", lo, NULL)) != -1) {
+                if (c == 'n')
+                        host = optarg;
+                else if (c == 'p')
+                        rpath = optarg;
+                else if (c == 'f')
+                        force = true;
+                else
+                        return usage(argv[0], use, err);
+        }
+        if (optind + 1 != argc || !host)
+                return usage(argv[0], use, err);
+        const char *domain = argv[optind];
+        if (need_space(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        _cleanup_json_ json_t *dom = NULL, *route = NULL;
+        if (find_named(p, "domains", domain, NULL, "Domain", &dom, err) < 0)
+                return CLI_EXIT_FAILURE;
+        _cleanup_free_ char *url = route_url(host, domain, rpath);
+        if (create) {
+                if (!p->json)
+                        printf("Creating route %s for org %s / space %s as %s...\n", url,
+                               cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                               cfg_str(p, "username") ?: "?");
+                _cleanup_json_ json_t *b =
+                    json_pack("{s:s, s:s, s:{s:{s:{s:s}}, s:{s:{s:s}}}}", "host", host, "path", rpath,
+                              "relationships", "space", "data", "guid", cfg_sub(p, "space", "guid"), "domain",
+                              "data", "guid", app_guid(dom));
+                if (api(p, "POST", "/v3/routes", b, &route, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (p->json)
+                        print_json(route);
+                else
+                        printf("Route %s has been created.\nOK\n", url);
+                return 0;
+        }
+        if (route_find_or_create(p, host, rpath, app_guid(dom), false, &route, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!route) {
+                /* As cf: deleting what does not exist succeeds, saying so. */
+                if (p->json)
+                        print_json(json_null());
+                else
+                        printf("Unable to delete. Route %s not found.\nOK\n", url);
+                return 0;
+        }
+        if (!force && isatty(STDIN_FILENO)) {
+                fprintf(stderr, "Really delete the route %s? [yN]: ", url);
+                char ans[16];
+                if (!fgets(ans, sizeof(ans), stdin) || (ans[0] != 'y' && ans[0] != 'Y')) {
+                        printf("Delete cancelled\n");
+                        return 0;
+                }
+        }
+        if (!p->json)
+                printf("Deleting route %s...\n", url);
+        _cleanup_free_ char *dp = NULL;
+        if (asprintf(&dp, "/v3/routes/%s", app_guid(route)) < 0 || api(p, "DELETE", dp, NULL, NULL, err) < 0)
+                return CLI_EXIT_FAILURE;
+        p->json ? print_json(route) : (void)printf("OK\n");
+        return 0;
+}
+
+/* delete APP [-f] [-r]: -r also deletes the routes mapped to the app (even if mapped to others too, as cf).
+ */
+static int cmd_delete_app(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        bool routes = false;
+        int c;
+        while ((c = getopt(argc, argv, "fr")) != -1) {
+                if (c == 'r')
+                        routes = true;
+                else if (c != 'f')
+                        return usage(argv[0], "APP [-f] [-r]", err);
+        }
+        if (optind + 1 != argc)
+                return usage(argv[0], "APP [-f] [-r]", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *app = NULL, *rl = NULL;
+        _cleanup_free_ char *path = NULL, *rp = NULL;
+        if (find_app(p, name, &app, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (routes && (asprintf(&rp, "/v3/apps/%s/routes?per_page=5000", app_guid(app)) < 0 ||
+                       api(p, "GET", rp, NULL, &rl, err) < 0))
+                return CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf("Deleting app %s in org %s / space %s as %s...\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        if (asprintf(&path, "/v3/apps/%s", app_guid(app)) < 0 || api(p, "DELETE", path, NULL, NULL, err) < 0)
+                return CLI_EXIT_FAILURE;
+        size_t i;
+        json_t *x;
+        json_array_foreach (json_object_get(rl, "resources"), i, x) {
+                _cleanup_free_ char *dp = NULL;
+                _cleanup_berr_ struct berr *e = NULL;
+                if (!p->json)
+                        printf("Deleting route %s...\n", json_string_value(json_object_get(x, "url")) ?: "?");
+                /* a route that went away meanwhile is deleted already */
+                if (asprintf(&dp, "/v3/routes/%s", app_guid(x)) < 0)
+                        return CLI_EXIT_FAILURE;
+                int r = api(p, "DELETE", dp, NULL, NULL, &e);
+                if (r < 0 && r != -ENOENT) {
+                        if (err && !*err)
+                                *err = TAKE_PTR(e);
+                        return CLI_EXIT_FAILURE;
+                }
+        }
+        if (p->json) {
+                json_t *rr = json_object_get(rl, "resources");
+                _cleanup_json_ json_t *doc =
+                    json_pack("{s:O,s:o}", "app", app, "routes", rr ? json_incref(rr) : json_array());
+                print_json(doc);
+        } else {
+                printf("OK\n");
+        }
+        return 0;
+}
+
+/* create-space NAME [-o ORG], -o before or after NAME. */
+static int cmd_create_space(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        const char *org = NULL;
+        int c;
+        while ((c = getopt(argc, argv, "o:")) != -1) {
+                if (c == 'o')
+                        org = optarg;
+                else
+                        return usage(argv[0], "NAME [-o ORG]", err);
+        }
+        if (optind + 1 != argc)
+                return usage(argv[0], "NAME [-o ORG]", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *o = NULL, *resp = NULL;
+        const char *og = cfg_sub(p, "org", "guid");
+        if (org) {
+                if (find_named(p, "organizations", org, NULL, "Organization", &o, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                og = app_guid(o);
+        }
+        if (!cfg_str(p, "api"))
+                return berr_set(err, -ENOENT, "not logged in (use 'berth login -a URL -u USER')"),
+                       CLI_EXIT_FAILURE;
+        if (!og)
+                return berr_set(err, -ENOENT, "No org targeted, use 'berth target -o ORG' or -o ORG."),
+                       CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf("Creating space %s in org %s as %s...\n", name, org ?: cfg_sub(p, "org", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        _cleanup_json_ json_t *b = json_pack("{s:s,s:{s:{s:{s:s}}}}", "name", name, "relationships",
+                                             "organization", "data", "guid", og);
+        if (api(p, "POST", "/v3/spaces", b, &resp, err) < 0)
+                return CLI_EXIT_FAILURE;
+        p->json ? print_json(resp) : (void)printf("OK\n");
+        return 0;
+}
+
+/*
+ * start or restart APP through the API, then wait as push does until an instance started by it runs (all
+ * crashed or the start timeout passed: exit 1 with the instances' details). Prints OK, or with --json the
+ * app the API answered.
+ */
+static int app_start_wait(struct pctx *p, const char *name, const char *action, struct berr **err)
+{
+        _cleanup_json_ json_t *app = NULL, *proc = NULL, *before = NULL, *resp = NULL;
+        _cleanup_free_ char *pp = NULL, *sp = NULL, *ap = NULL;
+        _cleanup_berr_ struct berr *be = NULL;
+        if (find_app(p, name, &app, err) < 0 ||
+            asprintf(&pp, "/v3/apps/%s/processes/web", app_guid(app)) < 0 ||
+            api(p, "GET", pp, NULL, &proc, err) < 0 ||
+            asprintf(&sp, "/v3/processes/%s/stats", app_guid(proc)) < 0)
+                return CLI_EXIT_FAILURE;
+        api(p, "GET", sp, NULL, &before, &be); /* without it, the wait trusts every report */
+        if (asprintf(&ap, "/v3/apps/%s/actions/%s", app_guid(app), action) < 0 ||
+            api(p, "POST", ap, NULL, &resp, err) < 0)
+                return CLI_EXIT_FAILURE;
+        json_t *hcd = json_object_get(json_object_get(proc, "health_check"), "data");
+        json_t *to = json_object_get(hcd, "timeout");
+        if (wait_started(p, app_guid(proc), (long)json_integer_value(json_object_get(proc, "instances")),
+                         json_is_integer(to) ? (long)json_integer_value(to) : -1, before, err) < 0)
+                return CLI_EXIT_FAILURE;
+        p->json ? print_json(resp) : (void)printf("OK\n");
+        return 0;
+}
+
+/*
+ * restart APP [--strategy rolling]: without a strategy, the API's restart (every instance at once). Rolling:
+ * a deployment of the current droplet replacing instances one at a time; on a stopped app, a plain start.
+ */
+static int cmd_restart(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        bool rolling = false;
+        static const struct option lo[] = { { "strategy", required_argument, NULL, 'Y' }, { 0 } };
+        int c;
+        while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+                if (c != 'Y' || strcmp(optarg, "rolling") != 0)
+                        return usage(argv[0], "APP [--strategy rolling]", err);
+                rolling = true;
+        }
+        if (optind + 1 != argc)
+                return usage(argv[0], "APP [--strategy rolling]", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *app = NULL;
+        if (!rolling)
+                return app_start_wait(p, name, "restart", err);
+        if (find_app(p, name, &app, err) < 0)
+                return CLI_EXIT_FAILURE;
+        const char *state = json_string_value(json_object_get(app, "state"));
+        if (!p->json)
+                printf("Restarting app %s in org %s / space %s as %s...\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        if (state && strcmp(state, "STARTED") == 0) {
+                if (!p->json) {
+                        printf("Creating deployment for app %s...\nWaiting for app to deploy...\n", name);
+                        fflush(stdout);
+                }
+                if (deploy_rolling(p, app_guid(app), NULL, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+        } else {
+                /* nothing runs: a plain start, waited for as push waits */
+                _cleanup_free_ char *path = NULL, *pp = NULL;
+                _cleanup_json_ json_t *proc = NULL;
+                if (asprintf(&pp, "/v3/apps/%s/processes/web", app_guid(app)) < 0 ||
+                    api(p, "GET", pp, NULL, &proc, err) < 0 ||
+                    asprintf(&path, "/v3/apps/%s/actions/start", app_guid(app)) < 0 ||
+                    api(p, "POST", path, NULL, NULL, err) < 0)
+                        return CLI_EXIT_FAILURE;
+                if (wait_started(p, app_guid(proc),
+                                 (long)json_integer_value(json_object_get(proc, "instances")), -1, NULL,
+                                 err) < 0)
+                        return CLI_EXIT_FAILURE;
+        }
+        if (!p->json) {
+                printf("\n");
+                fflush(stdout);
+        }
+        /* The app view is a courtesy: the deployment succeeded whatever it says. */
+        _cleanup_berr_ struct berr *ve = NULL;
+        if (cmd_app(p, name, &ve) != 0 && !p->json)
+                printf("OK\n");
+        return 0;
+}
+
 static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *cmd = argv[0];
@@ -1083,9 +2125,11 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                         printf("Feature %s %s.\nOK\n", argv[1], cmd[0] == 'e' ? "enabled" : "disabled");
                 return 0;
         }
-        if ((strcmp(cmd, "start") == 0 || strcmp(cmd, "stop") == 0 || strcmp(cmd, "app-stop") == 0 ||
-             strcmp(cmd, "restart") == 0) &&
-            argc == 2) {
+        if (strcmp(cmd, "restart") == 0)
+                return cmd_restart(p, argc, argv, err);
+        if (strcmp(cmd, "start") == 0 && argc == 2)
+                return app_start_wait(p, argv[1], "start", err);
+        if ((strcmp(cmd, "stop") == 0 || strcmp(cmd, "app-stop") == 0) && argc == 2) {
                 const char *action = strcmp(cmd, "app-stop") == 0 ? "stop" : cmd;
                 _cleanup_json_ json_t *resp = NULL;
                 if (app_action(p, argv[1], action, &resp, err) < 0)
@@ -1111,27 +2155,6 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                 p->json ? print_json(resp) : (void)printf("OK\n");
                 return 0;
         }
-        if (strcmp(cmd, "create-space") == 0 && argc == 2) {
-                _cleanup_json_ json_t *b = json_pack("{s:s,s:{s:{s:{s:s?}}}}", "name", argv[1],
-                                                     "relationships", "organization", "data", "guid",
-                                                     cfg_sub(p, "org", "guid")),
-                                      *resp = NULL;
-                if (api(p, "POST", "/v3/spaces", b, &resp, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                p->json ? print_json(resp) : (void)printf("OK\n");
-                return 0;
-        }
-        if (strcmp(cmd, "delete") == 0 && argc >= 2) {
-                _cleanup_json_ json_t *app = NULL;
-                if (find_app(p, argv[1], &app, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                _cleanup_free_ char *path = NULL;
-                if (asprintf(&path, "/v3/apps/%s", app_guid(app)) < 0 ||
-                    api(p, "DELETE", path, NULL, NULL, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                printf("OK\n");
-                return 0;
-        }
         if (strcmp(cmd, "env") == 0 && argc == 2) {
                 _cleanup_json_ json_t *app = NULL, *resp = NULL;
                 _cleanup_free_ char *path = NULL;
@@ -1150,58 +2173,17 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                         return CLI_EXIT_FAILURE;
                 _cleanup_json_ json_t *b =
                     json_pack("{s:{s:o}}", "var", argv[2], argc == 4 ? json_string(argv[3]) : json_null());
-                if (api(p, "PATCH", path, b, NULL, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                printf("OK\n");
-                return 0;
-        }
-        if (strcmp(cmd, "logs") == 0 || strcmp(cmd, "app-logs") == 0) {
-                if (argc < 2)
-                        return usage(cmd, "APP [--recent]", err);
-                _cleanup_json_ json_t *app = NULL, *resp = NULL;
-                _cleanup_free_ char *path = NULL;
-                if (find_app(p, argv[1], &app, err) < 0 ||
-                    asprintf(&path, "/v3/apps/%s/logs?lines=1000", app_guid(app)) < 0 ||
-                    api(p, "GET", path, NULL, &resp, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                size_t i;
-                json_t *x;
-                json_array_foreach (json_object_get(resp, "resources"), i, x)
-                        printf("%s [%s/%lld] %s %s\n",
-                               json_string_value(json_object_get(x, "timestamp")) ?: "",
-                               json_string_value(json_object_get(x, "source_type")) ?: "",
-                               (long long)json_integer_value(json_object_get(x, "instance_index")),
-                               json_string_value(json_object_get(x, "message_type")) ?: "",
-                               json_string_value(json_object_get(x, "message")) ?: "");
-                return 0;
-        }
-        if (strcmp(cmd, "routes") == 0 && argc == 1)
-                return list_cmd(p, "Getting routes", "/v3/routes", (const char *[]){ "host", "url", NULL },
-                                err);
-        if (strcmp(cmd, "set-space-role") == 0 && argc == 5) {
-                static const char *const names[][2] = { { "SpaceDeveloper", "space_developer" },
-                                                        { "SpaceAuditor", "space_auditor" },
-                                                        { "SpaceManager", "space_manager" } };
-                const char *type = NULL;
-                for (size_t i = 0; i < ARRAY_SIZE(names); i++)
-                        if (strcmp(argv[4], names[i][0]) == 0)
-                                type = names[i][1];
-                if (!type)
-                        return usage(cmd, "USER ORG SPACE SpaceDeveloper|SpaceAuditor|SpaceManager", err);
-                _cleanup_json_ json_t *org = NULL, *space = NULL, *resp = NULL;
-                _cleanup_free_ char *extra = NULL;
-                if (find_named(p, "organizations", argv[2], NULL, "Organization", &org, err) < 0 ||
-                    asprintf(&extra, "&organization_guids=%s", app_guid(org)) < 0 ||
-                    find_named(p, "spaces", argv[3], extra, "Space", &space, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                _cleanup_json_ json_t *b =
-                    json_pack("{s:s,s:{s:{s:{s:s}},s:{s:{s:s}}}}", "type", type, "relationships", "user",
-                              "data", "username", argv[1], "space", "data", "guid", app_guid(space));
-                if (api(p, "POST", "/v3/roles", b, &resp, err) < 0)
+                _cleanup_json_ json_t *resp = NULL;
+                if (api(p, "PATCH", path, b, &resp, err) < 0)
                         return CLI_EXIT_FAILURE;
                 p->json ? print_json(resp) : (void)printf("OK\n");
                 return 0;
         }
+        if (strcmp(cmd, "logs") == 0 || strcmp(cmd, "app-logs") == 0)
+                return cmd_logs_app(p, argc, argv, err);
+        if (strcmp(cmd, "routes") == 0 && argc == 1)
+                return list_cmd(p, "Getting routes", "/v3/routes", (const char *[]){ "host", "url", NULL },
+                                err);
         if (strcmp(cmd, "scale") == 0 && argc >= 2) {
                 long inst = -1, mem = -1, disk = -1;
                 int c;
@@ -1265,18 +2247,16 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                                json_is_true(json_object_get(resp, "enabled")) ? "enabled" : "disabled");
                 return 0;
         }
-        if (strcmp(cmd, "create-space") == 0 && argc == 4 && strcmp(argv[2], "-o") == 0) {
-                _cleanup_json_ json_t *org = NULL, *resp = NULL;
-                if (find_named(p, "organizations", argv[3], NULL, "Organization", &org, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                _cleanup_json_ json_t *b =
-                    json_pack("{s:s,s:{s:{s:{s:s}}}}", "name", argv[1], "relationships", "organization",
-                              "data", "guid", app_guid(org));
-                if (api(p, "POST", "/v3/spaces", b, &resp, err) < 0)
-                        return CLI_EXIT_FAILURE;
-                p->json ? print_json(resp) : (void)printf("OK\n");
-                return 0;
-        }
+        if (strcmp(cmd, "create-space") == 0)
+                return cmd_create_space(p, argc, argv, err);
+        if (strcmp(cmd, "delete") == 0)
+                return cmd_delete_app(p, argc, argv, err);
+        if (strcmp(cmd, "set-space-role") == 0 || strcmp(cmd, "unset-space-role") == 0)
+                return cmd_set_space_role(p, argc, argv, cmd[0] == 's', err);
+        if (strcmp(cmd, "space-users") == 0)
+                return cmd_space_users(p, argc, argv, err);
+        if (strcmp(cmd, "create-route") == 0 || strcmp(cmd, "delete-route") == 0)
+                return cmd_route(p, argc, argv, cmd[0] == 'c', err);
         if ((strcmp(cmd, "map-route") == 0 || strcmp(cmd, "unmap-route") == 0) && argc >= 3)
                 return cmd_map_route(p, argc, argv, strcmp(cmd, "map-route") == 0, err);
         if (strcmp(cmd, "restage") == 0 && argc == 2)
@@ -1307,7 +2287,7 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
                 if (asprintf(&path, "/v3/%s/%s", coll, app_guid(x)) < 0 ||
                     api(p, "DELETE", path, NULL, NULL, err) < 0)
                         return CLI_EXIT_FAILURE;
-                printf("OK\n");
+                p->json ? print_json(x) : (void)printf("OK\n"); /* --json: what was deleted */
                 return 0;
         }
         berr_set(err, -ENOSYS, "%s: not implemented yet (or wrong arguments)", cmd);

@@ -204,7 +204,6 @@ def test_user_env_cannot_set_platform_variables(plat, app_images, name):
     assert plat.cli_json("env", "refused")["environment_variables"] == before
 
 
-@pytest.mark.skip(reason="issue 4 open: `berth push -f manifest.yml` is not implemented yet")
 def test_manifest_env_and_overrides(plat, app_images, tmp_path):
     m = tmp_path / "manifest.yml"
     m.write_text(f"""---

@@ -274,17 +274,33 @@ def test_bad_sizes_api(bad_base):
     assert _snapshot(p) == before
 
 
+# kind -> (manifest, what the error says): each is refused by the manifest's own checks before any request
+# changes anything (not by an unknown -f, not half-way through a push).
 MANIFESTS = {
-    "not-yaml": "applications: [\n  - name: x\n",
-    "no-applications": "name: bad-mani\ndocker:\n  image: x\n",
-    "applications-not-a-list": "applications:\n  name: bad-mani\n",
-    "no-image": "applications:\n- name: bad-mani\n  instances: 1\n",
-    "bad-memory": "applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  memory: lots\n",
-    "bad-instances": "applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  instances: -2\n",
-    "bad-env": "applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  env:\n    PORT: 9\n",
-    "bad-route": "applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  routes:\n  - route: 'no spaces allowed.apps.localhost'\n",
-    "bad-health-check": "applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  health-check-type: telepathy\n",
-    "empty": "",
+    "not-yaml": ("applications: [\n  - name: x\n", "not valid YAML"),
+    "no-applications": ("name: bad-mani\ndocker:\n  image: x\n", "no 'applications:'"),
+    "applications-not-a-list": ("applications:\n  name: bad-mani\n", "applications must be a list"),
+    "no-image": ("applications:\n- name: bad-mani\n  instances: 1\n", "no Docker image"),
+    "bad-memory": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  memory: lots\n",
+                   "memory: invalid size"),
+    "bad-instances": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  instances: -2\n",
+                      "instances must be an integer of 0 or more"),
+    "bad-env": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  env:\n    PORT: 9\n",
+                "'PORT' cannot be set"),
+    "bad-route": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  routes:\n"
+                  "  - route: 'no spaces.apps.localhost'\n", 'route "no spaces.apps.localhost"'),
+    "unknown-domain": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  routes:\n"
+                       "  - route: x.no-such-domain.example\n", "no such domain"),
+    "bad-health-check": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n"
+                         "  health-check-type: telepathy\n", "health-check-type must be port, http or process"),
+    "bad-timeout": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  timeout: 500\n",
+                    "timeout must be an integer from 1 to 180"),
+    "env-not-a-map": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n  env: [A]\n",
+                      "env must be a map"),
+    # the first app is fine, the second is not: neither is pushed
+    "second-app-bad": ("applications:\n- name: bad-mani\n  docker:\n    image: {image}\n"
+                       "- name: bad-mani-2\n  docker:\n    image: {image}\n  memory: 0\n", "(bad-mani-2): memory"),
+    "empty": ("", "manifest is empty"),
 }
 
 
@@ -293,9 +309,11 @@ def test_bad_manifests(bad_base, app_images, tmp_path, kind):
     p = bad_base
     before = _snapshot(p)
     m = tmp_path / "manifest.yml"
-    m.write_text(MANIFESTS[kind].replace("{image}", app_images["web"]))
+    text, says = MANIFESTS[kind]
+    m.write_text(text.replace("{image}", app_images["web"]))
     r = p.cli("push", "-f", str(m), check=False)
     assert r.returncode in (1, 2), (kind, r)
-    assert r.stderr.strip()
-    assert "bad-mani" not in p.app_names()
+    assert says in r.stderr, (kind, r.stderr)
+    assert "Pushing app" not in r.stdout, "refused before the push began"
+    assert "bad-mani" not in p.app_names() and "bad-mani-2" not in p.app_names()
     assert _snapshot(p) == before
