@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The proxy: one epoll loop per worker thread, each with its own SO_REUSEPORT listener, so workers share
- * nothing but the route store. Sockets are non-blocking and epoll is level-triggered; after any event a
- * connection is driven as far as it can go (client_run) and its interest masks are recomputed, an fd
- * wanting nothing being removed from epoll (no busy loop on a hung-up peer while the other side is slow).
+ * nothing but the route store. Sockets are non-blocking and registered once, edge-triggered, for input and
+ * output; each handle keeps two readiness hints (rd, wr) that an event sets and an EAGAIN (or a short read)
+ * clears, so that a connection is driven as far as it can go (client_run) without a system call that would
+ * answer EAGAIN and without re-arming epoll per request. A connection that still had work when its run
+ * reached its step bound is queued to run again before the next wait.
  *
  * A client connection owns at most one backend connection at a time. Bodies stream through two bounded
  * buffers (client → backend in `in`, backend → client in `uin`); framing (Content-Length or chunked, RFC
@@ -28,6 +30,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "lib/http.h"
@@ -41,9 +45,13 @@
 #define PX_OUT_MAX           (PX_HEAD_MAX + 8 * 1024) /* a rewritten head */
 #define PX_MAX_CLIENTS       20000                    /* per worker */
 #define PX_MAX_ATTEMPTS      3                        /* Gorouter's router.backends.max_attempts */
-#define PX_POOL_PER_ENDPOINT 32
+#define PX_POOL_PER_ENDPOINT 256  /* idle connections kept per backend address and worker */
+#define PX_POOL_MAX          8192 /* idle connections kept per worker */
+#define PX_POOL_BUCKETS      1024
 #define PX_POOL_IDLE_MS      60000
+#define PX_POOL_FRESH_MS     1000 /* pooled connections idle less than this are taken without a peek */
 #define PX_TICK_MS           100
+#define PX_RUN_STEPS         64 /* steps of one connection's run before others get their turn */
 #define PX_CONN_TOKENS       16 /* header names a Connection header may list that we honour */
 #define PX_RANDOM_BYTES      4096
 
@@ -54,6 +62,13 @@ struct handle {
         int fd;
         uint32_t mask; /* registered events; 0: not in epoll */
         bool dead;
+        /*
+         * A read may find bytes: epoll reported input since the last read that drained the socket (a short
+         * read or EAGAIN). Epoll is level-triggered, so a cleared hint only costs a wait, never a stall; it
+         * saves the recv that would answer EAGAIN after most requests and responses.
+         */
+        bool rd;
+        bool wr; /* a write may make progress: no EAGAIN since the last output event */
 };
 
 struct buf {
@@ -73,7 +88,9 @@ struct upstream {
         bool connected;
         bool reused;
         int64_t idle_since;
-        struct upstream *next, *prev; /* pool list, or the dead list */
+        struct upstream *next, *prev;   /* pool list, or the dead list */
+        struct upstream *bnext, *bprev; /* the pool bucket of its address */
+        unsigned bucket;
 };
 
 enum client_state {
@@ -131,6 +148,8 @@ struct client {
         size_t resp_fwd; /* approved bytes at uin.start not yet written */
         bool up_eof;
         bool tunnel_c2u_shut, tunnel_u2c_shut;
+        bool queued;          /* on the worker's again list */
+        struct client *again; /* next on it */
 };
 
 struct proxy;
@@ -145,8 +164,10 @@ struct worker {
         struct client *clients; /* live connections */
         size_t n_clients;
         struct client *dead_clients;
+        struct client *again;  /* connections whose run stopped at its step bound with work left */
         struct upstream *pool; /* idle backend connections */
         size_t n_pool;
+        struct upstream *pool_b[PX_POOL_BUCKETS]; /* the same, by address (most recently idle first) */
         struct upstream *dead_ups;
         struct route_table *table; /* cached reference */
         uint64_t epoch;
@@ -262,6 +283,13 @@ static void handle_want(struct worker *w, struct handle *h, uint32_t mask)
                 return;
         }
         h->mask = mask;
+}
+
+/* Register a connection's socket (once): edge-triggered input, output and peer shutdown. */
+#define PX_ET_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+static void handle_arm(struct worker *w, struct handle *h)
+{
+        handle_want(w, h, PX_ET_EVENTS);
 }
 
 static void handle_close(struct worker *w, struct handle *h)
@@ -385,8 +413,35 @@ static void upstream_destroy(struct worker *w, struct upstream *u)
         w->dead_ups = u;
 }
 
+static unsigned pool_bucket(const struct sockaddr_storage *a)
+{
+        const unsigned char *p;
+        size_t n;
+        uint16_t port;
+        if (a->ss_family == AF_INET6) {
+                const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)a;
+                p = s6->sin6_addr.s6_addr, n = 16, port = s6->sin6_port;
+        } else {
+                const struct sockaddr_in *s4 = (const struct sockaddr_in *)a;
+                p = (const unsigned char *)&s4->sin_addr, n = 4, port = s4->sin_port;
+        }
+        uint32_t h = 2166136261u;
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ p[i]) * 16777619u;
+        h = (h ^ (port & 0xff)) * 16777619u;
+        h = (h ^ (port >> 8)) * 16777619u;
+        return h % PX_POOL_BUCKETS;
+}
+
 static void pool_unlink(struct worker *w, struct upstream *u)
 {
+        if (u->bprev)
+                u->bprev->bnext = u->bnext;
+        else
+                w->pool_b[u->bucket] = u->bnext;
+        if (u->bnext)
+                u->bnext->bprev = u->bprev;
+        u->bnext = u->bprev = NULL;
         if (u->prev)
                 u->prev->next = u->next;
         else
@@ -399,11 +454,12 @@ static void pool_unlink(struct worker *w, struct upstream *u)
 
 static void pool_put(struct worker *w, struct upstream *u)
 {
+        unsigned b = pool_bucket(&u->addr);
         size_t same = 0;
-        for (struct upstream *p = w->pool; p; p = p->next)
+        for (struct upstream *p = w->pool_b[b]; p; p = p->bnext)
                 if (p->addr_len == u->addr_len && memcmp(&p->addr, &u->addr, u->addr_len) == 0)
                         same++;
-        if (same >= PX_POOL_PER_ENDPOINT || w->stopping) {
+        if (same >= PX_POOL_PER_ENDPOINT || w->n_pool >= PX_POOL_MAX || w->stopping) {
                 upstream_destroy(w, u);
                 return;
         }
@@ -415,24 +471,38 @@ static void pool_put(struct worker *w, struct upstream *u)
                 w->pool->prev = u;
         w->pool = u;
         w->n_pool++;
-        /* Any event on an idle connection (the backend closed it, or sent junk) retires it. */
-        handle_want(w, &u->h, EPOLLIN | EPOLLRDHUP);
+        u->bucket = b;
+        u->bprev = NULL;
+        u->bnext = w->pool_b[b];
+        if (u->bnext)
+                u->bnext->bprev = u;
+        w->pool_b[b] = u;
+        /* Input or a hang-up on an idle connection (the backend closed it, or sent junk) retires it. */
+        handle_arm(w, &u->h);
 }
 
 /* An idle connection to addr that still looks open, or NULL. */
 static struct upstream *pool_take(struct worker *w, const struct sockaddr_storage *addr, socklen_t len)
 {
-        for (struct upstream *u = w->pool, *next; u; u = next) {
-                next = u->next;
+        for (struct upstream *u = w->pool_b[pool_bucket(addr)], *next; u; u = next) {
+                next = u->bnext;
                 if (u->addr_len != len || memcmp(&u->addr, addr, len) != 0)
                         continue;
                 pool_unlink(w, u);
+                /*
+                 * A close the backend sent while the connection idled was retired by its epoll event; one
+                 * that came since this batch's epoll_wait is caught here, for connections idle long enough
+                 * for a backend's keep-alive timeout to matter (a body-less request that hits one anyway is
+                 * retried on a fresh connection: client_upstream_lost).
+                 */
+                u->reused = true;
+                u->h.rd = false;
+                if (router_now_ms() - u->idle_since < PX_POOL_FRESH_MS)
+                        return u;
                 char b;
                 ssize_t k = recv(u->h.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-                if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                        u->reused = true;
+                if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                         return u;
-                }
                 upstream_destroy(w, u);
         }
         return NULL;
@@ -940,36 +1010,72 @@ static int client_parse_response(struct client *c)
 
 enum io_result { IO_AGAIN, IO_PROGRESS, IO_EOF, IO_ERROR };
 
-static enum io_result read_into(int fd, struct buf *b, int *ret_errno)
+static enum io_result read_into(struct handle *h, struct buf *b, int *ret_errno)
 {
+        if (!h->rd)
+                return IO_AGAIN;
         buf_compact(b);
         if (b->end >= b->cap)
                 return IO_AGAIN;
-        ssize_t k = recv(fd, b->d + b->end, b->cap - b->end, 0);
+        size_t room = b->cap - b->end;
+        ssize_t k = recv(h->fd, b->d + b->end, room, 0);
         if (k > 0) {
                 b->end += (size_t)k;
+                if ((size_t)k < room)
+                        h->rd = false;
                 return IO_PROGRESS;
         }
         if (k == 0)
                 return IO_EOF;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                h->rd = errno == EINTR;
                 return IO_AGAIN;
+        }
         *ret_errno = errno;
         return IO_ERROR;
 }
 
-static enum io_result write_from(int fd, const char *p, size_t n, size_t *ret_written, int *ret_errno)
+static enum io_result write_from(struct handle *h, const char *p, size_t n, size_t *ret_written,
+                                 int *ret_errno)
 {
         *ret_written = 0;
-        if (n == 0)
+        if (n == 0 || !h->wr)
                 return IO_AGAIN;
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t k = send(h->fd, p, n, MSG_NOSIGNAL);
         if (k > 0) {
                 *ret_written = (size_t)k;
                 return IO_PROGRESS;
         }
-        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                h->wr = errno == EINTR;
                 return IO_AGAIN;
+        }
+        *ret_errno = k < 0 ? errno : EPIPE;
+        return IO_ERROR;
+}
+
+/* Like write_from for two pieces in one sendmsg (a head and the body bytes after it: one segment, one
+ * wakeup). */
+static enum io_result write_from2(struct handle *h, const char *p1, size_t n1, const char *p2, size_t n2,
+                                  size_t *ret_written, int *ret_errno)
+{
+        *ret_written = 0;
+        if (n2 == 0)
+                return write_from(h, p1, n1, ret_written, ret_errno);
+        if (!h->wr)
+                return IO_AGAIN;
+        struct iovec iov[2] = { { .iov_base = (void *)p1, .iov_len = n1 },
+                                { .iov_base = (void *)p2, .iov_len = n2 } };
+        struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
+        ssize_t k = sendmsg(h->fd, &m, MSG_NOSIGNAL);
+        if (k > 0) {
+                *ret_written = (size_t)k;
+                return IO_PROGRESS;
+        }
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                h->wr = errno == EINTR;
+                return IO_AGAIN;
+        }
         *ret_errno = k < 0 ? errno : EPIPE;
         return IO_ERROR;
 }
@@ -1017,40 +1123,12 @@ static void client_finish(struct client *c)
         client_reset(c);
 }
 
+/* Make sure the connection's sockets are registered (edge-triggered: once for their life). */
 static void client_update_interest(struct client *c)
 {
-        struct worker *w = c->w;
-        uint32_t cm = 0, um = 0;
-        bool out_pending = buf_len(&c->out) > 0 || c->resp_fwd > 0;
-        switch (c->st) {
-        case CS_HEAD:
-                cm = EPOLLIN;
-                break;
-        case CS_CONNECT:
-                um = EPOLLOUT;
-                break;
-        case CS_PROXY:
-        case CS_TUNNEL:
-                if (!c->client_eof && (!c->req_done || c->st == CS_TUNNEL) && buf_len(&c->in) < c->in.cap)
-                        cm |= EPOLLIN;
-                if (out_pending)
-                        cm |= EPOLLOUT;
-                if (c->up) {
-                        if (c->up_head_sent < c->up_head_len || c->req_fwd > 0)
-                                um |= EPOLLOUT;
-                        if (!c->up_eof && (!c->resp_done || c->st == CS_TUNNEL) &&
-                            buf_len(&c->uin) < c->uin.cap)
-                                um |= EPOLLIN;
-                }
-                break;
-        case CS_RESPOND:
-                if (out_pending)
-                        cm |= EPOLLOUT;
-                break;
-        }
-        handle_want(w, &c->h, cm);
+        handle_arm(c->w, &c->h);
         if (c->up)
-                handle_want(w, &c->up->h, um);
+                handle_arm(c->w, &c->up->h);
 }
 
 /* Check a non-blocking connect's outcome. Returns 0 when connected, the error otherwise. */
@@ -1066,7 +1144,8 @@ static int upstream_connect_result(struct upstream *u)
 /* Drive one connection as far as it goes without blocking. */
 static void client_run(struct client *c)
 {
-        for (int guard = 0; guard < 64 && !c->h.dead; guard++) {
+        int guard;
+        for (guard = 0; guard < PX_RUN_STEPS && !c->h.dead; guard++) {
                 bool progress = false;
                 int e = 0;
                 size_t n = 0;
@@ -1077,7 +1156,7 @@ static void client_run(struct client *c)
                                    c->st == CS_TUNNEL;
                 if (want_client && !c->client_eof) {
                         buf_alloc(&c->in, PX_IN_CAP);
-                        enum io_result r = read_into(c->h.fd, &c->in, &e);
+                        enum io_result r = read_into(&c->h, &c->in, &e);
                         if (r == IO_PROGRESS)
                                 progress = true;
                         else if (r == IO_ERROR) {
@@ -1110,18 +1189,23 @@ static void client_run(struct client *c)
                 /* Us → backend. */
                 if ((c->st == CS_PROXY || c->st == CS_TUNNEL) && c->up) {
                         if (c->up_head_sent < c->up_head_len) {
-                                enum io_result r = write_from(c->up->h.fd, c->up_head + c->up_head_sent,
-                                                              c->up_head_len - c->up_head_sent, &n, &e);
+                                size_t hl = c->up_head_len - c->up_head_sent;
+                                enum io_result r = write_from2(&c->up->h, c->up_head + c->up_head_sent, hl,
+                                                               c->in.d + c->in.start, c->req_fwd, &n, &e);
                                 if (r == IO_ERROR) {
                                         client_upstream_lost(c, e);
                                         continue;
                                 }
-                                c->up_head_sent += n;
+                                size_t body = n > hl ? n - hl : 0;
+                                c->up_head_sent += n - body;
+                                buf_consume(&c->in, body);
+                                c->req_fwd -= body;
+                                c->req_sent += body;
                                 progress |= r == IO_PROGRESS;
                         }
                         if (c->up_head_sent == c->up_head_len && c->req_fwd > 0) {
                                 enum io_result r =
-                                    write_from(c->up->h.fd, c->in.d + c->in.start, c->req_fwd, &n, &e);
+                                    write_from(&c->up->h, c->in.d + c->in.start, c->req_fwd, &n, &e);
                                 if (r == IO_ERROR) {
                                         if (c->st == CS_TUNNEL) {
                                                 client_close(c);
@@ -1155,7 +1239,7 @@ static void client_run(struct client *c)
                 /* Backend → us. */
                 if ((c->st == CS_PROXY || c->st == CS_TUNNEL) && c->up && !c->up_eof &&
                     (!c->resp_done || c->st == CS_TUNNEL)) {
-                        enum io_result r = read_into(c->up->h.fd, &c->uin, &e);
+                        enum io_result r = read_into(&c->up->h, &c->uin, &e);
                         if (r == IO_PROGRESS)
                                 progress = true;
                         else if (r == IO_EOF || r == IO_ERROR) {
@@ -1193,19 +1277,23 @@ static void client_run(struct client *c)
                         }
                 }
 
-                /* Us → client. */
+                /* Us → client: a response head goes out with the body bytes behind it in one call. */
                 if (buf_len(&c->out) > 0) {
-                        enum io_result r =
-                            write_from(c->h.fd, c->out.d + c->out.start, buf_len(&c->out), &n, &e);
+                        size_t ol = buf_len(&c->out);
+                        enum io_result r = write_from2(&c->h, c->out.d + c->out.start, ol,
+                                                       c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
                         if (r == IO_ERROR) {
                                 client_close(c);
                                 return;
                         }
-                        buf_consume(&c->out, n);
+                        size_t body = n > ol ? n - ol : 0;
+                        buf_consume(&c->out, n - body);
+                        buf_consume(&c->uin, body);
+                        c->resp_fwd -= body;
                         progress |= r == IO_PROGRESS;
                 }
                 if (buf_len(&c->out) == 0 && c->resp_fwd > 0) {
-                        enum io_result r = write_from(c->h.fd, c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
+                        enum io_result r = write_from(&c->h, c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
                         if (r == IO_ERROR) {
                                 client_close(c);
                                 return;
@@ -1248,8 +1336,15 @@ static void client_run(struct client *c)
                 if (!progress)
                         break;
         }
-        if (!c->h.dead)
-                client_update_interest(c);
+        if (c->h.dead)
+                return;
+        client_update_interest(c);
+        if (guard == PX_RUN_STEPS && !c->queued) {
+                /* Edge-triggered: no event would bring it back. Fairness: others run first. */
+                c->queued = true;
+                c->again = c->w->again;
+                c->w->again = c;
+        }
 }
 
 static void upstream_event(struct upstream *u, uint32_t events)
@@ -1257,7 +1352,10 @@ static void upstream_event(struct upstream *u, uint32_t events)
         struct worker *w = u->w;
         struct client *c = u->owner;
         if (!c) {
-                /* Idle in the pool: the backend closed it or sent something unasked. */
+                /* Idle in the pool: the backend closed it or sent something unasked (output space alone is no
+                 * news). */
+                if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+                        return;
                 pool_unlink(w, u);
                 upstream_destroy(w, u);
                 return;
@@ -1323,7 +1421,8 @@ static void worker_accept(struct worker *w)
                 int one = 1;
                 setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
                 struct client *c = xcalloc(1, sizeof(*c));
-                c->h = (struct handle){ .kind = HK_CLIENT, .fd = fd };
+                /* The request may be here already: the first run reads before any event. */
+                c->h = (struct handle){ .kind = HK_CLIENT, .fd = fd, .rd = true, .wr = true };
                 c->w = w;
                 c->ep = -1;
                 sockaddr_ip(&ss, c->peer_ip, sizeof(c->peer_ip));
@@ -1383,7 +1482,7 @@ static void *worker_main(void *arg)
         struct epoll_event evs[128];
         int64_t last_tick = router_now_ms();
         for (;;) {
-                int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), PX_TICK_MS);
+                int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), w->again ? 0 : PX_TICK_MS);
                 if (n < 0 && errno != EINTR) {
                         log_error("epoll_wait: %s", strerror(errno));
                         break;
@@ -1409,6 +1508,10 @@ static void *worker_main(void *arg)
                         }
                         case HK_CLIENT: {
                                 struct client *c = (struct client *)h;
+                                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+                                        h->rd = true;
+                                if (evs[i].events & (EPOLLOUT | EPOLLHUP))
+                                        h->wr = true;
                                 if (evs[i].events & EPOLLERR) {
                                         client_close(c);
                                         break;
@@ -1417,9 +1520,23 @@ static void *worker_main(void *arg)
                                 break;
                         }
                         case HK_UPSTREAM:
+                                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR))
+                                        h->rd = true;
+                                if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                                        h->wr = true;
                                 upstream_event((struct upstream *)h, evs[i].events);
                                 break;
                         }
+                }
+                /* Runs cut short by their step bound go on (before any reaping: dead ones are skipped). */
+                struct client *again = w->again;
+                w->again = NULL;
+                while (again) {
+                        struct client *c = again;
+                        again = c->again;
+                        c->queued = false;
+                        if (!c->h.dead)
+                                client_run(c);
                 }
                 worker_reap(w);
                 int64_t now = router_now_ms();
