@@ -51,6 +51,7 @@
 #define PX_POOL_IDLE_MS      60000
 #define PX_POOL_FRESH_MS     1000 /* pooled connections idle less than this are taken without a peek */
 #define PX_TICK_MS           100
+#define RT_STICKY_MAX        64
 #define PX_RUN_STEPS         64 /* steps of one connection's run before others get their turn */
 #define PX_CONN_TOKENS       16 /* header names a Connection header may list that we honour */
 #define PX_RANDOM_BYTES      4096
@@ -148,8 +149,13 @@ struct client {
         size_t resp_fwd; /* approved bytes at uin.start not yet written */
         bool up_eof;
         bool tunnel_c2u_shut, tunnel_u2c_shut;
-        bool queued;          /* on the worker's again list */
-        struct client *again; /* next on it */
+        /* Accounting of the current request. */
+        struct rt_ep_stats *ep_st;  /* the endpoint it counts against (a reference), or NULL */
+        char sticky[RT_STICKY_MAX]; /* the request's __VCAP_ID__ cookie, or "" */
+        int status;                 /* the status sent to the client, 0: none yet */
+        int64_t t_start_us;         /* when its head was parsed */
+        bool queued;                /* on the worker's again list */
+        struct client *again;       /* next on it */
 };
 
 struct proxy;
@@ -164,8 +170,9 @@ struct worker {
         struct client *clients; /* live connections */
         size_t n_clients;
         struct client *dead_clients;
-        struct client *again;  /* connections whose run stopped at its step bound with work left */
-        struct upstream *pool; /* idle backend connections */
+        struct client *again;    /* connections whose run stopped at its step bound with work left */
+        struct router_metrics m; /* this worker's counters (read by the metrics thread) */
+        struct upstream *pool;   /* idle backend connections */
         size_t n_pool;
         struct upstream *pool_b[PX_POOL_BUCKETS]; /* the same, by address (most recently idle first) */
         struct upstream *dead_ups;
@@ -304,6 +311,22 @@ static void handle_close(struct worker *w, struct handle *h)
 
 /* ---- small helpers ---- */
 
+static int64_t now_us(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void append_vcap_cookie(struct buf *b, const char *guid, const char *path,
+                               const struct cookie_attrs *a)
+{
+        char v[RT_STICKY_MAX + RT_MAX_PATH + 256];
+        int n = vcap_cookie_format(v, sizeof(v), guid, path, a);
+        if (n > 0)
+                buf_header(b, "Set-Cookie", 10, v, (size_t)n);
+}
+
 static void random_bytes(struct worker *w, unsigned char *out, size_t n)
 {
         if (w->rnd_pos + n > sizeof(w->rnd)) {
@@ -406,6 +429,8 @@ static void sockaddr_ip(const struct sockaddr_storage *ss, char *out, size_t n)
 
 static void upstream_destroy(struct worker *w, struct upstream *u)
 {
+        if (u->h.fd >= 0)
+                metrics_gauge(&w->m.open_backend_connections, -1);
         handle_close(w, &u->h);
         u->owner = NULL;
         u->next = w->dead_ups;
@@ -512,9 +537,24 @@ static struct upstream *pool_take(struct worker *w, const struct sockaddr_storag
 
 static void client_run(struct client *c);
 
+/* Stop counting the current request against its endpoint. */
+static void client_release_endpoint(struct client *c)
+{
+        if (!c->ep_st)
+                return;
+        atomic_fetch_sub_explicit(&c->ep_st->active, 1, memory_order_relaxed);
+        rt_ep_stats_unref(c->ep_st);
+        c->ep_st = NULL;
+}
+
 static void client_release_request(struct client *c)
 {
         struct worker *w = c->w;
+        client_release_endpoint(c);
+        if (c->status) {
+                metrics_request(&w->m, c->status, now_us() - c->t_start_us);
+                c->status = 0;
+        }
         if (c->up) {
                 upstream_destroy(w, c->up);
                 c->up = NULL;
@@ -538,6 +578,7 @@ static void client_close(struct client *c)
                 return;
         client_release_request(c);
         handle_close(w, &c->h);
+        metrics_gauge(&w->m.open_connections, -1);
         buf_release(&c->in);
         buf_release(&c->out);
         if (c->prev)
@@ -591,6 +632,7 @@ static void client_respond(struct client *c, int status, const char *router_erro
                 c->close_after = true; /* the body is not drained: the connection cannot be reused */
         if (w->stopping)
                 c->close_after = true;
+        c->status = status;
         char body[1024];
         int bl = snprintf(body, sizeof(body), "%d %s: %s\n", status, http_reason(status), msg);
         if (bl < 0 || (size_t)bl >= sizeof(body))
@@ -660,6 +702,7 @@ static void client_dial_failed(struct client *c, int error)
 {
         struct rt_endpoint *ep = &c->route->eps[c->ep];
         log_warn("endpoint %s:%u of %s failed: %s", ep->host, ep->port, c->route->host, strerror(error));
+        metrics_add(&c->w->m.backend_errors, 1);
         route_mark_failed(ep, router_now_ms());
         if (c->up) {
                 upstream_destroy(c->w, c->up);
@@ -677,12 +720,25 @@ static void client_connect(struct client *c)
 {
         struct worker *w = c->w;
         int64_t now = router_now_ms();
-        int i = route_pick(c->route, now, c->tried);
+        const struct router_opts *o = &w->p->o;
+        int i = route_pick(c->route, o->balance, o->backend_max_conns, c->attempts ? NULL : c->sticky, now,
+                           c->tried);
+        if (i == RT_PICK_LIMIT && c->attempts == 0) {
+                char msg[RT_MAX_HOST + 64];
+                snprintf(msg, sizeof(msg), "Requested route ('%s') has reached the connection limit.",
+                         c->route->host);
+                client_respond(c, 503, "Connection Limit Reached", NULL, msg);
+                return;
+        }
         if (i < 0) {
                 client_respond_bad_gateway(c);
                 return;
         }
         c->ep = i;
+        client_release_endpoint(c);
+        c->ep_st = c->route->eps[i].st;
+        atomic_fetch_add_explicit(&c->ep_st->refs, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->ep_st->active, 1, memory_order_relaxed);
         c->up_eof = false;
         if (i < 64)
                 c->tried |= 1ULL << i;
@@ -708,6 +764,7 @@ static void client_connect(struct client *c)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         u = xcalloc(1, sizeof(*u));
         u->h = (struct handle){ .kind = HK_UPSTREAM, .fd = fd };
+        metrics_gauge(&w->m.open_backend_connections, 1);
         u->w = w;
         u->owner = c;
         u->addr = ep->addr;
@@ -725,6 +782,7 @@ static void client_connect(struct client *c)
 static void client_dispatch(struct client *c, const struct http_head *h)
 {
         struct worker *w = c->w;
+        c->t_start_us = now_us();
         c->req_head = h->method_len == 4 && memcmp(h->method, "HEAD", 4) == 0;
         c->req_keep_alive = h->keep_alive && !w->stopping;
         c->close_after = !c->req_keep_alive;
@@ -797,6 +855,8 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                     name_is(hh, "X-CF-InstanceIndex") || name_is(hh, "X-CF-InstanceID") ||
                     name_is(hh, "X-CF-App-Instance"))
                         continue;
+                if (name_is(hh, "Cookie"))
+                        cookie_value(hh->value, hh->value_len, "__VCAP_ID__", c->sticky, sizeof(c->sticky));
                 if (name_is(hh, "X-Forwarded-Proto"))
                         have_proto = true;
                 if (name_is(hh, "X-Request-Start"))
@@ -973,6 +1033,10 @@ static int client_parse_response(struct client *c)
                 c->resp_keep_alive = h->keep_alive && c->resp_mode != BODY_CLOSE && !tunnel;
                 if (c->resp_mode == BODY_CLOSE || w->stopping)
                         c->close_after = true;
+                c->status = h->status;
+                const struct rt_endpoint *ep = &c->route->eps[c->ep];
+                bool vcap = c->sticky[0] && strcmp(c->sticky, ep->instance_guid) != 0;
+                struct cookie_attrs ca = { 0 };
                 buf_appendf(&c->out, "HTTP/1.1 %d ", h->status);
                 buf_append(&c->out, h->reason, h->reason_len);
                 buf_append(&c->out, "\r\n", 2);
@@ -984,8 +1048,15 @@ static int client_parse_response(struct client *c)
                         }
                         if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh))
                                 continue;
+                        if (name_is(hh, "Set-Cookie") &&
+                            set_cookie_is(hh->value, hh->value_len, "JSESSIONID")) {
+                                vcap = true;
+                                set_cookie_attrs(hh->value, hh->value_len, &ca);
+                        }
                         buf_header(&c->out, hh->name, hh->name_len, hh->value, hh->value_len);
                 }
+                if (vcap && *ep->instance_guid)
+                        append_vcap_cookie(&c->out, ep->instance_guid, c->route->path, &ca);
                 if (tunnel)
                         buf_appendf(&c->out, "Connection: Upgrade\r\n");
                 else if (c->close_after)
@@ -1101,6 +1172,7 @@ static void client_upstream_lost(struct client *c, int error)
         struct rt_endpoint *ep = &c->route->eps[c->ep];
         log_warn("endpoint %s:%u of %s: %s before a response", ep->host, ep->port, c->route->host,
                  error ? strerror(error) : "connection closed");
+        metrics_add(&c->w->m.backend_errors, 1);
         client_respond_bad_gateway(c);
 }
 
@@ -1435,6 +1507,8 @@ static void worker_accept(struct worker *w)
                         w->clients->prev = c;
                 w->clients = c;
                 w->n_clients++;
+                metrics_add(&w->m.connections_accepted, 1);
+                metrics_gauge(&w->m.open_connections, 1);
                 client_update_interest(c);
         }
 }
@@ -1603,6 +1677,30 @@ static int open_listener(const struct sockaddr *sa, socklen_t sl, struct berr **
         if (listen(fd, 1024) < 0)
                 return berr_set_errno(err, -errno, "listen");
         return TAKE_FD(fd);
+}
+
+void proxy_metrics(const struct proxy *p, struct router_metrics *sum)
+{
+        memset(sum, 0, sizeof(*sum));
+        for (unsigned i = 0; i < p->n_workers; i++) {
+                const struct router_metrics *m = &p->workers[i].m;
+                for (size_t k = 0; k < ARRAY_SIZE(m->requests); k++)
+                        metrics_add(&sum->requests[k],
+                                    atomic_load_explicit(&m->requests[k], memory_order_relaxed));
+                for (size_t k = 0; k < ARRAY_SIZE(m->latency); k++)
+                        metrics_add(&sum->latency[k],
+                                    atomic_load_explicit(&m->latency[k], memory_order_relaxed));
+                metrics_add(&sum->latency_sum_us,
+                            atomic_load_explicit(&m->latency_sum_us, memory_order_relaxed));
+                metrics_add(&sum->backend_errors,
+                            atomic_load_explicit(&m->backend_errors, memory_order_relaxed));
+                metrics_add(&sum->connections_accepted,
+                            atomic_load_explicit(&m->connections_accepted, memory_order_relaxed));
+                metrics_gauge(&sum->open_connections,
+                              atomic_load_explicit(&m->open_connections, memory_order_relaxed));
+                metrics_gauge(&sum->open_backend_connections,
+                              atomic_load_explicit(&m->open_backend_connections, memory_order_relaxed));
+        }
 }
 
 const char *proxy_address(const struct proxy *p)

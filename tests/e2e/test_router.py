@@ -181,7 +181,10 @@ class Backend:
                     time.sleep(float(q["s"][0]))
                 body = json.dumps({"backend": be.name, "path": self.path, "headers": hdrs,
                                    "peer_port": self.client_address[1]}).encode()
-                self._reply(200, body)
+                extra = None
+                if u.path.endswith("/login"):  # a session starts (Java's cookie): the router makes it sticky
+                    extra = {"Set-Cookie": "JSESSIONID=s-" + be.name + "; Path=/; Secure; SameSite=Strict"}
+                self._reply(200, body, extra=extra)
 
             do_HEAD = do_GET
 
@@ -736,3 +739,161 @@ def test_backend_closing_pooled_connections(rig):
         assert (r.status, r.read()) == (200, b"ok"), i
     c.close()
     assert cb.connections >= 40
+
+
+# ---------------------------------------------------------------------------------------------- issue 6
+
+
+def extra_router(rig, config):
+    """A second router on the rig's controller with its own config (stopped by the rig)."""
+    d = tempfile.mkdtemp(dir=rig["tmp"])
+    r = Router(rig["ctl"].url, d, config=config)
+    rig.setdefault("extras", []).append(r)
+    return r
+
+
+def test_sticky_sessions(rig):
+    b0, b1 = rig["backends"]
+    serve(rig, [route("sticky.test", [b0.port, b1.port], path="")])
+    router = rig["router"]
+    # No session cookie in the response: no __VCAP_ID__.
+    r, _ = router.get("sticky.test", path="/echo")
+    assert r.getheader("Set-Cookie") is None
+    r, body = router.get("sticky.test", path="/login")
+    who = json.loads(body)["backend"]
+    port = {"b0": b0.port, "b1": b1.port}[who]
+    idx = 0 if who == "b0" else 1
+    guid = f"inst-{idx}-{port}"
+    cookies = r.msg.get_all("Set-Cookie")
+    assert f"JSESSIONID=s-{who}; Path=/; Secure; SameSite=Strict" in cookies, cookies
+    assert f"__VCAP_ID__={guid}; Path=/; HttpOnly; Secure; SameSite=Strict" in cookies, cookies
+    jar = {"Cookie": f"JSESSIONID=s-{who}; __VCAP_ID__={guid}"}
+    seen = {json.loads(router.get("sticky.test", headers=jar)[1])["backend"] for _ in range(12)}
+    assert seen == {who}, seen
+    # A sticky request whose instance went to another gets a new __VCAP_ID__ for the instance it reached.
+    other = b1 if who == "b0" else b0
+    rig["ctl"].set_routes([route("sticky.test", [other.port])])
+    wait_until(lambda: all(json.loads(router.get("sticky.test")[1])["backend"] == other.name for _ in range(6)),
+               timeout=5, what="the new table")
+    r, body = router.get("sticky.test", headers=jar)
+    assert json.loads(body)["backend"] == other.name
+    assert r.getheader("Set-Cookie") == f"__VCAP_ID__=inst-0-{other.port}; Path=/; HttpOnly"
+    # Unknown and oversized __VCAP_ID__ values are ignored.
+    for bad in ("nope", "x" * 500):
+        r, _ = router.get("sticky.test", headers={"Cookie": f"__VCAP_ID__={bad}"})
+        assert r.status == 200
+
+
+def test_sticky_cookie_path_is_the_routes(rig):
+    b0, _ = rig["backends"]
+    rig["ctl"].set_routes([route("sp.test", [b0.port], path="/app")])
+    wait_until(lambda: rig["router"].get("sp.test", path="/app/x")[0].status == 200, timeout=5, what="the table")
+    r, _ = rig["router"].get("sp.test", path="/app/login")
+    assert f"__VCAP_ID__=inst-0-{b0.port}; Path=/app; HttpOnly; Secure; SameSite=Strict" in r.msg.get_all(
+        "Set-Cookie")
+
+
+def test_least_connection(rig):
+    b0, b1 = rig["backends"]
+    router = extra_router(rig, "router:\n  balancing_algorithm: least-connection\n")
+    serve(rig, [route("lc.test", [b0.port, b1.port])])
+    wait_until(lambda: router.get("lc.test")[0].status == 200, timeout=5, what="the table")
+    done = threading.Event()
+
+    def hold():
+        router.get("lc.test", path="/slow?s=3")
+        done.set()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    wait_until(lambda: any(p.startswith("/slow") for b in (b0, b1) for _, p, _ in b.requests), timeout=5,
+               what="the slow request")
+    busy = b0 if any(p.startswith("/slow") for _, p, _ in b0.requests) else b1
+    free_ = b1 if busy is b0 else b0
+    seen = [json.loads(router.get("lc.test")[1])["backend"] for _ in range(8)]
+    assert not done.is_set(), "the slow request ended too early for the test to mean anything"
+    assert seen == [free_.name] * 8, seen
+    t.join(10)
+    # Idle again: both get requests.
+    seen = {json.loads(router.get("lc.test")[1])["backend"] for _ in range(8)}
+    assert seen == {"b0", "b1"}, seen
+
+
+def test_bad_balancing_algorithm_rejected(rig):
+    cfg = os.path.join(rig["tmp"], "bad-balance.yaml")
+    with open(cfg, "w") as f:
+        f.write("router:\n  balancing_algorithm: random\n")
+    r = berthcli.run_berth("--config", cfg, "router", check=False, timeout=30)
+    assert r.returncode != 0 and "round-robin or least-connection" in r.stderr, r.stderr
+    r = berthcli.run_berth("router", "--balancing", "hash", check=False, timeout=30)
+    assert r.returncode == 2 and "round-robin or least-connection" in r.stderr, r.stderr
+
+
+def test_backend_connection_limit(rig):
+    b0, _ = rig["backends"]
+    router = extra_router(rig, "router:\n  backend_max_conns: 1\n")
+    serve(rig, [route("cap.test", [b0.port])])
+    wait_until(lambda: router.get("cap.test")[0].status == 200, timeout=5, what="the table")
+    result = {}
+
+    def hold():
+        result["r"] = router.get("cap.test", path="/slow?s=2")
+
+    t = threading.Thread(target=hold)
+    t.start()
+    wait_until(lambda: any(p.startswith("/slow") for _, p, _ in b0.requests), timeout=5, what="the request")
+    r, body = router.get("cap.test")
+    assert r.status == 503, body
+    assert r.getheader("X-Cf-Routererror") == "Connection Limit Reached"
+    assert body == b"503 Service Unavailable: Requested route ('cap.test') has reached the connection limit.\n"
+    t.join(10)
+    assert result["r"][0].status == 200
+    assert router.get("cap.test")[0].status == 200  # the slot is free again
+
+
+def _metrics(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    r = c.getresponse()
+    body = r.read().decode()
+    c.close()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/plain; version=0.0.4")
+    vals = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            vals[k] = float(v)
+    return vals
+
+
+def test_metrics(rig):
+    b0, _ = rig["backends"]
+    mport = free_port()
+    router = extra_router(rig, f"router:\n  metrics_listen: 127.0.0.1:{mport}\n")
+    serve(rig, [route("m.test", [b0.port]), route("dead.test", [dead_port()])])
+    wait_until(lambda: router.get("m.test")[0].status == 200, timeout=5, what="the table")
+    before = _metrics(mport)
+    for _ in range(5):
+        assert router.get("m.test")[0].status == 200
+    assert router.get("nope.test")[0].status == 404
+    assert router.get("dead.test")[0].status == 502
+    held = router.conn()  # an open client connection shows in the gauge
+    held.request("GET", "/echo", headers={"Host": "m.test"})
+    held.getresponse().read()
+    m = _metrics(mport)
+    assert m['berth_router_requests_total{status_class="2xx"}'] - \
+        before['berth_router_requests_total{status_class="2xx"}'] >= 6
+    assert m['berth_router_requests_total{status_class="4xx"}'] >= 1
+    assert m['berth_router_requests_total{status_class="5xx"}'] >= 1
+    assert m["berth_router_backend_errors_total"] >= 1
+    assert m["berth_router_open_connections"] >= 1
+    assert m["berth_router_open_backend_connections"] >= 1
+    count = m["berth_router_request_duration_seconds_count"]
+    assert m['berth_router_request_duration_seconds_bucket{le="+Inf"}'] == count
+    assert count == sum(v for k, v in m.items() if k.startswith("berth_router_requests_total"))
+    assert m["berth_router_request_duration_seconds_sum"] > 0
+    held.close()
+    c = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
+    c.request("GET", "/other")
+    assert c.getresponse().status == 404
+    c.close()
