@@ -122,6 +122,7 @@ int vcap_cookie_format(char *out, size_t n, const char *guid, const char *path, 
         int k = snprintf(out, n, "__VCAP_ID__=%s; Path=%s%s%s%s; HttpOnly%s%s%s%s", guid,
                          path && *path ? path : "/", a->expires[0] ? "; Expires=" : "", a->expires,
                          a->max_age_negative ? "; Max-Age=0" : "", a->secure ? "; Secure" : "",
-                         a->same_site[0] ? "; SameSite=" : "", a->same_site, a->partitioned ? "; Partitioned" : "");
+                         a->same_site[0] ? "; SameSite=" : "", a->same_site,
+                         a->partitioned ? "; Partitioned" : "");
         return k < 0 || (size_t)k >= n ? -1 : k;
 }

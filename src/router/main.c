@@ -39,18 +39,22 @@ static struct route_store router_store;
 
 static void usage(FILE *f)
 {
-        fprintf(f, "Usage: berth router [OPTIONS]\n\n"
-                   "Route HTTP requests by Host to app instances (the table comes from the controller).\n\n"
-                   "Options:\n"
-                   "  --listen HOST:PORT          address to serve (default " ROUTER_DEFAULT_LISTEN ")\n"
-                   "  --controller URL            the controller (default " ROUTER_DEFAULT_CONTROLLER ")\n"
-                   "  --workers N                 event-loop threads (default 2)\n"
-                   "  --balancing ALGORITHM       round-robin (default) or least-connection\n"
-                   "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there\n"
-                   "  --internal-token-file F     the internal API token (default DATA_DIR/internal-token)\n"
-                   "  --data-dir D                where the default token file is (default "
-                   "$BERTH_DATA_DIR or " BERTH_DEFAULT_DATA_DIR ")\n"
-                   "  -h, --help                  this help\n");
+        fprintf(f,
+                "Usage: berth router [OPTIONS]\n\n"
+                "Route HTTP requests by Host to app instances (the table comes from the controller).\n\n"
+                "Options:\n"
+                "  --listen HOST:PORT          address to serve (default " ROUTER_DEFAULT_LISTEN ")\n"
+                "  --controller URL            the controller (default " ROUTER_DEFAULT_CONTROLLER ")\n"
+                "  --workers N                 event-loop threads (default 2)\n"
+                "  --balancing ALGORITHM       round-robin (default) or least-connection\n"
+                "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there\n"
+                "  --tls-listen HOST:PORT      also serve HTTPS there (certificates: --tls-cert/--tls-key\n"
+                "                              pairs or the config's tls_certificates; SNI picks one)\n"
+                "  --tls-cert FILE --tls-key FILE  a PEM certificate chain and its key (repeatable)\n"
+                "  --internal-token-file F     the internal API token (default DATA_DIR/internal-token)\n"
+                "  --data-dir D                where the default token file is (default "
+                "$BERTH_DATA_DIR or " BERTH_DEFAULT_DATA_DIR ")\n"
+                "  -h, --help                  this help\n");
 }
 
 static void router_opts_free(struct router_opts *o)
@@ -58,6 +62,10 @@ static void router_opts_free(struct router_opts *o)
         free(o->listen);
         free(o->controller);
         free(o->metrics_listen);
+        free(o->tls_listen);
+        for (size_t i = 0; i < o->n_tls_certs; i++)
+                free(o->tls_certs[i].cert), free(o->tls_certs[i].key);
+        free(o->tls_certs);
         if (o->token) {
                 explicit_bzero(o->token, strlen(o->token));
                 free(o->token);
@@ -79,6 +87,13 @@ static int get_ms(const json_t *sec, const char *key, unsigned *ret, struct berr
                                 ROUTER_MAX_TIMEOUT_MS);
         *ret = (unsigned)v;
         return 0;
+}
+
+static void add_cert(struct router_opts *o, const char *cert, const char *key)
+{
+        o->tls_certs = xrealloc(o->tls_certs, (o->n_tls_certs + 1) * sizeof(*o->tls_certs));
+        o->tls_certs[o->n_tls_certs++] =
+            (struct router_tls_cert){ .cert = xstrdup(cert), .key = key ? xstrdup(key) : NULL };
 }
 
 static int parse_balance(const char *s, enum rt_balance *ret, struct berr **err)
@@ -107,6 +122,8 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                                             "balancing_algorithm",
                                             "backend_max_conns",
                                             "metrics_listen",
+                                            "tls_listen",
+                                            "tls_certificates",
                                             NULL };
         if (!sec || json_is_null(sec))
                 return 0;
@@ -154,6 +171,33 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                 free(o->metrics_listen);
                 o->metrics_listen = xstrdup(s);
         }
+        if ((r = json_get_string(sec, "tls_listen", false, &s, err)) < 0)
+                return berr_prefix(err, r, "router");
+        if (s) {
+                free(o->tls_listen);
+                o->tls_listen = xstrdup(s);
+        }
+        json_t *certs = json_object_get(sec, "tls_certificates");
+        if (certs && !json_is_array(certs))
+                return berr_set(err, -EINVAL,
+                                "router.tls_certificates must be a list of {cert_file, key_file}");
+        for (size_t i = 0; certs && i < json_array_size(certs); i++) {
+                json_t *c = json_array_get(certs, i);
+                const char *cf = NULL, *kf = NULL;
+                const char *ck;
+                json_t *cv;
+                if (!json_is_object(c))
+                        return berr_set(err, -EINVAL,
+                                        "router.tls_certificates[%zu] must be {cert_file, key_file}", i);
+                json_object_foreach (c, ck, cv)
+                        if (strcmp(ck, "cert_file") != 0 && strcmp(ck, "key_file") != 0)
+                                return berr_set(err, -EINVAL,
+                                                "router.tls_certificates[%zu]: unknown key \"%.64s\"", i, ck);
+                if ((r = json_get_string(c, "cert_file", true, &cf, err)) < 0 ||
+                    (r = json_get_string(c, "key_file", true, &kf, err)) < 0)
+                        return berr_prefix(err, r, "router.tls_certificates[%zu]", i);
+                add_cert(o, cf, kf);
+        }
         if (json_object_get(sec, "backend_max_conns")) {
                 if ((r = json_get_int(sec, "backend_max_conns", true, &n, err)) < 0)
                         return berr_prefix(err, r, "router");
@@ -198,6 +242,9 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 { "workers", required_argument, NULL, 'w' },
                 { "balancing", required_argument, NULL, 'b' },
                 { "metrics-listen", required_argument, NULL, 'm' },
+                { "tls-listen", required_argument, NULL, 'T' },
+                { "tls-cert", required_argument, NULL, 'C' },
+                { "tls-key", required_argument, NULL, 'K' },
                 { "internal-token-file", required_argument, NULL, 't' },
                 { "data-dir", required_argument, NULL, 'd' },
                 { "help", no_argument, NULL, 'h' },
@@ -255,6 +302,20 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                         free(o.metrics_listen);
                         o.metrics_listen = xstrdup(optarg);
                         break;
+                case 'T':
+                        free(o.tls_listen);
+                        o.tls_listen = xstrdup(optarg);
+                        break;
+                case 'C':
+                        add_cert(&o, optarg, NULL);
+                        break;
+                case 'K':
+                        if (o.n_tls_certs == 0 || o.tls_certs[o.n_tls_certs - 1].key) {
+                                berr_set(err, -EINVAL, "router: --tls-key must follow its --tls-cert");
+                                return EXIT_USAGE;
+                        }
+                        o.tls_certs[o.n_tls_certs - 1].key = xstrdup(optarg);
+                        break;
                 case 'd':
                         data_dir = optarg;
                         break;
@@ -265,6 +326,11 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                         usage(stderr);
                         return EXIT_USAGE;
                 }
+        }
+        if (o.n_tls_certs > 0 && !o.tls_certs[o.n_tls_certs - 1].key) {
+                berr_set(err, -EINVAL, "router: --tls-cert %s has no --tls-key",
+                         o.tls_certs[o.n_tls_certs - 1].cert);
+                return EXIT_USAGE;
         }
         if (optind < argc) {
                 berr_set(err, -EINVAL, "router: unexpected argument \"%s\"", argv[optind]);
@@ -312,7 +378,8 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 proxy_free(p);
                 return 1;
         }
-        log_info("router listening on %s (%u workers, %s), routes from %s%s%s", proxy_address(p), o.workers,
+        log_info("router listening on %s%s%s (%u workers, %s), routes from %s%s%s", proxy_address(p),
+                 proxy_tls_address(p) ? ", TLS on " : "", proxy_tls_address(p) ?: "", o.workers,
                  o.balance == RT_LEAST_CONN ? "least-connection" : "round-robin", o.controller,
                  ms ? ", metrics on " : "", ms ? o.metrics_listen : "");
         int sig = 0;

@@ -129,7 +129,8 @@ static void *metrics_thread(void *arg)
 {
         struct metrics_server *s = arg;
         for (;;) {
-                struct pollfd pf[2] = { { .fd = s->fd, .events = POLLIN }, { .fd = s->stop_fd, .events = POLLIN } };
+                struct pollfd pf[2] = { { .fd = s->fd, .events = POLLIN },
+                                        { .fd = s->stop_fd, .events = POLLIN } };
                 if (poll(pf, 2, -1) < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -146,17 +147,20 @@ static void *metrics_thread(void *arg)
         return NULL;
 }
 
-int metrics_start(const char *listen_addr, const struct proxy *p, struct metrics_server **ret, struct berr **err)
+int metrics_start(const char *listen_addr, const struct proxy *p, struct metrics_server **ret,
+                  struct berr **err)
 {
         const char *colon = strrchr(listen_addr, ':');
         if (!colon || colon == listen_addr || !colon[1])
-                return berr_set(err, -EINVAL, "metrics: listen address must be HOST:PORT, got \"%s\"", listen_addr);
+                return berr_set(err, -EINVAL, "metrics: listen address must be HOST:PORT, got \"%s\"",
+                                listen_addr);
         _cleanup_free_ char *host = xstrndup(listen_addr, (size_t)(colon - listen_addr));
         if (host[0] == '[' && host[strlen(host) - 1] == ']') {
                 memmove(host, host + 1, strlen(host));
                 host[strlen(host) - 1] = '\0';
         }
-        struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV }, *ai = NULL;
+        struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV },
+                        *ai = NULL;
         int g = getaddrinfo(host, colon + 1, &hints, &ai);
         if (g != 0)
                 return berr_set(err, -EINVAL, "metrics: %s: %s", listen_addr, gai_strerror(g));

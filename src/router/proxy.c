@@ -34,6 +34,10 @@
 #include <sys/uio.h>
 #include <time.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include "lib/http.h"
 #include "lib/log.h"
 #include "router/router_internal.h"
@@ -56,7 +60,7 @@
 #define PX_CONN_TOKENS       16 /* header names a Connection header may list that we honour */
 #define PX_RANDOM_BYTES      4096
 
-enum handle_kind { HK_LISTEN, HK_EVENT, HK_CLIENT, HK_UPSTREAM };
+enum handle_kind { HK_LISTEN, HK_LISTEN_TLS, HK_EVENT, HK_CLIENT, HK_UPSTREAM };
 
 struct handle {
         enum handle_kind kind;
@@ -109,6 +113,7 @@ struct client {
         struct worker *w;
         struct client *next, *prev; /* the worker's list (or dead list) */
         char peer_ip[INET6_ADDRSTRLEN];
+        SSL *ssl; /* TLS clients (the TLS listener): records in and out of the socket; NULL for plain */
         enum client_state st;
         int64_t deadline; /* monotonic ms, 0: none */
         struct buf in;    /* from the client */
@@ -166,6 +171,7 @@ struct worker {
         bool started;
         int epfd;
         struct handle listen;
+        struct handle listen_tls; /* fd -1 without TLS */
         struct handle event;
         struct client *clients; /* live connections */
         size_t n_clients;
@@ -187,6 +193,9 @@ struct worker {
 
 struct proxy {
         struct router_opts o; /* borrowed strings */
+        SSL_CTX **tls;        /* one per certificate; [0] answers names no certificate matches */
+        size_t n_tls;
+        char tls_address[INET6_ADDRSTRLEN + 8];
         struct route_store *store;
         struct worker *workers;
         unsigned n_workers;
@@ -577,6 +586,12 @@ static void client_close(struct client *c)
         if (c->h.dead)
                 return;
         client_release_request(c);
+        if (c->ssl) {
+                if (SSL_is_init_finished(c->ssl))
+                        SSL_shutdown(c->ssl); /* best effort: a close_notify if the socket takes it */
+                SSL_free(c->ssl);
+                c->ssl = NULL;
+        }
         handle_close(w, &c->h);
         metrics_gauge(&w->m.open_connections, -1);
         buf_release(&c->in);
@@ -869,7 +884,7 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         buf_header(&b, "X-Forwarded-For", 15, xffv.d, xffv.end);
         buf_release(&xffv);
         if (!have_proto)
-                buf_appendf(&b, "X-Forwarded-Proto: http\r\n");
+                buf_appendf(&b, "X-Forwarded-Proto: %s\r\n", c->ssl ? "https" : "http");
         if (!have_start) {
                 struct timespec ts;
                 clock_gettime(CLOCK_REALTIME, &ts);
@@ -1081,13 +1096,41 @@ static int client_parse_response(struct client *c)
 
 enum io_result { IO_AGAIN, IO_PROGRESS, IO_EOF, IO_ERROR };
 
-static enum io_result read_into(struct handle *h, struct buf *b, int *ret_errno)
+/* TLS: one SSL_read (which may also run the handshake); the hints follow what OpenSSL wants. */
+static enum io_result tls_read_into(struct handle *h, SSL *ssl, struct buf *b, int *ret_errno)
+{
+        size_t room = b->cap - b->end;
+        ERR_clear_error();
+        int k = SSL_read(ssl, b->d + b->end, (int)MIN(room, (size_t)INT32_MAX));
+        if (k > 0) {
+                /* Records may wait in the socket or in OpenSSL: no short-read shortcut, read to WANT_READ. */
+                b->end += (size_t)k;
+                return IO_PROGRESS;
+        }
+        switch (SSL_get_error(ssl, k)) {
+        case SSL_ERROR_WANT_READ:
+                h->rd = false;
+                return IO_AGAIN;
+        case SSL_ERROR_WANT_WRITE:
+                h->wr = false;
+                return IO_AGAIN;
+        case SSL_ERROR_ZERO_RETURN:
+                return IO_EOF;
+        default:
+                *ret_errno = EPROTO;
+                return IO_ERROR;
+        }
+}
+
+static enum io_result read_into(struct handle *h, SSL *ssl, struct buf *b, int *ret_errno)
 {
         if (!h->rd)
                 return IO_AGAIN;
         buf_compact(b);
         if (b->end >= b->cap)
                 return IO_AGAIN;
+        if (ssl)
+                return tls_read_into(h, ssl, b, ret_errno);
         size_t room = b->cap - b->end;
         ssize_t k = recv(h->fd, b->d + b->end, room, 0);
         if (k > 0) {
@@ -1149,6 +1192,45 @@ static enum io_result write_from2(struct handle *h, const char *p1, size_t n1, c
         }
         *ret_errno = k < 0 ? errno : EPIPE;
         return IO_ERROR;
+}
+
+static enum io_result tls_write(struct handle *h, SSL *ssl, const char *p, size_t n, size_t *ret_written,
+                                int *ret_errno)
+{
+        *ret_written = 0;
+        if (n == 0 || !h->wr)
+                return IO_AGAIN;
+        ERR_clear_error();
+        int k = SSL_write(ssl, p, (int)MIN(n, (size_t)INT32_MAX));
+        if (k > 0) {
+                *ret_written = (size_t)k;
+                return IO_PROGRESS;
+        }
+        switch (SSL_get_error(ssl, k)) {
+        case SSL_ERROR_WANT_WRITE:
+                h->wr = false;
+                return IO_AGAIN;
+        case SSL_ERROR_WANT_READ:
+                return IO_AGAIN; /* a handshake message first: the next input event runs us again */
+        default:
+                *ret_errno = EPROTO;
+                return IO_ERROR;
+        }
+}
+
+/* Write to the client: plain (head and body in one sendmsg) or TLS (one record after the other). */
+static enum io_result client_write2(struct client *c, const char *p1, size_t n1, const char *p2, size_t n2,
+                                    size_t *ret_written, int *ret_errno)
+{
+        if (!c->ssl)
+                return write_from2(&c->h, p1, n1, p2, n2, ret_written, ret_errno);
+        enum io_result r = tls_write(&c->h, c->ssl, p1, n1, ret_written, ret_errno);
+        if (r != IO_PROGRESS || *ret_written < n1 || n2 == 0)
+                return r;
+        size_t more = 0;
+        enum io_result r2 = tls_write(&c->h, c->ssl, p2, n2, &more, ret_errno);
+        *ret_written += more;
+        return r2 == IO_ERROR ? IO_ERROR : IO_PROGRESS;
 }
 
 /*
@@ -1228,7 +1310,7 @@ static void client_run(struct client *c)
                                    c->st == CS_TUNNEL;
                 if (want_client && !c->client_eof) {
                         buf_alloc(&c->in, PX_IN_CAP);
-                        enum io_result r = read_into(&c->h, &c->in, &e);
+                        enum io_result r = read_into(&c->h, c->ssl, &c->in, &e);
                         if (r == IO_PROGRESS)
                                 progress = true;
                         else if (r == IO_ERROR) {
@@ -1311,7 +1393,7 @@ static void client_run(struct client *c)
                 /* Backend → us. */
                 if ((c->st == CS_PROXY || c->st == CS_TUNNEL) && c->up && !c->up_eof &&
                     (!c->resp_done || c->st == CS_TUNNEL)) {
-                        enum io_result r = read_into(&c->up->h, &c->uin, &e);
+                        enum io_result r = read_into(&c->up->h, NULL, &c->uin, &e);
                         if (r == IO_PROGRESS)
                                 progress = true;
                         else if (r == IO_EOF || r == IO_ERROR) {
@@ -1352,8 +1434,8 @@ static void client_run(struct client *c)
                 /* Us → client: a response head goes out with the body bytes behind it in one call. */
                 if (buf_len(&c->out) > 0) {
                         size_t ol = buf_len(&c->out);
-                        enum io_result r = write_from2(&c->h, c->out.d + c->out.start, ol,
-                                                       c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
+                        enum io_result r = client_write2(c, c->out.d + c->out.start, ol,
+                                                         c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
                         if (r == IO_ERROR) {
                                 client_close(c);
                                 return;
@@ -1365,7 +1447,8 @@ static void client_run(struct client *c)
                         progress |= r == IO_PROGRESS;
                 }
                 if (buf_len(&c->out) == 0 && c->resp_fwd > 0) {
-                        enum io_result r = write_from(&c->h, c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
+                        enum io_result r =
+                            client_write2(c, c->uin.d + c->uin.start, c->resp_fwd, NULL, 0, &n, &e);
                         if (r == IO_ERROR) {
                                 client_close(c);
                                 return;
@@ -1376,7 +1459,10 @@ static void client_run(struct client *c)
                 }
                 if (c->st == CS_TUNNEL && c->up_eof && c->resp_fwd == 0 && buf_len(&c->out) == 0 &&
                     !c->tunnel_u2c_shut) {
-                        shutdown(c->h.fd, SHUT_WR);
+                        if (c->ssl)
+                                SSL_shutdown(c->ssl);
+                        else
+                                shutdown(c->h.fd, SHUT_WR);
                         c->tunnel_u2c_shut = true;
                 }
 
@@ -1474,12 +1560,13 @@ static void client_timeout(struct client *c)
         }
 }
 
-static void worker_accept(struct worker *w)
+static void worker_accept(struct worker *w, bool tls)
 {
         for (int i = 0; i < 256; i++) {
                 struct sockaddr_storage ss;
                 socklen_t sl = sizeof(ss);
-                int fd = accept4(w->listen.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                int fd = accept4(tls ? w->listen_tls.fd : w->listen.fd, (struct sockaddr *)&ss, &sl,
+                                 SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0) {
                         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
                             errno != ECONNABORTED)
@@ -1497,6 +1584,17 @@ static void worker_accept(struct worker *w)
                 c->h = (struct handle){ .kind = HK_CLIENT, .fd = fd, .rd = true, .wr = true };
                 c->w = w;
                 c->ep = -1;
+                if (tls) {
+                        c->ssl = SSL_new(w->p->tls[0]);
+                        if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+                                log_warn("TLS: cannot set up a connection");
+                                SSL_free(c->ssl);
+                                close(fd);
+                                free(c);
+                                continue;
+                        }
+                        SSL_set_accept_state(c->ssl);
+                }
                 sockaddr_ip(&ss, c->peer_ip, sizeof(c->peer_ip));
                 if (ss.ss_family == AF_INET6 && strncmp(c->peer_ip, "::ffff:", 7) == 0)
                         memmove(c->peer_ip, c->peer_ip + 7, strlen(c->peer_ip + 7) + 1);
@@ -1567,7 +1665,8 @@ static void *worker_main(void *arg)
                                 continue;
                         switch (h->kind) {
                         case HK_LISTEN:
-                                worker_accept(w);
+                        case HK_LISTEN_TLS:
+                                worker_accept(w, h->kind == HK_LISTEN_TLS);
                                 break;
                         case HK_EVENT: {
                                 uint64_t v;
@@ -1577,6 +1676,8 @@ static void *worker_main(void *arg)
                                         w->stopping = true;
                                         w->drain_deadline = router_now_ms() + w->p->o.drain_timeout_ms;
                                         handle_close(w, &w->listen);
+                                        if (w->listen_tls.fd >= 0)
+                                                handle_close(w, &w->listen_tls);
                                 }
                                 break;
                         }
@@ -1712,6 +1813,9 @@ static void worker_cleanup(struct worker *w)
 {
         if (w->listen.fd >= 0)
                 close(w->listen.fd);
+        if (w->listen_tls.fd >= 0)
+                close(w->listen_tls.fd);
+        w->listen_tls.fd = -1;
         if (w->event.fd >= 0)
                 close(w->event.fd);
         if (w->epfd >= 0)
@@ -1729,7 +1833,80 @@ void proxy_free(struct proxy *p)
         for (unsigned i = 0; i < p->n_workers; i++)
                 worker_cleanup(&p->workers[i]);
         free(p->workers);
+        for (size_t i = 0; i < p->n_tls; i++)
+                SSL_CTX_free(p->tls[i]);
+        free(p->tls);
         free(p);
+}
+
+/* SNI: the first certificate whose names cover the requested host; else the first one (already set). */
+static int tls_servername(SSL *ssl, int *alert, void *arg)
+{
+        (void)alert;
+        struct proxy *p = arg;
+        const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+        if (!name || !*name)
+                return SSL_TLSEXT_ERR_OK;
+        for (size_t i = 0; i < p->n_tls; i++) {
+                X509 *cert = SSL_CTX_get0_certificate(p->tls[i]);
+                if (cert && X509_check_host(cert, name, 0, 0, NULL) == 1) {
+                        if (i > 0)
+                                SSL_set_SSL_CTX(ssl, p->tls[i]);
+                        return SSL_TLSEXT_ERR_OK;
+                }
+        }
+        return SSL_TLSEXT_ERR_OK;
+}
+
+/* ALPN: HTTP/1.1 only (a client offering only h2 gets no protocol and may fall back or give up). */
+static int tls_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                    unsigned int inlen, void *arg)
+{
+        (void)ssl, (void)arg;
+        for (unsigned i = 0; i < inlen;) {
+                unsigned l = in[i];
+                if (i + 1 + l > inlen)
+                        break;
+                if (l == 8 && memcmp(in + i + 1, "http/1.1", 8) == 0) {
+                        *out = in + i + 1;
+                        *outlen = (unsigned char)l;
+                        return SSL_TLSEXT_ERR_OK;
+                }
+                i += 1 + l;
+        }
+        return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int tls_setup(struct proxy *p, const struct router_opts *o, struct berr **err)
+{
+        p->tls = xcalloc(o->n_tls_certs, sizeof(*p->tls));
+        for (size_t i = 0; i < o->n_tls_certs; i++) {
+                SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+                p->tls[p->n_tls++] = ctx;
+                if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
+                    SSL_CTX_use_certificate_chain_file(ctx, o->tls_certs[i].cert) != 1 ||
+                    SSL_CTX_use_PrivateKey_file(ctx, o->tls_certs[i].key, SSL_FILETYPE_PEM) != 1 ||
+                    SSL_CTX_check_private_key(ctx) != 1) {
+                        unsigned long e = ERR_get_error();
+                        char msg[256];
+                        ERR_error_string_n(e, msg, sizeof(msg));
+                        ERR_clear_error();
+                        return berr_set(err, -EINVAL, "TLS certificate %s / key %s: %s", o->tls_certs[i].cert,
+                                        o->tls_certs[i].key, e ? msg : "unusable");
+                }
+                SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                                          SSL_MODE_RELEASE_BUFFERS);
+                SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+                SSL_CTX_set_alpn_select_cb(ctx, tls_alpn, NULL);
+                SSL_CTX_set_tlsext_servername_callback(ctx, tls_servername);
+                SSL_CTX_set_tlsext_servername_arg(ctx, p);
+        }
+        return 0;
+}
+
+const char *proxy_tls_address(const struct proxy *p)
+{
+        return p->tls_address[0] ? p->tls_address : NULL;
 }
 
 int proxy_start(const struct router_opts *o, struct route_store *store, struct proxy **ret, struct berr **err)
@@ -1746,11 +1923,20 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
         for (unsigned i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 w->p = p;
-                w->epfd = w->listen.fd = w->event.fd = -1;
+                w->epfd = w->listen.fd = w->event.fd = w->listen_tls.fd = -1;
                 w->rnd_pos = sizeof(w->rnd);
         }
-        struct sockaddr_storage bound;
-        socklen_t bound_len = 0;
+        struct addrinfo *tai = NULL;
+        if (o->tls_listen) {
+                if (o->n_tls_certs == 0) {
+                        r = berr_set(err, -EINVAL, "TLS: tls_listen needs at least one certificate and key");
+                        goto fail;
+                }
+                if ((r = tls_setup(p, o, err)) < 0 || (r = parse_listen(o->tls_listen, &tai, err)) < 0)
+                        goto fail;
+        }
+        struct sockaddr_storage bound, tbound;
+        socklen_t bound_len = 0, tbound_len = 0;
         for (unsigned i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 /* The first listener may bind port 0; the others join the port it got. */
@@ -1769,6 +1955,22 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                                 goto fail;
                         }
                 }
+                if (tai) {
+                        const struct sockaddr *tsa = i == 0 ? tai->ai_addr : (const struct sockaddr *)&tbound;
+                        r = open_listener(tsa, i == 0 ? tai->ai_addrlen : tbound_len, err);
+                        if (r < 0) {
+                                r = berr_prefix(err, r, "listen on %s", o->tls_listen);
+                                goto fail;
+                        }
+                        w->listen_tls = (struct handle){ .kind = HK_LISTEN_TLS, .fd = r };
+                        if (i == 0) {
+                                tbound_len = sizeof(tbound);
+                                if (getsockname(r, (struct sockaddr *)&tbound, &tbound_len) < 0) {
+                                        r = berr_set_errno(err, -errno, "getsockname");
+                                        goto fail;
+                                }
+                        }
+                }
                 w->epfd = epoll_create1(EPOLL_CLOEXEC);
                 int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
                 if (w->epfd < 0 || efd < 0) {
@@ -1779,6 +1981,8 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                 }
                 w->event = (struct handle){ .kind = HK_EVENT, .fd = efd };
                 handle_want(w, &w->listen, EPOLLIN);
+                if (w->listen_tls.fd >= 0)
+                        handle_want(w, &w->listen_tls, EPOLLIN);
                 handle_want(w, &w->event, EPOLLIN);
         }
         char ip[INET6_ADDRSTRLEN];
@@ -1786,6 +1990,13 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
         uint16_t port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                           : ((struct sockaddr_in *)&bound)->sin_port);
         snprintf(p->address, sizeof(p->address), bound.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+        if (tai) {
+                sockaddr_ip(&tbound, ip, sizeof(ip));
+                port = ntohs(tbound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&tbound)->sin6_port
+                                                          : ((struct sockaddr_in *)&tbound)->sin_port);
+                snprintf(p->tls_address, sizeof(p->tls_address),
+                         tbound.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+        }
         for (unsigned i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 int e = pthread_create(&w->thread, NULL, worker_main, w);
@@ -1797,10 +2008,14 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                 w->started = true;
         }
         freeaddrinfo(ai);
+        if (tai)
+                freeaddrinfo(tai);
         *ret = p;
         return 0;
 fail:
         freeaddrinfo(ai);
+        if (tai)
+                freeaddrinfo(tai);
         proxy_free(p);
         return r;
 }

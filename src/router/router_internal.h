@@ -134,7 +134,12 @@ struct router_opts {
         unsigned head_timeout_ms;
         unsigned drain_timeout_ms;
         enum rt_balance balance;
-        char *metrics_listen;       /* HOST:PORT, or NULL: no metrics server */
+        char *metrics_listen; /* HOST:PORT, or NULL: no metrics server */
+        char *tls_listen;     /* HOST:PORT, or NULL: no TLS listener */
+        struct router_tls_cert {
+                char *cert, *key; /* PEM files: the chain, the key */
+        } * tls_certs;
+        size_t n_tls_certs;
         unsigned backend_max_conns; /* per backend address, all workers; 0: no limit */
 };
 
@@ -149,6 +154,8 @@ void route_watch_stop(struct route_watch *w);
 struct proxy;
 int proxy_start(const struct router_opts *o, struct route_store *store, struct proxy **ret,
                 struct berr **err);
+/* The TLS listener's bound address, or NULL; valid until proxy_free. */
+const char *proxy_tls_address(const struct proxy *p);
 /* The bound address ("127.0.0.1:9080"); valid until proxy_free. */
 const char *proxy_address(const struct proxy *p);
 /* Stop accepting, let in-flight requests finish up to drain_timeout_ms, join the workers. */

@@ -897,3 +897,89 @@ def test_metrics(rig):
     c.request("GET", "/other")
     assert c.getresponse().status == 404
     c.close()
+
+
+def _self_signed(d, name, sans):
+    """A self-signed certificate for sans (DNS names) → (cert path, key path)."""
+    cert, key = os.path.join(d, f"{name}.crt"), os.path.join(d, f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={sans[0]}",
+                    "-addext", "subjectAltName=" + ",".join("DNS:" + s for s in sans)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def _tls_get(port, sni, cafile, path="/echo", host=None, conn=None):
+    import ssl
+    ctx = ssl.create_default_context(cafile=cafile)
+    # SNI and the certificate check use sni while the connection goes to 127.0.0.1.
+    c = conn or http.client.HTTPSConnection(sni, port, timeout=20, context=ctx)
+    if conn is None:
+        c._create_connection = lambda addr, *a, **k: socket.create_connection(("127.0.0.1", port), *a, **k)
+    c.request("GET", path, headers={"Host": host or sni})
+    r = c.getresponse()
+    return c, r, r.read()
+
+
+def test_tls_termination_with_sni(rig):
+    import ssl
+    b0, _ = rig["backends"]
+    d = tempfile.mkdtemp(dir=rig["tmp"])
+    a_cert, a_key = _self_signed(d, "a", ["a.test"])
+    w_cert, w_key = _self_signed(d, "w", ["*.apps.test", "apps.test"])
+    tport = free_port()
+    router = extra_router(rig, "router:\n  tls_listen: 127.0.0.1:%d\n  tls_certificates:\n"
+                               "    - {cert_file: %s, key_file: %s}\n    - {cert_file: %s, key_file: %s}\n"
+                          % (tport, a_cert, a_key, w_cert, w_key))
+    serve(rig, [route("a.test", [b0.port]), route("web.apps.test", [b0.port])])
+    wait_until(lambda: router.get("web.apps.test")[0].status == 200, timeout=5, what="the table")
+    assert f"TLS on 127.0.0.1:{tport}" in router.output()
+    # The wildcard certificate for its names (verified against it alone), the first one for a.test.
+    c, r, body = _tls_get(tport, "web.apps.test", w_cert)
+    assert r.status == 200
+    hdrs = json.loads(body)["headers"]
+    assert hdrs["x-forwarded-proto"] == ["https"]
+    # Keep-alive on the same TLS connection, and a large download checksummed.
+    for _ in range(3):
+        c.request("GET", "/big?n=3000000", headers={"Host": "web.apps.test"})
+        r = c.getresponse()
+        data = r.read()
+        assert r.status == 200 and data == pattern(3000000)
+    c.close()
+    c, r, _ = _tls_get(tport, "a.test", a_cert)
+    assert r.status == 200
+    c.close()
+    # A name no certificate covers gets the first one (which fails verification for that name).
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_get(tport, "other.test", w_cert)
+    # A TLS client's request for an unknown route gets the router's 404 over TLS.
+    c, r, body = _tls_get(tport, "x.apps.test", w_cert)
+    assert r.status == 404 and r.getheader("X-Cf-Routererror") == "unknown_route"
+    c.close()
+    # Plain HTTP on the TLS port: the handshake fails, the connection closes, the router lives on.
+    with socket.create_connection(("127.0.0.1", tport), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        s.settimeout(10)
+        try:
+            while s.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    assert router.get("web.apps.test")[0].status == 200
+
+
+def test_tls_bad_certificate_refused(rig):
+    d = tempfile.mkdtemp(dir=rig["tmp"])
+    cert, _ = _self_signed(d, "a", ["a.test"])
+    _, other_key = _self_signed(d, "b", ["b.test"])
+    cfg = os.path.join(d, "tls.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"router:\n  tls_listen: 127.0.0.1:0\n  tls_certificates:\n    - {{cert_file: {cert}, key_file: {other_key}}}\n")
+    tok = os.path.join(d, "tok")
+    with open(tok, "w") as f:
+        f.write(TOKEN)
+    r = berthcli.run_berth("--config", cfg, "router", "--listen", "127.0.0.1:0", "--internal-token-file", tok,
+                           check=False, timeout=30)
+    assert r.returncode != 0 and "TLS certificate" in r.stderr, r.stderr
+    r = berthcli.run_berth("router", "--tls-cert", cert, check=False, timeout=30)
+    assert r.returncode == 2 and "has no --tls-key" in r.stderr, r.stderr
