@@ -1308,9 +1308,12 @@ static void client_run(struct client *c)
                 bool want_client = c->st == CS_HEAD ||
                                    ((c->st == CS_PROXY || c->st == CS_CONNECT) && !c->req_done) ||
                                    c->st == CS_TUNNEL;
-                if (want_client && !c->client_eof) {
+                if (want_client && !c->client_eof && c->h.rd) {
                         buf_alloc(&c->in, PX_IN_CAP);
                         enum io_result r = read_into(&c->h, c->ssl, &c->in, &e);
+                        if (r == IO_AGAIN && c->st == CS_HEAD && buf_len(&c->in) == 0 &&
+                            (!c->ssl || SSL_is_init_finished(c->ssl)))
+                                buf_release(&c->in); /* an idle connection holds no buffer */
                         if (r == IO_PROGRESS)
                                 progress = true;
                         else if (r == IO_ERROR) {

@@ -983,3 +983,138 @@ def test_tls_bad_certificate_refused(rig):
     assert r.returncode != 0 and "TLS certificate" in r.stderr, r.stderr
     r = berthcli.run_berth("router", "--tls-cert", cert, check=False, timeout=30)
     assert r.returncode == 2 and "has no --tls-key" in r.stderr, r.stderr
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_ten_thousand_idle_connections(rig):
+    """10,000 idle client connections are held with bounded memory while other clients are served."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 10500:
+        pytest.skip(f"needs 10,500 descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    b0, _ = rig["backends"]
+    serve(rig, [route("idle.test", [b0.port])])
+    router = rig["router"]
+    base = _rss_kib(router.proc.pid)
+    socks = []
+    try:
+        for i in range(10000):
+            s = socket.socket()
+            s.setblocking(True)
+            s.connect(("127.0.0.1", router.port))
+            socks.append(s)
+            if i % 1000 == 999:  # some of them sent half a request head (slow clients)
+                s.sendall(b"GET /echo HTTP/1.1\r\nHost: idle.test\r\n")
+        # Every connection is accepted and held: the router answers a new client at once.
+        r, _ = router.get("idle.test")
+        assert r.status == 200
+        wait_until(lambda: int(subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{router.port} )"],
+                                              capture_output=True, text=True).stdout.count("\n")) >= 10000,
+                   timeout=30, what="10,000 established connections on the router")
+        grown = _rss_kib(router.proc.pid) - base
+        print(f"router RSS grew by {grown} KiB for 10,000 idle connections ({grown * 1024 / 10000:.0f} B each)")
+        assert grown < 10000 * 4, f"{grown} KiB for 10,000 idle connections"
+        # They are still served when they speak.
+        s = socks[5]
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: idle.test\r\nConnection: close\r\n\r\n")
+        s.settimeout(10)
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+        assert out.startswith(b"HTTP/1.1 200 "), out[:100]
+    finally:
+        for s in socks:
+            s.close()
+    assert router.get("idle.test")[0].status == 200
+
+
+class _Load:
+    """Threads sending requests through the router until stopped; failures are recorded."""
+
+    def __init__(self, router, host, threads=4):
+        self.router, self.host = router, host
+        self.ok, self.failed, self.stop_ = 0, [], threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        c = None
+        while not self.stop_.is_set():
+            try:
+                c = c or self.router.conn()
+                c.request("GET", "/echo", headers={"Host": self.host})
+                r = c.getresponse()
+                body = r.read()
+                if r.status != 200:
+                    self.failed.append((r.status, body[:200]))
+                else:
+                    self.ok += 1
+            except Exception as e:  # noqa: BLE001 -- every failure counts
+                self.failed.append(repr(e))
+                c = None
+
+    def stop(self):
+        self.stop_.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def test_route_moves_between_instances_under_load(rig):
+    b0, b1 = rig["backends"]
+    serve(rig, [route("move.test", [b0.port])])
+    load = _Load(rig["router"], "move.test")
+    wait_until(lambda: load.ok > 50, timeout=10, what="some load")
+    rig["ctl"].set_routes([route("move.test", [b0.port, b1.port])])
+    wait_until(lambda: len(b1.requests) > 20, timeout=10, what="requests on the new instance")
+    rig["ctl"].set_routes([route("move.test", [b1.port])])
+    n0 = len(b0.requests)
+    wait_until(lambda: load.ok > 400, timeout=20, what="more load")
+    load.stop()
+    assert not load.failed, load.failed[:5]
+    assert len(b0.requests) - n0 < 20  # b0 left the table quickly
+
+
+def test_instance_killed_under_load(rig):
+    """A backend that dies mid-load: new requests go to the other; nothing retriable fails."""
+    b0, b1 = rig["backends"]
+    serve(rig, [route("kill.test", [b0.port, b1.port])])
+    load = _Load(rig["router"], "kill.test")
+    wait_until(lambda: load.ok > 100 and len(b0.requests) > 20, timeout=10, what="load on both")
+    b0.stop()  # closes its listener: connects are refused; its idle pooled connections are closed
+    n1 = len(b1.requests)
+    wait_until(lambda: len(b1.requests) - n1 > 300, timeout=20, what="load moving to b1")
+    load.stop()
+    assert not load.failed, load.failed[:5]
+
+
+def test_expect_100_continue(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("exp.test", [b0.port])])
+    body = pattern(200000)
+    with socket.create_connection(("127.0.0.1", rig["router"].port), timeout=10) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: exp.test\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                  % len(body))
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 100 Continue\r\n"), first
+        s.sendall(body)
+        out = b""
+        while b"\r\n\r\n" not in out or not out.rstrip().endswith(b"}"):
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    assert out.startswith(b"HTTP/1.1 200 "), out[:200]
+    got = json.loads(out.split(b"\r\n\r\n", 1)[1])
+    assert got["len"] == len(body) and got["sha256"] == hashlib.sha256(body).hexdigest()
