@@ -371,8 +371,18 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 proxy_free(p);
                 return 1;
         }
+        size_t nq = 0;
+        struct access_queue *const *queues = proxy_access_queues(p, &nq);
+        struct access_shipper *ship = NULL;
+        if (access_shipper_start(&o, queues, nq, &ship, err) < 0) {
+                route_watch_stop(watch);
+                proxy_stop(p);
+                proxy_free(p);
+                return 1;
+        }
         struct metrics_server *ms = NULL;
         if (o.metrics_listen && metrics_start(o.metrics_listen, p, &ms, err) < 0) {
+                access_shipper_stop(ship);
                 route_watch_stop(watch);
                 proxy_stop(p);
                 proxy_free(p);
@@ -388,6 +398,7 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
         log_info("router: %s, draining (up to %u ms)", strsignal(sig), o.drain_timeout_ms);
         route_watch_stop(watch);
         proxy_stop(p);
+        access_shipper_stop(ship); /* after the drain: the last requests' lines go too */
         metrics_stop(ms);
         proxy_free(p);
         log_info("router stopped");

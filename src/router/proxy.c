@@ -158,9 +158,16 @@ struct client {
         struct rt_ep_stats *ep_st;  /* the endpoint it counts against (a reference), or NULL */
         char sticky[RT_STICKY_MAX]; /* the request's __VCAP_ID__ cookie, or "" */
         int status;                 /* the status sent to the client, 0: none yet */
-        int64_t t_start_us;         /* when its head was parsed */
-        bool queued;                /* on the worker's again list */
-        struct client *again;       /* next on it */
+        char *acc_head;  /* access log: HOST - [TIME] "METHOD TARGET PROTO" (owned), NULL: no line */
+        char *acc_mid;   /* "REFERER" "USER-AGENT" "CLIENT" (owned) */
+        char *acc_xff;   /* X-Forwarded-For as sent upstream (owned) */
+        char acc_id[37]; /* X-Vcap-Request-Id */
+        char acc_time[40];
+        uint64_t resp_bytes; /* response body bytes written to the client */
+        uint16_t peer_port;
+        int64_t t_start_us;   /* when its head was parsed */
+        bool queued;          /* on the worker's again list */
+        struct client *again; /* next on it */
 };
 
 struct proxy;
@@ -178,6 +185,7 @@ struct worker {
         struct client *dead_clients;
         struct client *again;    /* connections whose run stopped at its step bound with work left */
         struct router_metrics m; /* this worker's counters (read by the metrics thread) */
+        struct access_queue aq;  /* access log lines for the shipper */
         struct upstream *pool;   /* idle backend connections */
         size_t n_pool;
         struct upstream *pool_b[PX_POOL_BUCKETS]; /* the same, by address (most recently idle first) */
@@ -192,8 +200,9 @@ struct worker {
 };
 
 struct proxy {
-        struct router_opts o; /* borrowed strings */
-        SSL_CTX **tls;        /* one per certificate; [0] answers names no certificate matches */
+        struct router_opts o;      /* borrowed strings */
+        struct access_queue **aqs; /* each worker's, for the shipper */
+        SSL_CTX **tls;             /* one per certificate; [0] answers names no certificate matches */
         size_t n_tls;
         char tls_address[INET6_ADDRSTRLEN + 8];
         struct route_store *store;
@@ -325,6 +334,30 @@ static int64_t now_us(void)
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* A header value for the access log: at most max bytes, quotes and control bytes replaced, "-" if absent. */
+static void acc_field(struct buf *b, const char *v, size_t len, size_t max)
+{
+        if (!v || len == 0) {
+                buf_append(b, "-", 1);
+                return;
+        }
+        for (size_t i = 0; i < len && i < max; i++) {
+                char ch = v[i];
+                buf_append(b, (unsigned char)ch < 0x20 || ch == '"' || ch == '\\' || ch == 0x7f ? "?" : &ch,
+                           1);
+        }
+}
+
+static void rfc3339_now(char *out, size_t n)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        size_t l = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(out + l, n - l, ".%09ldZ", ts.tv_nsec);
 }
 
 static void append_vcap_cookie(struct buf *b, const char *guid, const char *path,
@@ -546,6 +579,24 @@ static struct upstream *pool_take(struct worker *w, const struct sockaddr_storag
 
 static void client_run(struct client *c);
 
+/* Queue the Gorouter-style access log line of the request that ends (route and endpoint still held). */
+static void access_log_line(struct client *c, int64_t took_us)
+{
+        const struct rt_endpoint *ep = c->ep >= 0 ? &c->route->eps[c->ep] : NULL;
+        char backend[INET6_ADDRSTRLEN + 16] = "-";
+        if (ep)
+                snprintf(backend, sizeof(backend), strchr(ep->host, ':') ? "[%s]:%u" : "%s:%u", ep->host,
+                         ep->port);
+        char *line = xasprintf("%s %d %" PRIu64 " %" PRIu64 " %s \"%s\" x_forwarded_for:\"%s\" "
+                               "x_forwarded_proto:\"%s\" vcap_request_id:\"%s\" response_time:%.6f "
+                               "gorouter_time:%.6f app_id:\"%s\" app_index:\"%d\" instance_id:\"%s\"",
+                               c->acc_head, c->status, c->req_sent, c->resp_bytes, c->acc_mid, backend,
+                               c->acc_xff ? c->acc_xff : "-", c->ssl ? "https" : "http", c->acc_id,
+                               (double)took_us / 1e6, (double)took_us / 1e6, c->route->app_guid,
+                               ep ? ep->index : -1, ep && *ep->instance_guid ? ep->instance_guid : "-");
+        access_queue_push(&c->w->aq, c->route->app_guid, c->acc_time, line);
+}
+
 /* Stop counting the current request against its endpoint. */
 static void client_release_endpoint(struct client *c)
 {
@@ -561,9 +612,17 @@ static void client_release_request(struct client *c)
         struct worker *w = c->w;
         client_release_endpoint(c);
         if (c->status) {
-                metrics_request(&w->m, c->status, now_us() - c->t_start_us);
+                int64_t took = now_us() - c->t_start_us;
+                metrics_request(&w->m, c->status, took);
+                if (c->acc_head && c->route)
+                        access_log_line(c, took);
                 c->status = 0;
         }
+        free(c->acc_head);
+        free(c->acc_mid);
+        free(c->acc_xff);
+        c->acc_head = c->acc_mid = c->acc_xff = NULL;
+        c->resp_bytes = 0;
         if (c->up) {
                 upstream_destroy(w, c->up);
                 c->up = NULL;
@@ -882,7 +941,8 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 buf_append(&xffv, ", ", 2);
         buf_append(&xffv, c->peer_ip, strlen(c->peer_ip));
         buf_header(&b, "X-Forwarded-For", 15, xffv.d, xffv.end);
-        buf_release(&xffv);
+        _cleanup_free_ char *xff_sent = xffv.d; /* for the access log below */
+        size_t xff_sent_len = xffv.end;
         if (!have_proto)
                 buf_appendf(&b, "X-Forwarded-Proto: %s\r\n", c->ssl ? "https" : "http");
         if (!have_start) {
@@ -894,6 +954,39 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         char uuid[37];
         uuid_v4(w, uuid);
         buf_appendf(&b, "X-Vcap-Request-Id: %s\r\n", uuid);
+        if (*rt->app_guid) {
+                /* The access log line's request half. */
+                struct buf a = { 0 };
+                rfc3339_now(c->acc_time, sizeof(c->acc_time));
+                buf_append(&a, host, (size_t)hl);
+                buf_appendf(&a, " - [%s] \"", c->acc_time);
+                acc_field(&a, h->method, h->method_len, 32);
+                buf_append(&a, " ", 1);
+                acc_field(&a, h->target, h->target_len, 1024);
+                buf_appendf(&a, " HTTP/1.%d\"", h->minor_version);
+                buf_append(&a, "", 1);
+                c->acc_head = a.d;
+                struct buf m = { 0 };
+                const struct http_header *ref = NULL, *ua = NULL;
+                for (size_t i = 0; i < h->n_headers; i++) {
+                        if (name_is(&h->headers[i], "Referer"))
+                                ref = &h->headers[i];
+                        else if (name_is(&h->headers[i], "User-Agent"))
+                                ua = &h->headers[i];
+                }
+                buf_append(&m, "\"", 1);
+                acc_field(&m, ref ? ref->value : NULL, ref ? ref->value_len : 0, 512);
+                buf_append(&m, "\" \"", 3);
+                acc_field(&m, ua ? ua->value : NULL, ua ? ua->value_len : 0, 512);
+                buf_appendf(&m, "\" \"%s:%u\"", c->peer_ip, c->peer_port);
+                buf_append(&m, "", 1);
+                c->acc_mid = m.d;
+                struct buf x = { 0 };
+                acc_field(&x, xff_sent, xff_sent_len, 512);
+                buf_append(&x, "", 1);
+                c->acc_xff = x.d;
+                memcpy(c->acc_id, uuid, sizeof(c->acc_id));
+        }
         c->up_prefix = b.d;
         c->up_prefix_len = b.end;
         buf_alloc(&c->uin, PX_UIN_CAP);
@@ -1446,6 +1539,7 @@ static void client_run(struct client *c)
                         size_t body = n > ol ? n - ol : 0;
                         buf_consume(&c->out, n - body);
                         buf_consume(&c->uin, body);
+                        c->resp_bytes += body;
                         c->resp_fwd -= body;
                         progress |= r == IO_PROGRESS;
                 }
@@ -1457,6 +1551,7 @@ static void client_run(struct client *c)
                                 return;
                         }
                         buf_consume(&c->uin, n);
+                        c->resp_bytes += n;
                         c->resp_fwd -= n;
                         progress |= r == IO_PROGRESS;
                 }
@@ -1599,6 +1694,8 @@ static void worker_accept(struct worker *w, bool tls)
                         SSL_set_accept_state(c->ssl);
                 }
                 sockaddr_ip(&ss, c->peer_ip, sizeof(c->peer_ip));
+                c->peer_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                              : ((struct sockaddr_in *)&ss)->sin_port);
                 if (ss.ss_family == AF_INET6 && strncmp(c->peer_ip, "::ffff:", 7) == 0)
                         memmove(c->peer_ip, c->peer_ip + 7, strlen(c->peer_ip + 7) + 1);
                 c->st = CS_HEAD;
@@ -1833,9 +1930,12 @@ void proxy_free(struct proxy *p)
 {
         if (!p)
                 return;
-        for (unsigned i = 0; i < p->n_workers; i++)
+        for (unsigned i = 0; i < p->n_workers; i++) {
                 worker_cleanup(&p->workers[i]);
+                access_queue_destroy(&p->workers[i].aq);
+        }
         free(p->workers);
+        free(p->aqs);
         for (size_t i = 0; i < p->n_tls; i++)
                 SSL_CTX_free(p->tls[i]);
         free(p->tls);
@@ -1907,6 +2007,12 @@ static int tls_setup(struct proxy *p, const struct router_opts *o, struct berr *
         return 0;
 }
 
+struct access_queue *const *proxy_access_queues(const struct proxy *p, size_t *n)
+{
+        *n = p->n_workers;
+        return p->aqs;
+}
+
 const char *proxy_tls_address(const struct proxy *p)
 {
         return p->tls_address[0] ? p->tls_address : NULL;
@@ -1928,7 +2034,11 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                 w->p = p;
                 w->epfd = w->listen.fd = w->event.fd = w->listen_tls.fd = -1;
                 w->rnd_pos = sizeof(w->rnd);
+                access_queue_init(&w->aq);
         }
+        p->aqs = xcalloc(p->n_workers, sizeof(*p->aqs));
+        for (unsigned i = 0; i < p->n_workers; i++)
+                p->aqs[i] = &p->workers[i].aq;
         struct addrinfo *tai = NULL;
         if (o->tls_listen) {
                 if (o->n_tls_certs == 0) {

@@ -154,6 +154,9 @@ void route_watch_stop(struct route_watch *w);
 struct proxy;
 int proxy_start(const struct router_opts *o, struct route_store *store, struct proxy **ret,
                 struct berr **err);
+/* Each worker's access log queue (n of them), for the shipper; valid until proxy_free. */
+struct access_queue;
+struct access_queue *const *proxy_access_queues(const struct proxy *p, size_t *n);
 /* The TLS listener's bound address, or NULL; valid until proxy_free. */
 const char *proxy_tls_address(const struct proxy *p);
 /* The bound address ("127.0.0.1:9080"); valid until proxy_free. */
@@ -216,3 +219,35 @@ struct metrics_server;
 /* Serve GET /metrics on listen (HOST:PORT) from a thread of its own. */
 int metrics_start(const char *listen, const struct proxy *p, struct metrics_server **ret, struct berr **err);
 void metrics_stop(struct metrics_server *s);
+
+/* ---- access logs (accesslog.c): one line per request, shipped to the controller as the app's RTR logs ----
+ */
+
+#define AL_QUEUE_MAX 10000 /* lines waiting per worker; more are dropped (counted) */
+
+struct access_line {
+        char app_guid[40];
+        char time[40]; /* RFC 3339 with nanoseconds, like the cells' log lines */
+        char *text;    /* owned */
+};
+
+/* One worker's queue: the worker appends, the shipper takes the whole array under the lock. */
+struct access_queue {
+        pthread_mutex_t mu;
+        struct access_line *v;
+        size_t n, cap;
+        _Atomic uint64_t dropped;
+};
+void access_queue_init(struct access_queue *q);
+void access_queue_destroy(struct access_queue *q);
+/* Queue a line (takes text); drops it when the queue is full. */
+void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, char *text);
+
+struct access_shipper;
+/*
+ * POST the queued lines to {controller}/internal/v1/logs every 200 ms from a thread of its own (best effort:
+ * a controller that is down loses them, counted). index is the router's RTR/<index>.
+ */
+int access_shipper_start(const struct router_opts *o, struct access_queue *const *queues, size_t n,
+                         struct access_shipper **ret, struct berr **err);
+void access_shipper_stop(struct access_shipper *s);

@@ -44,6 +44,7 @@ class FakeController:
         self.routes = []
         self.polls = 0
         self.unauthorized = 0
+        self.access_lines = []
         self.stopped = False
         ctl = self
 
@@ -75,6 +76,16 @@ class FakeController:
                         return
                     body = json.dumps({"index": ctl.index, "routes": ctl.routes}).encode()
                 self._send(200, body)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                data = self.rfile.read(n)
+                if self.path != "/internal/v1/logs" or self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._send(404, b"{}")
+                with ctl.cond:
+                    ctl.access_lines += json.loads(data)["lines"]
+                    ctl.cond.notify_all()
+                self._send(202, b"{}")
 
             def _send(self, status, body):
                 self.send_response(status)
@@ -1118,3 +1129,29 @@ def test_expect_100_continue(rig):
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
     got = json.loads(out.split(b"\r\n\r\n", 1)[1])
     assert got["len"] == len(body) and got["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_access_log_lines_reach_the_controller(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("log.test", [b0.port], app="app-guid-log")])
+    r, _ = rig["router"].get("log.test", path="/echo?q=1", headers={"User-Agent": 'curl/"8"', "Referer": "http://r/"})
+    assert r.status == 200
+    ctl = rig["ctl"]
+    wait_until(lambda: any("/echo?q=1" in l["message"] for l in ctl.access_lines), timeout=5,
+               what="the access log line")
+    line = next(l for l in ctl.access_lines if "/echo?q=1" in l["message"])
+    assert line["app_guid"] == "app-guid-log"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", line["timestamp"]), line
+    m = line["message"]
+    assert re.match(r'log\.test - \[\S+\] "GET /echo\?q=1 HTTP/1\.1" 200 0 \d+ "http://r/" "curl/\?8\?" '
+                    r'"127\.0\.0\.1:\d+" "127\.0\.0\.1:%d" x_forwarded_for:"127\.0\.0\.1" '
+                    r'x_forwarded_proto:"http" vcap_request_id:"[0-9a-f-]{36}" response_time:[0-9.]+ '
+                    r'gorouter_time:[0-9.]+ app_id:"app-guid-log" app_index:"0" instance_id:"inst-0-%d"$'
+                    % (b0.port, b0.port), m), m
+    # Unknown routes are nobody's logs.
+    n = len(ctl.access_lines)
+    rig["router"].get("nope.test")
+    # A later request's line comes in the same batch as, or after, anything the 404 could have queued.
+    rig["router"].get("log.test", path="/echo?after")
+    wait_until(lambda: any("/echo?after" in l["message"] for l in ctl.access_lines), timeout=5, what="the line")
+    assert not any("nope.test" in l["message"] for l in ctl.access_lines[n:])
