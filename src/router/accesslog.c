@@ -80,8 +80,8 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                 q->n = q->cap = 0;
                 pthread_mutex_unlock(&q->mu);
                 for (size_t k = 0; k < n; k++) {
-                        json_t *j = json_pack("{s:s,s:s,s:s}", "app_guid", v[k].app_guid, "timestamp", v[k].time,
-                                              "message", v[k].text);
+                        json_t *j = json_pack("{s:s,s:s,s:s}", "app_guid", v[k].app_guid, "timestamp",
+                                              v[k].time, "message", v[k].text);
                         if (j)
                                 json_array_append_new(arr, j);
                 }

@@ -51,6 +51,12 @@ static const char *value_of(const char *s, const char *e, const char *name)
         return eq;
 }
 
+/* RFC 6265's cookie-octet: printable US-ASCII but for '"', ',', ';' and '\\'. */
+static bool cookie_octet(unsigned char ch)
+{
+        return ch > 0x20 && ch < 0x7f && ch != '"' && ch != ',' && ch != ';' && ch != '\\';
+}
+
 void cookie_value(const char *v, size_t len, const char *name, char *out, size_t n)
 {
         const char *p = v, *end = v + len, *s, *e;
@@ -63,10 +69,14 @@ void cookie_value(const char *v, size_t len, const char *name, char *out, size_t
                 size_t vl = (size_t)(e - val);
                 if (vl >= n)
                         break; /* longer than any guid: not ours */
+                for (size_t i = 0; i < vl; i++)
+                        if (!cookie_octet((unsigned char)val[i]))
+                                goto absent; /* not a cookie value (RFC 6265 4.1.1): not ours either */
                 memcpy(out, val, vl);
                 out[vl] = '\0';
                 return;
         }
+absent:
         if (n)
                 out[0] = '\0';
 }
