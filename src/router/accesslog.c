@@ -6,6 +6,7 @@
  * queue or an unreachable controller drops lines and counts them.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -68,9 +69,30 @@ struct access_shipper {
         size_t n;
 };
 
+/* Append s as a JSON string (quoted, escaped; bytes that are not valid UTF-8 are the access log's own
+ * sanitised ASCII anyway, but control bytes are escaped all the same). */
+static void json_str(FILE *f, const char *s)
+{
+        fputc('"', f);
+        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+                if (*p == '"' || *p == '\\')
+                        fprintf(f, "\\%c", *p);
+                else if (*p < 0x20 || *p >= 0x7f)
+                        fprintf(f, "\\u%04x", *p < 0x20 ? *p : '?');
+                else
+                        fputc(*p, f);
+        }
+        fputc('"', f);
+}
+
 static void ship(struct access_shipper *s, struct http_client *hc)
 {
-        json_t *arr = json_array();
+        char *body = NULL;
+        size_t len = 0, count = 0;
+        FILE *f = open_memstream(&body, &len);
+        if (!f)
+                return;
+        fputs("{\"lines\":[", f);
         for (size_t i = 0; i < s->n; i++) {
                 struct access_queue *q = s->queues[i];
                 pthread_mutex_lock(&q->mu);
@@ -80,29 +102,33 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                 q->n = q->cap = 0;
                 pthread_mutex_unlock(&q->mu);
                 for (size_t k = 0; k < n; k++) {
-                        json_t *j = json_pack("{s:s,s:s,s:s}", "app_guid", v[k].app_guid, "timestamp",
-                                              v[k].time, "message", v[k].text);
-                        if (j)
-                                json_array_append_new(arr, j);
+                        fputs(count++ ? ",{\"app_guid\":" : "{\"app_guid\":", f);
+                        json_str(f, v[k].app_guid);
+                        fputs(",\"timestamp\":", f);
+                        json_str(f, v[k].time);
+                        fputs(",\"message\":", f);
+                        json_str(f, v[k].text);
+                        fputc('}', f);
                 }
                 lines_free(v, n);
         }
-        if (json_array_size(arr) > 0) {
-                _cleanup_json_ json_t *body = json_pack("{s:o}", "lines", arr);
+        fputs("]}", f);
+        fclose(f);
+        if (count > 0) {
+                static const char *const hdrs[] = { NULL };
+                struct http_result res = { 0 };
                 _cleanup_berr_ struct berr *e = NULL;
-                long st = 0;
-                json_t *resp = NULL;
-                if (http_request_json(hc, "POST", s->url, body, &st, &resp, &e) < 0 || st >= 300) {
+                if (http_request(hc, "POST", s->url, hdrs, "application/json", body, len, &res, &e) < 0 ||
+                    res.status >= 300) {
                         static int64_t warned;
                         if (router_now_ms() - warned > 30000) {
                                 warned = router_now_ms();
                                 log_warn("access logs: %s", e ? berr_msg(e) : "the controller refused them");
                         }
                 }
-                json_decref(resp);
-                return;
+                http_result_free(&res);
         }
-        json_decref(arr);
+        free(body);
 }
 
 static void *shipper_thread(void *arg)

@@ -56,6 +56,7 @@
 #define PX_POOL_FRESH_MS     1000 /* pooled connections idle less than this are taken without a peek */
 #define PX_TICK_MS           100
 #define RT_STICKY_MAX        64
+#define PX_BUF_CACHE         32 /* per worker and size: a busy worker allocates no buffer per request */
 #define PX_RUN_STEPS         64 /* steps of one connection's run before others get their turn */
 #define PX_CONN_TOKENS       16 /* header names a Connection header may list that we honour */
 #define PX_RANDOM_BYTES      4096
@@ -186,7 +187,10 @@ struct worker {
         struct client *again;    /* connections whose run stopped at its step bound with work left */
         struct router_metrics m; /* this worker's counters (read by the metrics thread) */
         struct access_queue aq;  /* access log lines for the shipper */
-        struct upstream *pool;   /* idle backend connections */
+        /* Free request (PX_IN_CAP) and response (PX_UIN_CAP) buffers, kept for the next request. */
+        char *cache_in[PX_BUF_CACHE], *cache_uin[PX_BUF_CACHE];
+        size_t n_cache_in, n_cache_uin;
+        struct upstream *pool; /* idle backend connections */
         size_t n_pool;
         struct upstream *pool_b[PX_POOL_BUCKETS]; /* the same, by address (most recently idle first) */
         struct upstream *dead_ups;
@@ -213,18 +217,34 @@ struct proxy {
 
 /* ---- buffers ---- */
 
-static void buf_alloc(struct buf *b, size_t cap)
-{
-        if (!b->d) {
-                b->d = xmalloc(cap);
-                b->cap = cap;
-                b->start = b->end = 0;
-        }
-}
-
 static void buf_release(struct buf *b)
 {
         free(b->d);
+        *b = (struct buf){ 0 };
+}
+
+/* The fixed-size buffers (client input, backend input) come from and go back to the worker's cache. */
+static void wbuf_get(struct worker *w, struct buf *b, size_t cap)
+{
+        if (b->d)
+                return;
+        char **cache = cap == PX_IN_CAP ? w->cache_in : w->cache_uin;
+        size_t *n = cap == PX_IN_CAP ? &w->n_cache_in : &w->n_cache_uin;
+        b->d = *n > 0 ? cache[--*n] : xmalloc(cap);
+        b->cap = cap;
+        b->start = b->end = 0;
+}
+
+static void wbuf_put(struct worker *w, struct buf *b)
+{
+        if (!b->d)
+                return;
+        char **cache = b->cap == PX_IN_CAP ? w->cache_in : w->cache_uin;
+        size_t *n = b->cap == PX_IN_CAP ? &w->n_cache_in : &w->n_cache_uin;
+        if ((b->cap == PX_IN_CAP || b->cap == PX_UIN_CAP) && *n < PX_BUF_CACHE && !w->stopping)
+                cache[(*n)++] = b->d;
+        else
+                free(b->d);
         *b = (struct buf){ 0 };
 }
 
@@ -636,7 +656,7 @@ static void client_release_request(struct client *c)
                 route_table_unref(c->table);
         c->table = NULL;
         c->route = NULL;
-        buf_release(&c->uin);
+        wbuf_put(w, &c->uin);
 }
 
 static void client_close(struct client *c)
@@ -653,7 +673,7 @@ static void client_close(struct client *c)
         }
         handle_close(w, &c->h);
         metrics_gauge(&w->m.open_connections, -1);
-        buf_release(&c->in);
+        wbuf_put(w, &c->in);
         buf_release(&c->out);
         if (c->prev)
                 c->prev->next = c->next;
@@ -689,7 +709,7 @@ static void client_reset(struct client *c)
         c->up_eof = false;
         c->deadline = router_now_ms() + c->w->p->o.idle_timeout_ms;
         if (buf_len(&c->in) == 0)
-                buf_release(&c->in); /* an idle keep-alive connection holds no buffer */
+                wbuf_put(c->w, &c->in); /* an idle keep-alive connection holds no buffer */
 }
 
 /*
@@ -989,7 +1009,7 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         }
         c->up_prefix = b.d;
         c->up_prefix_len = b.end;
-        buf_alloc(&c->uin, PX_UIN_CAP);
+        wbuf_get(w, &c->uin, PX_UIN_CAP);
         client_connect(c);
 }
 
@@ -1402,11 +1422,11 @@ static void client_run(struct client *c)
                                    ((c->st == CS_PROXY || c->st == CS_CONNECT) && !c->req_done) ||
                                    c->st == CS_TUNNEL;
                 if (want_client && !c->client_eof && c->h.rd) {
-                        buf_alloc(&c->in, PX_IN_CAP);
+                        wbuf_get(c->w, &c->in, PX_IN_CAP);
                         enum io_result r = read_into(&c->h, c->ssl, &c->in, &e);
                         if (r == IO_AGAIN && c->st == CS_HEAD && buf_len(&c->in) == 0 &&
                             (!c->ssl || SSL_is_init_finished(c->ssl)))
-                                buf_release(&c->in); /* an idle connection holds no buffer */
+                                wbuf_put(c->w, &c->in); /* an idle connection holds no buffer */
                         if (r == IO_PROGRESS)
                                 progress = true;
                         else if (r == IO_ERROR) {
@@ -1924,6 +1944,10 @@ static void worker_cleanup(struct worker *w)
         if (w->table)
                 route_table_unref(w->table);
         w->table = NULL;
+        while (w->n_cache_in > 0)
+                free(w->cache_in[--w->n_cache_in]);
+        while (w->n_cache_uin > 0)
+                free(w->cache_uin[--w->n_cache_uin]);
 }
 
 void proxy_free(struct proxy *p)

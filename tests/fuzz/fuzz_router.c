@@ -24,7 +24,8 @@ static void fuzz_table(const char *s, size_t n)
                         route_table_unref(t2);
                 for (size_t i = 0; i < t->n_routes; i++) {
                         struct rt_route *r = &t->routes[i];
-                        const struct rt_route *f = route_table_lookup(t, r->host, strlen(r->host), r->path, r->path_len);
+                        const struct rt_route *f =
+                            route_table_lookup(t, r->host, strlen(r->host), r->path, r->path_len);
                         if (!f || strcmp(f->host, r->host) != 0)
                                 abort();
                         int k = route_pick(r, (i & 1) ? RT_LEAST_CONN : RT_ROUND_ROBIN, 2,
