@@ -6,7 +6,6 @@
  * queue or an unreachable controller drops lines and counts them.
  */
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -69,30 +68,56 @@ struct access_shipper {
         size_t n;
 };
 
-/* Append s as a JSON string (quoted, escaped; bytes that are not valid UTF-8 are the access log's own
- * sanitised ASCII anyway, but control bytes are escaped all the same). */
-static void json_str(FILE *f, const char *s)
+struct sbuf {
+        char *d;
+        size_t n, cap;
+};
+
+static void sb_put(struct sbuf *b, const char *p, size_t n)
 {
-        fputc('"', f);
-        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-                if (*p == '"' || *p == '\\')
-                        fprintf(f, "\\%c", *p);
-                else if (*p < 0x20 || *p >= 0x7f)
-                        fprintf(f, "\\u%04x", *p < 0x20 ? *p : '?');
-                else
-                        fputc(*p, f);
+        if (b->n + n + 1 > b->cap) {
+                while (b->n + n + 1 > b->cap)
+                        b->cap = b->cap ? b->cap * 2 : 65536;
+                b->d = xrealloc(b->d, b->cap);
         }
-        fputc('"', f);
+        memcpy(b->d + b->n, p, n);
+        b->n += n;
+        b->d[b->n] = '\0';
+}
+
+/* Append s as a JSON string: quoted, '"' and '\\' escaped, control bytes and bytes >= 0x7f as \u escapes. */
+static void sb_json_str(struct sbuf *b, const char *s)
+{
+        sb_put(b, "\"", 1);
+        const char *run = s;
+        for (const unsigned char *p = (const unsigned char *)s;; p++) {
+                unsigned char ch = *p;
+                if (ch != 0 && ch != '"' && ch != '\\' && ch >= 0x20 && ch < 0x7f)
+                        continue;
+                sb_put(b, run, (size_t)((const char *)p - run));
+                if (ch == 0)
+                        break;
+                char esc[8];
+                if (ch == '"' || ch == '\\') {
+                        esc[0] = '\\', esc[1] = (char)ch;
+                        sb_put(b, esc, 2);
+                } else {
+                        static const char hex[] = "0123456789abcdef";
+                        unsigned v = ch < 0x7f ? ch : '?';
+                        memcpy(esc, "\\u00", 4);
+                        esc[4] = hex[v >> 4], esc[5] = hex[v & 15];
+                        sb_put(b, esc, 6);
+                }
+                run = (const char *)p + 1;
+        }
+        sb_put(b, "\"", 1);
 }
 
 static void ship(struct access_shipper *s, struct http_client *hc)
 {
-        char *body = NULL;
-        size_t len = 0, count = 0;
-        FILE *f = open_memstream(&body, &len);
-        if (!f)
-                return;
-        fputs("{\"lines\":[", f);
+        struct sbuf b = { 0 };
+        size_t count = 0;
+        sb_put(&b, "{\"lines\":[", 10);
         for (size_t i = 0; i < s->n; i++) {
                 struct access_queue *q = s->queues[i];
                 pthread_mutex_lock(&q->mu);
@@ -102,23 +127,23 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                 q->n = q->cap = 0;
                 pthread_mutex_unlock(&q->mu);
                 for (size_t k = 0; k < n; k++) {
-                        fputs(count++ ? ",{\"app_guid\":" : "{\"app_guid\":", f);
-                        json_str(f, v[k].app_guid);
-                        fputs(",\"timestamp\":", f);
-                        json_str(f, v[k].time);
-                        fputs(",\"message\":", f);
-                        json_str(f, v[k].text);
-                        fputc('}', f);
+                        if (count++)
+                                sb_put(&b, ",", 1);
+                        sb_put(&b, "{\"app_guid\":", 12);
+                        sb_json_str(&b, v[k].app_guid);
+                        sb_put(&b, ",\"timestamp\":", 13);
+                        sb_json_str(&b, v[k].time);
+                        sb_put(&b, ",\"message\":", 11);
+                        sb_json_str(&b, v[k].text);
+                        sb_put(&b, "}", 1);
                 }
                 lines_free(v, n);
         }
-        fputs("]}", f);
-        fclose(f);
+        sb_put(&b, "]}", 2);
         if (count > 0) {
-                static const char *const hdrs[] = { NULL };
                 struct http_result res = { 0 };
                 _cleanup_berr_ struct berr *e = NULL;
-                if (http_request(hc, "POST", s->url, hdrs, "application/json", body, len, &res, &e) < 0 ||
+                if (http_request(hc, "POST", s->url, NULL, "application/json", b.d, b.n, &res, &e) < 0 ||
                     res.status >= 300) {
                         static int64_t warned;
                         if (router_now_ms() - warned > 30000) {
@@ -128,7 +153,7 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                 }
                 http_result_free(&res);
         }
-        free(body);
+        free(b.d);
 }
 
 static void *shipper_thread(void *arg)
