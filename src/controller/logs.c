@@ -38,6 +38,91 @@ struct stat_inst {
         json_t *usage;
 };
 
+/*
+ * The routers' access log lines (source RTR), kept in memory per app: the last RTR_LINES_PER_APP each, for at
+ * most RTR_APPS_MAX apps (lines for more apps are dropped). Entries are already in the API's shape.
+ */
+#define RTR_LINES_PER_APP 1000
+#define RTR_APPS_MAX      10000
+#define RTR_BATCH_MAX     20000
+#define RTR_MESSAGE_MAX   8192
+static pthread_mutex_t rtr_mu = PTHREAD_MUTEX_INITIALIZER;
+static json_t *rtr_lines; /* app guid → [entry...] in arrival order */
+
+static bool guid_like(const char *g)
+{
+        size_t n = strlen(g);
+        if (n == 0 || n > 36)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!(g[i] == '-' || (g[i] >= '0' && g[i] <= '9') || (g[i] >= 'a' && g[i] <= 'z') ||
+                      (g[i] >= 'A' && g[i] <= 'Z')))
+                        return false;
+        return true;
+}
+
+/* POST /internal/v1/logs {"lines":[{"app_guid","timestamp","message"}...]} from a router. */
+static void internal_logs(struct api_req *r, struct http_response *resp)
+{
+        json_t *lines = json_object_get(r->body, "lines");
+        if (!json_is_array(lines) || json_array_size(lines) > RTR_BATCH_MAX) {
+                api_error(resp, 422, 10008, "CF-UnprocessableEntity",
+                          "lines must be a list of at most 20000 {app_guid, timestamp, message}");
+                return;
+        }
+        size_t kept = 0, i;
+        json_t *l;
+        pthread_mutex_lock(&rtr_mu);
+        if (!rtr_lines)
+                rtr_lines = json_object();
+        json_array_foreach (lines, i, l) {
+                const char *app = json_string_value(json_object_get(l, "app_guid"));
+                const char *t = json_string_value(json_object_get(l, "timestamp"));
+                const char *m = json_string_value(json_object_get(l, "message"));
+                if (!app || !t || !m || !guid_like(app) || strlen(t) > 40 || strlen(m) > RTR_MESSAGE_MAX)
+                        continue;
+                json_t *arr = json_object_get(rtr_lines, app);
+                if (!arr) {
+                        if (json_object_size(rtr_lines) >= RTR_APPS_MAX)
+                                continue;
+                        arr = json_array();
+                        json_object_set_new(rtr_lines, app, arr);
+                }
+                json_array_append_new(arr,
+                                      json_pack("{s:s,s:s,s:i,s:s,s:s}", "timestamp", t, "source_type", "RTR",
+                                                "instance_index", 0, "message_type", "OUT", "message", m));
+                if (json_array_size(arr) > RTR_LINES_PER_APP)
+                        json_array_remove(arr, 0);
+                kept++;
+        }
+        pthread_mutex_unlock(&rtr_mu);
+        api_respond(resp, 202, json_pack("{s:I}", "accepted", (json_int_t)kept));
+}
+
+static bool is_rtr(const json_t *e)
+{
+        const char *st = json_string_value(json_object_get(e, "source_type"));
+        return st && strcmp(st, "RTR") == 0;
+}
+
+/* Append the app's RTR entries with timestamp > after (NULL: all) to out; *last gets the newest seen. */
+static void rtr_fetch(const char *app, const char *after, json_t *out, char last[static 48])
+{
+        pthread_mutex_lock(&rtr_mu);
+        json_t *arr = rtr_lines ? json_object_get(rtr_lines, app) : NULL;
+        size_t i;
+        json_t *e;
+        json_array_foreach (arr, i, e) {
+                const char *t = json_string_value(json_object_get(e, "timestamp"));
+                if (after && strcmp(t, after) <= 0)
+                        continue;
+                json_array_append(out, e);
+                if (strcmp(t, last) > 0)
+                        snprintf(last, 48, "%s", t);
+        }
+        pthread_mutex_unlock(&rtr_mu);
+}
+
 static struct http_client *logs_client(struct ctl *c, unsigned timeout_ms)
 {
         struct http_client *hc = NULL;
@@ -321,6 +406,8 @@ static void app_logs(struct api_req *r, struct http_response *resp)
         json_t *all = json_array();
         for (int i = 0; hc && i < n; i++)
                 fetch_lines(hc, &srcs[i], lines, NULL, all);
+        char rtr_last[48] = "";
+        rtr_fetch(r->params[0], NULL, all, rtr_last);
         all = sorted(all);
         size_t total = json_array_size(all);
         json_t *last = json_array();
@@ -350,7 +437,8 @@ static void app_logs(struct api_req *r, struct http_response *resp)
                 if (http_response_stream_write(resp, line, strlen(line)) < 0)
                         gone = 1;
                 for (int k = 0; k < n; k++)
-                        if (json_integer_value(json_object_get(e, "instance_index")) == srcs[k].idx)
+                        if (json_integer_value(json_object_get(e, "instance_index")) == srcs[k].idx &&
+                            !is_rtr(e))
                                 snprintf(srcs[k].last, sizeof(srcs[k].last), "%s",
                                          json_string_value(json_object_get(e, "timestamp")));
         }
@@ -372,6 +460,7 @@ static void app_logs(struct api_req *r, struct http_response *resp)
                 for (int k = 0; hc && k < n; k++)
                         fetch_lines(hc, &srcs[k], LOGS_LINES_MAX, srcs[k].last[0] ? srcs[k].last : NULL,
                                     batch);
+                rtr_fetch(r->params[0], rtr_last[0] ? rtr_last : NULL, batch, rtr_last);
                 batch = sorted(batch);
                 json_array_foreach (batch, i, e) {
                         _cleanup_free_ char *s = json_dumps(e, JSON_COMPACT);
@@ -379,7 +468,8 @@ static void app_logs(struct api_req *r, struct http_response *resp)
                         if (http_response_stream_write(resp, line, strlen(line)) < 0)
                                 gone = 1;
                         for (int k = 0; k < n; k++)
-                                if (json_integer_value(json_object_get(e, "instance_index")) == srcs[k].idx)
+                                if (json_integer_value(json_object_get(e, "instance_index")) == srcs[k].idx &&
+                                    !is_rtr(e))
                                         snprintf(srcs[k].last, sizeof(srcs[k].last), "%s",
                                                  json_string_value(json_object_get(e, "timestamp")));
                 }
@@ -405,5 +495,6 @@ const struct api_route api_routes_logs[] = {
         { "GET", "/v3/processes/:guid/stats", process_stats, API_USER },
         { "GET", "/v3/apps/:guid/processes/web/stats", app_web_stats, API_USER },
         { "GET", "/v3/apps/:guid/logs", app_logs, API_USER },
+        { "POST", "/internal/v1/logs", internal_logs, API_INTERNAL },
         { NULL },
 };

@@ -26,6 +26,9 @@
 #define ROUTER_DRAIN_TIMEOUT_MS   10000
 #define ROUTER_MAX_TIMEOUT_MS     86400000
 
+#define ROUTER_BACKEND_MAX_CONNS 500 /* Gorouter's router.backends.max_conns */
+#define ROUTER_MAX_CONNS_CEILING 1000000
+
 #define EXIT_USAGE 2
 
 /*
@@ -36,22 +39,33 @@ static struct route_store router_store;
 
 static void usage(FILE *f)
 {
-        fprintf(f, "Usage: berth router [OPTIONS]\n\n"
-                   "Route HTTP requests by Host to app instances (the table comes from the controller).\n\n"
-                   "Options:\n"
-                   "  --listen HOST:PORT          address to serve (default " ROUTER_DEFAULT_LISTEN ")\n"
-                   "  --controller URL            the controller (default " ROUTER_DEFAULT_CONTROLLER ")\n"
-                   "  --workers N                 event-loop threads (default 2)\n"
-                   "  --internal-token-file F     the internal API token (default DATA_DIR/internal-token)\n"
-                   "  --data-dir D                where the default token file is (default "
-                   "$BERTH_DATA_DIR or " BERTH_DEFAULT_DATA_DIR ")\n"
-                   "  -h, --help                  this help\n");
+        fprintf(f,
+                "Usage: berth router [OPTIONS]\n\n"
+                "Route HTTP requests by Host to app instances (the table comes from the controller).\n\n"
+                "Options:\n"
+                "  --listen HOST:PORT          address to serve (default " ROUTER_DEFAULT_LISTEN ")\n"
+                "  --controller URL            the controller (default " ROUTER_DEFAULT_CONTROLLER ")\n"
+                "  --workers N                 event-loop threads (default 2)\n"
+                "  --balancing ALGORITHM       round-robin (default) or least-connection\n"
+                "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there\n"
+                "  --tls-listen HOST:PORT      also serve HTTPS there (certificates: --tls-cert/--tls-key\n"
+                "                              pairs or the config's tls_certificates; SNI picks one)\n"
+                "  --tls-cert FILE --tls-key FILE  a PEM certificate chain and its key (repeatable)\n"
+                "  --internal-token-file F     the internal API token (default DATA_DIR/internal-token)\n"
+                "  --data-dir D                where the default token file is (default "
+                "$BERTH_DATA_DIR or " BERTH_DEFAULT_DATA_DIR ")\n"
+                "  -h, --help                  this help\n");
 }
 
 static void router_opts_free(struct router_opts *o)
 {
         free(o->listen);
         free(o->controller);
+        free(o->metrics_listen);
+        free(o->tls_listen);
+        for (size_t i = 0; i < o->n_tls_certs; i++)
+                free(o->tls_certs[i].cert), free(o->tls_certs[i].key);
+        free(o->tls_certs);
         if (o->token) {
                 explicit_bzero(o->token, strlen(o->token));
                 free(o->token);
@@ -75,13 +89,42 @@ static int get_ms(const json_t *sec, const char *key, unsigned *ret, struct berr
         return 0;
 }
 
+static void add_cert(struct router_opts *o, const char *cert, const char *key)
+{
+        o->tls_certs = xrealloc(o->tls_certs, (o->n_tls_certs + 1) * sizeof(*o->tls_certs));
+        o->tls_certs[o->n_tls_certs++] =
+            (struct router_tls_cert){ .cert = xstrdup(cert), .key = key ? xstrdup(key) : NULL };
+}
+
+static int parse_balance(const char *s, enum rt_balance *ret, struct berr **err)
+{
+        if (strcmp(s, "round-robin") == 0)
+                *ret = RT_ROUND_ROBIN;
+        else if (strcmp(s, "least-connection") == 0)
+                *ret = RT_LEAST_CONN;
+        else
+                return berr_set(err, -EINVAL,
+                                "router: the balancing algorithm must be round-robin or "
+                                "least-connection, got \"%.64s\"",
+                                s);
+        return 0;
+}
+
 /* The config file's router: section (unknown keys are errors, docs/PLATFORM.md). */
 static int apply_config(const json_t *sec, struct router_opts *o, struct berr **err)
 {
-        static const char *const keys[] = {
-                "listen",          "controller", "workers", "dial_timeout_ms", "request_timeout_ms",
-                "idle_timeout_ms", NULL
-        };
+        static const char *const keys[] = { "listen",
+                                            "controller",
+                                            "workers",
+                                            "dial_timeout_ms",
+                                            "request_timeout_ms",
+                                            "idle_timeout_ms",
+                                            "balancing_algorithm",
+                                            "backend_max_conns",
+                                            "metrics_listen",
+                                            "tls_listen",
+                                            "tls_certificates",
+                                            NULL };
         if (!sec || json_is_null(sec))
                 return 0;
         if (!json_is_object(sec))
@@ -118,6 +161,52 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                                         ROUTER_MAX_WORKERS);
                 o->workers = (unsigned)n;
         }
+        if ((r = json_get_string(sec, "balancing_algorithm", false, &s, err)) < 0)
+                return berr_prefix(err, r, "router");
+        if (s && parse_balance(s, &o->balance, err) < 0)
+                return -EINVAL;
+        if ((r = json_get_string(sec, "metrics_listen", false, &s, err)) < 0)
+                return berr_prefix(err, r, "router");
+        if (s) {
+                free(o->metrics_listen);
+                o->metrics_listen = xstrdup(s);
+        }
+        if ((r = json_get_string(sec, "tls_listen", false, &s, err)) < 0)
+                return berr_prefix(err, r, "router");
+        if (s) {
+                free(o->tls_listen);
+                o->tls_listen = xstrdup(s);
+        }
+        json_t *certs = json_object_get(sec, "tls_certificates");
+        if (certs && !json_is_array(certs))
+                return berr_set(err, -EINVAL,
+                                "router.tls_certificates must be a list of {cert_file, key_file}");
+        for (size_t i = 0; certs && i < json_array_size(certs); i++) {
+                json_t *c = json_array_get(certs, i);
+                const char *cf = NULL, *kf = NULL;
+                const char *ck;
+                json_t *cv;
+                if (!json_is_object(c))
+                        return berr_set(err, -EINVAL,
+                                        "router.tls_certificates[%zu] must be {cert_file, key_file}", i);
+                json_object_foreach (c, ck, cv)
+                        if (strcmp(ck, "cert_file") != 0 && strcmp(ck, "key_file") != 0)
+                                return berr_set(err, -EINVAL,
+                                                "router.tls_certificates[%zu]: unknown key \"%.64s\"", i, ck);
+                if ((r = json_get_string(c, "cert_file", true, &cf, err)) < 0 ||
+                    (r = json_get_string(c, "key_file", true, &kf, err)) < 0)
+                        return berr_prefix(err, r, "router.tls_certificates[%zu]", i);
+                add_cert(o, cf, kf);
+        }
+        if (json_object_get(sec, "backend_max_conns")) {
+                if ((r = json_get_int(sec, "backend_max_conns", true, &n, err)) < 0)
+                        return berr_prefix(err, r, "router");
+                if (n < 0 || n > ROUTER_MAX_CONNS_CEILING)
+                        return berr_set(err, -EINVAL,
+                                        "router.backend_max_conns must be between 0 (no limit) and %d",
+                                        ROUTER_MAX_CONNS_CEILING);
+                o->backend_max_conns = (unsigned)n;
+        }
         if ((r = get_ms(sec, "dial_timeout_ms", &o->dial_timeout_ms, err)) < 0 ||
             (r = get_ms(sec, "request_timeout_ms", &o->request_timeout_ms, err)) < 0 ||
             (r = get_ms(sec, "idle_timeout_ms", &o->idle_timeout_ms, err)) < 0)
@@ -151,6 +240,11 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 { "listen", required_argument, NULL, 'l' },
                 { "controller", required_argument, NULL, 'c' },
                 { "workers", required_argument, NULL, 'w' },
+                { "balancing", required_argument, NULL, 'b' },
+                { "metrics-listen", required_argument, NULL, 'm' },
+                { "tls-listen", required_argument, NULL, 'T' },
+                { "tls-cert", required_argument, NULL, 'C' },
+                { "tls-key", required_argument, NULL, 'K' },
                 { "internal-token-file", required_argument, NULL, 't' },
                 { "data-dir", required_argument, NULL, 'd' },
                 { "help", no_argument, NULL, 'h' },
@@ -165,6 +259,8 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 .idle_timeout_ms = ROUTER_IDLE_TIMEOUT_MS,
                 .head_timeout_ms = ROUTER_HEAD_TIMEOUT_MS,
                 .drain_timeout_ms = ROUTER_DRAIN_TIMEOUT_MS,
+                .balance = RT_ROUND_ROBIN,
+                .backend_max_conns = ROUTER_BACKEND_MAX_CONNS,
         };
         int r = apply_config(cfg ? cfg->router : NULL, &o, err);
         if (r < 0)
@@ -198,6 +294,28 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 case 't':
                         token_file = optarg;
                         break;
+                case 'b':
+                        if (parse_balance(optarg, &o.balance, err) < 0)
+                                return EXIT_USAGE;
+                        break;
+                case 'm':
+                        free(o.metrics_listen);
+                        o.metrics_listen = xstrdup(optarg);
+                        break;
+                case 'T':
+                        free(o.tls_listen);
+                        o.tls_listen = xstrdup(optarg);
+                        break;
+                case 'C':
+                        add_cert(&o, optarg, NULL);
+                        break;
+                case 'K':
+                        if (o.n_tls_certs == 0 || o.tls_certs[o.n_tls_certs - 1].key) {
+                                berr_set(err, -EINVAL, "router: --tls-key must follow its --tls-cert");
+                                return EXIT_USAGE;
+                        }
+                        o.tls_certs[o.n_tls_certs - 1].key = xstrdup(optarg);
+                        break;
                 case 'd':
                         data_dir = optarg;
                         break;
@@ -208,6 +326,11 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                         usage(stderr);
                         return EXIT_USAGE;
                 }
+        }
+        if (o.n_tls_certs > 0 && !o.tls_certs[o.n_tls_certs - 1].key) {
+                berr_set(err, -EINVAL, "router: --tls-cert %s has no --tls-key",
+                         o.tls_certs[o.n_tls_certs - 1].cert);
+                return EXIT_USAGE;
         }
         if (optind < argc) {
                 berr_set(err, -EINVAL, "router: unexpected argument \"%s\"", argv[optind]);
@@ -248,14 +371,35 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 proxy_free(p);
                 return 1;
         }
-        log_info("router listening on %s (%u workers), routes from %s", proxy_address(p), o.workers,
-                 o.controller);
+        size_t nq = 0;
+        struct access_queue *const *queues = proxy_access_queues(p, &nq);
+        struct access_shipper *ship = NULL;
+        if (access_shipper_start(&o, queues, nq, &ship, err) < 0) {
+                route_watch_stop(watch);
+                proxy_stop(p);
+                proxy_free(p);
+                return 1;
+        }
+        struct metrics_server *ms = NULL;
+        if (o.metrics_listen && metrics_start(o.metrics_listen, p, &ms, err) < 0) {
+                access_shipper_stop(ship);
+                route_watch_stop(watch);
+                proxy_stop(p);
+                proxy_free(p);
+                return 1;
+        }
+        log_info("router listening on %s%s%s (%u workers, %s), routes from %s%s%s", proxy_address(p),
+                 proxy_tls_address(p) ? ", TLS on " : "", proxy_tls_address(p) ?: "", o.workers,
+                 o.balance == RT_LEAST_CONN ? "least-connection" : "round-robin", o.controller,
+                 ms ? ", metrics on " : "", ms ? o.metrics_listen : "");
         int sig = 0;
         while (sigwait(&set, &sig) != 0)
                 ;
         log_info("router: %s, draining (up to %u ms)", strsignal(sig), o.drain_timeout_ms);
         route_watch_stop(watch);
         proxy_stop(p);
+        access_shipper_stop(ship); /* after the drain: the last requests' lines go too */
+        metrics_stop(ms);
         proxy_free(p);
         log_info("router stopped");
         return 0;

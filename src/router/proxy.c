@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The proxy: one epoll loop per worker thread, each with its own SO_REUSEPORT listener, so workers share
- * nothing but the route store. Sockets are non-blocking and epoll is level-triggered; after any event a
- * connection is driven as far as it can go (client_run) and its interest masks are recomputed, an fd
- * wanting nothing being removed from epoll (no busy loop on a hung-up peer while the other side is slow).
+ * nothing but the route store. Sockets are non-blocking and registered once, edge-triggered, for input and
+ * output; each handle keeps two readiness hints (rd, wr) that an event sets and an EAGAIN (or a short read)
+ * clears, so that a connection is driven as far as it can go (client_run) without a system call that would
+ * answer EAGAIN and without re-arming epoll per request. A connection that still had work when its run
+ * reached its step bound is queued to run again before the next wait.
  *
  * A client connection owns at most one backend connection at a time. Bodies stream through two bounded
  * buffers (client → backend in `in`, backend → client in `uin`); framing (Content-Length or chunked, RFC
@@ -28,7 +30,13 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "lib/http.h"
 #include "lib/log.h"
@@ -41,19 +49,32 @@
 #define PX_OUT_MAX           (PX_HEAD_MAX + 8 * 1024) /* a rewritten head */
 #define PX_MAX_CLIENTS       20000                    /* per worker */
 #define PX_MAX_ATTEMPTS      3                        /* Gorouter's router.backends.max_attempts */
-#define PX_POOL_PER_ENDPOINT 32
+#define PX_POOL_PER_ENDPOINT 256  /* idle connections kept per backend address and worker */
+#define PX_POOL_MAX          8192 /* idle connections kept per worker */
+#define PX_POOL_BUCKETS      1024
 #define PX_POOL_IDLE_MS      60000
+#define PX_POOL_FRESH_MS     1000 /* pooled connections idle less than this are taken without a peek */
 #define PX_TICK_MS           100
+#define RT_STICKY_MAX        64
+#define PX_BUF_CACHE         32 /* per worker and size: a busy worker allocates no buffer per request */
+#define PX_RUN_STEPS         64 /* steps of one connection's run before others get their turn */
 #define PX_CONN_TOKENS       16 /* header names a Connection header may list that we honour */
 #define PX_RANDOM_BYTES      4096
 
-enum handle_kind { HK_LISTEN, HK_EVENT, HK_CLIENT, HK_UPSTREAM };
+enum handle_kind { HK_LISTEN, HK_LISTEN_TLS, HK_EVENT, HK_CLIENT, HK_UPSTREAM };
 
 struct handle {
         enum handle_kind kind;
         int fd;
         uint32_t mask; /* registered events; 0: not in epoll */
         bool dead;
+        /*
+         * A read may find bytes: epoll reported input since the last read that drained the socket (a short
+         * read or EAGAIN). Epoll is level-triggered, so a cleared hint only costs a wait, never a stall; it
+         * saves the recv that would answer EAGAIN after most requests and responses.
+         */
+        bool rd;
+        bool wr; /* a write may make progress: no EAGAIN since the last output event */
 };
 
 struct buf {
@@ -73,7 +94,9 @@ struct upstream {
         bool connected;
         bool reused;
         int64_t idle_since;
-        struct upstream *next, *prev; /* pool list, or the dead list */
+        struct upstream *next, *prev;   /* pool list, or the dead list */
+        struct upstream *bnext, *bprev; /* the pool bucket of its address */
+        unsigned bucket;
 };
 
 enum client_state {
@@ -91,6 +114,7 @@ struct client {
         struct worker *w;
         struct client *next, *prev; /* the worker's list (or dead list) */
         char peer_ip[INET6_ADDRSTRLEN];
+        SSL *ssl; /* TLS clients (the TLS listener): records in and out of the socket; NULL for plain */
         enum client_state st;
         int64_t deadline; /* monotonic ms, 0: none */
         struct buf in;    /* from the client */
@@ -131,6 +155,20 @@ struct client {
         size_t resp_fwd; /* approved bytes at uin.start not yet written */
         bool up_eof;
         bool tunnel_c2u_shut, tunnel_u2c_shut;
+        /* Accounting of the current request. */
+        struct rt_ep_stats *ep_st;  /* the endpoint it counts against (a reference), or NULL */
+        char sticky[RT_STICKY_MAX]; /* the request's __VCAP_ID__ cookie, or "" */
+        int status;                 /* the status sent to the client, 0: none yet */
+        char *acc_head;  /* access log: HOST - [TIME] "METHOD TARGET PROTO" (owned), NULL: no line */
+        char *acc_mid;   /* "REFERER" "USER-AGENT" "CLIENT" (owned) */
+        char *acc_xff;   /* X-Forwarded-For as sent upstream (owned) */
+        char acc_id[37]; /* X-Vcap-Request-Id */
+        char acc_time[40];
+        uint64_t resp_bytes; /* response body bytes written to the client */
+        uint16_t peer_port;
+        int64_t t_start_us;   /* when its head was parsed */
+        bool queued;          /* on the worker's again list */
+        struct client *again; /* next on it */
 };
 
 struct proxy;
@@ -141,12 +179,20 @@ struct worker {
         bool started;
         int epfd;
         struct handle listen;
+        struct handle listen_tls; /* fd -1 without TLS */
         struct handle event;
         struct client *clients; /* live connections */
         size_t n_clients;
         struct client *dead_clients;
+        struct client *again;    /* connections whose run stopped at its step bound with work left */
+        struct router_metrics m; /* this worker's counters (read by the metrics thread) */
+        struct access_queue aq;  /* access log lines for the shipper */
+        /* Free request (PX_IN_CAP) and response (PX_UIN_CAP) buffers, kept for the next request. */
+        char *cache_in[PX_BUF_CACHE], *cache_uin[PX_BUF_CACHE];
+        size_t n_cache_in, n_cache_uin;
         struct upstream *pool; /* idle backend connections */
         size_t n_pool;
+        struct upstream *pool_b[PX_POOL_BUCKETS]; /* the same, by address (most recently idle first) */
         struct upstream *dead_ups;
         struct route_table *table; /* cached reference */
         uint64_t epoch;
@@ -158,7 +204,11 @@ struct worker {
 };
 
 struct proxy {
-        struct router_opts o; /* borrowed strings */
+        struct router_opts o;      /* borrowed strings */
+        struct access_queue **aqs; /* each worker's, for the shipper */
+        SSL_CTX **tls;             /* one per certificate; [0] answers names no certificate matches */
+        size_t n_tls;
+        char tls_address[INET6_ADDRSTRLEN + 8];
         struct route_store *store;
         struct worker *workers;
         unsigned n_workers;
@@ -167,18 +217,34 @@ struct proxy {
 
 /* ---- buffers ---- */
 
-static void buf_alloc(struct buf *b, size_t cap)
-{
-        if (!b->d) {
-                b->d = xmalloc(cap);
-                b->cap = cap;
-                b->start = b->end = 0;
-        }
-}
-
 static void buf_release(struct buf *b)
 {
         free(b->d);
+        *b = (struct buf){ 0 };
+}
+
+/* The fixed-size buffers (client input, backend input) come from and go back to the worker's cache. */
+static void wbuf_get(struct worker *w, struct buf *b, size_t cap)
+{
+        if (b->d)
+                return;
+        char **cache = cap == PX_IN_CAP ? w->cache_in : w->cache_uin;
+        size_t *n = cap == PX_IN_CAP ? &w->n_cache_in : &w->n_cache_uin;
+        b->d = *n > 0 ? cache[--*n] : xmalloc(cap);
+        b->cap = cap;
+        b->start = b->end = 0;
+}
+
+static void wbuf_put(struct worker *w, struct buf *b)
+{
+        if (!b->d)
+                return;
+        char **cache = b->cap == PX_IN_CAP ? w->cache_in : w->cache_uin;
+        size_t *n = b->cap == PX_IN_CAP ? &w->n_cache_in : &w->n_cache_uin;
+        if ((b->cap == PX_IN_CAP || b->cap == PX_UIN_CAP) && *n < PX_BUF_CACHE && !w->stopping)
+                cache[(*n)++] = b->d;
+        else
+                free(b->d);
         *b = (struct buf){ 0 };
 }
 
@@ -264,6 +330,13 @@ static void handle_want(struct worker *w, struct handle *h, uint32_t mask)
         h->mask = mask;
 }
 
+/* Register a connection's socket (once): edge-triggered input, output and peer shutdown. */
+#define PX_ET_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+static void handle_arm(struct worker *w, struct handle *h)
+{
+        handle_want(w, h, PX_ET_EVENTS);
+}
+
 static void handle_close(struct worker *w, struct handle *h)
 {
         if (h->fd >= 0) {
@@ -275,6 +348,46 @@ static void handle_close(struct worker *w, struct handle *h)
 }
 
 /* ---- small helpers ---- */
+
+static int64_t now_us(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* A header value for the access log: at most max bytes, quotes and control bytes replaced, "-" if absent. */
+static void acc_field(struct buf *b, const char *v, size_t len, size_t max)
+{
+        if (!v || len == 0) {
+                buf_append(b, "-", 1);
+                return;
+        }
+        for (size_t i = 0; i < len && i < max; i++) {
+                char ch = v[i];
+                buf_append(b, (unsigned char)ch < 0x20 || ch == '"' || ch == '\\' || ch == 0x7f ? "?" : &ch,
+                           1);
+        }
+}
+
+static void rfc3339_now(char *out, size_t n)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        size_t l = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(out + l, n - l, ".%09ldZ", ts.tv_nsec);
+}
+
+static void append_vcap_cookie(struct buf *b, const char *guid, const char *path,
+                               const struct cookie_attrs *a)
+{
+        char v[RT_STICKY_MAX + RT_MAX_PATH + 256];
+        int n = vcap_cookie_format(v, sizeof(v), guid, path, a);
+        if (n > 0)
+                buf_header(b, "Set-Cookie", 10, v, (size_t)n);
+}
 
 static void random_bytes(struct worker *w, unsigned char *out, size_t n)
 {
@@ -378,6 +491,8 @@ static void sockaddr_ip(const struct sockaddr_storage *ss, char *out, size_t n)
 
 static void upstream_destroy(struct worker *w, struct upstream *u)
 {
+        if (u->h.fd >= 0)
+                metrics_gauge(&w->m.open_backend_connections, -1);
         handle_close(w, &u->h);
         u->owner = NULL;
         u->next = w->dead_ups;
@@ -385,8 +500,35 @@ static void upstream_destroy(struct worker *w, struct upstream *u)
         w->dead_ups = u;
 }
 
+static unsigned pool_bucket(const struct sockaddr_storage *a)
+{
+        const unsigned char *p;
+        size_t n;
+        uint16_t port;
+        if (a->ss_family == AF_INET6) {
+                const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)a;
+                p = s6->sin6_addr.s6_addr, n = 16, port = s6->sin6_port;
+        } else {
+                const struct sockaddr_in *s4 = (const struct sockaddr_in *)a;
+                p = (const unsigned char *)&s4->sin_addr, n = 4, port = s4->sin_port;
+        }
+        uint32_t h = 2166136261u;
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ p[i]) * 16777619u;
+        h = (h ^ (port & 0xff)) * 16777619u;
+        h = (h ^ (port >> 8)) * 16777619u;
+        return h % PX_POOL_BUCKETS;
+}
+
 static void pool_unlink(struct worker *w, struct upstream *u)
 {
+        if (u->bprev)
+                u->bprev->bnext = u->bnext;
+        else
+                w->pool_b[u->bucket] = u->bnext;
+        if (u->bnext)
+                u->bnext->bprev = u->bprev;
+        u->bnext = u->bprev = NULL;
         if (u->prev)
                 u->prev->next = u->next;
         else
@@ -399,11 +541,12 @@ static void pool_unlink(struct worker *w, struct upstream *u)
 
 static void pool_put(struct worker *w, struct upstream *u)
 {
+        unsigned b = pool_bucket(&u->addr);
         size_t same = 0;
-        for (struct upstream *p = w->pool; p; p = p->next)
+        for (struct upstream *p = w->pool_b[b]; p; p = p->bnext)
                 if (p->addr_len == u->addr_len && memcmp(&p->addr, &u->addr, u->addr_len) == 0)
                         same++;
-        if (same >= PX_POOL_PER_ENDPOINT || w->stopping) {
+        if (same >= PX_POOL_PER_ENDPOINT || w->n_pool >= PX_POOL_MAX || w->stopping) {
                 upstream_destroy(w, u);
                 return;
         }
@@ -415,24 +558,38 @@ static void pool_put(struct worker *w, struct upstream *u)
                 w->pool->prev = u;
         w->pool = u;
         w->n_pool++;
-        /* Any event on an idle connection (the backend closed it, or sent junk) retires it. */
-        handle_want(w, &u->h, EPOLLIN | EPOLLRDHUP);
+        u->bucket = b;
+        u->bprev = NULL;
+        u->bnext = w->pool_b[b];
+        if (u->bnext)
+                u->bnext->bprev = u;
+        w->pool_b[b] = u;
+        /* Input or a hang-up on an idle connection (the backend closed it, or sent junk) retires it. */
+        handle_arm(w, &u->h);
 }
 
 /* An idle connection to addr that still looks open, or NULL. */
 static struct upstream *pool_take(struct worker *w, const struct sockaddr_storage *addr, socklen_t len)
 {
-        for (struct upstream *u = w->pool, *next; u; u = next) {
-                next = u->next;
+        for (struct upstream *u = w->pool_b[pool_bucket(addr)], *next; u; u = next) {
+                next = u->bnext;
                 if (u->addr_len != len || memcmp(&u->addr, addr, len) != 0)
                         continue;
                 pool_unlink(w, u);
+                /*
+                 * A close the backend sent while the connection idled was retired by its epoll event; one
+                 * that came since this batch's epoll_wait is caught here, for connections idle long enough
+                 * for a backend's keep-alive timeout to matter (a body-less request that hits one anyway is
+                 * retried on a fresh connection: client_upstream_lost).
+                 */
+                u->reused = true;
+                u->h.rd = false;
+                if (router_now_ms() - u->idle_since < PX_POOL_FRESH_MS)
+                        return u;
                 char b;
                 ssize_t k = recv(u->h.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-                if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                        u->reused = true;
+                if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                         return u;
-                }
                 upstream_destroy(w, u);
         }
         return NULL;
@@ -442,9 +599,50 @@ static struct upstream *pool_take(struct worker *w, const struct sockaddr_storag
 
 static void client_run(struct client *c);
 
+/* Queue the Gorouter-style access log line of the request that ends (route and endpoint still held). */
+static void access_log_line(struct client *c, int64_t took_us)
+{
+        const struct rt_endpoint *ep = c->ep >= 0 ? &c->route->eps[c->ep] : NULL;
+        char backend[INET6_ADDRSTRLEN + 16] = "-";
+        if (ep)
+                snprintf(backend, sizeof(backend), strchr(ep->host, ':') ? "[%s]:%u" : "%s:%u", ep->host,
+                         ep->port);
+        char *line = xasprintf("%s %d %" PRIu64 " %" PRIu64 " %s \"%s\" x_forwarded_for:\"%s\" "
+                               "x_forwarded_proto:\"%s\" vcap_request_id:\"%s\" response_time:%.6f "
+                               "gorouter_time:%.6f app_id:\"%s\" app_index:\"%d\" instance_id:\"%s\"",
+                               c->acc_head, c->status, c->req_sent, c->resp_bytes, c->acc_mid, backend,
+                               c->acc_xff ? c->acc_xff : "-", c->ssl ? "https" : "http", c->acc_id,
+                               (double)took_us / 1e6, (double)took_us / 1e6, c->route->app_guid,
+                               ep ? ep->index : -1, ep && *ep->instance_guid ? ep->instance_guid : "-");
+        access_queue_push(&c->w->aq, c->route->app_guid, c->acc_time, line);
+}
+
+/* Stop counting the current request against its endpoint. */
+static void client_release_endpoint(struct client *c)
+{
+        if (!c->ep_st)
+                return;
+        atomic_fetch_sub_explicit(&c->ep_st->active, 1, memory_order_relaxed);
+        rt_ep_stats_unref(c->ep_st);
+        c->ep_st = NULL;
+}
+
 static void client_release_request(struct client *c)
 {
         struct worker *w = c->w;
+        client_release_endpoint(c);
+        if (c->status) {
+                int64_t took = now_us() - c->t_start_us;
+                metrics_request(&w->m, c->status, took);
+                if (c->acc_head && c->route)
+                        access_log_line(c, took);
+                c->status = 0;
+        }
+        free(c->acc_head);
+        free(c->acc_mid);
+        free(c->acc_xff);
+        c->acc_head = c->acc_mid = c->acc_xff = NULL;
+        c->resp_bytes = 0;
         if (c->up) {
                 upstream_destroy(w, c->up);
                 c->up = NULL;
@@ -458,7 +656,7 @@ static void client_release_request(struct client *c)
                 route_table_unref(c->table);
         c->table = NULL;
         c->route = NULL;
-        buf_release(&c->uin);
+        wbuf_put(w, &c->uin);
 }
 
 static void client_close(struct client *c)
@@ -467,8 +665,15 @@ static void client_close(struct client *c)
         if (c->h.dead)
                 return;
         client_release_request(c);
+        if (c->ssl) {
+                if (SSL_is_init_finished(c->ssl))
+                        SSL_shutdown(c->ssl); /* best effort: a close_notify if the socket takes it */
+                SSL_free(c->ssl);
+                c->ssl = NULL;
+        }
         handle_close(w, &c->h);
-        buf_release(&c->in);
+        metrics_gauge(&w->m.open_connections, -1);
+        wbuf_put(w, &c->in);
         buf_release(&c->out);
         if (c->prev)
                 c->prev->next = c->next;
@@ -504,7 +709,7 @@ static void client_reset(struct client *c)
         c->up_eof = false;
         c->deadline = router_now_ms() + c->w->p->o.idle_timeout_ms;
         if (buf_len(&c->in) == 0)
-                buf_release(&c->in); /* an idle keep-alive connection holds no buffer */
+                wbuf_put(c->w, &c->in); /* an idle keep-alive connection holds no buffer */
 }
 
 /*
@@ -521,6 +726,7 @@ static void client_respond(struct client *c, int status, const char *router_erro
                 c->close_after = true; /* the body is not drained: the connection cannot be reused */
         if (w->stopping)
                 c->close_after = true;
+        c->status = status;
         char body[1024];
         int bl = snprintf(body, sizeof(body), "%d %s: %s\n", status, http_reason(status), msg);
         if (bl < 0 || (size_t)bl >= sizeof(body))
@@ -590,6 +796,7 @@ static void client_dial_failed(struct client *c, int error)
 {
         struct rt_endpoint *ep = &c->route->eps[c->ep];
         log_warn("endpoint %s:%u of %s failed: %s", ep->host, ep->port, c->route->host, strerror(error));
+        metrics_add(&c->w->m.backend_errors, 1);
         route_mark_failed(ep, router_now_ms());
         if (c->up) {
                 upstream_destroy(c->w, c->up);
@@ -607,12 +814,25 @@ static void client_connect(struct client *c)
 {
         struct worker *w = c->w;
         int64_t now = router_now_ms();
-        int i = route_pick(c->route, now, c->tried);
+        const struct router_opts *o = &w->p->o;
+        int i = route_pick(c->route, o->balance, o->backend_max_conns, c->attempts ? NULL : c->sticky, now,
+                           c->tried);
+        if (i == RT_PICK_LIMIT && c->attempts == 0) {
+                char msg[RT_MAX_HOST + 64];
+                snprintf(msg, sizeof(msg), "Requested route ('%s') has reached the connection limit.",
+                         c->route->host);
+                client_respond(c, 503, "Connection Limit Reached", NULL, msg);
+                return;
+        }
         if (i < 0) {
                 client_respond_bad_gateway(c);
                 return;
         }
         c->ep = i;
+        client_release_endpoint(c);
+        c->ep_st = c->route->eps[i].st;
+        atomic_fetch_add_explicit(&c->ep_st->refs, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->ep_st->active, 1, memory_order_relaxed);
         c->up_eof = false;
         if (i < 64)
                 c->tried |= 1ULL << i;
@@ -638,6 +858,7 @@ static void client_connect(struct client *c)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         u = xcalloc(1, sizeof(*u));
         u->h = (struct handle){ .kind = HK_UPSTREAM, .fd = fd };
+        metrics_gauge(&w->m.open_backend_connections, 1);
         u->w = w;
         u->owner = c;
         u->addr = ep->addr;
@@ -655,6 +876,7 @@ static void client_connect(struct client *c)
 static void client_dispatch(struct client *c, const struct http_head *h)
 {
         struct worker *w = c->w;
+        c->t_start_us = now_us();
         c->req_head = h->method_len == 4 && memcmp(h->method, "HEAD", 4) == 0;
         c->req_keep_alive = h->keep_alive && !w->stopping;
         c->close_after = !c->req_keep_alive;
@@ -727,6 +949,8 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                     name_is(hh, "X-CF-InstanceIndex") || name_is(hh, "X-CF-InstanceID") ||
                     name_is(hh, "X-CF-App-Instance"))
                         continue;
+                if (name_is(hh, "Cookie"))
+                        cookie_value(hh->value, hh->value_len, "__VCAP_ID__", c->sticky, sizeof(c->sticky));
                 if (name_is(hh, "X-Forwarded-Proto"))
                         have_proto = true;
                 if (name_is(hh, "X-Request-Start"))
@@ -737,9 +961,10 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 buf_append(&xffv, ", ", 2);
         buf_append(&xffv, c->peer_ip, strlen(c->peer_ip));
         buf_header(&b, "X-Forwarded-For", 15, xffv.d, xffv.end);
-        buf_release(&xffv);
+        _cleanup_free_ char *xff_sent = xffv.d; /* for the access log below */
+        size_t xff_sent_len = xffv.end;
         if (!have_proto)
-                buf_appendf(&b, "X-Forwarded-Proto: http\r\n");
+                buf_appendf(&b, "X-Forwarded-Proto: %s\r\n", c->ssl ? "https" : "http");
         if (!have_start) {
                 struct timespec ts;
                 clock_gettime(CLOCK_REALTIME, &ts);
@@ -749,9 +974,42 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         char uuid[37];
         uuid_v4(w, uuid);
         buf_appendf(&b, "X-Vcap-Request-Id: %s\r\n", uuid);
+        if (*rt->app_guid) {
+                /* The access log line's request half. */
+                struct buf a = { 0 };
+                rfc3339_now(c->acc_time, sizeof(c->acc_time));
+                buf_append(&a, host, (size_t)hl);
+                buf_appendf(&a, " - [%s] \"", c->acc_time);
+                acc_field(&a, h->method, h->method_len, 32);
+                buf_append(&a, " ", 1);
+                acc_field(&a, h->target, h->target_len, 1024);
+                buf_appendf(&a, " HTTP/1.%d\"", h->minor_version);
+                buf_append(&a, "", 1);
+                c->acc_head = a.d;
+                struct buf m = { 0 };
+                const struct http_header *ref = NULL, *ua = NULL;
+                for (size_t i = 0; i < h->n_headers; i++) {
+                        if (name_is(&h->headers[i], "Referer"))
+                                ref = &h->headers[i];
+                        else if (name_is(&h->headers[i], "User-Agent"))
+                                ua = &h->headers[i];
+                }
+                buf_append(&m, "\"", 1);
+                acc_field(&m, ref ? ref->value : NULL, ref ? ref->value_len : 0, 512);
+                buf_append(&m, "\" \"", 3);
+                acc_field(&m, ua ? ua->value : NULL, ua ? ua->value_len : 0, 512);
+                buf_appendf(&m, "\" \"%s:%u\"", c->peer_ip, c->peer_port);
+                buf_append(&m, "", 1);
+                c->acc_mid = m.d;
+                struct buf x = { 0 };
+                acc_field(&x, xff_sent, xff_sent_len, 512);
+                buf_append(&x, "", 1);
+                c->acc_xff = x.d;
+                memcpy(c->acc_id, uuid, sizeof(c->acc_id));
+        }
         c->up_prefix = b.d;
         c->up_prefix_len = b.end;
-        buf_alloc(&c->uin, PX_UIN_CAP);
+        wbuf_get(w, &c->uin, PX_UIN_CAP);
         client_connect(c);
 }
 
@@ -903,6 +1161,10 @@ static int client_parse_response(struct client *c)
                 c->resp_keep_alive = h->keep_alive && c->resp_mode != BODY_CLOSE && !tunnel;
                 if (c->resp_mode == BODY_CLOSE || w->stopping)
                         c->close_after = true;
+                c->status = h->status;
+                const struct rt_endpoint *ep = &c->route->eps[c->ep];
+                bool vcap = c->sticky[0] && strcmp(c->sticky, ep->instance_guid) != 0;
+                struct cookie_attrs ca = { 0 };
                 buf_appendf(&c->out, "HTTP/1.1 %d ", h->status);
                 buf_append(&c->out, h->reason, h->reason_len);
                 buf_append(&c->out, "\r\n", 2);
@@ -914,8 +1176,15 @@ static int client_parse_response(struct client *c)
                         }
                         if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh))
                                 continue;
+                        if (name_is(hh, "Set-Cookie") &&
+                            set_cookie_is(hh->value, hh->value_len, "JSESSIONID")) {
+                                vcap = true;
+                                set_cookie_attrs(hh->value, hh->value_len, &ca);
+                        }
                         buf_header(&c->out, hh->name, hh->name_len, hh->value, hh->value_len);
                 }
+                if (vcap && *ep->instance_guid)
+                        append_vcap_cookie(&c->out, ep->instance_guid, c->route->path, &ca);
                 if (tunnel)
                         buf_appendf(&c->out, "Connection: Upgrade\r\n");
                 else if (c->close_after)
@@ -940,38 +1209,141 @@ static int client_parse_response(struct client *c)
 
 enum io_result { IO_AGAIN, IO_PROGRESS, IO_EOF, IO_ERROR };
 
-static enum io_result read_into(int fd, struct buf *b, int *ret_errno)
+/* TLS: one SSL_read (which may also run the handshake); the hints follow what OpenSSL wants. */
+static enum io_result tls_read_into(struct handle *h, SSL *ssl, struct buf *b, int *ret_errno)
 {
+        size_t room = b->cap - b->end;
+        ERR_clear_error();
+        int k = SSL_read(ssl, b->d + b->end, (int)MIN(room, (size_t)INT32_MAX));
+        if (k > 0) {
+                /* Records may wait in the socket or in OpenSSL: no short-read shortcut, read to WANT_READ. */
+                b->end += (size_t)k;
+                return IO_PROGRESS;
+        }
+        switch (SSL_get_error(ssl, k)) {
+        case SSL_ERROR_WANT_READ:
+                h->rd = false;
+                return IO_AGAIN;
+        case SSL_ERROR_WANT_WRITE:
+                h->wr = false;
+                return IO_AGAIN;
+        case SSL_ERROR_ZERO_RETURN:
+                return IO_EOF;
+        default:
+                *ret_errno = EPROTO;
+                return IO_ERROR;
+        }
+}
+
+static enum io_result read_into(struct handle *h, SSL *ssl, struct buf *b, int *ret_errno)
+{
+        if (!h->rd)
+                return IO_AGAIN;
         buf_compact(b);
         if (b->end >= b->cap)
                 return IO_AGAIN;
-        ssize_t k = recv(fd, b->d + b->end, b->cap - b->end, 0);
+        if (ssl)
+                return tls_read_into(h, ssl, b, ret_errno);
+        size_t room = b->cap - b->end;
+        ssize_t k = recv(h->fd, b->d + b->end, room, 0);
         if (k > 0) {
                 b->end += (size_t)k;
+                if ((size_t)k < room)
+                        h->rd = false;
                 return IO_PROGRESS;
         }
         if (k == 0)
                 return IO_EOF;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                h->rd = errno == EINTR;
                 return IO_AGAIN;
+        }
         *ret_errno = errno;
         return IO_ERROR;
 }
 
-static enum io_result write_from(int fd, const char *p, size_t n, size_t *ret_written, int *ret_errno)
+static enum io_result write_from(struct handle *h, const char *p, size_t n, size_t *ret_written,
+                                 int *ret_errno)
 {
         *ret_written = 0;
-        if (n == 0)
+        if (n == 0 || !h->wr)
                 return IO_AGAIN;
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t k = send(h->fd, p, n, MSG_NOSIGNAL);
         if (k > 0) {
                 *ret_written = (size_t)k;
                 return IO_PROGRESS;
         }
-        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                h->wr = errno == EINTR;
                 return IO_AGAIN;
+        }
         *ret_errno = k < 0 ? errno : EPIPE;
         return IO_ERROR;
+}
+
+/* Like write_from for two pieces in one sendmsg (a head and the body bytes after it: one segment, one
+ * wakeup). */
+static enum io_result write_from2(struct handle *h, const char *p1, size_t n1, const char *p2, size_t n2,
+                                  size_t *ret_written, int *ret_errno)
+{
+        *ret_written = 0;
+        if (n2 == 0)
+                return write_from(h, p1, n1, ret_written, ret_errno);
+        if (!h->wr)
+                return IO_AGAIN;
+        struct iovec iov[2] = { { .iov_base = (void *)p1, .iov_len = n1 },
+                                { .iov_base = (void *)p2, .iov_len = n2 } };
+        struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
+        ssize_t k = sendmsg(h->fd, &m, MSG_NOSIGNAL);
+        if (k > 0) {
+                *ret_written = (size_t)k;
+                return IO_PROGRESS;
+        }
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                h->wr = errno == EINTR;
+                return IO_AGAIN;
+        }
+        *ret_errno = k < 0 ? errno : EPIPE;
+        return IO_ERROR;
+}
+
+static enum io_result tls_write(struct handle *h, SSL *ssl, const char *p, size_t n, size_t *ret_written,
+                                int *ret_errno)
+{
+        *ret_written = 0;
+        if (n == 0 || !h->wr)
+                return IO_AGAIN;
+        ERR_clear_error();
+        int k = SSL_write(ssl, p, (int)MIN(n, (size_t)INT32_MAX));
+        if (k > 0) {
+                *ret_written = (size_t)k;
+                return IO_PROGRESS;
+        }
+        switch (SSL_get_error(ssl, k)) {
+        case SSL_ERROR_WANT_WRITE:
+                h->wr = false;
+                return IO_AGAIN;
+        case SSL_ERROR_WANT_READ:
+                return IO_AGAIN; /* a handshake message first: the next input event runs us again */
+        default:
+                *ret_errno = EPROTO;
+                return IO_ERROR;
+        }
+}
+
+/* Write to the client: plain (head and body in one sendmsg) or TLS (one record after the other). */
+static enum io_result client_write2(struct client *c, const char *p1, size_t n1, const char *p2, size_t n2,
+                                    size_t *ret_written, int *ret_errno)
+{
+        if (!c->ssl)
+                return write_from2(&c->h, p1, n1, p2, n2, ret_written, ret_errno);
+        enum io_result r = tls_write(&c->h, c->ssl, p1, n1, ret_written, ret_errno);
+        if (r != IO_PROGRESS || *ret_written < n1 || n2 == 0)
+                return r;
+        size_t more = 0;
+        enum io_result r2 = tls_write(&c->h, c->ssl, p2, n2, &more, ret_errno);
+        *ret_written += more;
+        return r2 == IO_ERROR ? IO_ERROR : IO_PROGRESS;
 }
 
 /*
@@ -995,6 +1367,7 @@ static void client_upstream_lost(struct client *c, int error)
         struct rt_endpoint *ep = &c->route->eps[c->ep];
         log_warn("endpoint %s:%u of %s: %s before a response", ep->host, ep->port, c->route->host,
                  error ? strerror(error) : "connection closed");
+        metrics_add(&c->w->m.backend_errors, 1);
         client_respond_bad_gateway(c);
 }
 
@@ -1017,40 +1390,12 @@ static void client_finish(struct client *c)
         client_reset(c);
 }
 
+/* Make sure the connection's sockets are registered (edge-triggered: once for their life). */
 static void client_update_interest(struct client *c)
 {
-        struct worker *w = c->w;
-        uint32_t cm = 0, um = 0;
-        bool out_pending = buf_len(&c->out) > 0 || c->resp_fwd > 0;
-        switch (c->st) {
-        case CS_HEAD:
-                cm = EPOLLIN;
-                break;
-        case CS_CONNECT:
-                um = EPOLLOUT;
-                break;
-        case CS_PROXY:
-        case CS_TUNNEL:
-                if (!c->client_eof && (!c->req_done || c->st == CS_TUNNEL) && buf_len(&c->in) < c->in.cap)
-                        cm |= EPOLLIN;
-                if (out_pending)
-                        cm |= EPOLLOUT;
-                if (c->up) {
-                        if (c->up_head_sent < c->up_head_len || c->req_fwd > 0)
-                                um |= EPOLLOUT;
-                        if (!c->up_eof && (!c->resp_done || c->st == CS_TUNNEL) &&
-                            buf_len(&c->uin) < c->uin.cap)
-                                um |= EPOLLIN;
-                }
-                break;
-        case CS_RESPOND:
-                if (out_pending)
-                        cm |= EPOLLOUT;
-                break;
-        }
-        handle_want(w, &c->h, cm);
+        handle_arm(c->w, &c->h);
         if (c->up)
-                handle_want(w, &c->up->h, um);
+                handle_arm(c->w, &c->up->h);
 }
 
 /* Check a non-blocking connect's outcome. Returns 0 when connected, the error otherwise. */
@@ -1066,7 +1411,8 @@ static int upstream_connect_result(struct upstream *u)
 /* Drive one connection as far as it goes without blocking. */
 static void client_run(struct client *c)
 {
-        for (int guard = 0; guard < 64 && !c->h.dead; guard++) {
+        int guard;
+        for (guard = 0; guard < PX_RUN_STEPS && !c->h.dead; guard++) {
                 bool progress = false;
                 int e = 0;
                 size_t n = 0;
@@ -1075,9 +1421,12 @@ static void client_run(struct client *c)
                 bool want_client = c->st == CS_HEAD ||
                                    ((c->st == CS_PROXY || c->st == CS_CONNECT) && !c->req_done) ||
                                    c->st == CS_TUNNEL;
-                if (want_client && !c->client_eof) {
-                        buf_alloc(&c->in, PX_IN_CAP);
-                        enum io_result r = read_into(c->h.fd, &c->in, &e);
+                if (want_client && !c->client_eof && c->h.rd) {
+                        wbuf_get(c->w, &c->in, PX_IN_CAP);
+                        enum io_result r = read_into(&c->h, c->ssl, &c->in, &e);
+                        if (r == IO_AGAIN && c->st == CS_HEAD && buf_len(&c->in) == 0 &&
+                            (!c->ssl || SSL_is_init_finished(c->ssl)))
+                                wbuf_put(c->w, &c->in); /* an idle connection holds no buffer */
                         if (r == IO_PROGRESS)
                                 progress = true;
                         else if (r == IO_ERROR) {
@@ -1110,18 +1459,23 @@ static void client_run(struct client *c)
                 /* Us → backend. */
                 if ((c->st == CS_PROXY || c->st == CS_TUNNEL) && c->up) {
                         if (c->up_head_sent < c->up_head_len) {
-                                enum io_result r = write_from(c->up->h.fd, c->up_head + c->up_head_sent,
-                                                              c->up_head_len - c->up_head_sent, &n, &e);
+                                size_t hl = c->up_head_len - c->up_head_sent;
+                                enum io_result r = write_from2(&c->up->h, c->up_head + c->up_head_sent, hl,
+                                                               c->in.d + c->in.start, c->req_fwd, &n, &e);
                                 if (r == IO_ERROR) {
                                         client_upstream_lost(c, e);
                                         continue;
                                 }
-                                c->up_head_sent += n;
+                                size_t body = n > hl ? n - hl : 0;
+                                c->up_head_sent += n - body;
+                                buf_consume(&c->in, body);
+                                c->req_fwd -= body;
+                                c->req_sent += body;
                                 progress |= r == IO_PROGRESS;
                         }
                         if (c->up_head_sent == c->up_head_len && c->req_fwd > 0) {
                                 enum io_result r =
-                                    write_from(c->up->h.fd, c->in.d + c->in.start, c->req_fwd, &n, &e);
+                                    write_from(&c->up->h, c->in.d + c->in.start, c->req_fwd, &n, &e);
                                 if (r == IO_ERROR) {
                                         if (c->st == CS_TUNNEL) {
                                                 client_close(c);
@@ -1155,7 +1509,7 @@ static void client_run(struct client *c)
                 /* Backend → us. */
                 if ((c->st == CS_PROXY || c->st == CS_TUNNEL) && c->up && !c->up_eof &&
                     (!c->resp_done || c->st == CS_TUNNEL)) {
-                        enum io_result r = read_into(c->up->h.fd, &c->uin, &e);
+                        enum io_result r = read_into(&c->up->h, NULL, &c->uin, &e);
                         if (r == IO_PROGRESS)
                                 progress = true;
                         else if (r == IO_EOF || r == IO_ERROR) {
@@ -1193,30 +1547,40 @@ static void client_run(struct client *c)
                         }
                 }
 
-                /* Us → client. */
+                /* Us → client: a response head goes out with the body bytes behind it in one call. */
                 if (buf_len(&c->out) > 0) {
-                        enum io_result r =
-                            write_from(c->h.fd, c->out.d + c->out.start, buf_len(&c->out), &n, &e);
+                        size_t ol = buf_len(&c->out);
+                        enum io_result r = client_write2(c, c->out.d + c->out.start, ol,
+                                                         c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
                         if (r == IO_ERROR) {
                                 client_close(c);
                                 return;
                         }
-                        buf_consume(&c->out, n);
+                        size_t body = n > ol ? n - ol : 0;
+                        buf_consume(&c->out, n - body);
+                        buf_consume(&c->uin, body);
+                        c->resp_bytes += body;
+                        c->resp_fwd -= body;
                         progress |= r == IO_PROGRESS;
                 }
                 if (buf_len(&c->out) == 0 && c->resp_fwd > 0) {
-                        enum io_result r = write_from(c->h.fd, c->uin.d + c->uin.start, c->resp_fwd, &n, &e);
+                        enum io_result r =
+                            client_write2(c, c->uin.d + c->uin.start, c->resp_fwd, NULL, 0, &n, &e);
                         if (r == IO_ERROR) {
                                 client_close(c);
                                 return;
                         }
                         buf_consume(&c->uin, n);
+                        c->resp_bytes += n;
                         c->resp_fwd -= n;
                         progress |= r == IO_PROGRESS;
                 }
                 if (c->st == CS_TUNNEL && c->up_eof && c->resp_fwd == 0 && buf_len(&c->out) == 0 &&
                     !c->tunnel_u2c_shut) {
-                        shutdown(c->h.fd, SHUT_WR);
+                        if (c->ssl)
+                                SSL_shutdown(c->ssl);
+                        else
+                                shutdown(c->h.fd, SHUT_WR);
                         c->tunnel_u2c_shut = true;
                 }
 
@@ -1248,8 +1612,15 @@ static void client_run(struct client *c)
                 if (!progress)
                         break;
         }
-        if (!c->h.dead)
-                client_update_interest(c);
+        if (c->h.dead)
+                return;
+        client_update_interest(c);
+        if (guard == PX_RUN_STEPS && !c->queued) {
+                /* Edge-triggered: no event would bring it back. Fairness: others run first. */
+                c->queued = true;
+                c->again = c->w->again;
+                c->w->again = c;
+        }
 }
 
 static void upstream_event(struct upstream *u, uint32_t events)
@@ -1257,7 +1628,10 @@ static void upstream_event(struct upstream *u, uint32_t events)
         struct worker *w = u->w;
         struct client *c = u->owner;
         if (!c) {
-                /* Idle in the pool: the backend closed it or sent something unasked. */
+                /* Idle in the pool: the backend closed it or sent something unasked (output space alone is no
+                 * news). */
+                if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+                        return;
                 pool_unlink(w, u);
                 upstream_destroy(w, u);
                 return;
@@ -1304,12 +1678,13 @@ static void client_timeout(struct client *c)
         }
 }
 
-static void worker_accept(struct worker *w)
+static void worker_accept(struct worker *w, bool tls)
 {
         for (int i = 0; i < 256; i++) {
                 struct sockaddr_storage ss;
                 socklen_t sl = sizeof(ss);
-                int fd = accept4(w->listen.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                int fd = accept4(tls ? w->listen_tls.fd : w->listen.fd, (struct sockaddr *)&ss, &sl,
+                                 SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0) {
                         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
                             errno != ECONNABORTED)
@@ -1323,10 +1698,24 @@ static void worker_accept(struct worker *w)
                 int one = 1;
                 setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
                 struct client *c = xcalloc(1, sizeof(*c));
-                c->h = (struct handle){ .kind = HK_CLIENT, .fd = fd };
+                /* The request may be here already: the first run reads before any event. */
+                c->h = (struct handle){ .kind = HK_CLIENT, .fd = fd, .rd = true, .wr = true };
                 c->w = w;
                 c->ep = -1;
+                if (tls) {
+                        c->ssl = SSL_new(w->p->tls[0]);
+                        if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+                                log_warn("TLS: cannot set up a connection");
+                                SSL_free(c->ssl);
+                                close(fd);
+                                free(c);
+                                continue;
+                        }
+                        SSL_set_accept_state(c->ssl);
+                }
                 sockaddr_ip(&ss, c->peer_ip, sizeof(c->peer_ip));
+                c->peer_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                              : ((struct sockaddr_in *)&ss)->sin_port);
                 if (ss.ss_family == AF_INET6 && strncmp(c->peer_ip, "::ffff:", 7) == 0)
                         memmove(c->peer_ip, c->peer_ip + 7, strlen(c->peer_ip + 7) + 1);
                 c->st = CS_HEAD;
@@ -1336,6 +1725,8 @@ static void worker_accept(struct worker *w)
                         w->clients->prev = c;
                 w->clients = c;
                 w->n_clients++;
+                metrics_add(&w->m.connections_accepted, 1);
+                metrics_gauge(&w->m.open_connections, 1);
                 client_update_interest(c);
         }
 }
@@ -1383,7 +1774,7 @@ static void *worker_main(void *arg)
         struct epoll_event evs[128];
         int64_t last_tick = router_now_ms();
         for (;;) {
-                int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), PX_TICK_MS);
+                int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), w->again ? 0 : PX_TICK_MS);
                 if (n < 0 && errno != EINTR) {
                         log_error("epoll_wait: %s", strerror(errno));
                         break;
@@ -1394,7 +1785,8 @@ static void *worker_main(void *arg)
                                 continue;
                         switch (h->kind) {
                         case HK_LISTEN:
-                                worker_accept(w);
+                        case HK_LISTEN_TLS:
+                                worker_accept(w, h->kind == HK_LISTEN_TLS);
                                 break;
                         case HK_EVENT: {
                                 uint64_t v;
@@ -1404,11 +1796,17 @@ static void *worker_main(void *arg)
                                         w->stopping = true;
                                         w->drain_deadline = router_now_ms() + w->p->o.drain_timeout_ms;
                                         handle_close(w, &w->listen);
+                                        if (w->listen_tls.fd >= 0)
+                                                handle_close(w, &w->listen_tls);
                                 }
                                 break;
                         }
                         case HK_CLIENT: {
                                 struct client *c = (struct client *)h;
+                                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+                                        h->rd = true;
+                                if (evs[i].events & (EPOLLOUT | EPOLLHUP))
+                                        h->wr = true;
                                 if (evs[i].events & EPOLLERR) {
                                         client_close(c);
                                         break;
@@ -1417,9 +1815,23 @@ static void *worker_main(void *arg)
                                 break;
                         }
                         case HK_UPSTREAM:
+                                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR))
+                                        h->rd = true;
+                                if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                                        h->wr = true;
                                 upstream_event((struct upstream *)h, evs[i].events);
                                 break;
                         }
+                }
+                /* Runs cut short by their step bound go on (before any reaping: dead ones are skipped). */
+                struct client *again = w->again;
+                w->again = NULL;
+                while (again) {
+                        struct client *c = again;
+                        again = c->again;
+                        c->queued = false;
+                        if (!c->h.dead)
+                                client_run(c);
                 }
                 worker_reap(w);
                 int64_t now = router_now_ms();
@@ -1488,6 +1900,30 @@ static int open_listener(const struct sockaddr *sa, socklen_t sl, struct berr **
         return TAKE_FD(fd);
 }
 
+void proxy_metrics(const struct proxy *p, struct router_metrics *sum)
+{
+        memset(sum, 0, sizeof(*sum));
+        for (unsigned i = 0; i < p->n_workers; i++) {
+                const struct router_metrics *m = &p->workers[i].m;
+                for (size_t k = 0; k < ARRAY_SIZE(m->requests); k++)
+                        metrics_add(&sum->requests[k],
+                                    atomic_load_explicit(&m->requests[k], memory_order_relaxed));
+                for (size_t k = 0; k < ARRAY_SIZE(m->latency); k++)
+                        metrics_add(&sum->latency[k],
+                                    atomic_load_explicit(&m->latency[k], memory_order_relaxed));
+                metrics_add(&sum->latency_sum_us,
+                            atomic_load_explicit(&m->latency_sum_us, memory_order_relaxed));
+                metrics_add(&sum->backend_errors,
+                            atomic_load_explicit(&m->backend_errors, memory_order_relaxed));
+                metrics_add(&sum->connections_accepted,
+                            atomic_load_explicit(&m->connections_accepted, memory_order_relaxed));
+                metrics_gauge(&sum->open_connections,
+                              atomic_load_explicit(&m->open_connections, memory_order_relaxed));
+                metrics_gauge(&sum->open_backend_connections,
+                              atomic_load_explicit(&m->open_backend_connections, memory_order_relaxed));
+        }
+}
+
 const char *proxy_address(const struct proxy *p)
 {
         return p->address;
@@ -1497,6 +1933,9 @@ static void worker_cleanup(struct worker *w)
 {
         if (w->listen.fd >= 0)
                 close(w->listen.fd);
+        if (w->listen_tls.fd >= 0)
+                close(w->listen_tls.fd);
+        w->listen_tls.fd = -1;
         if (w->event.fd >= 0)
                 close(w->event.fd);
         if (w->epfd >= 0)
@@ -1505,16 +1944,102 @@ static void worker_cleanup(struct worker *w)
         if (w->table)
                 route_table_unref(w->table);
         w->table = NULL;
+        while (w->n_cache_in > 0)
+                free(w->cache_in[--w->n_cache_in]);
+        while (w->n_cache_uin > 0)
+                free(w->cache_uin[--w->n_cache_uin]);
 }
 
 void proxy_free(struct proxy *p)
 {
         if (!p)
                 return;
-        for (unsigned i = 0; i < p->n_workers; i++)
+        for (unsigned i = 0; i < p->n_workers; i++) {
                 worker_cleanup(&p->workers[i]);
+                access_queue_destroy(&p->workers[i].aq);
+        }
         free(p->workers);
+        free(p->aqs);
+        for (size_t i = 0; i < p->n_tls; i++)
+                SSL_CTX_free(p->tls[i]);
+        free(p->tls);
         free(p);
+}
+
+/* SNI: the first certificate whose names cover the requested host; else the first one (already set). */
+static int tls_servername(SSL *ssl, int *alert, void *arg)
+{
+        (void)alert;
+        struct proxy *p = arg;
+        const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+        if (!name || !*name)
+                return SSL_TLSEXT_ERR_OK;
+        for (size_t i = 0; i < p->n_tls; i++) {
+                X509 *cert = SSL_CTX_get0_certificate(p->tls[i]);
+                if (cert && X509_check_host(cert, name, 0, 0, NULL) == 1) {
+                        if (i > 0)
+                                SSL_set_SSL_CTX(ssl, p->tls[i]);
+                        return SSL_TLSEXT_ERR_OK;
+                }
+        }
+        return SSL_TLSEXT_ERR_OK;
+}
+
+/* ALPN: HTTP/1.1 only (a client offering only h2 gets no protocol and may fall back or give up). */
+static int tls_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                    unsigned int inlen, void *arg)
+{
+        (void)ssl, (void)arg;
+        for (unsigned i = 0; i < inlen;) {
+                unsigned l = in[i];
+                if (i + 1 + l > inlen)
+                        break;
+                if (l == 8 && memcmp(in + i + 1, "http/1.1", 8) == 0) {
+                        *out = in + i + 1;
+                        *outlen = (unsigned char)l;
+                        return SSL_TLSEXT_ERR_OK;
+                }
+                i += 1 + l;
+        }
+        return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int tls_setup(struct proxy *p, const struct router_opts *o, struct berr **err)
+{
+        p->tls = xcalloc(o->n_tls_certs, sizeof(*p->tls));
+        for (size_t i = 0; i < o->n_tls_certs; i++) {
+                SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+                p->tls[p->n_tls++] = ctx;
+                if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
+                    SSL_CTX_use_certificate_chain_file(ctx, o->tls_certs[i].cert) != 1 ||
+                    SSL_CTX_use_PrivateKey_file(ctx, o->tls_certs[i].key, SSL_FILETYPE_PEM) != 1 ||
+                    SSL_CTX_check_private_key(ctx) != 1) {
+                        unsigned long e = ERR_get_error();
+                        char msg[256];
+                        ERR_error_string_n(e, msg, sizeof(msg));
+                        ERR_clear_error();
+                        return berr_set(err, -EINVAL, "TLS certificate %s / key %s: %s", o->tls_certs[i].cert,
+                                        o->tls_certs[i].key, e ? msg : "unusable");
+                }
+                SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                                          SSL_MODE_RELEASE_BUFFERS);
+                SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+                SSL_CTX_set_alpn_select_cb(ctx, tls_alpn, NULL);
+                SSL_CTX_set_tlsext_servername_callback(ctx, tls_servername);
+                SSL_CTX_set_tlsext_servername_arg(ctx, p);
+        }
+        return 0;
+}
+
+struct access_queue *const *proxy_access_queues(const struct proxy *p, size_t *n)
+{
+        *n = p->n_workers;
+        return p->aqs;
+}
+
+const char *proxy_tls_address(const struct proxy *p)
+{
+        return p->tls_address[0] ? p->tls_address : NULL;
 }
 
 int proxy_start(const struct router_opts *o, struct route_store *store, struct proxy **ret, struct berr **err)
@@ -1531,11 +2056,24 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
         for (unsigned i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 w->p = p;
-                w->epfd = w->listen.fd = w->event.fd = -1;
+                w->epfd = w->listen.fd = w->event.fd = w->listen_tls.fd = -1;
                 w->rnd_pos = sizeof(w->rnd);
+                access_queue_init(&w->aq);
         }
-        struct sockaddr_storage bound;
-        socklen_t bound_len = 0;
+        p->aqs = xcalloc(p->n_workers, sizeof(*p->aqs));
+        for (unsigned i = 0; i < p->n_workers; i++)
+                p->aqs[i] = &p->workers[i].aq;
+        struct addrinfo *tai = NULL;
+        if (o->tls_listen) {
+                if (o->n_tls_certs == 0) {
+                        r = berr_set(err, -EINVAL, "TLS: tls_listen needs at least one certificate and key");
+                        goto fail;
+                }
+                if ((r = tls_setup(p, o, err)) < 0 || (r = parse_listen(o->tls_listen, &tai, err)) < 0)
+                        goto fail;
+        }
+        struct sockaddr_storage bound, tbound;
+        socklen_t bound_len = 0, tbound_len = 0;
         for (unsigned i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 /* The first listener may bind port 0; the others join the port it got. */
@@ -1554,6 +2092,22 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                                 goto fail;
                         }
                 }
+                if (tai) {
+                        const struct sockaddr *tsa = i == 0 ? tai->ai_addr : (const struct sockaddr *)&tbound;
+                        r = open_listener(tsa, i == 0 ? tai->ai_addrlen : tbound_len, err);
+                        if (r < 0) {
+                                r = berr_prefix(err, r, "listen on %s", o->tls_listen);
+                                goto fail;
+                        }
+                        w->listen_tls = (struct handle){ .kind = HK_LISTEN_TLS, .fd = r };
+                        if (i == 0) {
+                                tbound_len = sizeof(tbound);
+                                if (getsockname(r, (struct sockaddr *)&tbound, &tbound_len) < 0) {
+                                        r = berr_set_errno(err, -errno, "getsockname");
+                                        goto fail;
+                                }
+                        }
+                }
                 w->epfd = epoll_create1(EPOLL_CLOEXEC);
                 int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
                 if (w->epfd < 0 || efd < 0) {
@@ -1564,6 +2118,8 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                 }
                 w->event = (struct handle){ .kind = HK_EVENT, .fd = efd };
                 handle_want(w, &w->listen, EPOLLIN);
+                if (w->listen_tls.fd >= 0)
+                        handle_want(w, &w->listen_tls, EPOLLIN);
                 handle_want(w, &w->event, EPOLLIN);
         }
         char ip[INET6_ADDRSTRLEN];
@@ -1571,6 +2127,13 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
         uint16_t port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                           : ((struct sockaddr_in *)&bound)->sin_port);
         snprintf(p->address, sizeof(p->address), bound.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+        if (tai) {
+                sockaddr_ip(&tbound, ip, sizeof(ip));
+                port = ntohs(tbound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&tbound)->sin6_port
+                                                          : ((struct sockaddr_in *)&tbound)->sin_port);
+                snprintf(p->tls_address, sizeof(p->tls_address),
+                         tbound.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+        }
         for (unsigned i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];
                 int e = pthread_create(&w->thread, NULL, worker_main, w);
@@ -1582,10 +2145,14 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                 w->started = true;
         }
         freeaddrinfo(ai);
+        if (tai)
+                freeaddrinfo(tai);
         *ret = p;
         return 0;
 fail:
         freeaddrinfo(ai);
+        if (tai)
+                freeaddrinfo(tai);
         proxy_free(p);
         return r;
 }

@@ -21,6 +21,17 @@
 #define RT_FAIL_SKIP_MS    30000 /* Gorouter's retryAfterFailure */
 #define RT_MAX_TABLE_BYTES (64u << 20)
 
+/*
+ * What the router knows about one backend address across tables (each table listing the address holds a
+ * reference), shared by the workers: the failure mark and the load.
+ */
+struct rt_ep_stats {
+        _Atomic long refs;
+        _Atomic int64_t failed_until_ms; /* monotonic ms until which it is skipped after a failed dial */
+        _Atomic int active;              /* requests in flight to it, all workers */
+};
+void rt_ep_stats_unref(struct rt_ep_stats *st);
+
 struct rt_endpoint {
         char *instance_guid;
         int index;
@@ -28,8 +39,7 @@ struct rt_endpoint {
         uint16_t port;
         struct sockaddr_storage addr;
         socklen_t addr_len;
-        /* Monotonic ms until which the endpoint is skipped after a failed dial; shared by the workers. */
-        _Atomic int64_t failed_until_ms;
+        struct rt_ep_stats *st; /* a reference */
 };
 
 struct rt_route {
@@ -84,11 +94,18 @@ int route_host_normalize(const char *in, size_t len, char *out, size_t outsz);
 const struct rt_route *route_table_lookup(const struct route_table *t, const char *host, size_t host_len,
                                           const char *path, size_t path_len);
 
+enum rt_balance { RT_ROUND_ROBIN, RT_LEAST_CONN };
+#define RT_PICK_NONE  (-1) /* every endpoint was tried */
+#define RT_PICK_LIMIT (-2) /* every untried endpoint is at max_conns */
+
 /*
- * Round-robin choice among rt's endpoints, skipping the ones in tried (bitmask of indexes < 64) and,
- * while others remain, the ones marked failed at now_ms. Returns an index, or -1 if none is left.
+ * Choose one of rt's endpoints, skipping the ones in tried (bitmask of indexes < 64), the ones with
+ * max_conns requests in flight (0: no limit) and, while others remain, the ones marked failed at now_ms:
+ * round-robin, or the fewest requests in flight (ties broken by rotation). A sticky instance guid (may be
+ * NULL) wins when it is listed, untried, not failed and under the limit. Returns an index or RT_PICK_*.
  */
-int route_pick(struct rt_route *rt, int64_t now_ms, uint64_t tried);
+int route_pick(struct rt_route *rt, enum rt_balance how, unsigned max_conns, const char *sticky,
+               int64_t now_ms, uint64_t tried);
 void route_mark_failed(struct rt_endpoint *ep, int64_t now_ms);
 
 /* The current table, shared by the watcher (writer) and the workers (readers). */
@@ -116,6 +133,14 @@ struct router_opts {
         unsigned idle_timeout_ms;
         unsigned head_timeout_ms;
         unsigned drain_timeout_ms;
+        enum rt_balance balance;
+        char *metrics_listen; /* HOST:PORT, or NULL: no metrics server */
+        char *tls_listen;     /* HOST:PORT, or NULL: no TLS listener */
+        struct router_tls_cert {
+                char *cert, *key; /* PEM files: the chain, the key */
+        } * tls_certs;
+        size_t n_tls_certs;
+        unsigned backend_max_conns; /* per backend address, all workers; 0: no limit */
 };
 
 /* The route watcher: long-polls the controller in its own thread until stop is set. */
@@ -129,8 +154,100 @@ void route_watch_stop(struct route_watch *w);
 struct proxy;
 int proxy_start(const struct router_opts *o, struct route_store *store, struct proxy **ret,
                 struct berr **err);
+/* Each worker's access log queue (n of them), for the shipper; valid until proxy_free. */
+struct access_queue;
+struct access_queue *const *proxy_access_queues(const struct proxy *p, size_t *n);
+/* The TLS listener's bound address, or NULL; valid until proxy_free. */
+const char *proxy_tls_address(const struct proxy *p);
 /* The bound address ("127.0.0.1:9080"); valid until proxy_free. */
 const char *proxy_address(const struct proxy *p);
 /* Stop accepting, let in-flight requests finish up to drain_timeout_ms, join the workers. */
 void proxy_stop(struct proxy *p);
 void proxy_free(struct proxy *p);
+
+/* ---- cookies (cookie.c): Gorouter's sticky sessions ---- */
+
+/* Copy the value of cookie `name` from a Cookie header value into out (size n); "" if absent or too long. */
+void cookie_value(const char *v, size_t len, const char *name, char *out, size_t n);
+/* Whether a Set-Cookie header value sets the cookie `name`. */
+bool set_cookie_is(const char *v, size_t len, const char *name);
+
+struct cookie_attrs {
+        bool secure, partitioned, max_age_negative;
+        char same_site[16];
+        char expires[64];
+};
+/* The attributes of a Set-Cookie value that Gorouter copies to __VCAP_ID__. */
+void set_cookie_attrs(const char *v, size_t len, struct cookie_attrs *a);
+/*
+ * The __VCAP_ID__ cookie's Set-Cookie value for instance guid on a route with path ("" → "/"), with the
+ * copied attributes, into out (size n). Returns its length, or -1 if it does not fit.
+ */
+int vcap_cookie_format(char *out, size_t n, const char *guid, const char *path, const struct cookie_attrs *a);
+
+/* ---- metrics (metrics.c), Prometheus text on a port of its own ---- */
+
+#define RM_LATENCY_BUCKETS 14
+extern const double rm_latency_bounds_s[RM_LATENCY_BUCKETS];
+
+/* One worker's counters: written by its thread only, read by the metrics thread (relaxed atomics). */
+struct router_metrics {
+        _Atomic uint64_t requests[6]; /* by status class: [1] 1xx ... [5] 5xx, [0] other */
+        _Atomic uint64_t latency[RM_LATENCY_BUCKETS + 1]; /* per bucket (not cumulative), last: +Inf */
+        _Atomic uint64_t latency_sum_us;
+        _Atomic uint64_t backend_errors; /* failed dials, and backends lost before a response */
+        _Atomic uint64_t connections_accepted;
+        _Atomic int64_t open_connections;         /* client connections */
+        _Atomic int64_t open_backend_connections; /* in use or pooled */
+};
+
+static inline void metrics_add(_Atomic uint64_t *c, uint64_t n)
+{
+        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+static inline void metrics_gauge(_Atomic int64_t *g, int64_t d)
+{
+        atomic_store_explicit(g, atomic_load_explicit(g, memory_order_relaxed) + d, memory_order_relaxed);
+}
+void metrics_request(struct router_metrics *m, int status, int64_t latency_us);
+/* The sum of every worker's counters. */
+void proxy_metrics(const struct proxy *p, struct router_metrics *sum);
+/* Render sum as Prometheus text (exposition format 0.0.4); returns a malloc'ed string. */
+char *metrics_render(const struct router_metrics *sum);
+
+struct metrics_server;
+/* Serve GET /metrics on listen (HOST:PORT) from a thread of its own. */
+int metrics_start(const char *listen, const struct proxy *p, struct metrics_server **ret, struct berr **err);
+void metrics_stop(struct metrics_server *s);
+
+/* ---- access logs (accesslog.c): one line per request, shipped to the controller as the app's RTR logs ----
+ */
+
+#define AL_QUEUE_MAX 10000 /* lines waiting per worker; more are dropped (counted) */
+
+struct access_line {
+        char app_guid[40];
+        char time[40]; /* RFC 3339 with nanoseconds, like the cells' log lines */
+        char *text;    /* owned */
+};
+
+/* One worker's queue: the worker appends, the shipper takes the whole array under the lock. */
+struct access_queue {
+        pthread_mutex_t mu;
+        struct access_line *v;
+        size_t n, cap;
+        _Atomic uint64_t dropped;
+};
+void access_queue_init(struct access_queue *q);
+void access_queue_destroy(struct access_queue *q);
+/* Queue a line (takes text); drops it when the queue is full. */
+void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, char *text);
+
+struct access_shipper;
+/*
+ * POST the queued lines to {controller}/internal/v1/logs every 200 ms from a thread of its own (best effort:
+ * a controller that is down loses them, counted). index is the router's RTR/<index>.
+ */
+int access_shipper_start(const struct router_opts *o, struct access_queue *const *queues, size_t n,
+                         struct access_shipper **ret, struct berr **err);
+void access_shipper_stop(struct access_shipper *s);

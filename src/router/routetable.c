@@ -17,6 +17,12 @@ int64_t router_now_ms(void)
         return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void rt_ep_stats_unref(struct rt_ep_stats *st)
+{
+        if (st && atomic_fetch_sub_explicit(&st->refs, 1, memory_order_acq_rel) == 1)
+                free(st);
+}
+
 static void route_table_free(struct route_table *t)
 {
         if (!t)
@@ -26,6 +32,7 @@ static void route_table_free(struct route_table *t)
                 for (size_t j = 0; j < r->n_eps; j++) {
                         free(r->eps[j].instance_guid);
                         free(r->eps[j].host);
+                        rt_ep_stats_unref(r->eps[j].st);
                 }
                 free(r->eps);
                 free(r->host);
@@ -128,18 +135,51 @@ static int endpoint_resolve(struct rt_endpoint *ep)
         return 0;
 }
 
-static const struct rt_endpoint *find_prev_endpoint(const struct route_table *prev,
-                                                    const struct rt_endpoint *ep)
+/* The previous table's endpoints by address (open addressing), to carry their stats over in O(1) each. */
+struct prev_index {
+        const struct rt_endpoint **slot;
+        size_t n; /* a power of two, or 0 */
+};
+
+static uint64_t addr_hash(const struct sockaddr_storage *a, socklen_t len)
 {
-        if (!prev)
+        const unsigned char *p = (const unsigned char *)a;
+        uint64_t h = 1469598103934665603ull;
+        for (socklen_t i = 0; i < len; i++)
+                h = (h ^ p[i]) * 1099511628211ull;
+        return h;
+}
+
+static void prev_index_build(struct prev_index *x, const struct route_table *prev)
+{
+        *x = (struct prev_index){ 0 };
+        size_t total = 0;
+        for (size_t i = 0; prev && i < prev->n_routes; i++)
+                total += prev->routes[i].n_eps;
+        if (total == 0)
+                return;
+        x->n = 16;
+        while (x->n < total * 2)
+                x->n *= 2;
+        x->slot = xcalloc(x->n, sizeof(*x->slot));
+        for (size_t i = 0; i < prev->n_routes; i++)
+                for (size_t j = 0; j < prev->routes[i].n_eps; j++) {
+                        const struct rt_endpoint *ep = &prev->routes[i].eps[j];
+                        size_t b = addr_hash(&ep->addr, ep->addr_len) & (x->n - 1);
+                        while (x->slot[b])
+                                b = (b + 1) & (x->n - 1);
+                        x->slot[b] = ep;
+                }
+}
+
+static const struct rt_endpoint *find_prev_endpoint(const struct prev_index *x, const struct rt_endpoint *ep)
+{
+        if (x->n == 0)
                 return NULL;
-        for (size_t i = 0; i < prev->n_routes; i++) {
-                const struct rt_route *r = &prev->routes[i];
-                for (size_t j = 0; j < r->n_eps; j++)
-                        if (r->eps[j].addr_len == ep->addr_len &&
-                            memcmp(&r->eps[j].addr, &ep->addr, ep->addr_len) == 0)
-                                return &r->eps[j];
-        }
+        for (size_t b = addr_hash(&ep->addr, ep->addr_len) & (x->n - 1); x->slot[b]; b = (b + 1) & (x->n - 1))
+                if (x->slot[b]->addr_len == ep->addr_len &&
+                    memcmp(&x->slot[b]->addr, &ep->addr, ep->addr_len) == 0)
+                        return x->slot[b];
         return NULL;
 }
 
@@ -157,7 +197,7 @@ static int parse_path(const char *p, char **ret, size_t *ret_len)
         return 0;
 }
 
-static int parse_route(const json_t *jr, size_t ri, const struct route_table *prev, struct rt_route *r,
+static int parse_route(const json_t *jr, size_t ri, const struct prev_index *prev, struct rt_route *r,
                        struct berr **err)
 {
         const char *host = NULL, *path = NULL, *rguid = NULL, *aguid = NULL;
@@ -214,8 +254,13 @@ static int parse_route(const json_t *jr, size_t ri, const struct route_table *pr
                         continue;
                 }
                 const struct rt_endpoint *old = find_prev_endpoint(prev, ep);
-                if (old)
-                        atomic_store(&ep->failed_until_ms, atomic_load(&old->failed_until_ms));
+                if (old) {
+                        ep->st = old->st;
+                        atomic_fetch_add_explicit(&ep->st->refs, 1, memory_order_relaxed);
+                } else {
+                        ep->st = xcalloc(1, sizeof(*ep->st));
+                        atomic_init(&ep->st->refs, 1);
+                }
         }
         return 0;
 }
@@ -238,12 +283,17 @@ int route_table_from_json(const json_t *doc, const struct route_table *prev, str
         atomic_init(&t->refs, 1);
         t->index = (uint64_t)json_integer_value(jidx);
         t->routes = n ? xcalloc(n, sizeof(*t->routes)) : NULL;
+        struct prev_index px;
+        prev_index_build(&px, prev);
         for (size_t i = 0; i < n; i++) {
-                int r = parse_route(json_array_get(routes, i), i, prev, &t->routes[t->n_routes], err);
+                int r = parse_route(json_array_get(routes, i), i, &px, &t->routes[t->n_routes], err);
                 t->n_routes++;
-                if (r < 0)
+                if (r < 0) {
+                        free(px.slot);
                         return r;
+                }
         }
+        free(px.slot);
         if (t->n_routes > 1)
                 qsort(t->routes, t->n_routes, sizeof(*t->routes), route_cmp);
         /* Duplicate (host, path) pairs: keep the first, whose endpoints win; drop the later ones' lookups. */
@@ -314,30 +364,60 @@ const struct rt_route *route_table_lookup(const struct route_table *t, const cha
         return lookup_host(t, w, rest + 1, path, path_len);
 }
 
-int route_pick(struct rt_route *rt, int64_t now_ms, uint64_t tried)
+static bool ep_full(const struct rt_endpoint *ep, unsigned max_conns)
+{
+        return max_conns && atomic_load_explicit(&ep->st->active, memory_order_relaxed) >= (int)max_conns;
+}
+
+int route_pick(struct rt_route *rt, enum rt_balance how, unsigned max_conns, const char *sticky,
+               int64_t now_ms, uint64_t tried)
 {
         size_t n = rt->n_eps;
         if (n == 0)
-                return -1;
+                return RT_PICK_NONE;
+        if (sticky && *sticky)
+                for (size_t i = 0; i < n; i++)
+                        if (strcmp(rt->eps[i].instance_guid, sticky) == 0) {
+                                if ((i >= 64 || !(tried & (1ULL << i))) && !ep_full(&rt->eps[i], max_conns) &&
+                                    atomic_load_explicit(&rt->eps[i].st->failed_until_ms,
+                                                         memory_order_relaxed) <= now_ms)
+                                        return (int)i;
+                                break;
+                        }
         unsigned start = atomic_fetch_add_explicit(&rt->rr, 1, memory_order_relaxed);
-        int fallback = -1;
+        int fallback = -1, best = -1, best_active = 0;
+        bool limited = false;
         for (size_t k = 0; k < n; k++) {
                 size_t i = (start + k) % n;
                 if (i < 64 && (tried & (1ULL << i)))
                         continue;
-                if (atomic_load_explicit(&rt->eps[i].failed_until_ms, memory_order_relaxed) > now_ms) {
+                if (ep_full(&rt->eps[i], max_conns)) {
+                        limited = true;
+                        continue;
+                }
+                if (atomic_load_explicit(&rt->eps[i].st->failed_until_ms, memory_order_relaxed) > now_ms) {
                         if (fallback < 0)
                                 fallback = (int)i;
                         continue;
                 }
-                return (int)i;
+                if (how == RT_ROUND_ROBIN)
+                        return (int)i;
+                int a = atomic_load_explicit(&rt->eps[i].st->active, memory_order_relaxed);
+                if (best < 0 || a < best_active) {
+                        best = (int)i;
+                        best_active = a;
+                }
         }
-        return fallback;
+        if (best >= 0)
+                return best;
+        if (fallback >= 0)
+                return fallback;
+        return limited ? RT_PICK_LIMIT : RT_PICK_NONE;
 }
 
 void route_mark_failed(struct rt_endpoint *ep, int64_t now_ms)
 {
-        atomic_store_explicit(&ep->failed_until_ms, now_ms + RT_FAIL_SKIP_MS, memory_order_relaxed);
+        atomic_store_explicit(&ep->st->failed_until_ms, now_ms + RT_FAIL_SKIP_MS, memory_order_relaxed);
 }
 
 void route_store_init(struct route_store *s)

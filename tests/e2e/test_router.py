@@ -44,6 +44,7 @@ class FakeController:
         self.routes = []
         self.polls = 0
         self.unauthorized = 0
+        self.access_lines = []
         self.stopped = False
         ctl = self
 
@@ -75,6 +76,16 @@ class FakeController:
                         return
                     body = json.dumps({"index": ctl.index, "routes": ctl.routes}).encode()
                 self._send(200, body)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                data = self.rfile.read(n)
+                if self.path != "/internal/v1/logs" or self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._send(404, b"{}")
+                with ctl.cond:
+                    ctl.access_lines += json.loads(data)["lines"]
+                    ctl.cond.notify_all()
+                self._send(202, b"{}")
 
             def _send(self, status, body):
                 self.send_response(status)
@@ -181,7 +192,10 @@ class Backend:
                     time.sleep(float(q["s"][0]))
                 body = json.dumps({"backend": be.name, "path": self.path, "headers": hdrs,
                                    "peer_port": self.client_address[1]}).encode()
-                self._reply(200, body)
+                extra = None
+                if u.path.endswith("/login"):  # a session starts (Java's cookie): the router makes it sticky
+                    extra = {"Set-Cookie": "JSESSIONID=s-" + be.name + "; Path=/; Secure; SameSite=Strict"}
+                self._reply(200, body, extra=extra)
 
             do_HEAD = do_GET
 
@@ -736,3 +750,408 @@ def test_backend_closing_pooled_connections(rig):
         assert (r.status, r.read()) == (200, b"ok"), i
     c.close()
     assert cb.connections >= 40
+
+
+# ---------------------------------------------------------------------------------------------- issue 6
+
+
+def extra_router(rig, config):
+    """A second router on the rig's controller with its own config (stopped by the rig)."""
+    d = tempfile.mkdtemp(dir=rig["tmp"])
+    r = Router(rig["ctl"].url, d, config=config)
+    rig.setdefault("extras", []).append(r)
+    return r
+
+
+def test_sticky_sessions(rig):
+    b0, b1 = rig["backends"]
+    serve(rig, [route("sticky.test", [b0.port, b1.port], path="")])
+    router = rig["router"]
+    # No session cookie in the response: no __VCAP_ID__.
+    r, _ = router.get("sticky.test", path="/echo")
+    assert r.getheader("Set-Cookie") is None
+    r, body = router.get("sticky.test", path="/login")
+    who = json.loads(body)["backend"]
+    port = {"b0": b0.port, "b1": b1.port}[who]
+    idx = 0 if who == "b0" else 1
+    guid = f"inst-{idx}-{port}"
+    cookies = r.msg.get_all("Set-Cookie")
+    assert f"JSESSIONID=s-{who}; Path=/; Secure; SameSite=Strict" in cookies, cookies
+    assert f"__VCAP_ID__={guid}; Path=/; HttpOnly; Secure; SameSite=Strict" in cookies, cookies
+    jar = {"Cookie": f"JSESSIONID=s-{who}; __VCAP_ID__={guid}"}
+    seen = {json.loads(router.get("sticky.test", headers=jar)[1])["backend"] for _ in range(12)}
+    assert seen == {who}, seen
+    # A sticky request whose instance went to another gets a new __VCAP_ID__ for the instance it reached.
+    other = b1 if who == "b0" else b0
+    rig["ctl"].set_routes([route("sticky.test", [other.port])])
+    wait_until(lambda: all(json.loads(router.get("sticky.test")[1])["backend"] == other.name for _ in range(6)),
+               timeout=5, what="the new table")
+    r, body = router.get("sticky.test", headers=jar)
+    assert json.loads(body)["backend"] == other.name
+    assert r.getheader("Set-Cookie") == f"__VCAP_ID__=inst-0-{other.port}; Path=/; HttpOnly"
+    # Unknown and oversized __VCAP_ID__ values are ignored.
+    for bad in ("nope", "x" * 500):
+        r, _ = router.get("sticky.test", headers={"Cookie": f"__VCAP_ID__={bad}"})
+        assert r.status == 200
+
+
+def test_sticky_cookie_path_is_the_routes(rig):
+    b0, _ = rig["backends"]
+    rig["ctl"].set_routes([route("sp.test", [b0.port], path="/app")])
+    wait_until(lambda: rig["router"].get("sp.test", path="/app/x")[0].status == 200, timeout=5, what="the table")
+    r, _ = rig["router"].get("sp.test", path="/app/login")
+    assert f"__VCAP_ID__=inst-0-{b0.port}; Path=/app; HttpOnly; Secure; SameSite=Strict" in r.msg.get_all(
+        "Set-Cookie")
+
+
+def test_least_connection(rig):
+    b0, b1 = rig["backends"]
+    router = extra_router(rig, "router:\n  balancing_algorithm: least-connection\n")
+    serve(rig, [route("lc.test", [b0.port, b1.port])])
+    wait_until(lambda: router.get("lc.test")[0].status == 200, timeout=5, what="the table")
+    done = threading.Event()
+
+    def hold():
+        router.get("lc.test", path="/slow?s=3")
+        done.set()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    wait_until(lambda: any(p.startswith("/slow") for b in (b0, b1) for _, p, _ in b.requests), timeout=5,
+               what="the slow request")
+    busy = b0 if any(p.startswith("/slow") for _, p, _ in b0.requests) else b1
+    free_ = b1 if busy is b0 else b0
+    seen = [json.loads(router.get("lc.test")[1])["backend"] for _ in range(8)]
+    assert not done.is_set(), "the slow request ended too early for the test to mean anything"
+    assert seen == [free_.name] * 8, seen
+    t.join(10)
+    # Idle again: both get requests.
+    seen = {json.loads(router.get("lc.test")[1])["backend"] for _ in range(8)}
+    assert seen == {"b0", "b1"}, seen
+
+
+def test_bad_balancing_algorithm_rejected(rig):
+    cfg = os.path.join(rig["tmp"], "bad-balance.yaml")
+    with open(cfg, "w") as f:
+        f.write("router:\n  balancing_algorithm: random\n")
+    r = berthcli.run_berth("--config", cfg, "router", check=False, timeout=30)
+    assert r.returncode != 0 and "round-robin or least-connection" in r.stderr, r.stderr
+    r = berthcli.run_berth("router", "--balancing", "hash", check=False, timeout=30)
+    assert r.returncode == 2 and "round-robin or least-connection" in r.stderr, r.stderr
+
+
+def test_backend_connection_limit(rig):
+    b0, _ = rig["backends"]
+    router = extra_router(rig, "router:\n  backend_max_conns: 1\n")
+    serve(rig, [route("cap.test", [b0.port])])
+    wait_until(lambda: router.get("cap.test")[0].status == 200, timeout=5, what="the table")
+    result = {}
+
+    def hold():
+        result["r"] = router.get("cap.test", path="/slow?s=2")
+
+    t = threading.Thread(target=hold)
+    t.start()
+    wait_until(lambda: any(p.startswith("/slow") for _, p, _ in b0.requests), timeout=5, what="the request")
+    r, body = router.get("cap.test")
+    assert r.status == 503, body
+    assert r.getheader("X-Cf-Routererror") == "Connection Limit Reached"
+    assert body == b"503 Service Unavailable: Requested route ('cap.test') has reached the connection limit.\n"
+    t.join(10)
+    assert result["r"][0].status == 200
+    assert router.get("cap.test")[0].status == 200  # the slot is free again
+
+
+def _metrics(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    r = c.getresponse()
+    body = r.read().decode()
+    c.close()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/plain; version=0.0.4")
+    vals = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            vals[k] = float(v)
+    return vals
+
+
+def test_metrics(rig):
+    b0, _ = rig["backends"]
+    mport = free_port()
+    router = extra_router(rig, f"router:\n  metrics_listen: 127.0.0.1:{mport}\n")
+    serve(rig, [route("m.test", [b0.port]), route("dead.test", [dead_port()])])
+    wait_until(lambda: router.get("m.test")[0].status == 200, timeout=5, what="the table")
+    before = _metrics(mport)
+    for _ in range(5):
+        assert router.get("m.test")[0].status == 200
+    assert router.get("nope.test")[0].status == 404
+    assert router.get("dead.test")[0].status == 502
+    held = router.conn()  # an open client connection shows in the gauge
+    held.request("GET", "/echo", headers={"Host": "m.test"})
+    held.getresponse().read()
+    m = _metrics(mport)
+    assert m['berth_router_requests_total{status_class="2xx"}'] - \
+        before['berth_router_requests_total{status_class="2xx"}'] >= 6
+    assert m['berth_router_requests_total{status_class="4xx"}'] >= 1
+    assert m['berth_router_requests_total{status_class="5xx"}'] >= 1
+    assert m["berth_router_backend_errors_total"] >= 1
+    assert m["berth_router_open_connections"] >= 1
+    assert m["berth_router_open_backend_connections"] >= 1
+    count = m["berth_router_request_duration_seconds_count"]
+    assert m['berth_router_request_duration_seconds_bucket{le="+Inf"}'] == count
+    assert count == sum(v for k, v in m.items() if k.startswith("berth_router_requests_total"))
+    assert m["berth_router_request_duration_seconds_sum"] > 0
+    held.close()
+    c = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
+    c.request("GET", "/other")
+    assert c.getresponse().status == 404
+    c.close()
+
+
+def _self_signed(d, name, sans):
+    """A self-signed certificate for sans (DNS names) → (cert path, key path)."""
+    cert, key = os.path.join(d, f"{name}.crt"), os.path.join(d, f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={sans[0]}",
+                    "-addext", "subjectAltName=" + ",".join("DNS:" + s for s in sans)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def _tls_get(port, sni, cafile, path="/echo", host=None, conn=None):
+    import ssl
+    ctx = ssl.create_default_context(cafile=cafile)
+    # SNI and the certificate check use sni while the connection goes to 127.0.0.1.
+    c = conn or http.client.HTTPSConnection(sni, port, timeout=20, context=ctx)
+    if conn is None:
+        c._create_connection = lambda addr, *a, **k: socket.create_connection(("127.0.0.1", port), *a, **k)
+    c.request("GET", path, headers={"Host": host or sni})
+    r = c.getresponse()
+    return c, r, r.read()
+
+
+def test_tls_termination_with_sni(rig):
+    import ssl
+    b0, _ = rig["backends"]
+    d = tempfile.mkdtemp(dir=rig["tmp"])
+    a_cert, a_key = _self_signed(d, "a", ["a.test"])
+    w_cert, w_key = _self_signed(d, "w", ["*.apps.test", "apps.test"])
+    tport = free_port()
+    router = extra_router(rig, "router:\n  tls_listen: 127.0.0.1:%d\n  tls_certificates:\n"
+                               "    - {cert_file: %s, key_file: %s}\n    - {cert_file: %s, key_file: %s}\n"
+                          % (tport, a_cert, a_key, w_cert, w_key))
+    serve(rig, [route("a.test", [b0.port]), route("web.apps.test", [b0.port])])
+    wait_until(lambda: router.get("web.apps.test")[0].status == 200, timeout=5, what="the table")
+    assert f"TLS on 127.0.0.1:{tport}" in router.output()
+    # The wildcard certificate for its names (verified against it alone), the first one for a.test.
+    c, r, body = _tls_get(tport, "web.apps.test", w_cert)
+    assert r.status == 200
+    hdrs = json.loads(body)["headers"]
+    assert hdrs["x-forwarded-proto"] == ["https"]
+    # Keep-alive on the same TLS connection, and a large download checksummed.
+    for _ in range(3):
+        c.request("GET", "/big?n=3000000", headers={"Host": "web.apps.test"})
+        r = c.getresponse()
+        data = r.read()
+        assert r.status == 200 and data == pattern(3000000)
+    c.close()
+    c, r, _ = _tls_get(tport, "a.test", a_cert)
+    assert r.status == 200
+    c.close()
+    # A name no certificate covers gets the first one (which fails verification for that name).
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_get(tport, "other.test", w_cert)
+    # A TLS client's request for an unknown route gets the router's 404 over TLS.
+    c, r, body = _tls_get(tport, "x.apps.test", w_cert)
+    assert r.status == 404 and r.getheader("X-Cf-Routererror") == "unknown_route"
+    c.close()
+    # Plain HTTP on the TLS port: the handshake fails, the connection closes, the router lives on.
+    with socket.create_connection(("127.0.0.1", tport), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        s.settimeout(10)
+        try:
+            while s.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    assert router.get("web.apps.test")[0].status == 200
+
+
+def test_tls_bad_certificate_refused(rig):
+    d = tempfile.mkdtemp(dir=rig["tmp"])
+    cert, _ = _self_signed(d, "a", ["a.test"])
+    _, other_key = _self_signed(d, "b", ["b.test"])
+    cfg = os.path.join(d, "tls.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"router:\n  tls_listen: 127.0.0.1:0\n  tls_certificates:\n    - {{cert_file: {cert}, key_file: {other_key}}}\n")
+    tok = os.path.join(d, "tok")
+    with open(tok, "w") as f:
+        f.write(TOKEN)
+    r = berthcli.run_berth("--config", cfg, "router", "--listen", "127.0.0.1:0", "--internal-token-file", tok,
+                           check=False, timeout=30)
+    assert r.returncode != 0 and "TLS certificate" in r.stderr, r.stderr
+    r = berthcli.run_berth("router", "--tls-cert", cert, check=False, timeout=30)
+    assert r.returncode == 2 and "has no --tls-key" in r.stderr, r.stderr
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_ten_thousand_idle_connections(rig):
+    """10,000 idle client connections are held with bounded memory while other clients are served."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 10500:
+        pytest.skip(f"needs 10,500 descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    b0, _ = rig["backends"]
+    serve(rig, [route("idle.test", [b0.port])])
+    router = rig["router"]
+    base = _rss_kib(router.proc.pid)
+    socks = []
+    try:
+        for i in range(10000):
+            s = socket.socket()
+            s.setblocking(True)
+            s.connect(("127.0.0.1", router.port))
+            socks.append(s)
+            if i % 1000 == 999:  # some of them sent half a request head (slow clients)
+                s.sendall(b"GET /echo HTTP/1.1\r\nHost: idle.test\r\n")
+        # Every connection is accepted and held: the router answers a new client at once.
+        r, _ = router.get("idle.test")
+        assert r.status == 200
+        wait_until(lambda: int(subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{router.port} )"],
+                                              capture_output=True, text=True).stdout.count("\n")) >= 10000,
+                   timeout=30, what="10,000 established connections on the router")
+        grown = _rss_kib(router.proc.pid) - base
+        print(f"router RSS grew by {grown} KiB for 10,000 idle connections ({grown * 1024 / 10000:.0f} B each)")
+        assert grown < 10000 * 4, f"{grown} KiB for 10,000 idle connections"
+        # They are still served when they speak.
+        s = socks[5]
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: idle.test\r\nConnection: close\r\n\r\n")
+        s.settimeout(10)
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+        assert out.startswith(b"HTTP/1.1 200 "), out[:100]
+    finally:
+        for s in socks:
+            s.close()
+    assert router.get("idle.test")[0].status == 200
+
+
+class _Load:
+    """Threads sending requests through the router until stopped; failures are recorded."""
+
+    def __init__(self, router, host, threads=4):
+        self.router, self.host = router, host
+        self.ok, self.failed, self.stop_ = 0, [], threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        c = None
+        while not self.stop_.is_set():
+            try:
+                c = c or self.router.conn()
+                c.request("GET", "/echo", headers={"Host": self.host})
+                r = c.getresponse()
+                body = r.read()
+                if r.status != 200:
+                    self.failed.append((r.status, body[:200]))
+                else:
+                    self.ok += 1
+            except Exception as e:  # noqa: BLE001 -- every failure counts
+                self.failed.append(repr(e))
+                c = None
+
+    def stop(self):
+        self.stop_.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def test_route_moves_between_instances_under_load(rig):
+    b0, b1 = rig["backends"]
+    serve(rig, [route("move.test", [b0.port])])
+    load = _Load(rig["router"], "move.test")
+    wait_until(lambda: load.ok > 50, timeout=10, what="some load")
+    rig["ctl"].set_routes([route("move.test", [b0.port, b1.port])])
+    wait_until(lambda: len(b1.requests) > 20, timeout=10, what="requests on the new instance")
+    rig["ctl"].set_routes([route("move.test", [b1.port])])
+    n0 = len(b0.requests)
+    wait_until(lambda: load.ok > 400, timeout=20, what="more load")
+    load.stop()
+    assert not load.failed, load.failed[:5]
+    assert len(b0.requests) - n0 < 20  # b0 left the table quickly
+
+
+def test_instance_killed_under_load(rig):
+    """A backend that dies mid-load: new requests go to the other; nothing retriable fails."""
+    b0, b1 = rig["backends"]
+    serve(rig, [route("kill.test", [b0.port, b1.port])])
+    load = _Load(rig["router"], "kill.test")
+    wait_until(lambda: load.ok > 100 and len(b0.requests) > 20, timeout=10, what="load on both")
+    b0.stop()  # closes its listener: connects are refused; its idle pooled connections are closed
+    n1 = len(b1.requests)
+    wait_until(lambda: len(b1.requests) - n1 > 300, timeout=20, what="load moving to b1")
+    load.stop()
+    assert not load.failed, load.failed[:5]
+
+
+def test_expect_100_continue(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("exp.test", [b0.port])])
+    body = pattern(200000)
+    with socket.create_connection(("127.0.0.1", rig["router"].port), timeout=10) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: exp.test\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                  % len(body))
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 100 Continue\r\n"), first
+        s.sendall(body)
+        out = b""
+        while b"\r\n\r\n" not in out or not out.rstrip().endswith(b"}"):
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    assert out.startswith(b"HTTP/1.1 200 "), out[:200]
+    got = json.loads(out.split(b"\r\n\r\n", 1)[1])
+    assert got["len"] == len(body) and got["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_access_log_lines_reach_the_controller(rig):
+    b0, _ = rig["backends"]
+    serve(rig, [route("log.test", [b0.port], app="app-guid-log")])
+    r, _ = rig["router"].get("log.test", path="/echo?q=1", headers={"User-Agent": 'curl/"8"', "Referer": "http://r/"})
+    assert r.status == 200
+    ctl = rig["ctl"]
+    wait_until(lambda: any("/echo?q=1" in l["message"] for l in ctl.access_lines), timeout=5,
+               what="the access log line")
+    line = next(l for l in ctl.access_lines if "/echo?q=1" in l["message"])
+    assert line["app_guid"] == "app-guid-log"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", line["timestamp"]), line
+    m = line["message"]
+    assert re.match(r'log\.test - \[\S+\] "GET /echo\?q=1 HTTP/1\.1" 200 0 \d+ "http://r/" "curl/\?8\?" '
+                    r'"127\.0\.0\.1:\d+" "127\.0\.0\.1:%d" x_forwarded_for:"127\.0\.0\.1" '
+                    r'x_forwarded_proto:"http" vcap_request_id:"[0-9a-f-]{36}" response_time:[0-9.]+ '
+                    r'gorouter_time:[0-9.]+ app_id:"app-guid-log" app_index:"0" instance_id:"inst-0-%d"$'
+                    % (b0.port, b0.port), m), m
+    # Unknown routes are nobody's logs.
+    n = len(ctl.access_lines)
+    rig["router"].get("nope.test")
+    # A later request's line comes in the same batch as, or after, anything the 404 could have queued.
+    rig["router"].get("log.test", path="/echo?after")
+    wait_until(lambda: any("/echo?after" in l["message"] for l in ctl.access_lines), timeout=5, what="the line")
+    assert not any("nope.test" in l["message"] for l in ctl.access_lines[n:])

@@ -118,30 +118,114 @@ static void test_round_robin_and_failures(void **state)
         (void)state;
         struct route_table *t = build(table1, NULL);
         struct rt_route *r = (struct rt_route *)look(t, "web.apps.localhost", "/");
-        int a = route_pick(r, 1000, 0), b = route_pick(r, 1000, 0), c = route_pick(r, 1000, 0);
+        int a = route_pick(r, RT_ROUND_ROBIN, 0, NULL, 1000, 0),
+            b = route_pick(r, RT_ROUND_ROBIN, 0, NULL, 1000, 0),
+            c = route_pick(r, RT_ROUND_ROBIN, 0, NULL, 1000, 0);
         assert_int_not_equal(a, b);
         assert_int_equal(a, c);
         /* Tried endpoints are skipped; none left → -1. */
-        assert_int_equal(route_pick(r, 1000, 1ULL << 0), 1);
-        assert_int_equal(route_pick(r, 1000, 3), -1);
+        assert_int_equal(route_pick(r, RT_ROUND_ROBIN, 0, NULL, 1000, 1ULL << 0), 1);
+        assert_int_equal(route_pick(r, RT_ROUND_ROBIN, 0, NULL, 1000, 3), -1);
         /* A failed endpoint is skipped for 30 s while another is available. */
         route_mark_failed(&r->eps[0], 1000);
         for (int i = 0; i < 4; i++)
-                assert_int_equal(route_pick(r, 2000, 0), 1);
-        assert_int_equal(route_pick(r, 2000, 1ULL << 1), 0); /* the only one left, failed or not */
-        assert_true(route_pick(r, 1000 + RT_FAIL_SKIP_MS + 1, 0) >= 0);
+                assert_int_equal(route_pick(r, RT_ROUND_ROBIN, 0, NULL, 2000, 0), 1);
+        assert_int_equal(route_pick(r, RT_ROUND_ROBIN, 0, NULL, 2000, 1ULL << 1),
+                         0); /* the only one left, failed or not */
+        assert_true(route_pick(r, RT_ROUND_ROBIN, 0, NULL, 1000 + RT_FAIL_SKIP_MS + 1, 0) >= 0);
 
         /* The failure mark survives a table swap for the same address. */
         struct route_table *t2 = build(table1, t);
         struct rt_route *r2 = (struct rt_route *)look(t2, "web.apps.localhost", "/");
         for (int i = 0; i < 4; i++)
-                assert_int_equal(route_pick(r2, 2000, 0), 1);
+                assert_int_equal(route_pick(r2, RT_ROUND_ROBIN, 0, NULL, 2000, 0), 1);
         route_table_unref(t);
         route_table_unref(t2);
 
         struct rt_route *e = (struct rt_route *)look(t2 = build(table1, NULL), "empty.apps.localhost", "/");
-        assert_int_equal(route_pick(e, 0, 0), -1);
+        assert_int_equal(route_pick(e, RT_ROUND_ROBIN, 0, NULL, 0, 0), -1);
         route_table_unref(t2);
+}
+
+static void test_least_conn_limit_and_sticky(void **state)
+{
+        (void)state;
+        struct route_table *t = build(table1, NULL);
+        struct rt_route *r = (struct rt_route *)look(t, "web.apps.localhost", "/");
+        /* Least connections: the endpoint with fewer requests in flight, whatever the rotation says. */
+        atomic_store(&r->eps[0].st->active, 3);
+        atomic_store(&r->eps[1].st->active, 1);
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(route_pick(r, RT_LEAST_CONN, 0, NULL, 1000, 0), 1);
+        atomic_store(&r->eps[1].st->active, 5);
+        assert_int_equal(route_pick(r, RT_LEAST_CONN, 0, NULL, 1000, 0), 0);
+        /* The load survives a table swap for the same address (in-flight requests count on). */
+        struct route_table *t2 = build(table1, t);
+        struct rt_route *r2 = (struct rt_route *)look(t2, "web.apps.localhost", "/");
+        assert_ptr_equal(r2->eps[0].st, r->eps[0].st);
+        assert_int_equal(route_pick(r2, RT_LEAST_CONN, 0, NULL, 1000, 0), 0);
+        route_table_unref(t);
+        /* max_conns: full endpoints are skipped; all full → RT_PICK_LIMIT; tried ones are not "full". */
+        assert_int_equal(route_pick(r2, RT_ROUND_ROBIN, 4, NULL, 1000, 0), 0);
+        atomic_store(&r2->eps[0].st->active, 4);
+        assert_int_equal(route_pick(r2, RT_ROUND_ROBIN, 4, NULL, 1000, 0), RT_PICK_LIMIT);
+        assert_int_equal(route_pick(r2, RT_LEAST_CONN, 6, NULL, 1000, 0), 0);
+        assert_int_equal(route_pick(r2, RT_ROUND_ROBIN, 4, NULL, 1000, 3), RT_PICK_NONE);
+        atomic_store(&r2->eps[0].st->active, 0);
+        atomic_store(&r2->eps[1].st->active, 0);
+        /* Sticky: the named instance wins while it is listed, untried and not failed; else rotation. */
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(route_pick(r2, RT_ROUND_ROBIN, 0, "i1", 1000, 0), 1);
+        assert_int_equal(route_pick(r2, RT_ROUND_ROBIN, 0, "i1", 1000, 1ULL << 1), 0);
+        assert_true(route_pick(r2, RT_ROUND_ROBIN, 0, "gone", 1000, 0) >= 0);
+        route_mark_failed(&r2->eps[1], 1000);
+        assert_int_equal(route_pick(r2, RT_ROUND_ROBIN, 0, "i1", 2000, 0), 0);
+        route_table_unref(t2);
+}
+
+static void test_cookies(void **state)
+{
+        (void)state;
+        char v[64];
+        const char *h = "a=b; __VCAP_ID__=inst-1;JSESSIONID=x ; q=\"z\"";
+        cookie_value(h, strlen(h), "__VCAP_ID__", v, sizeof(v));
+        assert_string_equal(v, "inst-1");
+        cookie_value(h, strlen(h), "q", v, sizeof(v));
+        assert_string_equal(v, "z");
+        cookie_value(h, strlen(h), "JSESSIONID", v, sizeof(v));
+        assert_string_equal(v, "x");
+        cookie_value(h, strlen(h), "jsessionid", v, sizeof(v)); /* names are case-sensitive */
+        assert_string_equal(v, "");
+        cookie_value(h, strlen(h), "__VCAP", v, sizeof(v));
+        assert_string_equal(v, "");
+        char big[200];
+        snprintf(big, sizeof(big), "__VCAP_ID__=%0100d", 7);
+        cookie_value(big, strlen(big), "__VCAP_ID__", v, sizeof(v)); /* too long: ignored */
+        assert_string_equal(v, "");
+        cookie_value("", 0, "a", v, sizeof(v));
+        assert_string_equal(v, "");
+
+        const char *sc =
+            "JSESSIONID=abc; Path=/x; Secure; HttpOnly; SameSite=Lax; Expires=Wed, 21 Oct 2037 07:28:00 "
+            "GMT; Max-Age=-1; Partitioned";
+        assert_true(set_cookie_is(sc, strlen(sc), "JSESSIONID"));
+        assert_false(set_cookie_is(sc, strlen(sc), "Path"));
+        assert_false(set_cookie_is("JSESSIONIDX=1", 13, "JSESSIONID"));
+        struct cookie_attrs a;
+        set_cookie_attrs(sc, strlen(sc), &a);
+        assert_true(a.secure && a.partitioned && a.max_age_negative);
+        assert_string_equal(a.same_site, "Lax");
+        assert_string_equal(a.expires, "Wed, 21 Oct 2037 07:28:00 GMT");
+        char out[512];
+        assert_true(vcap_cookie_format(out, sizeof(out), "inst-1", "/api", &a) > 0);
+        assert_string_equal(
+            out, "__VCAP_ID__=inst-1; Path=/api; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Max-Age=0; "
+                 "HttpOnly; Secure; SameSite=Lax; Partitioned");
+        set_cookie_attrs("JSESSIONID=1; Max-Age=60", 24, &a);
+        assert_false(a.max_age_negative || a.secure);
+        assert_true(vcap_cookie_format(out, sizeof(out), "g", "", &a) > 0);
+        assert_string_equal(out, "__VCAP_ID__=g; Path=/; HttpOnly");
+        assert_int_equal(vcap_cookie_format(out, 10, "g", "", &a), -1);
 }
 
 static void test_store(void **state)
@@ -196,6 +280,8 @@ int main(void)
                 cmocka_unit_test(test_normalize),
                 cmocka_unit_test(test_lookup),
                 cmocka_unit_test(test_round_robin_and_failures),
+                cmocka_unit_test(test_least_conn_limit_and_sticky),
+                cmocka_unit_test(test_cookies),
                 cmocka_unit_test(test_store),
                 cmocka_unit_test(test_invalid),
         };
