@@ -1026,6 +1026,8 @@ static int inspect_doc(struct cell *c, const char *id, json_t **ret)
                                     json_string("its monitor died; the exit status is unknown"));
         if (st.signal)
                 json_object_set_new(state, "Signal", json_integer(st.signal));
+        if (running && st.monitor_alive && st.monitor_pid > 0)
+                json_object_set_new(state, "MonitorPid", json_integer(st.monitor_pid));
         json_t *ports = json_object();
         size_t i;
         json_t *pm;

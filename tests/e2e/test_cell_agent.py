@@ -258,7 +258,7 @@ def test_lifecycle_env_events_and_delete(platform, registry_plain, berth_data):
     assert st == 200
     for line in raw.decode().splitlines():
         rec = json.loads(line)
-        assert set(rec) == {"time", "stream", "text"}
+        assert set(rec) == {"time", "source", "stream", "text"}
     # Delete leaves nothing.
     assert agent.req("DELETE", f"/v1/lrps/{guid}")[0] == 202
     assert agent.req("GET", f"/v1/lrps/{guid}")[0] == 404
