@@ -206,9 +206,13 @@ def test_failing_http_health_check_restarts_the_instance(plat, health_images):
 
 
 def test_port_check_every_exposed_port(plat, app_images):
-    # The "ports" image EXPOSEs 9410 and 7000 and listens on both: healthy.
+    # The "ports" image EXPOSEs 9410 and 7000 (the app port) and listens on both: healthy.
     plat.push("twoports", app_images["ports"])
     plat.wait_running("twoports", 1)
+    # Without its listener on 9410 it never passes the port check, though the route's port 7000 answers.
+    r = plat.push("oneport", app_images["ports"], "-t", "3", "-c", "EXTRA_PORTS= exec start-web", check=False)
+    assert r.returncode == 1
+    assert wait_crashes(plat, "oneport", 1)[0]["data"]["reason"] == "start timeout"
 
 
 # --- stop, logs ---------------------------------------------------------------------------------------------
