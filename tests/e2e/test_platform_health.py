@@ -258,3 +258,42 @@ def test_stats_cpu_memory_disk(plat, app_images):
     # the CLI's view
     inst = plat.app("burner")["instances"][0]
     assert inst["usage"]["cpu"] > 0
+
+
+# --- berth's own crashes --------------------------------------------------------------------------------------
+
+def cell_agent_pid(plat):
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if plat.data_dir.encode() in argv and b"cell" in argv and b"--drain-on-exit" in argv:
+            return int(d)
+    return None
+
+
+def test_cell_agent_kill9_readopts_without_restarting(plat, app_images):
+    plat.push("survivor", app_images["web"], "-i", "2")
+    plat.wait_route("survivor")
+    before = {i["guid"]: i for i in plat.wait_running("survivor", 2)}
+    ctrs = {g: container_of(plat, g)["Id"] for g in before}
+    pid = cell_agent_pid(plat)
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    # Its containers keep serving while the agent is away (the router goes straight to them).
+    for _ in range(4):
+        assert plat.route_get("survivor").status_code == 200
+    helpers.wait_for(lambda: (lambda p: p if p and p != pid else None)(cell_agent_pid(plat)), timeout=30,
+                     what="berth up restarting the cell agent")
+    # Re-adopted: the same instances, containers and since; nothing crashed or restarted.
+    after = {i["guid"]: i for i in plat.wait_running("survivor", 2)}
+    assert after.keys() == before.keys()
+    for g, i in after.items():
+        assert i["since"] == before[g]["since"]
+        assert container_of(plat, g)["Id"] == ctrs[g]
+    assert crash_events(plat, "survivor") == []
+    plat.wait_route("survivor")
