@@ -41,7 +41,8 @@
 #define LIVENESS_MS      3000 /* Diego: 30 s by default; the issue asks for every few seconds */
 #define STOP_TIMEOUT_S   10
 #define MAX_EVENTS_QUEUE 4096
-#define CPU_SAMPLE_MS    500 /* a CPU fraction needs two samples at least this far apart */
+#define CPU_SAMPLE_MS    500           /* a CPU fraction needs two samples at least this far apart */
+#define DISK_FULL_MARGIN (1024 * 1024) /* a disk this close to its quota is full */
 
 /*
  * Log retention (docs/PLATFORM.md "Internal API: cell agent"). A live or CRASHED instance: its container's
@@ -619,13 +620,17 @@ static int instance_create(struct agent *a, struct instance *in, char **reason)
 }
 
 /*
- * Why a container ended, from its inspect State: "out of memory" (the memory cgroup's OOM killer acted, even
- * on another process than the init), "killed by signal N (SIGNAME)" for an init killed by a signal, else
- * "exited with status N". Caller frees.
+ * Why a container ended, from its inspect document: "out of memory" (the memory cgroup's OOM killer acted,
+ * even on another process than the init), "killed by signal N (SIGNAME)" for an init killed by a signal,
+ * "disk quota exceeded" for a failure with its disk full to the quota (a write failed with EDQUOT: the
+ * qgroup's usage stops within a few blocks of the limit), else "exited with status N". Caller frees.
  */
-static char *exit_reason(const json_t *st, int code)
+static char *exit_reason(const json_t *doc, int code)
 {
+        const json_t *st = json_object_get(doc, "State");
         int sig = (int)json_integer_value(json_object_get(st, "Signal"));
+        int64_t quota = json_integer_value(json_object_get(json_object_get(doc, "HostConfig"), "DiskQuota"));
+        int64_t used = json_integer_value(json_object_get(json_object_get(doc, "Usage"), "disk_bytes"));
         if (json_is_true(json_object_get(st, "OOMKilled")))
                 return xstrdup("out of memory");
         if (sig > 0) {
@@ -635,6 +640,8 @@ static char *exit_reason(const json_t *st, int code)
         }
         if (code < 0)
                 return xstrdup("exited with an unknown status (its monitor died)");
+        if (code > 0 && quota > 0 && used >= quota - MIN(quota / 16, DISK_FULL_MARGIN))
+                return xstrdup("disk quota exceeded");
         return xasprintf("exited with status %d", code);
 }
 
@@ -660,7 +667,7 @@ static int container_alive(struct agent *a, const char *id, int *code, char **re
                 return 1;
         }
         *code = (int)json_integer_value(json_object_get(st, "ExitCode"));
-        *reason = exit_reason(st, *code);
+        *reason = exit_reason(doc, *code);
         return 0;
 }
 

@@ -166,6 +166,20 @@ def test_out_of_memory(plat, app_images):
     assert ("CELL/0", "OUT", "Exit status 137 (out of memory)") in recent_logs(plat, "oom")
 
 
+def test_disk_quota_exceeded(plat, app_images):
+    plat.push("diskfull", app_images["web"], "-k", "16M", "-t", "10", "-u", "process", "-c",
+              "dd if=/dev/zero of=/tmp/big bs=1M count=64; exit 1", check=False)
+    ev = wait_crashes(plat, "diskfull", 1)[0]["data"]
+    assert ev["reason"] == "disk quota exceeded" and ev["exit_status"] == 1, ev
+    log = recent_logs(plat, "diskfull")
+    assert ("APP/PROC/WEB/0", "ERR", "dd: error writing '/tmp/big': Disk quota exceeded") in log
+    assert ("CELL/0", "OUT", "Exit status 1 (disk quota exceeded)") in log
+    # an app failing with room left on its disk is no disk problem
+    plat.push("notfull", app_images["web"], "-k", "16M", "-t", "10", "-u", "process", "-c",
+              "dd if=/dev/zero of=/tmp/big bs=1M count=8; exit 1", check=False)
+    assert wait_crashes(plat, "notfull", 1)[0]["data"]["reason"] == "exited with status 1"
+
+
 def test_start_timeout_after_the_pull(plat, app_images):
     t0 = time.monotonic()
     r = plat.push("neverport", app_images["web"], "-t", "3", "-c", "echo not listening; exec sleep 1000",
