@@ -625,7 +625,7 @@ static int instance_create(struct agent *a, struct instance *in, char **reason)
  * "disk quota exceeded" for a failure with its disk full to the quota (a write failed with EDQUOT: the
  * qgroup's usage stops within a few blocks of the limit), else "exited with status N". Caller frees.
  */
-static char *exit_reason(const json_t *doc, int code)
+BERTH_STATIC char *agent_exit_reason(const json_t *doc, int code)
 {
         const json_t *st = json_object_get(doc, "State");
         int sig = (int)json_integer_value(json_object_get(st, "Signal"));
@@ -667,7 +667,7 @@ static int container_alive(struct agent *a, const char *id, int *code, char **re
                 return 1;
         }
         *code = (int)json_integer_value(json_object_get(st, "ExitCode"));
-        *reason = exit_reason(doc, *code);
+        *reason = agent_exit_reason(doc, *code);
         return 0;
 }
 
@@ -990,7 +990,7 @@ static int rec_cmp(const void *x, const void *y)
 }
 
 /* Sort records by time, keeping the order of equal times (stable); keep the last `tail`. Steals arr. */
-static json_t *sort_tail(json_t *arr, size_t tail)
+BERTH_STATIC json_t *agent_sort_tail(json_t *arr, size_t tail)
 {
         size_t n = json_array_size(arr);
         struct rec_ref *v = xcalloc(n ? n : 1, sizeof(*v));
@@ -1030,7 +1030,7 @@ static json_t *instance_lines(struct agent *a, const char *guid, const char *con
                 struct line_sink ls = { .arr = arr, .source = app_src };
                 cell_container_logs(a->cell, container_id, &o, sink_line, &ls, NULL);
         }
-        return sort_tail(arr, tail);
+        return agent_sort_tail(arr, tail);
 }
 
 /*
