@@ -653,6 +653,9 @@ static int container_alive(struct agent *a, const char *id, int *code, char **re
 {
         _cleanup_json_ json_t *doc = NULL;
         _cleanup_berr_ struct berr *e = NULL;
+        /* The cheap look first (checks run every 100 ms while starting); inspect (usage) only at the end. */
+        if (cell_container_running(a->cell, id, monitor_pid, NULL) > 0)
+                return 1;
         if (monitor_pid)
                 *monitor_pid = 0;
         if (cell_container_inspect(a->cell, id, &doc, &e) < 0) {

@@ -1074,6 +1074,20 @@ static int inspect_doc(struct cell *c, const char *id, json_t **ret)
         return 0;
 }
 
+int cell_container_running(struct cell *c, const char *id, int *ret_monitor_pid, struct berr **err)
+{
+        _cleanup_free_ char *dir = ctr_dir(c, id);
+        _cleanup_free_ char *metap = xasprintf("%s/container.json", dir);
+        if (access(metap, F_OK) < 0)
+                return berr_set_errno(err, -errno, "container %s", id);
+        struct cstate st;
+        read_state(c, id, &st);
+        bool running = !strcmp(st.status, "running");
+        if (ret_monitor_pid)
+                *ret_monitor_pid = running && st.monitor_alive ? st.monitor_pid : 0;
+        return running;
+}
+
 int cell_container_inspect(struct cell *c, const char *id, json_t **ret, struct berr **err)
 {
         int r = inspect_doc(c, id, ret);
