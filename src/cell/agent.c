@@ -38,6 +38,7 @@
 
 #define HEARTBEAT_MS     2000
 #define CHECK_EVERY_MS   100
+#define CHECK_FIRST_MS   5    /* startup checks start this often, doubling up to CHECK_EVERY_MS */
 #define LIVENESS_MS      3000 /* Diego: 30 s by default; the issue asks for every few seconds */
 #define STOP_TIMEOUT_S   10
 #define MAX_EVENTS_QUEUE 4096
@@ -779,7 +780,8 @@ static void *worker(void *arg)
         char *id = xstrdup(in->container_id);
         if (!adopted)
                 cell_line(a, in->guid, "Starting health monitoring of container");
-        /* Startup checks. */
+        /* Startup checks: an app usually listens within milliseconds, so look early, then every 100 ms. */
+        int64_t every = CHECK_FIRST_MS;
         while (in->state == ST_STARTING && !in->deleting && !a->stopping) {
                 pthread_mutex_unlock(&a->lock);
                 free(reason);
@@ -808,7 +810,8 @@ static void *worker(void *arg)
                         pthread_mutex_lock(&a->lock);
                         break;
                 }
-                wait_until(a, now_ms() + CHECK_EVERY_MS);
+                wait_until(a, now_ms() + every);
+                every = MIN(every * 2, CHECK_EVERY_MS);
         }
         /* Liveness. */
         int64_t next = now_ms();
