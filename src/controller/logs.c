@@ -288,7 +288,11 @@ static int by_time(const void *a, const void *b)
                       json_string_value(json_object_get(y, "timestamp")));
 }
 
-/* Sort the entries by time (stable enough: per-instance order kept for equal times by index). */
+/*
+ * Sort the entries by time (stable enough: per-instance order kept for equal times by index). Drop exact
+ * repeats: two instances of one index (a replacement overlapping its predecessor) both return the lines
+ * the cell kept of the deleted ones before them.
+ */
 static json_t *sorted(json_t *arr)
 {
         size_t n = json_array_size(arr);
@@ -298,7 +302,8 @@ static json_t *sorted(json_t *arr)
         qsort(v, n, sizeof(*v), by_time);
         json_t *out = json_array();
         for (size_t i = 0; i < n; i++)
-                json_array_append(out, v[i]);
+                if (i == 0 || !json_equal(v[i], v[i - 1]))
+                        json_array_append(out, v[i]);
         free(v);
         json_decref(arr);
         return out;
