@@ -354,8 +354,22 @@ static void cpu_sample(struct instance *in, int64_t ns)
         in->cpu_prev_ms = t;
 }
 
-/* The INSTANCE document; lock held. usage: inspect the container (slower; only for API answers). */
-static json_t *instance_json(struct agent *a, struct instance *in, bool usage)
+/*
+ * The container's inspect "Usage" (new reference), or NULL. Slow (reading the qgroup syncs the disk pool):
+ * lock NOT held.
+ */
+static json_t *container_usage(struct agent *a, const char *cid)
+{
+        json_t *doc = NULL;
+        if (!cid || cell_container_inspect(a->cell, cid, &doc, NULL) < 0)
+                return NULL;
+        json_t *u = json_incref(json_object_get(doc, "Usage"));
+        json_decref(doc);
+        return u;
+}
+
+/* The INSTANCE document; lock held. cu: its container's usage, read just before (NULL: zeros). */
+static json_t *instance_json(struct agent *a, struct instance *in, const json_t *cu)
 {
         char since[32];
         rfc3339(in->since, since);
@@ -364,27 +378,20 @@ static json_t *instance_json(struct agent *a, struct instance *in, bool usage)
                               (json_int_t)(json_integer_value(json_object_get(in->lrp, "memory_mb")) << 20),
                               "disk_quota",
                               (json_int_t)(json_integer_value(json_object_get(in->lrp, "disk_mb")) << 20));
-        if (usage && in->container_id && in->state != ST_CRASHED) {
-                json_t *doc = NULL;
-                struct berr *e = NULL;
-                if (cell_container_inspect(a->cell, in->container_id, &doc, &e) == 0) {
-                        json_t *cu = json_object_get(doc, "Usage");
-                        static const char *const map[][2] = {
-                                { "cpu_ns", "cpu_ns" },
-                                { "memory_bytes", "mem_bytes" },
-                                { "disk_bytes", "disk_bytes" },
-                        };
-                        for (size_t i = 0; i < ARRAY_SIZE(map); i++) {
-                                json_t *x = json_object_get(cu, map[i][0]);
-                                if (json_is_integer(x))
-                                        json_object_set(u, map[i][1], x);
-                        }
-                        json_t *ns = json_object_get(cu, "cpu_ns");
-                        if (json_is_integer(ns))
-                                cpu_sample(in, json_integer_value(ns));
-                        json_decref(doc);
+        if (cu && in->state != ST_CRASHED) {
+                static const char *const map[][2] = {
+                        { "cpu_ns", "cpu_ns" },
+                        { "memory_bytes", "mem_bytes" },
+                        { "disk_bytes", "disk_bytes" },
+                };
+                for (size_t i = 0; i < ARRAY_SIZE(map); i++) {
+                        json_t *x = json_object_get(cu, map[i][0]);
+                        if (json_is_integer(x))
+                                json_object_set(u, map[i][1], x);
                 }
-                berr_free(e);
+                json_t *ns = json_object_get(cu, "cpu_ns");
+                if (json_is_integer(ns))
+                        cpu_sample(in, json_integer_value(ns));
         }
         json_object_set_new(u, "cpu", json_real(in->state == ST_CRASHED ? 0.0 : in->cpu));
         return json_pack(
@@ -395,6 +402,35 @@ static json_t *instance_json(struct agent *a, struct instance *in, bool usage)
             (int)inst_port(in, 0), "external_ip", a->advertise_ip, "external_port", (int)in->host_port,
             "container_id", in->container_id, "exit_code",
             in->exit_code >= 0 ? json_integer(in->exit_code) : json_null(), "reason", in->reason, "usage", u);
+}
+
+/*
+ * INSTANCE documents of every instance, with usage. Lock held on entry and on return, released while the
+ * containers are read, so that a state change (a crash to report) never waits for them; an instance
+ * deleted meanwhile is left out, one added meanwhile has no usage yet.
+ */
+static json_t *instances_json(struct agent *a)
+{
+        json_t *todo = json_array();
+        for (struct instance *in = a->instances; in; in = in->next)
+                if (in->container_id && in->state != ST_CRASHED)
+                        json_array_append_new(todo, json_pack("[s, s]", in->guid, in->container_id));
+        pthread_mutex_unlock(&a->lock);
+        json_t *usages = json_object();
+        size_t i;
+        json_t *t;
+        json_array_foreach (todo, i, t) {
+                json_t *u = container_usage(a, json_string_value(json_array_get(t, 1)));
+                if (u)
+                        json_object_set_new(usages, json_string_value(json_array_get(t, 0)), u);
+        }
+        json_decref(todo);
+        pthread_mutex_lock(&a->lock);
+        json_t *list = json_array();
+        for (struct instance *in = a->instances; in; in = in->next)
+                json_array_append_new(list, instance_json(a, in, json_object_get(usages, in->guid)));
+        json_decref(usages);
+        return list;
 }
 
 /* Write <state_dir>/<guid>.json (no credentials); lock held. */
@@ -426,7 +462,7 @@ static void queue_event(struct agent *a, struct instance *in)
 {
         if (json_array_size(a->events) >= MAX_EVENTS_QUEUE)
                 json_array_remove(a->events, 0);
-        json_array_append_new(a->events, json_pack("{s:o}", "instance", instance_json(a, in, false)));
+        json_array_append_new(a->events, json_pack("{s:o}", "instance", instance_json(a, in, NULL)));
         pthread_cond_broadcast(&a->cond);
 }
 
@@ -1394,10 +1430,8 @@ static void agent_handler(void *userdata, const struct http_request *req, struct
         if (!strcmp(path, "/v1/lrps")) {
                 if (strcmp(m, "GET"))
                         return reply_error(resp, 405, "method not allowed");
-                json_t *list = json_array();
                 pthread_mutex_lock(&a->lock);
-                for (struct instance *in = a->instances; in; in = in->next)
-                        json_array_append_new(list, instance_json(a, in, true));
+                json_t *list = instances_json(a);
                 pthread_mutex_unlock(&a->lock);
                 return http_response_json(resp, 200,
                                           json_pack("{s:s, s:o}", "cell_id", a->id, "instances", list));
@@ -1424,7 +1458,13 @@ static void agent_handler(void *userdata, const struct http_request *req, struct
         if (!strcmp(m, "GET")) {
                 pthread_mutex_lock(&a->lock);
                 struct instance *in = find_instance(a, guid);
-                json_t *j = in ? instance_json(a, in, true) : NULL;
+                _cleanup_free_ char *cid =
+                    in && in->container_id && in->state != ST_CRASHED ? xstrdup(in->container_id) : NULL;
+                pthread_mutex_unlock(&a->lock);
+                _cleanup_json_ json_t *u = container_usage(a, cid); /* without the lock: slow */
+                pthread_mutex_lock(&a->lock);
+                in = find_instance(a, guid);
+                json_t *j = in ? instance_json(a, in, u) : NULL;
                 pthread_mutex_unlock(&a->lock);
                 if (!j)
                         return reply_error(resp, 404, "instance not found");
@@ -1491,9 +1531,7 @@ static void *reporter(void *arg)
                         }
                 }
                 if (now_ms() >= next_hb) {
-                        json_t *list = json_array();
-                        for (struct instance *in = a->instances; in; in = in->next)
-                                json_array_append_new(list, instance_json(a, in, true));
+                        json_t *list = instances_json(a);
                         pthread_mutex_unlock(&a->lock);
                         _cleanup_json_ json_t *hb = json_pack(
                             "{s:s, s:I, s:I, s:o}", "url", a->url, "memory_mb", (json_int_t)a->memory_mb,
