@@ -724,7 +724,8 @@ static void exit_line(struct agent *a, const char *guid, int code, const char *r
 
 /*
  * One round of the configured check: port = a TCP connect to every port of the LRP, http = GET the endpoint
- * on ports[0] answering 200, process = nothing. *why (optional, caller frees): the failure. Lock NOT held.
+ * on ports[0] answering 200 and a TCP connect to the other ports (Diego's checks: http for the first port
+ * only), process = nothing. *why (optional, caller frees): the failure. Lock NOT held.
  */
 static bool check_once(struct instance *in, const char *type, const char *ip, unsigned timeout_ms, char **why)
 {
@@ -732,16 +733,16 @@ static bool check_once(struct instance *in, const char *type, const char *ip, un
         int r = 0;
         if (!strcmp(type, "process"))
                 return true;
+        size_t first = 0, n = json_array_size(json_object_get(in->lrp, "ports"));
         if (!strcmp(type, "http")) {
                 const char *ep = hc_str(in, "endpoint");
                 r = health_check_http(ip, inst_port(in, 0), ep ? ep : "/", timeout_ms, &e);
-        } else {
-                size_t n = json_array_size(json_object_get(in->lrp, "ports"));
-                for (size_t i = 0; i < n && r == 0; i++) {
-                        berr_free(e);
-                        e = NULL;
-                        r = health_check_port(ip, inst_port(in, i), timeout_ms, &e);
-                }
+                first = 1;
+        }
+        for (size_t i = first; i < n && r == 0; i++) {
+                berr_free(e);
+                e = NULL;
+                r = health_check_port(ip, inst_port(in, i), timeout_ms, &e);
         }
         if (r < 0 && why)
                 *why = xstrdup(berr_msg(e));

@@ -227,6 +227,13 @@ def test_port_check_every_exposed_port(plat, app_images):
     r = plat.push("oneport", app_images["ports"], "-t", "3", "-c", "EXTRA_PORTS= exec start-web", check=False)
     assert r.returncode == 1
     assert wait_crashes(plat, "oneport", 1)[0]["data"]["reason"] == "start timeout"
+    # An http check GETs the endpoint on the app port and connects to the other ports (as Diego).
+    plat.push("httptwo", app_images["ports"], "-u", "http", "--endpoint", "/")
+    plat.wait_running("httptwo", 1)
+    r = plat.push("httpone", app_images["ports"], "-u", "http", "--endpoint", "/", "-t", "3", "-c",
+                  "EXTRA_PORTS= exec start-web", check=False)
+    assert r.returncode == 1
+    assert wait_crashes(plat, "httpone", 1)[0]["data"]["reason"] == "start timeout"
 
 
 # --- stop, logs ---------------------------------------------------------------------------------------------
