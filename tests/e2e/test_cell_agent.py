@@ -450,3 +450,41 @@ def test_unreachable_controller_exit_without_and_with_drain(platform, registry_p
                           text=True).stdout.split()
     assert left == []
     assert os.listdir(os.path.join(berth_data, "cell", "agent")) == []
+
+
+def test_deleted_instance_logs_are_bounded(platform, registry_plain):
+    start, ctl = platform
+    digest = registry_plain.push(ib.busybox_image(), "test/bb3:1")
+    image = registry_plain.ref(f"test/bb3@{digest}")
+    agent = start()
+    hc = {"type": "process", "timeout_s": 10}
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+    proc = "p-" + old[:8]
+    agent.req("PUT", f"/v1/lrps/{old}", lrp(old, image, health_check=hc, process_guid=proc, command=[
+        "/bin/sh", "-c", "i=1; while [ $i -le 1500 ]; do echo line $i; i=$((i+1)); done; exec sleep 1000"]))
+    agent.wait_state(old, "RUNNING")
+    wait_for(lambda: b"line 1500" in agent.req("GET", f"/v1/lrps/{old}/logs?tail=5")[1], timeout=10,
+             what="the 1500 lines")
+    assert agent.req("DELETE", f"/v1/lrps/{old}")[0] == 202
+    # Another index of the same process does not see them; the same index does: the last 1000 lines.
+    other = str(uuid.uuid4())
+    agent.req("PUT", f"/v1/lrps/{other}", lrp(other, image, health_check=hc, process_guid=proc, index=1,
+                                               command=["/bin/sh", "-c", "exec sleep 1000"]))
+    agent.req("PUT", f"/v1/lrps/{new}", lrp(new, image, health_check=hc, process_guid=proc,
+                                             command=["/bin/sh", "-c", "exec sleep 1000"]))
+    agent.wait_state(new, "RUNNING")
+    agent.wait_state(other, "RUNNING")
+    recs = [json.loads(l) for l in agent.req("GET", f"/v1/lrps/{new}/logs")[1].decode().splitlines()]
+    # The deleted one's records come first: its last 1000 lines, app and cell lines together.
+    texts = [r["text"] for r in recs]
+    kept = recs[:len(texts) - 1 - texts[::-1].index("Creating container")]
+    assert len(kept) == 1000 and kept[-1]["text"] == "Destroying container"
+    app = [r["text"] for r in kept if r["source"] == "APP/PROC/WEB/0"]
+    first = int(app[0].split()[1])
+    assert 500 < first < 510 and app == [f"line {i}" for i in range(first, 1501)]
+    recs = [json.loads(l) for l in agent.req("GET", f"/v1/lrps/{other}/logs")[1].decode().splitlines()]
+    assert [r for r in recs if r["source"].startswith("APP/")] == []
+    assert {r["source"] for r in recs} == {"CELL/1"}
+    for g in (new, other):
+        assert agent.req("DELETE", f"/v1/lrps/{g}")[0] == 202
+    assert agent.stop() == 0
