@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -1829,6 +1830,14 @@ int cell_agent_main(const char *data_dir, const char *config_path, const struct 
                         goto out;
         }
         cell_sweep(a->cell, a->store);
+        /* Each instance's worker holds two fds (its wake eventfd, the monitor's pidfd): lift the soft limit.
+         */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        log_warn("cell agent: cannot raise the open files limit: %s", strerror(errno));
+        }
         /* Signals go to the signal thread only (every thread created after this inherits the mask). */
         sigset_t set;
         sigemptyset(&set);
