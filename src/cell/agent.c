@@ -10,13 +10,18 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,9 +39,26 @@
 
 #define HEARTBEAT_MS     2000
 #define CHECK_EVERY_MS   100
-#define LIVENESS_MS      5000
+#define CHECK_FIRST_MS   5    /* startup checks start this often, doubling up to CHECK_EVERY_MS */
+#define LIVENESS_MS      3000 /* Diego: 30 s by default; the issue asks for every few seconds */
 #define STOP_TIMEOUT_S   10
 #define MAX_EVENTS_QUEUE 4096
+#define CPU_SAMPLE_MS    500           /* a CPU fraction needs two samples at least this far apart */
+#define DISK_FULL_MARGIN (1024 * 1024) /* a disk this close to its quota is full */
+
+/*
+ * Log retention (docs/PLATFORM.md "Internal API: cell agent"). A live or CRASHED instance: its container's
+ * log (cell.log_max_bytes x cell.log_files) and its CELL lines (<= CELL_LOG_MAX bytes). A DELETEd instance:
+ * its last HISTORY_LINES lines (at most HISTORY_BYTES), kept HISTORY_MAX_AGE_S for the next instances of the
+ * same process index, at most HISTORY_KEEP per index. One answer holds at most LOG_TAIL_MAX lines.
+ */
+#define CELL_LOG_MAX      (64 * 1024)
+#define HISTORY_LINES     1000
+#define HISTORY_BYTES     (1024 * 1024)
+#define HISTORY_KEEP      3
+#define HISTORY_MAX_AGE_S 3600
+#define HISTORY_READ_MAX  (2 * HISTORY_BYTES)
+#define LOG_TAIL_MAX      10000
 
 enum inst_state { ST_STARTING, ST_RUNNING, ST_CRASHED };
 static const char *const state_names[] = { "STARTING", "RUNNING", "CRASHED" };
@@ -55,8 +77,11 @@ struct instance {
         char *reason;
         bool adopted; /* re-adopted after a restart: skip pull/create/start */
         bool deleting;
-        bool done;       /* the worker returned */
-        bool has_thread; /* thread is joinable */
+        int wake_fd; /* eventfd: wakes the worker out of its wait for the container's end */
+        int64_t cpu_prev_ns, cpu_prev_ms; /* the last CPU sample (cpuacct ns, monotonic ms) */
+        double cpu;                       /* CPU fraction (1.0: one core) between the last two samples */
+        bool done;                        /* the worker returned */
+        bool has_thread;                  /* thread is joinable */
         pthread_t thread;
         struct agent *agent;
         struct instance *next;
@@ -75,6 +100,7 @@ struct agent {
         uint16_t port_lo, port_hi;
         int64_t memory_mb, disk_mb;
         char *state_dir;
+        char *logs_dir; /* <data-dir>/cell/agent-logs: CELL lines, logs of deleted instances */
         bool stopping;
         struct http_server *server;
 };
@@ -133,6 +159,63 @@ static const char *hc_str(const struct instance *in, const char *key)
 static uint16_t inst_port(const struct instance *in, size_t i)
 {
         return (uint16_t)json_integer_value(json_array_get(json_object_get(in->lrp, "ports"), i));
+}
+
+static int64_t inst_index(const struct instance *in)
+{
+        return json_integer_value(json_object_get(in->lrp, "index"));
+}
+
+static void wake(struct instance *in)
+{
+        uint64_t one = 1;
+        if (in->wake_fd >= 0 && write(in->wake_fd, &one, sizeof(one)) < 0)
+                log_debug("cell agent: wake %s: %s", in->guid, strerror(errno));
+}
+
+/* Wake every worker and the reporter; lock held. */
+static void wake_all(struct agent *a)
+{
+        pthread_cond_broadcast(&a->cond);
+        for (struct instance *in = a->instances; in; in = in->next)
+                wake(in);
+}
+
+/* A log timestamp as the monitor writes container.log's (RFC 3339 UTC, nanoseconds): both sort as strings. */
+static void log_time(char buf[48])
+{
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        size_t l = strftime(buf, 48, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(buf + l, 48 - l, ".%09ldZ", ts.tv_nsec);
+}
+
+/*
+ * Append one line of the cell's own about an instance (Diego's executor lines, shown as CELL/<index>) to
+ * <logs_dir>/<guid>.cell as "TIME TEXT\n". Bounded by CELL_LOG_MAX; needs no lock.
+ */
+static void __attribute__((format(printf, 3, 4)))
+cell_line(struct agent *a, const char *guid, const char *fmt, ...)
+{
+        char text[1024], t[48];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        for (char *p = text; *p; p++)
+                if (*p == '\n' || *p == '\r')
+                        *p = ' ';
+        log_time(t);
+        _cleanup_free_ char *path = xasprintf("%s/%s.cell", a->logs_dir, guid);
+        _cleanup_close_ int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0 || st.st_size > CELL_LOG_MAX)
+                return;
+        _cleanup_free_ char *line = xasprintf("%s %s\n", t, text);
+        if (write(fd, line, strlen(line)) < 0)
+                log_debug("cell agent: %s: %s", path, strerror(errno));
 }
 
 /* ---- validation of a desired LRP ---- */
@@ -256,8 +339,38 @@ int cell_agent_lrp_validate(const json_t *b, const char *guid, struct berr **err
 
 /* ---- instance JSON and persistence ---- */
 
-/* The INSTANCE document; lock held. usage: inspect the container (slower; only for API answers). */
-static json_t *instance_json(struct agent *a, struct instance *in, bool usage)
+/*
+ * Record a cpuacct reading; lock held. The fraction is the CPU time used between two readings at least
+ * CPU_SAMPLE_MS apart over the wall time between them (the heartbeats read every instance every 2 s), as
+ * Cloud Foundry's stats report it (1.0: one core busy).
+ */
+static void cpu_sample(struct instance *in, int64_t ns)
+{
+        int64_t t = now_ms();
+        if (in->cpu_prev_ms && t - in->cpu_prev_ms < CPU_SAMPLE_MS)
+                return;
+        if (in->cpu_prev_ms && ns >= in->cpu_prev_ns)
+                in->cpu = (double)(ns - in->cpu_prev_ns) / 1e6 / (double)(t - in->cpu_prev_ms);
+        in->cpu_prev_ns = ns;
+        in->cpu_prev_ms = t;
+}
+
+/*
+ * The container's inspect "Usage" (new reference), or NULL. Slow (reading the qgroup syncs the disk pool):
+ * lock NOT held.
+ */
+static json_t *container_usage(struct agent *a, const char *cid)
+{
+        json_t *doc = NULL;
+        if (!cid || cell_container_inspect(a->cell, cid, &doc, NULL) < 0)
+                return NULL;
+        json_t *u = json_incref(json_object_get(doc, "Usage"));
+        json_decref(doc);
+        return u;
+}
+
+/* The INSTANCE document; lock held. cu: its container's usage, read just before (NULL: zeros). */
+static json_t *instance_json(struct agent *a, struct instance *in, const json_t *cu)
 {
         char since[32];
         rfc3339(in->since, since);
@@ -266,25 +379,22 @@ static json_t *instance_json(struct agent *a, struct instance *in, bool usage)
                               (json_int_t)(json_integer_value(json_object_get(in->lrp, "memory_mb")) << 20),
                               "disk_quota",
                               (json_int_t)(json_integer_value(json_object_get(in->lrp, "disk_mb")) << 20));
-        if (usage && in->container_id && in->state != ST_CRASHED) {
-                json_t *doc = NULL;
-                struct berr *e = NULL;
-                if (cell_container_inspect(a->cell, in->container_id, &doc, &e) == 0) {
-                        json_t *cu = json_object_get(doc, "Usage");
-                        static const char *const map[][2] = {
-                                { "cpu_ns", "cpu_ns" },
-                                { "memory_bytes", "mem_bytes" },
-                                { "disk_bytes", "disk_bytes" },
-                        };
-                        for (size_t i = 0; i < ARRAY_SIZE(map); i++) {
-                                json_t *x = json_object_get(cu, map[i][0]);
-                                if (json_is_integer(x))
-                                        json_object_set(u, map[i][1], x);
-                        }
-                        json_decref(doc);
+        if (cu && in->state != ST_CRASHED) {
+                static const char *const map[][2] = {
+                        { "cpu_ns", "cpu_ns" },
+                        { "memory_bytes", "mem_bytes" },
+                        { "disk_bytes", "disk_bytes" },
+                };
+                for (size_t i = 0; i < ARRAY_SIZE(map); i++) {
+                        json_t *x = json_object_get(cu, map[i][0]);
+                        if (json_is_integer(x))
+                                json_object_set(u, map[i][1], x);
                 }
-                berr_free(e);
+                json_t *ns = json_object_get(cu, "cpu_ns");
+                if (json_is_integer(ns))
+                        cpu_sample(in, json_integer_value(ns));
         }
+        json_object_set_new(u, "cpu", json_real(in->state == ST_CRASHED ? 0.0 : in->cpu));
         return json_pack(
             "{s:s, s:O, s:O, s:O, s:s, s:s, s:s?, s:i, s:s, s:i, s:s?, s:o, s:s?, s:o}", "instance_guid",
             in->guid, "process_guid", json_object_get(in->lrp, "process_guid"), "app_guid",
@@ -293,6 +403,35 @@ static json_t *instance_json(struct agent *a, struct instance *in, bool usage)
             (int)inst_port(in, 0), "external_ip", a->advertise_ip, "external_port", (int)in->host_port,
             "container_id", in->container_id, "exit_code",
             in->exit_code >= 0 ? json_integer(in->exit_code) : json_null(), "reason", in->reason, "usage", u);
+}
+
+/*
+ * INSTANCE documents of every instance, with usage. Lock held on entry and on return, released while the
+ * containers are read, so that a state change (a crash to report) never waits for them; an instance
+ * deleted meanwhile is left out, one added meanwhile has no usage yet.
+ */
+static json_t *instances_json(struct agent *a)
+{
+        json_t *todo = json_array();
+        for (struct instance *in = a->instances; in; in = in->next)
+                if (in->container_id && in->state != ST_CRASHED)
+                        json_array_append_new(todo, json_pack("[s, s]", in->guid, in->container_id));
+        pthread_mutex_unlock(&a->lock);
+        json_t *usages = json_object();
+        size_t i;
+        json_t *t;
+        json_array_foreach (todo, i, t) {
+                json_t *u = container_usage(a, json_string_value(json_array_get(t, 1)));
+                if (u)
+                        json_object_set_new(usages, json_string_value(json_array_get(t, 0)), u);
+        }
+        json_decref(todo);
+        pthread_mutex_lock(&a->lock);
+        json_t *list = json_array();
+        for (struct instance *in = a->instances; in; in = in->next)
+                json_array_append_new(list, instance_json(a, in, json_object_get(usages, in->guid)));
+        json_decref(usages);
+        return list;
 }
 
 /* Write <state_dir>/<guid>.json (no credentials); lock held. */
@@ -324,7 +463,7 @@ static void queue_event(struct agent *a, struct instance *in)
 {
         if (json_array_size(a->events) >= MAX_EVENTS_QUEUE)
                 json_array_remove(a->events, 0);
-        json_array_append_new(a->events, json_pack("{s:o}", "instance", instance_json(a, in, false)));
+        json_array_append_new(a->events, json_pack("{s:o}", "instance", instance_json(a, in, NULL)));
         pthread_cond_broadcast(&a->cond);
 }
 
@@ -366,7 +505,19 @@ static void instance_free(struct instance *in)
         json_decref(in->lrp);
         free(in->container_id);
         free(in->reason);
+        if (in->wake_fd >= 0)
+                close(in->wake_fd);
         free(in);
+}
+
+/* A new instance record (caller links it in); its wake fd is -1 if eventfd fails (the worker then polls). */
+static struct instance *instance_new(const char *guid)
+{
+        struct instance *in = xcalloc(1, sizeof(*in));
+        in->guid = xstrdup(guid);
+        in->exit_code = -1;
+        in->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        return in;
 }
 
 /* ---- the worker ---- */
@@ -506,45 +657,97 @@ static int instance_create(struct agent *a, struct instance *in, char **reason)
         return 0;
 }
 
-/* 1: running, 0: exited (*reason, *code set), < 0: gone. Lock NOT held. */
-static int container_alive(struct agent *a, const char *id, int *code, char **reason)
+/*
+ * Why a container ended, from its inspect document: "out of memory" (the memory cgroup's OOM killer acted,
+ * even on another process than the init), "killed by signal N (SIGNAME)" for an init killed by a signal,
+ * "disk quota exceeded" for a failure with its disk full to the quota (a write failed with EDQUOT: the
+ * qgroup's usage stops within a few blocks of the limit), else "exited with status N". Caller frees.
+ */
+BERTH_STATIC char *agent_exit_reason(const json_t *doc, int code)
+{
+        const json_t *st = json_object_get(doc, "State");
+        int sig = (int)json_integer_value(json_object_get(st, "Signal"));
+        int64_t quota = json_integer_value(json_object_get(json_object_get(doc, "HostConfig"), "DiskQuota"));
+        int64_t used = json_integer_value(json_object_get(json_object_get(doc, "Usage"), "disk_bytes"));
+        if (json_is_true(json_object_get(st, "OOMKilled")))
+                return xstrdup("out of memory");
+        if (sig > 0) {
+                const char *name = sigabbrev_np(sig);
+                return name ? xasprintf("killed by signal %d (SIG%s)", sig, name)
+                            : xasprintf("killed by signal %d", sig);
+        }
+        if (code < 0)
+                return xstrdup("exited with an unknown status (its monitor died)");
+        if (code > 0 && quota > 0 && used >= quota - MIN(quota / 16, DISK_FULL_MARGIN))
+                return xstrdup("disk quota exceeded");
+        return xasprintf("exited with status %d", code);
+}
+
+/*
+ * 1: running, 0: exited (*reason, *code set), < 0: gone. *monitor_pid (optional): the live monitor's pid
+ * (0 if unsupervised). Lock NOT held.
+ */
+static int container_alive(struct agent *a, const char *id, int *code, char **reason, int *monitor_pid)
 {
         _cleanup_json_ json_t *doc = NULL;
         _cleanup_berr_ struct berr *e = NULL;
+        /* The cheap look first (checks run every 100 ms while starting); inspect (usage) only at the end. */
+        if (cell_container_running(a->cell, id, monitor_pid, NULL) > 0)
+                return 1;
+        if (monitor_pid)
+                *monitor_pid = 0;
         if (cell_container_inspect(a->cell, id, &doc, &e) < 0) {
                 *code = -1;
                 *reason = xstrdup("container gone");
                 return -ENOENT;
         }
         json_t *st = json_object_get(doc, "State");
-        if (json_is_true(json_object_get(st, "Running")))
+        if (json_is_true(json_object_get(st, "Running"))) {
+                if (monitor_pid)
+                        *monitor_pid = (int)json_integer_value(json_object_get(st, "MonitorPid"));
                 return 1;
+        }
         *code = (int)json_integer_value(json_object_get(st, "ExitCode"));
-        if (json_is_true(json_object_get(st, "OOMKilled")))
-                *reason = xstrdup("out of memory");
-        else
-                *reason = xasprintf("exited with status %d", *code);
+        *reason = agent_exit_reason(doc, *code);
         return 0;
 }
 
-/* One round of the configured check on every port. Lock NOT held. */
-static bool check_once(struct instance *in, const char *type, const char *ip, unsigned timeout_ms)
+/* The "Exit status" CELL line for an ended container (Diego's executor appends the OOM note). */
+static void exit_line(struct agent *a, const char *guid, int code, const char *reason)
+{
+        if (code < 0)
+                cell_line(a, guid, "Exit status unknown: %s", reason ? reason : "container gone");
+        else if (reason && strncmp(reason, "exited with status", 18))
+                cell_line(a, guid, "Exit status %d (%s)", code, reason);
+        else
+                cell_line(a, guid, "Exit status %d", code);
+}
+
+/*
+ * One round of the configured check: port = a TCP connect to every port of the LRP, http = GET the endpoint
+ * on ports[0] answering 200 and a TCP connect to the other ports (Diego's checks: http for the first port
+ * only), process = nothing. *why (optional, caller frees): the failure. Lock NOT held.
+ */
+static bool check_once(struct instance *in, const char *type, const char *ip, unsigned timeout_ms, char **why)
 {
         _cleanup_berr_ struct berr *e = NULL;
+        int r = 0;
         if (!strcmp(type, "process"))
                 return true;
+        size_t first = 0, n = json_array_size(json_object_get(in->lrp, "ports"));
         if (!strcmp(type, "http")) {
                 const char *ep = hc_str(in, "endpoint");
-                return health_check_http(ip, inst_port(in, 0), ep ? ep : "/", timeout_ms, &e) == 0;
+                r = health_check_http(ip, inst_port(in, 0), ep ? ep : "/", timeout_ms, &e);
+                first = 1;
         }
-        size_t n = json_array_size(json_object_get(in->lrp, "ports"));
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = first; i < n && r == 0; i++) {
                 berr_free(e);
                 e = NULL;
-                if (health_check_port(ip, inst_port(in, i), timeout_ms, &e) < 0)
-                        return false;
+                r = health_check_port(ip, inst_port(in, i), timeout_ms, &e);
         }
-        return true;
+        if (r < 0 && why)
+                *why = xstrdup(berr_msg(e));
+        return r == 0;
 }
 
 static void stop_container(struct agent *a, const char *id)
@@ -554,6 +757,33 @@ static void stop_container(struct agent *a, const char *id)
                 log_warn("cell agent: stop %s: %s", id, berr_msg(e));
 }
 
+static int pidfd_open_(int pid)
+{
+        return pid > 0 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+}
+
+/*
+ * Wait up to timeout_ms for the container's monitor to exit (pidfd, -1: none) or a wake-up (the instance's
+ * wake fd). True if the monitor ended. Lock NOT held.
+ */
+static bool wait_monitor(struct instance *in, int pidfd, int64_t timeout_ms)
+{
+        struct pollfd p[2] = { { .fd = in->wake_fd, .events = POLLIN }, { .fd = pidfd, .events = POLLIN } };
+        if (in->wake_fd < 0 && timeout_ms > CHECK_EVERY_MS)
+                timeout_ms = CHECK_EVERY_MS; /* nothing can wake it: look at the flags often */
+        int n = poll(p, 2, (int)timeout_ms);
+        uint64_t v;
+        if (n > 0 && (p[0].revents & POLLIN) && read(in->wake_fd, &v, sizeof(v)) < 0)
+                log_debug("cell agent: wake fd of %s: %s", in->guid, strerror(errno));
+        return n > 0 && pidfd >= 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+/*
+ * An instance's life after its container exists: startup checks every CHECK_EVERY_MS until healthy (RUNNING)
+ * or timeout_s after the start (CRASHED "start timeout"); then liveness every LIVENESS_MS, and between
+ * checks a wait on the monitor's pidfd, so the container's end is reported at once. A crash is reported
+ * before the container is stopped, so the controller takes it out of the routes (and restarts it) first.
+ */
 static void *worker(void *arg)
 {
         struct instance *in = arg;
@@ -562,73 +792,115 @@ static void *worker(void *arg)
         bool adopted = in->adopted;
         pthread_mutex_unlock(&a->lock);
         char *reason = NULL;
-        int code = -1;
-        if (!adopted && instance_create(a, in, &reason) < 0) {
-                pthread_mutex_lock(&a->lock);
-                set_state(a, in, ST_CRASHED, -1, reason);
-                goto out;
+        int code = -1, mpid = 0, pidfd = -1;
+        if (!adopted) {
+                cell_line(a, in->guid, "Creating container");
+                if (instance_create(a, in, &reason) < 0) {
+                        cell_line(a, in->guid, "Failed to create container: %s", reason);
+                        pthread_mutex_lock(&a->lock);
+                        set_state(a, in, ST_CRASHED, -1, reason);
+                        goto out;
+                }
+                cell_line(a, in->guid, "Successfully created container");
         }
         pthread_mutex_lock(&a->lock);
         const char *type = hc_str(in, "type");
         int64_t inv = hc_int(in, "invocation_timeout_s");
         unsigned inv_ms = (unsigned)((inv > 0 ? inv : 1) * 1000);
-        int64_t deadline =
-            now_ms() - (int64_t)(time(NULL) - in->since) * 1000 + hc_int(in, "timeout_s") * 1000;
+        int64_t timeout_s = hc_int(in, "timeout_s");
+        /* The start timeout counts from the start of the container: after the pull (Diego: after creation).
+         */
+        int64_t deadline = now_ms() - (int64_t)(time(NULL) - in->since) * 1000 + timeout_s * 1000;
         if (!adopted)
-                deadline = now_ms() + hc_int(in, "timeout_s") * 1000;
+                deadline = now_ms() + timeout_s * 1000;
         char ip[16];
         snprintf(ip, sizeof(ip), "%s", in->ip);
         char *id = xstrdup(in->container_id);
-        /* Startup checks. */
+        if (!adopted)
+                cell_line(a, in->guid, "Starting health monitoring of container");
+        /* Startup checks: an app usually listens within milliseconds, so look early, then every 100 ms. */
+        int64_t every = CHECK_FIRST_MS;
         while (in->state == ST_STARTING && !in->deleting && !a->stopping) {
                 pthread_mutex_unlock(&a->lock);
-                int alive = container_alive(a, id, &code, &reason);
-                bool ok = alive > 0 && check_once(in, type, ip, inv_ms);
+                free(reason);
+                reason = NULL;
+                int alive = container_alive(a, id, &code, &reason, NULL);
+                bool ok = alive > 0 && check_once(in, type, ip, inv_ms, NULL);
                 pthread_mutex_lock(&a->lock);
                 if (in->deleting || a->stopping)
                         break;
                 if (alive <= 0) {
+                        exit_line(a, in->guid, code, reason);
                         set_state(a, in, ST_CRASHED, code, reason);
                         break;
                 }
                 if (ok) {
+                        cell_line(a, in->guid, "Container became healthy");
                         set_state(a, in, ST_RUNNING, -1, NULL);
                         break;
                 }
                 if (now_ms() >= deadline) {
+                        cell_line(a, in->guid, "Failed after %llds: startup health check never passed.",
+                                  (long long)timeout_s);
+                        set_state(a, in, ST_CRASHED, -1, "start timeout");
                         pthread_mutex_unlock(&a->lock);
                         stop_container(a, id);
                         pthread_mutex_lock(&a->lock);
-                        set_state(a, in, ST_CRASHED, -1, "start timeout");
                         break;
                 }
-                wait_until(a, now_ms() + CHECK_EVERY_MS);
+                wait_until(a, now_ms() + every);
+                every = MIN(every * 2, CHECK_EVERY_MS);
         }
         /* Liveness. */
         int64_t next = now_ms();
         while (in->state == ST_RUNNING && !in->deleting && !a->stopping) {
-                if (now_ms() < next) {
-                        wait_until(a, next);
-                        continue;
+                bool ended = false;
+                int64_t left = next - now_ms();
+                if (left > 0) {
+                        pthread_mutex_unlock(&a->lock);
+                        ended = wait_monitor(in, pidfd, left);
+                        pthread_mutex_lock(&a->lock);
+                        if (in->deleting || a->stopping)
+                                break;
+                        if (!ended && now_ms() < next)
+                                continue; /* woken for nothing */
+                }
+                if (ended) {
+                        close(pidfd);
+                        pidfd = -1;
                 }
                 pthread_mutex_unlock(&a->lock);
                 free(reason);
                 reason = NULL;
-                int alive = container_alive(a, id, &code, &reason);
-                bool ok = alive > 0 && check_once(in, type, ip, inv_ms);
-                if (alive > 0 && !ok)
-                        stop_container(a, id);
+                _cleanup_free_ char *why = NULL;
+                int alive = container_alive(a, id, &code, &reason, &mpid);
+                /* A monitor that died leaving its container running: liveness checks go on. */
+                bool ok = alive > 0 && (ended || check_once(in, type, ip, inv_ms, &why));
                 pthread_mutex_lock(&a->lock);
                 if (in->deleting || a->stopping)
                         break;
-                if (alive <= 0)
+                if (alive <= 0) {
+                        exit_line(a, in->guid, code, reason);
                         set_state(a, in, ST_CRASHED, code, reason);
-                else if (!ok)
+                        break;
+                }
+                if (!ok) {
+                        cell_line(a, in->guid, "Container became unhealthy: %s", why ? why : "check failed");
                         set_state(a, in, ST_CRASHED, -1, "health check failed");
-                next = now_ms() + LIVENESS_MS;
+                        pthread_mutex_unlock(&a->lock);
+                        stop_container(a, id);
+                        pthread_mutex_lock(&a->lock);
+                        break;
+                }
+                if (pidfd < 0 && mpid > 0 && !ended)
+                        pidfd = pidfd_open_(mpid);
+                if (!ended)
+                        next = now_ms() + LIVENESS_MS;
         }
         free(id);
 out:
+        if (pidfd >= 0)
+                close(pidfd);
         free(reason);
         in->done = true;
         pthread_cond_broadcast(&a->cond);
@@ -649,6 +921,246 @@ static int start_worker(struct agent *a, struct instance *in)
         return 0;
 }
 
+/* ---- logs: APP/PROC/WEB/<index> and CELL/<index> lines, and those of deleted instances ---- */
+
+struct line_sink {
+        json_t *arr;
+        const char *source;
+};
+
+/* One NDJSON record {"time","source","stream","text"}; text that is not UTF-8 is replaced. */
+static json_t *log_rec(const char *time, const char *source, int stream, const char *text, size_t len)
+{
+        const char *sn = stream == 2 ? "stderr" : "stdout";
+        json_t *j = json_pack("{s:s, s:s, s:s, s:s%}", "time", time, "source", source, "stream", sn, "text",
+                              text, len);
+        return j ? j
+                 : json_pack("{s:s, s:s, s:s, s:s}", "time", time, "source", source, "stream", sn, "text",
+                             "(binary output)");
+}
+
+static int sink_line(int stream, const char *time, const char *text, size_t len, void *userdata)
+{
+        struct line_sink *ls = userdata;
+        if (len && text[len - 1] == '\n')
+                len--;
+        json_array_append_new(ls->arr, log_rec(time, ls->source, stream, text, len));
+        return 0;
+}
+
+/* Append the instance's CELL lines (<guid>.cell) to out. */
+static void cell_lines(struct agent *a, const char *guid, const char *source, json_t *out)
+{
+        _cleanup_free_ char *path = xasprintf("%s/%s.cell", a->logs_dir, guid);
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        if (fs_read_file_at(AT_FDCWD, path, 2 * CELL_LOG_MAX, &buf, &len) < 0)
+                return;
+        for (char *p = buf; p < buf + len;) {
+                char *nl = memchr(p, '\n', (size_t)(buf + len - p));
+                char *end = nl ? nl : buf + len;
+                char *sp = memchr(p, ' ', (size_t)(end - p));
+                if (sp) {
+                        *sp = '\0';
+                        json_array_append_new(out, log_rec(p, source, 1, sp + 1, (size_t)(end - sp - 1)));
+                }
+                p = end + 1;
+        }
+}
+
+/* <logs_dir>/<process_guid>.<index>: the logs of deleted instances of that index; NULL for odd guids. */
+static char *history_dir(struct agent *a, const char *proc, int64_t idx)
+{
+        return proc && is_guidish(proc) ? xasprintf("%s/%s.%lld", a->logs_dir, proc, (long long)idx) : NULL;
+}
+
+static int name_cmp(const void *x, const void *y)
+{
+        return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+/* The entries of dir but "." and "..", sorted (never NULL; caller frees). */
+static char **dir_names(const char *dir)
+{
+        struct strv v = { 0 };
+        DIR *d = opendir(dir);
+        if (d) {
+                struct dirent *de;
+                while ((de = readdir(d)))
+                        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+                                strv_push(&v, xstrdup(de->d_name));
+                closedir(d);
+        }
+        size_t n = v.n;
+        char **names = strv_take(&v);
+        qsort(names, n, sizeof(*names), name_cmp);
+        return names;
+}
+
+/* Append the NDJSON records of every archive in dir (oldest first) to out. */
+static void history_lines(const char *dir, json_t *out)
+{
+        _cleanup_(strv_freep) char **names = dir_names(dir);
+        for (char **n = names; *n; n++) {
+                _cleanup_free_ char *path = xasprintf("%s/%s", dir, *n);
+                _cleanup_free_ char *buf = NULL;
+                size_t len = 0;
+                if (fs_read_file_at(AT_FDCWD, path, HISTORY_READ_MAX, &buf, &len) < 0)
+                        continue;
+                for (char *p = buf; p < buf + len;) {
+                        char *nl = memchr(p, '\n', (size_t)(buf + len - p));
+                        size_t l = nl ? (size_t)(nl - p) : (size_t)(buf + len - p);
+                        json_t *j = json_loadb(p, l, 0, NULL);
+                        if (json_is_string(json_object_get(j, "time")))
+                                json_array_append_new(out, j);
+                        else
+                                json_decref(j);
+                        p += l + 1;
+                }
+        }
+}
+
+struct rec_ref {
+        json_t *j;
+        const char *time;
+        size_t i;
+};
+
+static int rec_cmp(const void *x, const void *y)
+{
+        const struct rec_ref *a = x, *b = y;
+        int c = strcmp(a->time, b->time);
+        return c ? c : (a->i > b->i) - (a->i < b->i);
+}
+
+/* Sort records by time, keeping the order of equal times (stable); keep the last `tail`. Steals arr. */
+BERTH_STATIC json_t *agent_sort_tail(json_t *arr, size_t tail)
+{
+        size_t n = json_array_size(arr);
+        struct rec_ref *v = xcalloc(n ? n : 1, sizeof(*v));
+        for (size_t i = 0; i < n; i++) {
+                v[i].j = json_array_get(arr, i);
+                v[i].time = json_string_value(json_object_get(v[i].j, "time")) ?: "";
+                v[i].i = i;
+        }
+        qsort(v, n, sizeof(*v), rec_cmp);
+        json_t *out = json_array();
+        for (size_t i = n > tail ? n - tail : 0; i < n; i++)
+                json_array_append(out, v[i].j);
+        free(v);
+        json_decref(arr);
+        return out;
+}
+
+/*
+ * The last `tail` lines of an instance: its CELL lines and its container's output in time order, after
+ * those of the deleted instances of its process index (with_history). New reference.
+ */
+static json_t *instance_lines(struct agent *a, const char *guid, const char *container_id, const char *proc,
+                              int64_t idx, size_t tail, bool with_history)
+{
+        char app_src[48], cell_src[48];
+        snprintf(app_src, sizeof(app_src), "APP/PROC/WEB/%lld", (long long)idx);
+        snprintf(cell_src, sizeof(cell_src), "CELL/%lld", (long long)idx);
+        json_t *arr = json_array();
+        _cleanup_free_ char *hdir = with_history ? history_dir(a, proc, idx) : NULL;
+        if (hdir)
+                history_lines(hdir, arr);
+        cell_lines(a, guid, cell_src, arr);
+        if (container_id) {
+                struct cell_log_opts o = {
+                        .tail = (long)tail, .follow = false, .log_fd = -1, .end_fd = -1, .proxy_signal_fd = -1
+                };
+                struct line_sink ls = { .arr = arr, .source = app_src };
+                cell_container_logs(a->cell, container_id, &o, sink_line, &ls, NULL);
+        }
+        return agent_sort_tail(arr, tail);
+}
+
+/*
+ * Keep the logs of an instance being deleted for the next instances of its process index: its last
+ * HISTORY_LINES lines (at most HISTORY_BYTES) in <history dir>/<ms>-<guid>.ndjson; at most HISTORY_KEEP
+ * archives per index. Lock NOT held (the instance is deleting: nobody else changes it).
+ */
+static void history_archive(struct agent *a, struct instance *in)
+{
+        const char *proc = json_string_value(json_object_get(in->lrp, "process_guid"));
+        _cleanup_free_ char *dir = history_dir(a, proc, inst_index(in));
+        if (!dir || fs_mkdir_p_at(AT_FDCWD, dir, 0700) < 0)
+                return;
+        _cleanup_json_ json_t *lines =
+            instance_lines(a, in->guid, in->container_id, proc, inst_index(in), HISTORY_LINES, false);
+        /* The newest lines that fit in HISTORY_BYTES. */
+        size_t n = json_array_size(lines), first = n, bytes = 0;
+        struct strv dumped = { 0 };
+        while (first > 0) {
+                char *d = json_dumps(json_array_get(lines, first - 1), JSON_COMPACT);
+                if (!d || bytes + strlen(d) + 1 > HISTORY_BYTES) {
+                        free(d);
+                        break;
+                }
+                bytes += strlen(d) + 1;
+                strv_push(&dumped, d);
+                first--;
+        }
+        _cleanup_free_ char *text = xcalloc(1, bytes + 1);
+        size_t off = 0;
+        for (size_t i = dumped.n; i-- > 0;) {
+                size_t l = strlen(dumped.v[i]);
+                memcpy(text + off, dumped.v[i], l);
+                text[off + l] = '\n';
+                off += l + 1;
+        }
+        strv_clear(&dumped);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        _cleanup_free_ char *name =
+            xasprintf("%013lld-%s.ndjson", (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, in->guid);
+        _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || fs_write_file_replace_at(dfd, name, text, off, 0600) < 0) {
+                log_warn("cell agent: cannot keep the logs of %s in %s", in->guid, dir);
+                return;
+        }
+        _cleanup_(strv_freep) char **names = dir_names(dir);
+        size_t count = 0;
+        while (names[count])
+                count++;
+        for (size_t i = 0; i + HISTORY_KEEP < count; i++)
+                unlinkat(dfd, names[i], 0);
+}
+
+/*
+ * Drop archives older than HISTORY_MAX_AGE_S (and empty history directories), and CELL logs of instances
+ * the agent no longer has. Lock held.
+ */
+static void history_sweep(struct agent *a)
+{
+        time_t now = time(NULL);
+        _cleanup_(strv_freep) char **names = dir_names(a->logs_dir);
+        for (char **n = names; *n; n++) {
+                _cleanup_free_ char *path = xasprintf("%s/%s", a->logs_dir, *n);
+                size_t l = strlen(*n);
+                if (l > 5 && !strcmp(*n + l - 5, ".cell")) {
+                        _cleanup_free_ char *guid = xstrndup(*n, l - 5);
+                        if (!find_instance(a, guid))
+                                unlink(path);
+                        continue;
+                }
+                _cleanup_(strv_freep) char **files = dir_names(path);
+                size_t left = 0;
+                for (char **f = files; *f; f++) {
+                        _cleanup_free_ char *fp = xasprintf("%s/%s", path, *f);
+                        struct stat st;
+                        if (stat(fp, &st) == 0 && now - st.st_mtime > HISTORY_MAX_AGE_S)
+                                unlink(fp);
+                        else
+                                left++;
+                }
+                if (!left)
+                        rmdir(path);
+        }
+}
+
 /* Stop the worker, stop and remove the container, forget the record. The instance stays in the list
  * (deleting) until this returns; lock NOT held. */
 static void instance_destroy(struct agent *a, struct instance *in)
@@ -656,13 +1168,20 @@ static void instance_destroy(struct agent *a, struct instance *in)
         pthread_mutex_lock(&a->lock);
         in->deleting = true;
         pthread_cond_broadcast(&a->cond);
+        wake(in);
         pthread_mutex_unlock(&a->lock);
         if (in->has_thread)
                 pthread_join(in->thread, NULL);
         in->has_thread = false;
+        cell_line(a, in->guid, "Stopping instance");
+        if (in->container_id) {
+                stop_container(a, in->container_id);
+                cell_line(a, in->guid, "Destroying container");
+        }
+        /* Its output stays readable for its successors (a restart deletes the crashed instance first). */
+        history_archive(a, in);
         if (in->container_id) {
                 _cleanup_berr_ struct berr *e = NULL;
-                stop_container(a, in->container_id);
                 pthread_mutex_lock(&a->ops);
                 if (cell_container_remove(a->cell, a->store, in->container_id, true, &e) < 0)
                         log_warn("cell agent: remove %s: %s", in->container_id, berr_msg(e));
@@ -670,6 +1189,8 @@ static void instance_destroy(struct agent *a, struct instance *in)
         }
         pthread_mutex_lock(&a->lock);
         instance_forget(a, in->guid);
+        _cleanup_free_ char *cell_log = xasprintf("%s/%s.cell", a->logs_dir, in->guid);
+        unlink(cell_log);
         for (struct instance **p = &a->instances; *p; p = &(*p)->next)
                 if (*p == in) {
                         *p = in->next;
@@ -704,8 +1225,7 @@ static void adopt_all(struct agent *a)
                         log_warn("cell agent: ignoring unreadable record %s", p);
                         continue;
                 }
-                struct instance *in = xcalloc(1, sizeof(*in));
-                in->guid = xstrdup(guid);
+                struct instance *in = instance_new(guid);
                 in->lrp = json_deep_copy(json_object_get(rec, "lrp"));
                 const char *cid = json_string_value(json_object_get(rec, "container_id"));
                 in->container_id = cid ? xstrdup(cid) : NULL;
@@ -729,7 +1249,8 @@ static void adopt_all(struct agent *a)
                         if (!in->container_id) {
                                 set_state(a, in, ST_CRASHED, -1,
                                           "agent restarted before the container was created");
-                        } else if (container_alive(a, in->container_id, &code, &reason) <= 0) {
+                        } else if (container_alive(a, in->container_id, &code, &reason, NULL) <= 0) {
+                                exit_line(a, in->guid, code, reason);
                                 set_state(a, in, ST_CRASHED, code, reason);
                         } else {
                                 log_info("cell agent: re-adopted instance %s (container %.12s, %s)", in->guid,
@@ -755,21 +1276,23 @@ static void reply_error(struct http_response *resp, int status, const char *msg)
 
 struct log_stream {
         struct http_response *resp;
+        const char *source;
 };
+
+static int write_rec(struct http_response *resp, const json_t *j)
+{
+        _cleanup_free_ char *s = json_dump_str(j, false);
+        _cleanup_free_ char *line = xasprintf("%s\n", s);
+        return http_response_stream_write(resp, line, strlen(line)) < 0 ? -EPIPE : 0;
+}
 
 static int log_line(int stream, const char *time, const char *text, size_t len, void *userdata)
 {
         struct log_stream *ls = userdata;
         if (len && text[len - 1] == '\n')
                 len--;
-        _cleanup_json_ json_t *j = json_pack("{s:s, s:s, s:s%}", "time", time, "stream",
-                                             stream == 2 ? "stderr" : "stdout", "text", text, len);
-        if (!j) /* not UTF-8 */
-                j = json_pack("{s:s, s:s, s:s}", "time", time, "stream", stream == 2 ? "stderr" : "stdout",
-                              "text", "(binary output)");
-        _cleanup_free_ char *s = json_dump_str(j, false);
-        _cleanup_free_ char *line = xasprintf("%s\n", s);
-        return http_response_stream_write(ls->resp, line, strlen(line)) < 0 ? -EPIPE : 0;
+        _cleanup_json_ json_t *j = log_rec(time, ls->source, stream, text, len);
+        return write_rec(ls->resp, j);
 }
 
 /* "key=value" from a raw query; bounded copy; NULL if absent. */
@@ -812,33 +1335,33 @@ static void handle_logs(struct agent *a, const struct http_request *req, struct 
         }
         pthread_mutex_lock(&a->lock);
         struct instance *in = find_instance(a, guid);
-        char *id = in && in->container_id ? xstrdup(in->container_id) : NULL;
-        /* An instance that never got a container (create failed): its reason is its only output. */
-        char *why = in && !id && in->reason ? xstrdup(in->reason) : NULL;
-        time_t since = in ? in->since : 0;
+        _cleanup_free_ char *id = in && in->container_id ? xstrdup(in->container_id) : NULL;
+        _cleanup_free_ char *proc =
+            in ? xstrdup(json_string_value(json_object_get(in->lrp, "process_guid"))) : NULL;
+        int64_t idx = in ? inst_index(in) : 0;
         pthread_mutex_unlock(&a->lock);
         if (!in)
                 return reply_error(resp, 404, "instance not found");
-        if (http_response_stream_begin(resp, 200, "application/x-ndjson") < 0 || !id) {
-                if (why && tail != 0) {
-                        char t[32];
-                        struct tm tm;
-                        gmtime_r(&since, &tm);
-                        strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%S.000000000Z", &tm);
-                        struct log_stream ls = { .resp = resp };
-                        log_line(2, t, why, strlen(why), &ls);
-                }
-                free(why);
-                free(id);
+        size_t n = tail < 0 || tail > LOG_TAIL_MAX ? LOG_TAIL_MAX : (size_t)tail;
+        _cleanup_json_ json_t *lines = instance_lines(a, guid, id, proc, idx, n, true);
+        if (http_response_stream_begin(resp, 200, "application/x-ndjson") < 0)
                 return;
-        }
+        size_t i;
+        json_t *j;
+        json_array_foreach (lines, i, j)
+                if (write_rec(resp, j) < 0)
+                        return;
+        if (!follow || !id)
+                return;
+        /* Then the container's new output until it stops. */
+        char src[48];
+        snprintf(src, sizeof(src), "APP/PROC/WEB/%lld", (long long)idx);
         struct cell_log_opts o = {
-                .tail = tail, .follow = follow, .log_fd = -1, .end_fd = -1, .proxy_signal_fd = -1
+                .tail = 0, .follow = true, .log_fd = -1, .end_fd = -1, .proxy_signal_fd = -1
         };
-        struct log_stream ls = { .resp = resp };
+        struct log_stream ls = { .resp = resp, .source = src };
         _cleanup_berr_ struct berr *e = NULL;
         cell_container_logs(a->cell, id, &o, log_line, &ls, &e);
-        free(id);
 }
 
 static void handle_put(struct agent *a, const struct http_request *req, struct http_response *resp,
@@ -860,8 +1383,7 @@ static void handle_put(struct agent *a, const struct http_request *req, struct h
                 pthread_mutex_unlock(&a->lock);
                 return reply_error(resp, 503, "the cell is shutting down");
         }
-        in = xcalloc(1, sizeof(*in));
-        in->guid = xstrdup(guid);
+        in = instance_new(guid);
         const char *u = json_string_value(json_object_get(body, "username"));
         const char *p = json_string_value(json_object_get(body, "password"));
         in->username = u ? xstrdup(u) : NULL;
@@ -877,7 +1399,6 @@ static void handle_put(struct agent *a, const struct http_request *req, struct h
         in->lrp = json_incref(body);
         in->state = ST_STARTING;
         in->since = time(NULL);
-        in->exit_code = -1;
         in->next = a->instances;
         a->instances = in;
         instance_save(a, in);
@@ -911,10 +1432,8 @@ static void agent_handler(void *userdata, const struct http_request *req, struct
         if (!strcmp(path, "/v1/lrps")) {
                 if (strcmp(m, "GET"))
                         return reply_error(resp, 405, "method not allowed");
-                json_t *list = json_array();
                 pthread_mutex_lock(&a->lock);
-                for (struct instance *in = a->instances; in; in = in->next)
-                        json_array_append_new(list, instance_json(a, in, true));
+                json_t *list = instances_json(a);
                 pthread_mutex_unlock(&a->lock);
                 return http_response_json(resp, 200,
                                           json_pack("{s:s, s:o}", "cell_id", a->id, "instances", list));
@@ -941,7 +1460,13 @@ static void agent_handler(void *userdata, const struct http_request *req, struct
         if (!strcmp(m, "GET")) {
                 pthread_mutex_lock(&a->lock);
                 struct instance *in = find_instance(a, guid);
-                json_t *j = in ? instance_json(a, in, true) : NULL;
+                _cleanup_free_ char *cid =
+                    in && in->container_id && in->state != ST_CRASHED ? xstrdup(in->container_id) : NULL;
+                pthread_mutex_unlock(&a->lock);
+                _cleanup_json_ json_t *u = container_usage(a, cid); /* without the lock: slow */
+                pthread_mutex_lock(&a->lock);
+                in = find_instance(a, guid);
+                json_t *j = in ? instance_json(a, in, u) : NULL;
                 pthread_mutex_unlock(&a->lock);
                 if (!j)
                         return reply_error(resp, 404, "instance not found");
@@ -981,8 +1506,13 @@ static void *reporter(void *arg)
         int64_t next_hb = now_ms();
         int64_t hb_retry_ms = 100; /* after a failed heartbeat: 100 ms, doubling up to HEARTBEAT_MS */
         bool warned = false;
+        int64_t next_sweep = now_ms() + 60000;
         pthread_mutex_lock(&a->lock);
         while (!a->stopping) {
+                if (now_ms() >= next_sweep) {
+                        history_sweep(a);
+                        next_sweep = now_ms() + 60000;
+                }
                 /* Events first, in order; one failure leaves them queued for the next round. */
                 bool failed = false;
                 while (json_array_size(a->events) && !failed) {
@@ -1003,9 +1533,7 @@ static void *reporter(void *arg)
                         }
                 }
                 if (now_ms() >= next_hb) {
-                        json_t *list = json_array();
-                        for (struct instance *in = a->instances; in; in = in->next)
-                                json_array_append_new(list, instance_json(a, in, true));
+                        json_t *list = instances_json(a);
                         pthread_mutex_unlock(&a->lock);
                         _cleanup_json_ json_t *hb = json_pack(
                             "{s:s, s:I, s:I, s:o}", "url", a->url, "memory_mb", (json_int_t)a->memory_mb,
@@ -1110,7 +1638,7 @@ static void *signal_thread(void *arg)
         log_info("cell agent: %s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
         pthread_mutex_lock(&a->lock);
         a->stopping = true;
-        pthread_cond_broadcast(&a->cond);
+        wake_all(a);
         pthread_mutex_unlock(&a->lock);
         http_server_stop(a->server);
         return NULL;
@@ -1130,6 +1658,7 @@ static void agent_free(struct agent *a)
         }
         free(a->listen), free(a->url), free(a->controller), free(a->id), free(a->advertise_ip);
         free(a->state_dir);
+        free(a->logs_dir);
         if (a->cell)
                 cell_close(a->cell);
         if (a->store)
@@ -1275,6 +1804,11 @@ int cell_agent_main(const char *data_dir, const char *config_path, const struct 
                 berr_set_errno(err, -errno, "create %s", a->state_dir);
                 goto out;
         }
+        a->logs_dir = xasprintf("%s/cell/agent-logs", data_dir);
+        if (fs_mkdir_p_at(AT_FDCWD, a->logs_dir, 0700) < 0) {
+                berr_set_errno(err, -errno, "create %s", a->logs_dir);
+                goto out;
+        }
         if (store_open(data_dir, cfg, &a->store, err) < 0)
                 goto out;
         {
@@ -1296,6 +1830,14 @@ int cell_agent_main(const char *data_dir, const char *config_path, const struct 
                         goto out;
         }
         cell_sweep(a->cell, a->store);
+        /* Each instance's worker holds two fds (its wake eventfd, the monitor's pidfd): lift the soft limit.
+         */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        log_warn("cell agent: cannot raise the open files limit: %s", strerror(errno));
+        }
         /* Signals go to the signal thread only (every thread created after this inherits the mask). */
         sigset_t set;
         sigemptyset(&set);
@@ -1307,6 +1849,9 @@ int cell_agent_main(const char *data_dir, const char *config_path, const struct 
         if (http_server_new(&so, &a->server, err) < 0)
                 goto out;
         adopt_all(a);
+        pthread_mutex_lock(&a->lock);
+        history_sweep(a);
+        pthread_mutex_unlock(&a->lock);
         pthread_t sig_t, rep_t;
         pthread_create(&sig_t, NULL, signal_thread, a);
         pthread_detach(sig_t);
@@ -1316,7 +1861,7 @@ int cell_agent_main(const char *data_dir, const char *config_path, const struct 
         int r = http_server_run(a->server, err);
         pthread_mutex_lock(&a->lock);
         a->stopping = true;
-        pthread_cond_broadcast(&a->cond);
+        wake_all(a);
         pthread_mutex_unlock(&a->lock);
         pthread_join(rep_t, NULL);
         /* Workers end at once (stopping); then drain if asked. */
@@ -1339,6 +1884,7 @@ int cell_agent_main(const char *data_dir, const char *config_path, const struct 
                         a->instances = in->next;
                         instance_free(in);
                 }
+                history_sweep(a); /* their CELL lines */
         }
         http_server_free(a->server);
         a->server = NULL;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stddef.h>
 
 #include "lib/config.h"
 #include "lib/err.h"
@@ -15,3 +16,11 @@ int cell_agent_main(const char *data_dir, const char *config_path, const struct 
  * message starts with the field's name. guid: the instance guid of the URL.
  */
 int cell_agent_lrp_validate(const json_t *body, const char *guid, struct berr **err);
+
+#ifdef BERTH_TESTING
+/* Internals of agent.c exported to unit tests. */
+/* The CRASHED reason of an ended container from its inspect document and exit code. Caller frees. */
+char *agent_exit_reason(const json_t *inspect_doc, int code);
+/* Sort NDJSON log records by "time" (stable) and keep the last tail. Steals arr; new reference. */
+json_t *agent_sort_tail(json_t *arr, size_t tail);
+#endif

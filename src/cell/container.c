@@ -1026,6 +1026,8 @@ static int inspect_doc(struct cell *c, const char *id, json_t **ret)
                                     json_string("its monitor died; the exit status is unknown"));
         if (st.signal)
                 json_object_set_new(state, "Signal", json_integer(st.signal));
+        if (running && st.monitor_alive && st.monitor_pid > 0)
+                json_object_set_new(state, "MonitorPid", json_integer(st.monitor_pid));
         json_t *ports = json_object();
         size_t i;
         json_t *pm;
@@ -1070,6 +1072,20 @@ static int inspect_doc(struct cell *c, const char *id, json_t **ret)
         json_object_set_new(doc, "LogPath", json_string(logp));
         *ret = doc;
         return 0;
+}
+
+int cell_container_running(struct cell *c, const char *id, int *ret_monitor_pid, struct berr **err)
+{
+        _cleanup_free_ char *dir = ctr_dir(c, id);
+        _cleanup_free_ char *metap = xasprintf("%s/container.json", dir);
+        if (access(metap, F_OK) < 0)
+                return berr_set_errno(err, -errno, "container %s", id);
+        struct cstate st;
+        read_state(c, id, &st);
+        bool running = !strcmp(st.status, "running");
+        if (ret_monitor_pid)
+                *ret_monitor_pid = running && st.monitor_alive ? st.monitor_pid : 0;
+        return running;
 }
 
 int cell_container_inspect(struct cell *c, const char *id, json_t **ret, struct berr **err)

@@ -106,6 +106,11 @@ int cell_container_lookup(struct cell *c, const char *name_or_id, char **ret_id,
 /* Docker-like inspect document: Id, Name, Created, Image, Config, State, NetworkSettings, HostConfig, Usage.
  */
 int cell_container_inspect(struct cell *c, const char *id, json_t **ret, struct berr **err);
+/*
+ * Is it running (1) or not (0)? Cheaper than inspect (no usage): the state file and the monitor's lock.
+ * *ret_monitor_pid (optional): the live monitor's pid, 0 if it runs unsupervised or not at all.
+ */
+int cell_container_running(struct cell *c, const char *id, int *ret_monitor_pid, struct berr **err);
 /* Inspect documents of all containers (all=false: only running), newest first. */
 int cell_container_list(struct cell *c, bool all, json_t **ret, struct berr **err);
 /* Send the image's StopSignal (default SIGTERM), SIGKILL after timeout_s; waits until it exited. */

@@ -227,7 +227,9 @@ static void stats_for(struct api_req *r, struct http_response *resp, const char 
                 json_t *u = in->usage;
                 double cpu = 0;
                 json_int_t cpu_ns = json_integer_value(json_object_get(u, "cpu_ns"));
-                if (uptime > 0 && cpu_ns > 0)
+                if (json_is_number(json_object_get(u, "cpu")))
+                        cpu = json_number_value(json_object_get(u, "cpu")); /* the cell's recent fraction */
+                else if (uptime > 0 && cpu_ns > 0)
                         cpu = (double)cpu_ns / 1e9 / (double)uptime;
                 json_t *usage = u ? json_pack("{s:s,s:f,s:I,s:I}", "time", nows, "cpu", cpu, "mem",
                                               json_integer_value(json_object_get(u, "mem_bytes")), "disk",
@@ -345,10 +347,16 @@ static void fetch_lines(struct http_client *hc, struct log_src *src, unsigned lo
                         const char *t = json_string_value(json_object_get(j, "time"));
                         const char *stream = json_string_value(json_object_get(j, "stream"));
                         const char *text = json_string_value(json_object_get(j, "text"));
+                        /* The cell's tag ("APP/PROC/WEB/0", "CELL/0") without its index. */
+                        const char *source = json_string_value(json_object_get(j, "source"));
+                        const char *slash = source ? strrchr(source, '/') : NULL;
+                        _cleanup_free_ char *type = slash && slash > source
+                                                        ? xstrndup(source, (size_t)(slash - source))
+                                                        : xstrdup("APP/PROC/WEB");
                         if (t && text && (!after || strcmp(t, after) > 0))
                                 json_array_append_new(
                                     out, json_pack("{s:s,s:s,s:i,s:s,s:s}", "timestamp", t, "source_type",
-                                                   "APP/PROC/WEB", "instance_index", src->idx, "message_type",
+                                                   type, "instance_index", src->idx, "message_type",
                                                    stream && strcmp(stream, "stderr") == 0 ? "ERR" : "OUT",
                                                    "message", text));
                         json_decref(j);
@@ -365,7 +373,11 @@ static int by_time(const void *a, const void *b)
                       json_string_value(json_object_get(y, "timestamp")));
 }
 
-/* Sort the entries by time (stable enough: per-instance order kept for equal times by index). */
+/*
+ * Sort the entries by time (stable enough: per-instance order kept for equal times by index). Drop exact
+ * repeats: two instances of one index (a replacement overlapping its predecessor) both return the lines
+ * the cell kept of the deleted ones before them.
+ */
 static json_t *sorted(json_t *arr)
 {
         size_t n = json_array_size(arr);
@@ -375,7 +387,8 @@ static json_t *sorted(json_t *arr)
         qsort(v, n, sizeof(*v), by_time);
         json_t *out = json_array();
         for (size_t i = 0; i < n; i++)
-                json_array_append(out, v[i]);
+                if (i == 0 || !json_equal(v[i], v[i - 1]))
+                        json_array_append(out, v[i]);
         free(v);
         json_decref(arr);
         return out;

@@ -427,13 +427,30 @@ static json_t *lrp_body(struct ctl *c, const char *inst_guid, const char *proc_g
         json_t *hc = json_pack("{s:s,s:o,s:i,s:i}", "type", hct, "endpoint",
                                strcmp(hct, "http") == 0 ? json_string(ep ? ep : "/") : json_null(),
                                "timeout_s", to, "invocation_timeout_s", ito);
+        /* The app port first, then every other EXPOSEd TCP port: a port health check probes them all (CF). */
+        json_t *ports = json_pack("[i]", port);
+        {
+                _cleanup_json_ json_t *m = json_loads(db_col_text(s, 4) ? db_col_text(s, 4) : "{}", 0, NULL);
+                size_t i, k;
+                json_t *pe, *q;
+                json_array_foreach (json_object_get(m, "ports"), i, pe) {
+                        json_t *proto = json_object_get(pe, "Protocol");
+                        json_int_t n = json_integer_value(json_object_get(pe, "Port"));
+                        bool dup = false;
+                        json_array_foreach (ports, k, q)
+                                dup = dup || json_integer_value(q) == n;
+                        if ((!proto || (json_is_string(proto) && !strcmp(json_string_value(proto), "tcp"))) &&
+                            n > 0 && n <= 65535 && !dup && json_array_size(ports) < 16)
+                                json_array_append_new(ports, json_integer(n));
+                }
+        }
         json_t *b = json_pack(
-            "{s:s,s:s,s:s,s:s,s:i,s:s,s:o,s:o,s:o,s:o,s:[i],s:i,s:i,s:o}", "instance_guid", inst_guid,
+            "{s:s,s:s,s:s,s:s,s:i,s:s,s:o,s:o,s:o,s:o,s:o,s:i,s:i,s:o}", "instance_guid", inst_guid,
             "process_guid", proc_guid, "app_guid", app, "app_name", db_col_text(s, 1), "index", idx, "image",
             db_col_text(s, 3), "username", db_col_text(s, 5) ? json_string(db_col_text(s, 5)) : json_null(),
             "password", pass ? json_string(pass) : json_null(), "command",
-            cmd && *cmd ? json_pack("[s,s,s]", "/bin/sh", "-c", cmd) : json_null(), "env", env, "ports", port,
-            "memory_mb", mem, "disk_mb", sqlite3_column_int(s, 9), "health_check", hc);
+            cmd && *cmd ? json_pack("[s,s,s]", "/bin/sh", "-c", cmd) : json_null(), "env", env, "ports",
+            ports, "memory_mb", mem, "disk_mb", sqlite3_column_int(s, 9), "health_check", hc);
         if (pass)
                 explicit_bzero(pass, strlen(pass));
         return b;

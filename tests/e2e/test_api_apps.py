@@ -414,7 +414,7 @@ def test_push_flow_lrp_body_routes_stats_logs(ctl, cell, images):
                            {"Port": 9001, "Protocol": "tcp"}]
     assert em["entrypoint"] == ["/bin/web"] and em["user"] == "1000"
     assert body["image"] == drop["image"] and body["index"] == 0 and body["app_name"] == "web"
-    assert body["command"] is None and body["ports"] == [9000]
+    assert body["command"] is None and body["ports"] == [9000, 9001]  # the app port, then the other TCP ports
     assert body["username"] is None and body["password"] is None
     assert (body["memory_mb"], body["disk_mb"]) == (256, 1024)
     assert body["health_check"] == {"type": "port", "endpoint": None, "timeout_s": 60, "invocation_timeout_s": 1}

@@ -258,7 +258,7 @@ def test_lifecycle_env_events_and_delete(platform, registry_plain, berth_data):
     assert st == 200
     for line in raw.decode().splitlines():
         rec = json.loads(line)
-        assert set(rec) == {"time", "stream", "text"}
+        assert set(rec) == {"time", "source", "stream", "text"}
     # Delete leaves nothing.
     assert agent.req("DELETE", f"/v1/lrps/{guid}")[0] == 202
     assert agent.req("GET", f"/v1/lrps/{guid}")[0] == 404
@@ -269,8 +269,11 @@ def test_lifecycle_env_events_and_delete(platform, registry_plain, berth_data):
     pool = {os.path.join(berth_data, "cell", d) for d in ("disk", "netns")}
     after["mounts"] = [m for m in after["mounts"] if m.split()[1] not in pool]
     after["files"] = [f for f in after["files"] if f != "cell/net/lock"]
-    for k in ("mounts", "cgroups", "processes", "container_pids", "files"):
+    for k in ("mounts", "processes", "files"):
         assert before.get(k) == after.get(k), k
+    # cgroups and container processes are host-wide (other e2e runs may have containers): only this one's
+    cid = inst["container_id"]
+    assert [c for c in after["cgroups"] if cid in c] == [] and container_pids(cid) == []
     assert os.listdir(os.path.join(berth_data, "cell", "agent")) == []
     assert ctl.unauthorized == 0
 
@@ -351,8 +354,73 @@ def test_restart_readopts_running_instance(platform, registry_plain):
     assert again["since"] == inst["since"] and again["external_port"] == inst["external_port"]
     with urllib.request.urlopen(url, timeout=10) as r:
         assert r.status == 200
+    # The re-adopted instance is supervised as before: its end is reported at once.
+    pids = container_pids(inst["container_id"])
+    assert pids
+    t0 = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    crashed = agent2.wait_state(guid, "CRASHED", timeout=10)
+    assert time.monotonic() - t0 < 1.5
+    assert crashed["reason"] == "killed by signal 9 (SIGKILL)" and crashed["exit_code"] == 137
     assert agent2.req("DELETE", f"/v1/lrps/{guid}")[0] == 202
     assert agent2.stop() == 0
+
+
+def container_pids(cid):
+    for path in (f"/sys/fs/cgroup/pids/berth/{cid}/cgroup.procs", f"/sys/fs/cgroup/berth/{cid}/cgroup.procs"):
+        if os.path.exists(path):
+            with open(path) as f:
+                return [int(p) for p in f.read().split()]
+    return []
+
+
+def test_stop_signal_grace_period_and_logs_of_deleted_instances(platform, registry_plain):
+    start, ctl = platform
+    usr1 = ib.build_image([ib.Layer(ib.busybox_entries())], name="test/usr1:1",
+                          config={"Env": ib.DEFAULT_ENV, "StopSignal": "SIGUSR1", "Cmd": ["/bin/sh"]})
+    image = registry_plain.ref(f"test/usr1@{registry_plain.push(usr1, 'test/usr1:1')}")
+    digest = registry_plain.push(ib.busybox_image(), "test/bb2:1")
+    plain = registry_plain.ref(f"test/bb2@{digest}")
+    agent = start()
+    hc = {"type": "process", "timeout_s": 10}
+    loop = "while :; do sleep 1 & wait $!; done"
+    polite, stubborn = str(uuid.uuid4()), str(uuid.uuid4())
+    agent.req("PUT", f"/v1/lrps/{polite}", lrp(polite, image, health_check=hc, command=[
+        "/bin/sh", "-c", f"trap 'echo got USR1; exit 0' USR1; echo started; {loop}"]))
+    agent.req("PUT", f"/v1/lrps/{stubborn}", lrp(stubborn, plain, health_check=hc, command=[
+        "/bin/sh", "-c", f"trap 'echo ignoring TERM' TERM; echo started; {loop}"]))
+    for g in (polite, stubborn):
+        agent.wait_state(g, "RUNNING")
+        wait_for(lambda g=g: b"started" in agent.req("GET", f"/v1/lrps/{g}/logs")[1], timeout=10,
+                 what="the app's first line")
+    # The image's StopSignal, handled: gone at once.
+    t0 = time.monotonic()
+    assert agent.req("DELETE", f"/v1/lrps/{polite}")[0] == 202
+    assert time.monotonic() - t0 < 3
+    # SIGTERM caught and ignored: SIGKILL after 10 s.
+    t0 = time.monotonic()
+    assert agent.req("DELETE", f"/v1/lrps/{stubborn}")[0] == 202
+    took = time.monotonic() - t0
+    assert 9.5 <= took < 14, took
+    # The next instance of the polite one's process index shows its predecessor's lines first.
+    succ = str(uuid.uuid4())
+    agent.req("PUT", f"/v1/lrps/{succ}", lrp(succ, image, health_check=hc, process_guid="p-" + polite[:8],
+                                              command=["/bin/sh", "-c", f"echo successor; {loop}"]))
+    agent.wait_state(succ, "RUNNING")
+    wait_for(lambda: b"successor" in agent.req("GET", f"/v1/lrps/{succ}/logs")[1], timeout=10,
+             what="the successor's line")
+    recs = [json.loads(l) for l in agent.req("GET", f"/v1/lrps/{succ}/logs")[1].decode().splitlines()]
+    app = [(r["source"], r["text"]) for r in recs if r["source"].startswith("APP/")]
+    assert app == [("APP/PROC/WEB/0", "started"), ("APP/PROC/WEB/0", "got USR1"), ("APP/PROC/WEB/0", "successor")]
+    cell = [r["text"] for r in recs if r["source"] == "CELL/0"]
+    assert cell[:4] == ["Creating container", "Successfully created container",
+                        "Starting health monitoring of container", "Container became healthy"]
+    assert "Stopping instance" in cell and "Destroying container" in cell
+    assert [r["time"] for r in recs] == sorted(r["time"] for r in recs)
+    assert agent.req("GET", f"/v1/lrps/{succ}/logs?tail=1")[1].count(b"\n") == 1
+    assert agent.req("DELETE", f"/v1/lrps/{succ}")[0] == 202
+    assert agent.stop() == 0
 
 
 def test_unreachable_controller_exit_without_and_with_drain(platform, registry_plain, berth_data, scratch):
@@ -382,3 +450,41 @@ def test_unreachable_controller_exit_without_and_with_drain(platform, registry_p
                           text=True).stdout.split()
     assert left == []
     assert os.listdir(os.path.join(berth_data, "cell", "agent")) == []
+
+
+def test_deleted_instance_logs_are_bounded(platform, registry_plain):
+    start, ctl = platform
+    digest = registry_plain.push(ib.busybox_image(), "test/bb3:1")
+    image = registry_plain.ref(f"test/bb3@{digest}")
+    agent = start()
+    hc = {"type": "process", "timeout_s": 10}
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+    proc = "p-" + old[:8]
+    agent.req("PUT", f"/v1/lrps/{old}", lrp(old, image, health_check=hc, process_guid=proc, command=[
+        "/bin/sh", "-c", "i=1; while [ $i -le 1500 ]; do echo line $i; i=$((i+1)); done; exec sleep 1000"]))
+    agent.wait_state(old, "RUNNING")
+    wait_for(lambda: b"line 1500" in agent.req("GET", f"/v1/lrps/{old}/logs?tail=5")[1], timeout=10,
+             what="the 1500 lines")
+    assert agent.req("DELETE", f"/v1/lrps/{old}")[0] == 202
+    # Another index of the same process does not see them; the same index does: the last 1000 lines.
+    other = str(uuid.uuid4())
+    agent.req("PUT", f"/v1/lrps/{other}", lrp(other, image, health_check=hc, process_guid=proc, index=1,
+                                               command=["/bin/sh", "-c", "exec sleep 1000"]))
+    agent.req("PUT", f"/v1/lrps/{new}", lrp(new, image, health_check=hc, process_guid=proc,
+                                             command=["/bin/sh", "-c", "exec sleep 1000"]))
+    agent.wait_state(new, "RUNNING")
+    agent.wait_state(other, "RUNNING")
+    recs = [json.loads(l) for l in agent.req("GET", f"/v1/lrps/{new}/logs")[1].decode().splitlines()]
+    # The deleted one's records come first: its last 1000 lines, app and cell lines together.
+    texts = [r["text"] for r in recs]
+    kept = recs[:len(texts) - 1 - texts[::-1].index("Creating container")]
+    assert len(kept) == 1000 and kept[-1]["text"] == "Destroying container"
+    app = [r["text"] for r in kept if r["source"] == "APP/PROC/WEB/0"]
+    first = int(app[0].split()[1])
+    assert 500 < first < 510 and app == [f"line {i}" for i in range(first, 1501)]
+    recs = [json.loads(l) for l in agent.req("GET", f"/v1/lrps/{other}/logs")[1].decode().splitlines()]
+    assert [r for r in recs if r["source"].startswith("APP/")] == []
+    assert {r["source"] for r in recs} == {"CELL/1"}
+    for g in (new, other):
+        assert agent.req("DELETE", f"/v1/lrps/{g}")[0] == 202
+    assert agent.stop() == 0

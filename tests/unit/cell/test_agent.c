@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The agent's strict validation of a desired LRP: a good body passes; each bad field is named. */
+/*
+ * The agent's strict validation of a desired LRP (a good body passes; each bad field is named), its crash
+ * reasons, and the ordering of merged log records.
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -94,11 +97,85 @@ static void test_bad_fields(void **state)
         berr_free(err);
 }
 
+static char *reason_of(const char *doc, int code)
+{
+        json_t *d = json_loads(doc, 0, NULL);
+        assert_non_null(d);
+        char *r = agent_exit_reason(d, code);
+        json_decref(d);
+        return r;
+}
+
+static void test_exit_reasons(void **state)
+{
+        (void)state;
+        static const struct {
+                const char *doc;
+                int code;
+                const char *want;
+        } cases[] = {
+                { "{\"State\":{\"ExitCode\":3}}", 3, "exited with status 3" },
+                { "{\"State\":{\"ExitCode\":0}}", 0, "exited with status 0" },
+                { "{\"State\":{\"ExitCode\":137,\"Signal\":9}}", 137, "killed by signal 9 (SIGKILL)" },
+                { "{\"State\":{\"ExitCode\":143,\"Signal\":15}}", 143, "killed by signal 15 (SIGTERM)" },
+                /* the OOM killer's SIGKILL is an OOM kill; so is a child's kill the init survived */
+                { "{\"State\":{\"ExitCode\":137,\"Signal\":9,\"OOMKilled\":true}}", 137, "out of memory" },
+                { "{\"State\":{\"ExitCode\":1,\"OOMKilled\":true}}", 1, "out of memory" },
+                { "{\"State\":{\"ExitCode\":-1}}", -1, "exited with an unknown status (its monitor died)" },
+                /* a failure with the disk within min(quota/16, 1 MiB) of its quota */
+                { "{\"State\":{\"ExitCode\":1},\"HostConfig\":{\"DiskQuota\":16777216},"
+                  "\"Usage\":{\"disk_bytes\":16760832}}",
+                  1, "disk quota exceeded" },
+                { "{\"State\":{\"ExitCode\":1},\"HostConfig\":{\"DiskQuota\":16777216},"
+                  "\"Usage\":{\"disk_bytes\":8388608}}",
+                  1, "exited with status 1" },
+                { "{\"State\":{\"ExitCode\":0},\"HostConfig\":{\"DiskQuota\":16777216},"
+                  "\"Usage\":{\"disk_bytes\":16777216}}",
+                  0, "exited with status 0" },
+                { "{\"State\":{\"ExitCode\":1},\"HostConfig\":{\"DiskQuota\":0},"
+                  "\"Usage\":{\"disk_bytes\":0}}",
+                  1, "exited with status 1" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char *r = reason_of(cases[i].doc, cases[i].code);
+                assert_string_equal(r, cases[i].want);
+                free(r);
+        }
+}
+
+static void test_sort_tail(void **state)
+{
+        (void)state;
+        json_t *a = json_loads("[{\"time\":\"2026-01-01T00:00:02.000000000Z\",\"text\":\"c\"},"
+                               "{\"time\":\"2026-01-01T00:00:01.000000000Z\",\"text\":\"a\"},"
+                               "{\"time\":\"2026-01-01T00:00:02.000000000Z\",\"text\":\"d\"},"
+                               "{\"time\":\"2026-01-01T00:00:01.500000000Z\",\"text\":\"b\"}]",
+                               0, NULL);
+        assert_non_null(a);
+        json_t *all = agent_sort_tail(json_incref(a), 10);
+        const char *want = "abcd"; /* equal times keep their order */
+        assert_int_equal(json_array_size(all), 4);
+        for (size_t i = 0; i < 4; i++)
+                assert_int_equal(json_string_value(json_object_get(json_array_get(all, i), "text"))[0],
+                                 want[i]);
+        json_t *two = agent_sort_tail(a, 2);
+        assert_int_equal(json_array_size(two), 2);
+        assert_string_equal(json_string_value(json_object_get(json_array_get(two, 0), "text")), "c");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(two, 1), "text")), "d");
+        json_decref(two);
+        json_decref(all);
+        json_t *none = agent_sort_tail(json_array(), 0);
+        assert_int_equal(json_array_size(none), 0);
+        json_decref(none);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_good),
                 cmocka_unit_test(test_bad_fields),
+                cmocka_unit_test(test_exit_reasons),
+                cmocka_unit_test(test_sort_tail),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
