@@ -201,8 +201,12 @@ static void flags_update(struct api_req *r, struct http_response *resp)
                 json_decref(j);
                 return;
         }
-        if (strcmp(name, "diego_docker") == 0 && was != now_on)
+        if (strcmp(name, "diego_docker") == 0 && was != now_on) {
+                /* The route table leaves Docker apps out while the flag is off; the scheduler stops (or
+                 * brings back) their instances now rather than at its next sweep. */
+                routes_changed(c);
                 sched_kick(c);
+        }
         api_respond(resp, 200, j);
         return;
 fail:
