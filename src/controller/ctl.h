@@ -310,6 +310,9 @@ void routes_routers_clear(struct ctl *c);
 
 /* ---- sched.c ---- */
 int sched_start(struct ctl *c, struct berr **err);
+/* The scheduler's state (its per-cell HTTP clients) without its thread: tests and the convergence benchmark
+ * drive sched_plan/sched_execute themselves. sched_stop frees it. */
+void sched_attach(struct ctl *c);
 void sched_stop(struct ctl *c);
 /* Something desired changed (app started/stopped/scaled, flag flipped): converge now. */
 void sched_kick(struct ctl *c);
@@ -325,7 +328,8 @@ struct sched_plan;
 struct sched_plan_stats {
         size_t instances; /* rows looked at */
         size_t kept, placed, stopped, unplaced;
-        bool routes; /* the route table changed */
+        bool routes;                                /* the route table changed */
+        double load_s, decide_s, place_s, commit_s; /* where the time went */
 };
 int sched_plan(struct ctl *c, struct sched_plan **ret, struct sched_plan_stats *ret_stats, struct berr **err);
 /* Send the plan's PUTs and DELETEs (no lock held); returns the number of PUTs that failed. */

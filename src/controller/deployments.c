@@ -30,9 +30,10 @@ const char db_schema_deployments[] =
     "CREATE INDEX IF NOT EXISTS deployments_app ON deployments(app_guid, status_value);"
     "CREATE INDEX IF NOT EXISTS deployments_active ON deployments(status_value);";
 
-#define DEP_COLUMNS                                                                                             \
-        "SELECT d.guid, d.app_guid, d.process_guid, d.state, d.status_value, d.status_reason, d.droplet_guid," \
-        " d.previous_droplet_guid, d.version, d.created_at, d.updated_at, d.last_status_change FROM"         \
+#define DEP_COLUMNS                                                                                  \
+        "SELECT d.guid, d.app_guid, d.process_guid, d.state, d.status_value, d.status_reason, "      \
+        "d.droplet_guid,"                                                                            \
+        " d.previous_droplet_guid, d.version, d.created_at, d.updated_at, d.last_status_change FROM" \
         " deployments d"
 
 static json_t *guid_or_null(const char *g)
@@ -48,26 +49,26 @@ static json_t *dep_json(struct ctl *c, sqlite3_stmt *s)
         _cleanup_free_ char *cancel = api_href(c, "/v3/deployments/%s/actions/cancel", g);
         {
                 /* The last time one of its new instances passed its health check. */
-                _cleanup_stmt_ sqlite3_stmt *h =
-                    xdb_query(c, NULL,
-                              "SELECT max(since) FROM instances WHERE process_guid = ? AND process_version = ?"
-                              " AND state = 'RUNNING'",
-                              "ss", proc, db_col_text(s, 8));
+                _cleanup_stmt_ sqlite3_stmt *h = xdb_query(
+                    c, NULL,
+                    "SELECT max(since) FROM instances WHERE process_guid = ? AND process_version = ?"
+                    " AND state = 'RUNNING'",
+                    "ss", proc, db_col_text(s, 8));
                 if (h && sqlite3_step(h) == SQLITE_ROW && db_col_text(h, 0))
                         healthy = xstrdup(db_col_text(h, 0));
         }
-        return json_pack(
-            "{s:s,s:s,s:{s:s,s:s,s:{s:s,s:s}},s:s,s:{s:i},s:o,s:o,s:[{s:s,s:s}],s:n,s:s,s:s,s:o,"
-            "s:{s:{s:{s:s}}},s:{s:o,s:o,s:{s:s,s:s}}}",
-            "guid", g, "state", db_col_text(s, 3), "status", "value", db_col_text(s, 4), "reason",
-            db_col_text(s, 5), "details", "last_successful_healthcheck", healthy ? healthy : db_col_text(s, 9),
-            "last_status_change", db_col_text(s, 11), "strategy", "rolling", "options", "max_in_flight", 1,
-            "droplet", guid_or_null(db_col_text(s, 6)), "previous_droplet", guid_or_null(db_col_text(s, 7)),
-            "new_processes", "guid", proc, "type", "web", "revision", "created_at", db_col_text(s, 9),
-            "updated_at", db_col_text(s, 10), "metadata", api_metadata(), "relationships", "app", "data",
-            "guid", app, "links", "self", api_link(c, "/v3/deployments/%s", g), "app",
-            api_link(c, "/v3/apps/%s", app), "cancel", "href",
-            cancel, "method", "POST");
+        return json_pack("{s:s,s:s,s:{s:s,s:s,s:{s:s,s:s}},s:s,s:{s:i},s:o,s:o,s:[{s:s,s:s}],s:n,s:s,s:s,s:o,"
+                         "s:{s:{s:{s:s}}},s:{s:o,s:o,s:{s:s,s:s}}}",
+                         "guid", g, "state", db_col_text(s, 3), "status", "value", db_col_text(s, 4),
+                         "reason", db_col_text(s, 5), "details", "last_successful_healthcheck",
+                         healthy ? healthy : db_col_text(s, 9), "last_status_change", db_col_text(s, 11),
+                         "strategy", "rolling", "options", "max_in_flight", 1, "droplet",
+                         guid_or_null(db_col_text(s, 6)), "previous_droplet", guid_or_null(db_col_text(s, 7)),
+                         "new_processes", "guid", proc, "type", "web", "revision", "created_at",
+                         db_col_text(s, 9), "updated_at", db_col_text(s, 10), "metadata", api_metadata(),
+                         "relationships", "app", "data", "guid", app, "links", "self",
+                         api_link(c, "/v3/deployments/%s", g), "app", api_link(c, "/v3/apps/%s", app),
+                         "cancel", "href", cancel, "method", "POST");
 }
 
 static json_t *dep_get(struct ctl *c, const char *guid)
@@ -80,11 +81,12 @@ void deployments_finalize_app(struct ctl *c, const char *app_guid, const char *r
 {
         char now[21];
         ctl_now(now);
-        xdb_exec(c, NULL,
-                 "UPDATE deployments SET state = CASE WHEN ?1 = 'CANCELED' THEN 'CANCELED' ELSE 'DEPLOYED' END,"
-                 " status_value = 'FINALIZED', status_reason = ?1, updated_at = ?2, last_status_change = ?2"
-                 " WHERE app_guid = ?3 AND status_value = 'ACTIVE'",
-                 "sss", reason, now, app_guid);
+        xdb_exec(
+            c, NULL,
+            "UPDATE deployments SET state = CASE WHEN ?1 = 'CANCELED' THEN 'CANCELED' ELSE 'DEPLOYED' END,"
+            " status_value = 'FINALIZED', status_reason = ?1, updated_at = ?2, last_status_change = ?2"
+            " WHERE app_guid = ?3 AND status_value = 'ACTIVE'",
+            "sss", reason, now, app_guid);
 }
 
 static const char *app_name_of(struct ctl *c, const char *app, char *buf, size_t n)
@@ -100,10 +102,9 @@ static void deployments_create(struct api_req *r, struct http_response *resp)
         struct ctl *c = r->ctl;
         _cleanup_berr_ struct berr *e = NULL;
         json_t *strategy = json_object_get(r->body, "strategy");
-        json_t *app = json_object_get(json_object_get(json_object_get(json_object_get(r->body, "relationships"),
-                                                                      "app"),
-                                                      "data"),
-                                      "guid");
+        json_t *app = json_object_get(
+            json_object_get(json_object_get(json_object_get(r->body, "relationships"), "app"), "data"),
+            "guid");
         json_t *droplet = json_object_get(r->body, "droplet");
         json_t *dguid = json_object_get(droplet, "guid");
         if (strategy && !json_is_null(strategy) &&
@@ -138,11 +139,11 @@ static void deployments_create(struct api_req *r, struct http_response *resp)
                 return;
         _cleanup_free_ char *state = NULL, *current = NULL, *proc = NULL, *prev_version = NULL;
         {
-                _cleanup_stmt_ sqlite3_stmt *s =
-                    xdb_query(c, NULL,
-                              "SELECT a.state, a.droplet_guid, p.guid, p.version FROM apps a LEFT JOIN processes p"
-                              " ON p.app_guid = a.guid AND p.type = 'web' WHERE a.guid = ?",
-                              "s", ag);
+                _cleanup_stmt_ sqlite3_stmt *s = xdb_query(
+                    c, NULL,
+                    "SELECT a.state, a.droplet_guid, p.guid, p.version FROM apps a LEFT JOIN processes p"
+                    " ON p.app_guid = a.guid AND p.type = 'web' WHERE a.guid = ?",
+                    "s", ag);
                 if (s && sqlite3_step(s) == SQLITE_ROW) {
                         state = xstrdup(db_col_text(s, 0));
                         current = db_col_text(s, 1) ? xstrdup(db_col_text(s, 1)) : NULL;
@@ -169,12 +170,13 @@ static void deployments_create(struct api_req *r, struct http_response *resp)
                 return;
         }
         {
-                _cleanup_stmt_ sqlite3_stmt *s =
-                    xdb_query(c, NULL, "SELECT 1 FROM droplets WHERE guid = ? AND app_guid = ?", "ss", target, ag);
+                _cleanup_stmt_ sqlite3_stmt *s = xdb_query(
+                    c, NULL, "SELECT 1 FROM droplets WHERE guid = ? AND app_guid = ?", "ss", target, ag);
                 if (!s || sqlite3_step(s) != SQLITE_ROW) {
                         api_tx_rollback(r);
-                        api_unprocessable(resp, "Unable to assign current droplet. Ensure the droplet exists and "
-                                                "belongs to this app.");
+                        api_unprocessable(resp,
+                                          "Unable to assign current droplet. Ensure the droplet exists and "
+                                          "belongs to this app.");
                         return;
                 }
         }
@@ -198,18 +200,19 @@ static void deployments_create(struct api_req *r, struct http_response *resp)
         ctl_now(now);
         app_name_of(c, ag, name, sizeof(name));
         deployments_finalize_app(c, ag, "SUPERSEDED");
-        int k = xdb_exec(c, &e, "UPDATE apps SET droplet_guid = ?, updated_at = ? WHERE guid = ?", "sss", target,
-                         now, ag);
+        int k = xdb_exec(c, &e, "UPDATE apps SET droplet_guid = ?, updated_at = ? WHERE guid = ?", "sss",
+                         target, now, ag);
         if (k == 0)
                 k = xdb_exec(c, &e, "UPDATE processes SET version = ?, updated_at = ? WHERE guid = ?", "sss",
                              version, now, proc);
         if (k == 0)
-                k = xdb_exec(c, &e,
-                             "INSERT INTO deployments (guid, app_guid, process_guid, state, status_value,"
-                             " status_reason, droplet_guid, previous_droplet_guid, version, previous_version,"
-                             " created_at, updated_at, last_status_change) VALUES (?,?,?,'DEPLOYING','ACTIVE',"
-                             "'DEPLOYING',?,?,?,?,?,?,?)",
-                             "ssssssssss", guid, ag, proc, target, current, version, prev_version, now, now, now);
+                k = xdb_exec(
+                    c, &e,
+                    "INSERT INTO deployments (guid, app_guid, process_guid, state, status_value,"
+                    " status_reason, droplet_guid, previous_droplet_guid, version, previous_version,"
+                    " created_at, updated_at, last_status_change) VALUES (?,?,?,'DEPLOYING','ACTIVE',"
+                    "'DEPLOYING',?,?,?,?,?,?,?)",
+                    "ssssssssss", guid, ag, proc, target, current, version, prev_version, now, now, now);
         json_t *j = k == 0 ? dep_get(c, guid) : NULL;
         if (!j) {
                 api_tx_rollback(r);
@@ -292,13 +295,15 @@ static void deployments_list(struct api_req *r, struct http_response *resp)
         if (!api_order_by(r, resp, &field, &desc))
                 return;
         if (strcmp(field, "name") == 0) {
-                api_error(resp, 400, 10005, "CF-BadQueryParameter", "Order by can only be: 'created_at', "
-                                                                     "'updated_at'");
+                api_error(resp, 400, 10005, "CF-BadQueryParameter",
+                          "Order by can only be: 'created_at', "
+                          "'updated_at'");
                 return;
         }
-        _cleanup_free_ char *sql = xasprintf(DEP_COLUMNS " JOIN apps a ON a.guid = d.app_guid WHERE 1%s ORDER BY"
-                                                         " d.%s %s, d.rowid %s",
-                                             vis, field, desc ? "DESC" : "ASC", desc ? "DESC" : "ASC");
+        _cleanup_free_ char *sql =
+            xasprintf(DEP_COLUMNS " JOIN apps a ON a.guid = d.app_guid WHERE 1%s ORDER BY"
+                                  " d.%s %s, d.rowid %s",
+                      vis, field, desc ? "DESC" : "ASC", desc ? "DESC" : "ASC");
         json_t *items = json_array();
         db_lock(r->ctl);
         _cleanup_stmt_ sqlite3_stmt *s = db_prepare(r->ctl, sql, &e);
@@ -328,11 +333,12 @@ static void deployments_cancel(struct api_req *r, struct http_response *resp)
                 return;
         _cleanup_free_ char *state = NULL, *prev_droplet = NULL, *prev_version = NULL, *proc = NULL;
         {
-                _cleanup_stmt_ sqlite3_stmt *s = xdb_query(
-                    c, NULL,
-                    "SELECT state, previous_droplet_guid, previous_version, process_guid FROM deployments WHERE"
-                    " guid = ?",
-                    "s", r->params[0]);
+                _cleanup_stmt_ sqlite3_stmt *s =
+                    xdb_query(c, NULL,
+                              "SELECT state, previous_droplet_guid, previous_version, process_guid FROM "
+                              "deployments WHERE"
+                              " guid = ?",
+                              "s", r->params[0]);
                 if (s && sqlite3_step(s) == SQLITE_ROW) {
                         state = xstrdup(db_col_text(s, 0));
                         prev_droplet = db_col_text(s, 1) ? xstrdup(db_col_text(s, 1)) : NULL;
@@ -362,18 +368,19 @@ static void deployments_cancel(struct api_req *r, struct http_response *resp)
                 k = xdb_exec(c, &e, "UPDATE processes SET version = ?, updated_at = ? WHERE guid = ?", "sss",
                              version, now, proc);
         if (k == 0)
-                k = xdb_exec(c, &e,
-                             "UPDATE deployments SET state = 'CANCELING', status_reason = 'CANCELING', version = ?,"
-                             " updated_at = ?, last_status_change = ? WHERE guid = ?",
-                             "ssss", version, now, now, r->params[0]);
+                k = xdb_exec(
+                    c, &e,
+                    "UPDATE deployments SET state = 'CANCELING', status_reason = 'CANCELING', version = ?,"
+                    " updated_at = ?, last_status_change = ? WHERE guid = ?",
+                    "ssss", version, now, now, r->params[0]);
         json_t *j = k == 0 ? dep_get(c, r->params[0]) : NULL;
         if (!j) {
                 api_tx_rollback(r);
                 api_server_error(resp, e);
                 return;
         }
-        audit_event(c, "audit.app.deployment.cancel", &r->user, "app", app, app_name_of(c, app, name, sizeof(name)),
-                    space,
+        audit_event(c, "audit.app.deployment.cancel", &r->user, "app", app,
+                    app_name_of(c, app, name, sizeof(name)), space,
                     json_pack("{s:s,s:o}", "deployment_guid", r->params[0], "droplet_guid",
                               prev_droplet ? json_string(prev_droplet) : json_null()));
         if (!api_tx_commit(r, resp)) {

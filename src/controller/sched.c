@@ -54,6 +54,13 @@ struct sched {
         size_t n_clients;
 };
 
+static double mono_s(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static int64_t now_ms(void)
 {
         struct timespec ts;
@@ -973,6 +980,7 @@ static int plan_decide(struct planner *pl, struct berr **err)
         struct sched_plan *p = pl->p;
         struct arena *A = &p->strings;
         int64_t now = pl->now;
+        double t0 = mono_s();
         /* Deployments whose process moved on (a plain restart, a new droplet or limits) are superseded. */
         char nows[21];
         ctl_now(nows);
@@ -1066,6 +1074,8 @@ static int plan_decide(struct planner *pl, struct berr **err)
         }
         pl->st->instances = nrows;
         qsort(rows, nrows, sizeof(*rows), cmp_row);
+        double t1 = mono_s();
+        pl->st->load_s = t1 - t0;
         /* Every instance on a live cell holds its memory until the cell says it is gone. */
         for (size_t i = 0; i < nrows; i++)
                 if (rows[i].c && rows[i].c->live)
@@ -1091,7 +1101,11 @@ static int plan_decide(struct planner *pl, struct berr **err)
         while (wi < p->nwants)
                 plan_process(pl, &p->wants[wi++], NULL, 0);
         free(rows);
-        return place_all(pl);
+        double t2 = mono_s();
+        pl->st->decide_s = t2 - t1;
+        int r = place_all(pl);
+        pl->st->place_s = mono_s() - t2;
+        return r;
 }
 
 int sched_plan(struct ctl *c, struct sched_plan **ret, struct sched_plan_stats *ret_stats, struct berr **err)
@@ -1114,12 +1128,14 @@ int sched_plan(struct ctl *c, struct sched_plan **ret, struct sched_plan_stats *
                 sched_plan_free(p);
                 return r;
         }
+        double tc = mono_s();
         if ((r = db_commit(c, err)) < 0) {
                 db_unlock(c);
                 sched_plan_free(p);
                 return r;
         }
         db_unlock(c);
+        st.commit_s = mono_s() - tc;
         /* After the commit: a router that reads this version (or a later one) gets a table without the
          * instances just marked STOPPING, so their DELETEs wait for it. */
         uint64_t v = st.routes ? routes_changed(c) : routes_version(c);
@@ -1356,6 +1372,14 @@ int sched_start(struct ctl *c, struct berr **err)
         }
         s->running = true;
         return 0;
+}
+
+void sched_attach(struct ctl *c)
+{
+        struct sched *s = xcalloc(1, sizeof(*s));
+        pthread_mutex_init(&s->mu, NULL);
+        pthread_cond_init(&s->cond, NULL);
+        c->sched = s;
 }
 
 void sched_stop(struct ctl *c)
