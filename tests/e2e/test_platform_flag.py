@@ -180,6 +180,12 @@ def test_enable_brings_started_apps_back(plat):
     plat.cli("enable-feature-flag", FLAG)
     plat.wait_route("flagapp", timeout=30)
     plat.wait_running("flagapp", 2, timeout=30)
+    # the app's own events show the flag going off and on (and its start, scale, ...)
+    guid = plat.app_guid("flagapp")
+    evs = plat.api_json("GET", f"/v3/audit_events?target_guids={guid}")["resources"]
+    flag = [e["data"] for e in evs if e["type"] == "audit.feature_flag.update"]
+    assert {"name": FLAG, "enabled": False, "previous_enabled": True} in flag, evs
+    assert {"name": FLAG, "enabled": True, "previous_enabled": False} in flag, evs
     plat.cli("delete", "flagapp", "-f")
     helpers.wait_for(lambda: plat.route_get("flagapp").status_code == 404, timeout=10,
                      what="flagapp's route to go")
