@@ -8,11 +8,10 @@
  *   berth-converge-bench [--cells N] [--instances N] [--apps N] [--dir D]
  *
  * Prints (one "name value unit" per line, for bench/converge.sh):
- *   placement: a sweep that must place every instance: plan (decide + insert rows), execute (the PUTs), total,
- *              instances/s
- *   heartbeats: every cell reports all its instances RUNNING (first round: every row changes state) and then
- *              the same again (steady state: nothing changes), sent by 8 clients in parallel
- *   noop sweep: a full sweep with nothing to do (median of 5)
+ *   placement: a sweep that must place every instance: plan (decide + insert rows), execute (the PUTs),
+ * total, instances/s heartbeats: every cell reports all its instances RUNNING (first round: every row changes
+ * state) and then the same again (steady state: nothing changes), sent by 8 clients in parallel noop sweep: a
+ * full sweep with nothing to do (median of 5)
  */
 #include <errno.h>
 #include <getopt.h>
@@ -62,8 +61,8 @@ static void sim_handle(void *userdata, const struct http_request *req, struct ht
 {
         (void)userdata;
         unsigned long cell = 0;
-        char guid[64] = "";
-        if (sscanf(req->path, "/sim/%lu/v1/lrps/%63s", &cell, guid) != 2 || cell >= sim.ncells) {
+        char guid[37] = "";
+        if (sscanf(req->path, "/sim/%lu/v1/lrps/%36s", &cell, guid) != 2 || cell >= sim.ncells) {
                 http_response_json(resp, 404, json_pack("{s:s}", "error", "not found"));
                 return;
         }
@@ -131,18 +130,19 @@ static json_t *heartbeat_body(size_t cell, const char *sim_url)
         for (size_t i = 0; i < c->n; i++) {
                 struct sim_inst *in = &c->v[i];
                 json_array_append_new(
-                    insts, json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:i,s:s,s:i,s:s,s:n,s:n,s:{s:I,s:I,s:I,s:I,s:I}}",
-                                     "instance_guid", in->guid, "process_guid", in->proc, "app_guid", in->app,
-                                     "index", in->index, "state", "RUNNING", "since", "2026-11-28T18:00:00Z",
-                                     "host", "10.88.0.5", "port", 8080, "external_ip", "127.0.0.1",
-                                     "external_port", 61000 + (int)(i % 1000), "container_id", in->guid,
-                                     "exit_code", "reason", "usage", "cpu_ns", (json_int_t)12345, "mem_bytes",
-                                     (json_int_t)(1 << 20), "disk_bytes", (json_int_t)8192, "mem_quota",
-                                     (json_int_t)(64 << 20), "disk_quota", (json_int_t)(1 << 30)));
+                    insts,
+                    json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:i,s:s,s:i,s:s,s:n,s:n,s:{s:I,s:I,s:I,s:I,s:I}}",
+                              "instance_guid", in->guid, "process_guid", in->proc, "app_guid", in->app,
+                              "index", in->index, "state", "RUNNING", "since", "2026-11-28T18:00:00Z", "host",
+                              "10.88.0.5", "port", 8080, "external_ip", "127.0.0.1", "external_port",
+                              61000 + (int)(i % 1000), "container_id", in->guid, "exit_code", "reason",
+                              "usage", "cpu_ns", (json_int_t)12345, "mem_bytes", (json_int_t)(1 << 20),
+                              "disk_bytes", (json_int_t)8192, "mem_quota", (json_int_t)(64 << 20),
+                              "disk_quota", (json_int_t)(1 << 30)));
         }
         _cleanup_free_ char *url = xasprintf("%s/sim/%zu", sim_url, cell);
-        return json_pack("{s:s,s:i,s:i,s:o}", "url", url, "memory_mb", 1 << 20, "disk_mb", 1 << 20, "instances",
-                         insts);
+        return json_pack("{s:s,s:i,s:i,s:o}", "url", url, "memory_mb", 1 << 20, "disk_mb", 1 << 20,
+                         "instances", insts);
 }
 
 static void *hb_worker(void *arg)
@@ -177,8 +177,9 @@ static double heartbeat_round(const char *ctl_url, char **bodies, const char *to
         pthread_t th[N];
         double t0 = mono();
         for (size_t i = 0; i < N; i++) {
-                runs[i] = (struct hb_run){ .ctl_url = ctl_url, .bodies = bodies, .token = token, .first = i,
-                                           .step = N };
+                runs[i] = (struct hb_run){
+                        .ctl_url = ctl_url, .bodies = bodies, .token = token, .first = i, .step = N
+                };
                 pthread_create(&th[i], NULL, hb_worker, &runs[i]);
         }
         *worst = 0;
@@ -208,7 +209,8 @@ static void seed(struct ctl *c, size_t ncells, size_t ninst, size_t napps, const
         db_lock(c);
         must(db_begin(c, &e), e, "begin");
         must(flags_bootstrap(c, &e), e, "flags");
-        must(xdb_exec(c, &e, "UPDATE feature_flags SET enabled = 1 WHERE name = 'diego_docker'", NULL), e, "flag");
+        must(xdb_exec(c, &e, "UPDATE feature_flags SET enabled = 1 WHERE name = 'diego_docker'", NULL), e,
+             "flag");
         must(tenancy_org_create(c, "bench", org, &e), e, "org");
         must(tenancy_space_create(c, org, "bench", space, &e), e, "space");
         int64_t now_ms = (int64_t)time(NULL) * 1000;
@@ -231,20 +233,22 @@ static void seed(struct ctl *c, size_t ncells, size_t ninst, size_t napps, const
                               " updated_at) VALUES (?,?,?,'STARTED',?,?,?)",
                               "ssssss", app, name, space, drop, now, now),
                      e, "app");
-                must(xdb_exec(c, &e,
-                              "INSERT INTO droplets (guid, app_guid, image_pinned, docker_image,"
-                              " execution_metadata, process_types, created_at, updated_at) VALUES (?,?,"
-                              "'127.0.0.1:5000/bench@sha256:0000000000000000000000000000000000000000000000000000"
-                              "000000000000', '127.0.0.1:5000/bench:1', '{\"entrypoint\":[],\"cmd\":[\"/web\"],"
-                              "\"user\":\"\",\"workdir\":\"\",\"env\":[],\"ports\":[{\"Port\":8080,\"Protocol\":"
-                              "\"tcp\"}]}', '{\"web\":\"/web\"}',?,?)",
-                              "ssss", drop, app, now, now),
+                must(xdb_exec(
+                         c, &e,
+                         "INSERT INTO droplets (guid, app_guid, image_pinned, docker_image,"
+                         " execution_metadata, process_types, created_at, updated_at) VALUES (?,?,"
+                         "'127.0.0.1:5000/bench@sha256:0000000000000000000000000000000000000000000000000000"
+                         "000000000000', '127.0.0.1:5000/bench:1', '{\"entrypoint\":[],\"cmd\":[\"/web\"],"
+                         "\"user\":\"\",\"workdir\":\"\",\"env\":[],\"ports\":[{\"Port\":8080,\"Protocol\":"
+                         "\"tcp\"}]}', '{\"web\":\"/web\"}',?,?)",
+                         "ssss", drop, app, now, now),
                      e, "droplet");
-                must(xdb_exec(c, &e,
-                              "INSERT INTO processes (guid, app_guid, type, instances, memory_mb, disk_mb,"
-                              " health_check_type, version, created_at, updated_at) VALUES (?,?,'web',?,64,1024,"
-                              "'port',?,?,?)",
-                              "ssisss", proc, app, n, ver, now, now),
+                must(xdb_exec(
+                         c, &e,
+                         "INSERT INTO processes (guid, app_guid, type, instances, memory_mb, disk_mb,"
+                         " health_check_type, version, created_at, updated_at) VALUES (?,?,'web',?,64,1024,"
+                         "'port',?,?,?)",
+                         "ssisss", proc, app, n, ver, now, now),
                      e, "process");
         }
         must(db_commit(c, &e), e, "commit");
@@ -282,7 +286,9 @@ int main(int argc, char **argv)
                         dir = optarg;
                         break;
                 default:
-                        fprintf(stderr, "usage: berth-converge-bench [--cells N] [--instances N] [--apps N] [--dir D]\n");
+                        fprintf(
+                            stderr,
+                            "usage: berth-converge-bench [--cells N] [--instances N] [--apps N] [--dir D]\n");
                         return 2;
                 }
         }
@@ -314,11 +320,16 @@ int main(int argc, char **argv)
         sim.ncells = ncells;
         sim.cells = xcalloc(ncells, sizeof(*sim.cells));
         struct http_server *simsrv = NULL, *ctlsrv = NULL;
-        struct http_server_opts so = { .listen = "127.0.0.1:0", .handler = sim_handle, .max_connections = 4096,
+        struct http_server_opts so = { .listen = "127.0.0.1:0",
+                                       .handler = sim_handle,
+                                       .max_connections = 4096,
                                        .max_body_bytes = 1 << 20 };
         must(http_server_new(&so, &simsrv, &e), e, "simulated cells");
-        struct http_server_opts co = { .listen = "127.0.0.1:0", .handler = api_handle, .userdata = &c,
-                                       .max_connections = 256, .max_body_bytes = 64 << 20 };
+        struct http_server_opts co = { .listen = "127.0.0.1:0",
+                                       .handler = api_handle,
+                                       .userdata = &c,
+                                       .max_connections = 256,
+                                       .max_body_bytes = 64 << 20 };
         must(http_server_new(&co, &ctlsrv, &e), e, "controller API");
         pthread_t simt, ctlt;
         pthread_create(&simt, NULL, serve, simsrv);
@@ -345,8 +356,8 @@ int main(int argc, char **argv)
                "placement_failed %zu\nplacement_per_s %.0f\n",
                t1 - t0, t2 - t1, t2 - t0, st.placed, failed, (double)st.placed / (t2 - t0));
         if (st.placed != ninst || failed || sim.puts != ninst) {
-                fprintf(stderr, "berth-converge-bench: placed %zu, failed %zu, cells got %zu of %zu\n", st.placed,
-                        failed, sim.puts, ninst);
+                fprintf(stderr, "berth-converge-bench: placed %zu, failed %zu, cells got %zu of %zu\n",
+                        st.placed, failed, sim.puts, ninst);
                 return 1;
         }
         size_t lo = ninst, hi = 0;

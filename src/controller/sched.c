@@ -1067,13 +1067,15 @@ static int plan_decide(struct planner *pl, struct berr **err)
                                                  .last_crash = sqlite3_column_int64(s, 8),
                                                  .since_ms = sqlite3_column_int64(s, 9),
                                                  .routed_version = sqlite3_column_int64(s, 10) };
-                        in->c = bsearch(cell, p->cells, p->ncells, sizeof(*p->cells), cmp_cell_id);
+                        in->c = p->ncells ? bsearch(cell, p->cells, p->ncells, sizeof(*p->cells), cmp_cell_id)
+                                          : NULL;
                         if (in->c)
                                 in->cell = in->c->id;
                 }
         }
         pl->st->instances = nrows;
-        qsort(rows, nrows, sizeof(*rows), cmp_row);
+        if (nrows)
+                qsort(rows, nrows, sizeof(*rows), cmp_row);
         double t1 = mono_s();
         pl->st->load_s = t1 - t0;
         /* Every instance on a live cell holds its memory until the cell says it is gone. */
