@@ -683,6 +683,87 @@ def test_auditor_and_space_delete(ctl, cell, images):
     wait_for(lambda: not cell.running(g), what="instances stopped after the space went")
 
 
+class FakeRouter:
+    """A router's route watch: long-polls /internal/v1/routes with the index it holds, taking ``install_s``
+    to install each new table before it asks for the next one. Records (monotonic time, index, instance
+    guids) of every table it received."""
+
+    def __init__(self, ctl, install_s):
+        self.ctl = ctl
+        self.install_s = install_s
+        self.tables = []
+        self.stop_ev = threading.Event()
+        self.session = requests.Session()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        index = 0
+        hdr = {"Authorization": "Bearer " + self.ctl.internal_token()}
+        while not self.stop_ev.is_set():
+            try:
+                r = self.session.get(f"{self.ctl.url}/internal/v1/routes?index={index}&wait=2", headers=hdr,
+                                     timeout=10)
+            except requests.RequestException:
+                continue
+            doc = r.json()
+            if doc["index"] != index:
+                guids = {e["instance_guid"] for rt in doc["routes"] for e in rt["endpoints"]}
+                self.tables.append((time.monotonic(), doc["index"], guids))
+                time.sleep(self.install_s)  # installing it
+                index = doc["index"]
+        self.session.close()
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stop_ev.set()
+        self.thread.join(15)
+
+
+def test_stop_waits_for_the_routers(ctl, cell, images):
+    """An instance being stopped leaves the route table first; its DELETE reaches the cell only once every
+    live router has taken a table without it (a router that takes 0.4 s to install one delays the DELETE by
+    that much), and a router that stopped polling holds stops up no longer than about a second."""
+    set_flag(ctl, True)
+    app = push(ctl, images)
+    g = app["guid"]
+    dom = ctl.api("GET", "/v3/domains").json()["resources"][0]["guid"]
+    route = ctl.api("POST", "/v3/routes", json={"host": "stopper", "relationships": {
+        "space": {"data": {"guid": space_guid(ctl)}}, "domain": {"data": {"guid": dom}}}}).json()
+    r = ctl.api("POST", f"/v3/routes/{route['guid']}/destinations",
+                json={"destinations": [{"app": {"guid": g, "process": {"type": "web"}}}]})
+    assert r.status_code == 200, r.text
+    scale(ctl, g, 3)
+    wait_for(lambda: len([i for i in cell.running(g) if i["state"] == "RUNNING"]) == 3, what="3 instances")
+    router = FakeRouter(ctl, install_s=0.4).start()
+    try:
+        wait_for(lambda: router.tables and len(router.tables[-1][2]) == 3, what="the router to hold 3 endpoints")
+        before = {i["instance_guid"]: i["index"] for i in cell.running(g)}
+        victim = [gu for gu, ix in before.items() if ix == 2][0]
+        t0 = time.monotonic()
+        scale(ctl, g, 2)
+        wait_for(lambda: any(gu == victim for _, gu in cell.deletes), what="the DELETE of index 2")
+        t_del = [t for t, gu in cell.deletes if gu == victim][0]
+        t_table = min(t for t, _, guids in router.tables if t > t0 and victim not in guids)
+        print(f"\nscale-down: table without it after {(t_table - t0) * 1000:.0f} ms, DELETE after "
+              f"{(t_del - t0) * 1000:.0f} ms (the router installs a table in 400 ms)")
+        assert t_del >= t_table + 0.4 - 0.05, "the DELETE went out before the router took the table"
+        assert t_del - t0 < 1.5
+    finally:
+        router.stop()
+    # the router is gone (no poll for > 3 s after its last one): stops no longer wait for it at all; while it
+    # may still be live, a stop waits at most about 1 s
+    victim = [i["instance_guid"] for i in cell.running(g) if i["index"] == 1][0]
+    t0 = time.monotonic()
+    scale(ctl, g, 1)
+    wait_for(lambda: any(gu == victim for _, gu in cell.deletes), what="the DELETE of index 1")
+    took = [t for t, gu in cell.deletes if gu == victim][0] - t0
+    print(f"scale-down with the router gone: DELETE after {took * 1000:.0f} ms")
+    assert took < 2.0
+
+
 def deploy(ctl, app_guid, droplet=None, token="admin"):
     body = {"strategy": "rolling", "relationships": {"app": {"data": {"guid": app_guid}}}}
     if droplet:
