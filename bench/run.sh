@@ -11,6 +11,8 @@
 #          time by phase; density of 250 detached containers (issue 3)
 #   push   berth push of a cached image to the first 200 through the router, against podman run -d -p to the
 #          first 200 from its published port (issue 4)
+#   converge  convergence sweep, placement throughput and heartbeat cost with 1,000 simulated cells and
+#          100,000 instances, against Diego's alert threshold (issue 5)
 #   router wrk through berth's router against nginx and HAProxy proxying the same backend, and the backend
 #          directly, at 1, 64 and 1,000 connections (issue 6)
 set -euo pipefail
@@ -23,7 +25,7 @@ if [ $# -gt 0 ]; then
         names=("$@")
 else
         # The known ones in this order, then any other bench/*.sh.
-        names=(pull start push router)
+        names=(pull start push converge router)
         for f in bench/*.sh; do
                 n=$(basename "$f" .sh)
                 [[ " run ${names[*]} " == *" $n "* ]] || names+=("$n")

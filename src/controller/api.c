@@ -27,8 +27,9 @@
 static __thread int api_status;
 
 static const struct api_route *const api_tables[] = {
-        api_routes_auth, api_routes_tenancy, api_routes_flags,  api_routes_domains, api_routes_events,
-        api_routes_apps, api_routes_staging, api_routes_routes, api_routes_sched,   api_routes_logs,
+        api_routes_auth,   api_routes_tenancy, api_routes_flags,       api_routes_domains,
+        api_routes_events, api_routes_apps,    api_routes_staging,     api_routes_routes,
+        api_routes_sched,  api_routes_logs,    api_routes_deployments,
 };
 
 void api_respond(struct http_response *resp, int status, json_t *body)

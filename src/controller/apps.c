@@ -66,8 +66,12 @@ const char db_schema_apps[] =
     " cell_id TEXT NOT NULL, state TEXT NOT NULL, since TEXT NOT NULL, since_ms INTEGER NOT NULL DEFAULT 0,"
     " host TEXT, port INTEGER, external_ip TEXT, external_port INTEGER, exit_code INTEGER, reason TEXT,"
     " crash_count INTEGER NOT NULL DEFAULT 0, last_crash_at INTEGER NOT NULL DEFAULT 0, usage TEXT,"
-    " process_version TEXT NOT NULL, memory_mb INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX IF NOT EXISTS instances_process ON instances(process_guid, idx);";
+    " process_version TEXT NOT NULL, memory_mb INTEGER NOT NULL DEFAULT 0,"
+    /* the route-table version that first held it RUNNING (sched.c: a rolling deployment waits for it) */
+    " routed_version INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX IF NOT EXISTS instances_process ON instances(process_guid, idx);"
+    "CREATE INDEX IF NOT EXISTS instances_cell ON instances(cell_id);"
+    "CREATE INDEX IF NOT EXISTS instances_app ON instances(app_guid);";
 
 /* ---- shared helpers ---- */
 
@@ -107,6 +111,59 @@ sqlite3_stmt *xdb_query(struct ctl *c, struct berr **err, const char *sql, const
         sqlite3_stmt *s = xdb_vquery(c, err, sql, types, ap);
         va_end(ap);
         return s;
+}
+
+static void xdb_bind(sqlite3_stmt *s, const char *types, va_list ap)
+{
+        for (int i = 0; types && types[i]; i++) {
+                switch (types[i]) {
+                case 's': {
+                        const char *v = va_arg(ap, const char *);
+                        if (v)
+                                sqlite3_bind_text(s, i + 1, v, -1, SQLITE_TRANSIENT);
+                        else
+                                sqlite3_bind_null(s, i + 1);
+                        break;
+                }
+                case 'i':
+                        sqlite3_bind_int(s, i + 1, va_arg(ap, int));
+                        break;
+                case 'I':
+                        sqlite3_bind_int64(s, i + 1, va_arg(ap, int64_t));
+                        break;
+                default:
+                        abort();
+                }
+        }
+}
+
+sqlite3_stmt *xdb_cquery(struct ctl *c, struct berr **err, const char *sql, const char *types, ...)
+{
+        sqlite3_stmt *s = db_cached(c, sql, err);
+        if (!s)
+                return NULL;
+        va_list ap;
+        va_start(ap, types);
+        xdb_bind(s, types, ap);
+        va_end(ap);
+        return s;
+}
+
+int xdb_cexec(struct ctl *c, struct berr **err, const char *sql, const char *types, ...)
+{
+        _cleanup_reset_ sqlite3_stmt *s = db_cached(c, sql, err);
+        if (!s)
+                return -EIO;
+        va_list ap;
+        va_start(ap, types);
+        xdb_bind(s, types, ap);
+        va_end(ap);
+        int rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+                return 0;
+        if ((rc & 0xff) == SQLITE_CONSTRAINT)
+                return berr_set(err, -EEXIST, "sqlite: %s", sqlite3_errmsg(c->db));
+        return berr_set(err, -EIO, "sqlite: %s", sqlite3_errmsg(c->db));
 }
 
 int xdb_exec(struct ctl *c, struct berr **err, const char *sql, const char *types, ...)
@@ -642,6 +699,11 @@ static void app_action(struct api_req *r, struct http_response *resp, enum app_a
                 api_server_error(resp, e);
                 return;
         }
+        /* A stop cancels an active rolling deployment; a plain restart supersedes it (all at once). */
+        if (act == ACT_STOP)
+                deployments_finalize_app(c, r->params[0], "CANCELED");
+        else if (act == ACT_RESTART)
+                deployments_finalize_app(c, r->params[0], "SUPERSEDED");
         _cleanup_free_ char *n = app_name(c, r->params[0]);
         audit_event(c,
                     act == ACT_START  ? "audit.app.start"

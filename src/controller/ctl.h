@@ -49,11 +49,17 @@ struct ctl {
 
         sqlite3 *db;
         pthread_mutex_t db_lock;
+        struct db_cached_stmt *stmts; /* db_cached(): statements kept prepared (under db_lock) */
+        size_t n_stmts;
 
         /* Route table version: bumped (under db_lock) by any change of routes, destinations or endpoints. */
         pthread_mutex_t rt_lock;
         pthread_cond_t rt_cond;
         uint64_t rt_version;
+        /* The routers watching the table (routes.c): what each one last said it holds, under rt_lock. */
+        struct rt_router *routers;
+        size_t n_routers;
+        uint64_t rt_want; /* the scheduler waits for the routers to hold this version (0: nothing) */
 
         struct sched *sched;
         volatile int stopping;
@@ -78,6 +84,20 @@ static inline void db_finalizep(sqlite3_stmt **s)
         if (*s)
                 sqlite3_finalize(*s);
 }
+/*
+ * A statement prepared once for the connection's life, for hot paths (lock held): keyed by the address of
+ * `sql` (a string literal), returned reset with no bindings. Do not finalize it; _cleanup_reset_ resets it.
+ * Not re-entrant: one use of a given literal at a time.
+ */
+sqlite3_stmt *db_cached(struct ctl *c, const char *sql, struct berr **err);
+#define _cleanup_reset_ _cleanup_(db_resetp)
+static inline void db_resetp(sqlite3_stmt **s)
+{
+        if (*s) {
+                sqlite3_reset(*s);
+                sqlite3_clear_bindings(*s);
+        }
+}
 /* Column text as a (possibly NULL) const char * valid until the next step. */
 static inline const char *db_col_text(sqlite3_stmt *s, int i)
 {
@@ -87,6 +107,9 @@ static inline const char *db_col_text(sqlite3_stmt *s, int i)
 extern const char db_schema_core[]; /* users, tokens, orgs, spaces, roles, flags, domains, events */
 extern const char db_schema_apps[]; /* apps, processes, packages, builds, droplets, routes, destinations,
                                           cells, instances */
+extern const char db_schema_deployments[]; /* deployments (deployments.c) */
+/* Add a column to an existing table unless it has it (stores created by an earlier version). */
+int db_add_column(struct ctl *c, const char *table, const char *column, const char *decl, struct berr **err);
 
 /* ---- helpers (db.c) ---- */
 /* A new UUID v4 string (37 bytes incl. NUL). */
@@ -138,6 +161,7 @@ extern const struct api_route api_routes_staging[];
 extern const struct api_route api_routes_routes[];
 extern const struct api_route api_routes_sched[];
 extern const struct api_route api_routes_logs[];
+extern const struct api_route api_routes_deployments[];
 
 /* The HTTP handler (http_server_opts.handler, userdata = struct ctl *). */
 void api_handle(void *userdata, const struct http_request *req, struct http_response *resp);
@@ -269,14 +293,67 @@ int crypt_open(struct ctl *c, const char *sealed, char **ret_plain, struct berr 
 void apps_space_deleted(struct ctl *c, const char *space_guid);
 
 /* ---- routes.c ---- */
-/* Bump the route table version and wake watchers (any thread; lock not required). */
-void routes_changed(struct ctl *c);
+/* Bump the route table version and wake watchers (any thread; lock not required). Returns the new version. */
+uint64_t routes_changed(struct ctl *c);
+/* The route table's current version (any thread). */
+uint64_t routes_version(struct ctl *c);
+/*
+ * Do all live routers hold a table of at least `version`? A router says which version it holds with each
+ * GET /internal/v1/routes?index=N (it asks for the next one once it installed N). A router is live while
+ * one of its polls is open or ended less than ROUTES_ROUTER_LIVE_MS ago. True when no router is live.
+ */
+bool routes_synced(struct ctl *c, uint64_t version);
+/* Wait until routes_synced(version) or timeout_ms passed; returns routes_synced(version). No db lock held. */
+bool routes_wait_synced(struct ctl *c, uint64_t version, unsigned timeout_ms);
+/* Forget the routers (controller stop, tests). */
+void routes_routers_clear(struct ctl *c);
 
 /* ---- sched.c ---- */
 int sched_start(struct ctl *c, struct berr **err);
+/* The scheduler's state (its per-cell HTTP clients) without its thread: tests and the convergence benchmark
+ * drive sched_plan/sched_execute themselves. sched_stop frees it. */
+void sched_attach(struct ctl *c);
 void sched_stop(struct ctl *c);
 /* Something desired changed (app started/stopped/scaled, flag flipped): converge now. */
 void sched_kick(struct ctl *c);
+
+/*
+ * One convergence pass, in three steps that tests and the convergence benchmark drive one by one:
+ * sched_plan decides (one transaction: marks instances STOPPING, inserts the rows of new instances,
+ * finishes deployments) and returns what to tell the cells; sched_execute sends it (DELETEs after the
+ * routers dropped the instances, PUTs in parallel over one keep-alive connection per cell). The plan is
+ * freed by sched_plan_free.
+ */
+struct sched_plan;
+struct sched_plan_stats {
+        size_t instances; /* rows looked at */
+        size_t kept, placed, stopped, unplaced;
+        bool routes;                                /* the route table changed */
+        double load_s, decide_s, place_s, commit_s; /* where the time went */
+};
+int sched_plan(struct ctl *c, struct sched_plan **ret, struct sched_plan_stats *ret_stats, struct berr **err);
+/* Send the plan's PUTs and DELETEs (no lock held); returns the number of PUTs that failed. */
+size_t sched_execute(struct ctl *c, struct sched_plan *p);
+void sched_plan_free(struct sched_plan *p);
+static inline void sched_plan_freep(struct sched_plan **p)
+{
+        sched_plan_free(*p);
+}
+/* A plan's actions for tests: n and, for each, put (else a stop), instance guid, cell url, index. */
+size_t sched_plan_count(const struct sched_plan *p);
+void sched_plan_action(const struct sched_plan *p, size_t i, bool *put, const char **guid,
+                       const char **cell_url, int *index);
+/* Wait for the stops in flight (tests, benchmarks); true if none is left within timeout_ms. */
+bool sched_stops_wait(unsigned timeout_ms);
+/* Diego's states of an instance row. */
+#define INST_STARTING "STARTING"
+#define INST_RUNNING  "RUNNING"
+#define INST_CRASHED  "CRASHED"
+#define INST_STOPPING "STOPPING"
+
+/* ---- deployments.c ---- */
+/* The app's active deployment is finalized with `reason` (SUPERSEDED, CANCELED) (lock held, in a tx). */
+void deployments_finalize_app(struct ctl *c, const char *app_guid, const char *reason);
 
 /* ---- apps half: helpers shared by apps.c, staging.c, routes.c, sched.c, logs.c (apps.c) ---- */
 /*
@@ -286,6 +363,10 @@ void sched_kick(struct ctl *c);
  */
 int xdb_exec(struct ctl *c, struct berr **err, const char *sql, const char *types, ...);
 sqlite3_stmt *xdb_query(struct ctl *c, struct berr **err, const char *sql, const char *types, ...);
+/* The same on a db_cached() statement: xdb_cexec runs it (and resets it); xdb_cquery returns it bound (the
+ * caller resets it with _cleanup_reset_). For hot paths (heartbeats, convergence). */
+int xdb_cexec(struct ctl *c, struct berr **err, const char *sql, const char *types, ...);
+sqlite3_stmt *xdb_cquery(struct ctl *c, struct berr **err, const char *sql, const char *types, ...);
 /* Answer an authz result: 0 → true; -ENOENT → 404 "<what> not found"; -EPERM → 403. */
 bool apps_authz_answer(int k, struct http_response *resp, const char *what);
 /* The space of an app (lock held): 0, -ENOENT. */

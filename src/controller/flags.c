@@ -6,6 +6,7 @@
 
 #include "controller/ctl.h"
 #include "lib/json.h"
+#include "lib/strv.h"
 
 /* A custom error message longer than this is refused (it is shown in every refused request). */
 #define FLAG_MESSAGE_MAX 1024
@@ -194,6 +195,30 @@ static void flags_update(struct api_req *r, struct http_response *resp)
         }
         audit_event(c, "audit.feature_flag.update", &r->user, "feature_flag", name, name, NULL,
                     json_pack("{s:b,s:b}", "enabled", now_on, "previous_enabled", was));
+        if (strcmp(name, "diego_docker") == 0 && was != now_on) {
+                /* Every started Docker app stops or comes back: its own events say so (berth extension:
+                 * GET /v3/audit_events?target_guids=APP shows the flag change that stopped it). */
+                struct strv apps = { 0 };
+                {
+                        _cleanup_stmt_ sqlite3_stmt *s = db_prepare(
+                            c,
+                            "SELECT guid, name, space_guid FROM apps WHERE state = 'STARTED' ORDER BY rowid",
+                            &e);
+                        if (!s)
+                                goto fail;
+                        while (sqlite3_step(s) == SQLITE_ROW) {
+                                strv_push(&apps, xstrdup(db_col_text(s, 0)));
+                                strv_push(&apps, xstrdup(db_col_text(s, 1)));
+                                strv_push(&apps, xstrdup(db_col_text(s, 2)));
+                        }
+                }
+                for (size_t i = 0; i + 2 < apps.n; i += 3)
+                        audit_event(c, "audit.feature_flag.update", &r->user, "app", apps.v[i], apps.v[i + 1],
+                                    apps.v[i + 2],
+                                    json_pack("{s:s,s:b,s:b}", "name", name, "enabled", now_on,
+                                              "previous_enabled", was));
+                strv_clear(&apps);
+        }
         json_t *j = flag_get(c, name, &e);
         if (!j)
                 goto fail;
@@ -201,8 +226,12 @@ static void flags_update(struct api_req *r, struct http_response *resp)
                 json_decref(j);
                 return;
         }
-        if (strcmp(name, "diego_docker") == 0 && was != now_on)
+        if (strcmp(name, "diego_docker") == 0 && was != now_on) {
+                /* The route table leaves Docker apps out while the flag is off; the scheduler stops (or
+                 * brings back) their instances now rather than at its next sweep. */
+                routes_changed(c);
                 sched_kick(c);
+        }
         api_respond(resp, 200, j);
         return;
 fail:

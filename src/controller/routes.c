@@ -18,12 +18,132 @@
 #define ROUTE_PATH_MAX  128
 #define ROUTES_WAIT_MAX 60
 
-void routes_changed(struct ctl *c)
+uint64_t routes_changed(struct ctl *c)
 {
         pthread_mutex_lock(&c->rt_lock);
-        c->rt_version++;
+        uint64_t v = ++c->rt_version;
         pthread_cond_broadcast(&c->rt_cond);
         pthread_mutex_unlock(&c->rt_lock);
+        return v;
+}
+
+uint64_t routes_version(struct ctl *c)
+{
+        pthread_mutex_lock(&c->rt_lock);
+        uint64_t v = c->rt_version;
+        pthread_mutex_unlock(&c->rt_lock);
+        return v;
+}
+
+/*
+ * The routers, as seen from their long polls. A router is known by its connection's peer address: its
+ * watch keeps one keep-alive connection, and a router that reconnects shows up as a new one while the
+ * old entry stops being live ROUTES_ROUTER_LIVE_MS after its last poll ended. An entry not live for
+ * ROUTES_ROUTER_FORGET_MS is dropped.
+ */
+#define ROUTES_ROUTER_LIVE_MS   3000
+#define ROUTES_ROUTER_FORGET_MS 120000
+#define ROUTES_ROUTERS_MAX      1024
+
+struct rt_router {
+        char peer[64];
+        uint64_t held;   /* the version it says it holds (its last ?index=) */
+        int open;        /* polls in progress */
+        int64_t last_ms; /* when its last poll ended */
+};
+
+static int64_t mono_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool synced_locked(struct ctl *c, uint64_t version, int64_t now)
+{
+        for (size_t i = 0; i < c->n_routers; i++) {
+                struct rt_router *r = &c->routers[i];
+                bool live = r->open > 0 || now - r->last_ms < ROUTES_ROUTER_LIVE_MS;
+                if (live && r->held < version)
+                        return false;
+        }
+        return true;
+}
+
+bool routes_synced(struct ctl *c, uint64_t version)
+{
+        pthread_mutex_lock(&c->rt_lock);
+        bool ok = synced_locked(c, version, mono_ms());
+        pthread_mutex_unlock(&c->rt_lock);
+        return ok;
+}
+
+bool routes_wait_synced(struct ctl *c, uint64_t version, unsigned timeout_ms)
+{
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+                deadline.tv_sec++;
+                deadline.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&c->rt_lock);
+        bool ok;
+        while (!(ok = synced_locked(c, version, mono_ms())) && !c->stopping)
+                if (pthread_cond_timedwait(&c->rt_cond, &c->rt_lock, &deadline) == ETIMEDOUT) {
+                        ok = synced_locked(c, version, mono_ms());
+                        break;
+                }
+        pthread_mutex_unlock(&c->rt_lock);
+        return ok;
+}
+
+void routes_routers_clear(struct ctl *c)
+{
+        pthread_mutex_lock(&c->rt_lock);
+        free(c->routers);
+        c->routers = NULL;
+        c->n_routers = 0;
+        pthread_mutex_unlock(&c->rt_lock);
+}
+
+/* A poll from `peer` saying it holds `held` begins (rt_lock held); returns its entry's index. */
+static size_t router_poll_begin(struct ctl *c, const char *peer, uint64_t held, int64_t now)
+{
+        size_t i;
+        for (i = 0; i < c->n_routers; i++)
+                if (strcmp(c->routers[i].peer, peer) == 0)
+                        break;
+        if (i == c->n_routers) {
+                /* Drop the entries of routers gone long ago (and the oldest one when full). */
+                size_t k = 0;
+                for (size_t j = 0; j < c->n_routers; j++)
+                        if (c->routers[j].open > 0 || now - c->routers[j].last_ms < ROUTES_ROUTER_FORGET_MS)
+                                c->routers[k++] = c->routers[j];
+                c->n_routers = k;
+                if (c->n_routers == ROUTES_ROUTERS_MAX)
+                        memmove(c->routers, c->routers + 1, --c->n_routers * sizeof(*c->routers));
+                c->routers = xrealloc(c->routers, (c->n_routers + 1) * sizeof(*c->routers));
+                i = c->n_routers++;
+                c->routers[i] = (struct rt_router){ 0 };
+                snprintf(c->routers[i].peer, sizeof(c->routers[i].peer), "%s", peer);
+        }
+        c->routers[i].held = held;
+        c->routers[i].open++;
+        c->routers[i].last_ms = now;
+        return i;
+}
+
+static void router_poll_end(struct ctl *c, const char *peer)
+{
+        for (size_t i = 0; i < c->n_routers; i++)
+                if (strcmp(c->routers[i].peer, peer) == 0) {
+                        if (c->routers[i].open > 0)
+                                c->routers[i].open--;
+                        c->routers[i].last_ms = mono_ms();
+                        return;
+                }
 }
 
 static bool host_valid(const char *h)
@@ -540,16 +660,31 @@ static void internal_routes(struct api_req *r, struct http_response *resp)
         struct timespec deadline;
         clock_gettime(CLOCK_REALTIME, &deadline);
         deadline.tv_sec += wait;
+        const char *peer = r->http && r->http->peer ? r->http->peer : "?";
+        bool kick = false;
         pthread_mutex_lock(&c->rt_lock);
+        /* ?index=N says the router holds table N: whoever waits for the routers to drop an instance may go
+         * on (the scheduler, when it waits for one, is woken to act at once). */
+        router_poll_begin(c, peer, index, mono_ms());
+        if (c->rt_want && synced_locked(c, c->rt_want, mono_ms())) {
+                c->rt_want = 0;
+                kick = true;
+        }
+        pthread_cond_broadcast(&c->rt_cond);
         while (c->rt_version <= index && !c->stopping && wait > 0) {
                 if (pthread_cond_timedwait(&c->rt_cond, &c->rt_lock, &deadline) == ETIMEDOUT)
                         break;
         }
         uint64_t v = c->rt_version;
         pthread_mutex_unlock(&c->rt_lock);
+        if (kick)
+                sched_kick(c);
         db_lock(c);
         json_t *routes = route_table(c);
         db_unlock(c);
+        pthread_mutex_lock(&c->rt_lock);
+        router_poll_end(c, peer);
+        pthread_mutex_unlock(&c->rt_lock);
         api_respond(resp, 200, json_pack("{s:I,s:o}", "index", (json_int_t)v, "routes", routes));
 }
 

@@ -119,6 +119,8 @@ class FakeCell:
         self.instances: dict[str, dict] = {}
         self.puts: list[dict] = []
         self.deletes: list[tuple[float, str]] = []
+        self.ops: list[tuple[str, str, str]] = []  # ("put"|"delete", instance guid, app guid), in order
+        self.hold = False  # PUT leaves instances STARTING (no RUNNING event) while set
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.logs: dict[str, list[dict]] = {}
@@ -156,11 +158,15 @@ class FakeCell:
                             "container_id": "c-" + guid, "exit_code": None, "reason": None,
                             "usage": {"cpu_ns": 1000, "mem_bytes": 1 << 20, "disk_bytes": 8192,
                                       "mem_quota": body["memory_mb"] << 20, "disk_quota": body["disk_mb"] << 20}}
+                    if cell.hold:
+                        inst["state"] = "STARTING"
                     cell.instances[guid] = inst
+                    cell.ops.append(("put", guid, body["app_guid"]))
                     cell.logs[guid] = [{"time": "2026-11-28T18:00:00.%06dZ" % body["index"], "stream": "stdout",
                                         "text": f"hello from {body['index']}"}]
                 self.reply(202, {})
-                threading.Thread(target=cell.event, args=(dict(inst),), daemon=True).start()
+                if inst["state"] == "RUNNING":
+                    threading.Thread(target=cell.event, args=(dict(inst),), daemon=True).start()
 
             def do_DELETE(self):
                 if not self.authed():
@@ -169,6 +175,8 @@ class FakeCell:
                 with cell.lock:
                     cell.deletes.append((time.monotonic(), guid))
                     found = cell.instances.pop(guid, None)
+                    if found:
+                        cell.ops.append(("delete", guid, found["app_guid"]))
                 self.reply(202 if found else 404, {})
 
             def do_GET(self):
@@ -226,6 +234,13 @@ class FakeCell:
             inst = self.instances[guid]
             inst.update(state="CRASHED", exit_code=code, reason=f"exited with status {code}",
                         since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            inst = dict(inst)
+        self.event(inst)
+
+    def make_running(self, guid):
+        with self.lock:
+            inst = self.instances[guid]
+            inst.update(state="RUNNING")
             inst = dict(inst)
         self.event(inst)
 
@@ -666,6 +681,258 @@ def test_auditor_and_space_delete(ctl, cell, images):
     assert r.status_code in (202, 204), r.text
     assert ctl.api("GET", f"/v3/apps/{g}").status_code == 404
     wait_for(lambda: not cell.running(g), what="instances stopped after the space went")
+
+
+class FakeRouter:
+    """A router's route watch: long-polls /internal/v1/routes with the index it holds, taking ``install_s``
+    to install each new table before it asks for the next one. Records (monotonic time, index, instance
+    guids) of every table it received."""
+
+    def __init__(self, ctl, install_s):
+        self.ctl = ctl
+        self.install_s = install_s
+        self.tables = []
+        self.stop_ev = threading.Event()
+        self.session = requests.Session()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        index = 0
+        hdr = {"Authorization": "Bearer " + self.ctl.internal_token()}
+        while not self.stop_ev.is_set():
+            try:
+                r = self.session.get(f"{self.ctl.url}/internal/v1/routes?index={index}&wait=2", headers=hdr,
+                                     timeout=10)
+            except requests.RequestException:
+                continue
+            doc = r.json()
+            if doc["index"] != index:
+                guids = {e["instance_guid"] for rt in doc["routes"] for e in rt["endpoints"]}
+                self.tables.append((time.monotonic(), doc["index"], guids))
+                time.sleep(self.install_s)  # installing it
+                index = doc["index"]
+        self.session.close()
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stop_ev.set()
+        self.thread.join(15)
+
+
+def test_stop_waits_for_the_routers(ctl, cell, images):
+    """An instance being stopped leaves the route table first; its DELETE reaches the cell only once every
+    live router has taken a table without it (a router that takes 0.4 s to install one delays the DELETE by
+    that much), and a router that stopped polling holds stops up no longer than about a second."""
+    set_flag(ctl, True)
+    app = push(ctl, images)
+    g = app["guid"]
+    dom = ctl.api("GET", "/v3/domains").json()["resources"][0]["guid"]
+    route = ctl.api("POST", "/v3/routes", json={"host": "stopper", "relationships": {
+        "space": {"data": {"guid": space_guid(ctl)}}, "domain": {"data": {"guid": dom}}}}).json()
+    r = ctl.api("POST", f"/v3/routes/{route['guid']}/destinations",
+                json={"destinations": [{"app": {"guid": g, "process": {"type": "web"}}}]})
+    assert r.status_code == 200, r.text
+    scale(ctl, g, 3)
+    wait_for(lambda: len([i for i in cell.running(g) if i["state"] == "RUNNING"]) == 3, what="3 instances")
+    router = FakeRouter(ctl, install_s=0.4).start()
+    try:
+        wait_for(lambda: router.tables and len(router.tables[-1][2]) == 3, what="the router to hold 3 endpoints")
+        before = {i["instance_guid"]: i["index"] for i in cell.running(g)}
+        victim = [gu for gu, ix in before.items() if ix == 2][0]
+        t0 = time.monotonic()
+        scale(ctl, g, 2)
+        wait_for(lambda: any(gu == victim for _, gu in cell.deletes), what="the DELETE of index 2")
+        t_del = [t for t, gu in cell.deletes if gu == victim][0]
+        t_table = min(t for t, _, guids in router.tables if t > t0 and victim not in guids)
+        print(f"\nscale-down: table without it after {(t_table - t0) * 1000:.0f} ms, DELETE after "
+              f"{(t_del - t0) * 1000:.0f} ms (the router installs a table in 400 ms)")
+        assert t_del >= t_table + 0.4 - 0.05, "the DELETE went out before the router took the table"
+        assert t_del - t0 < 1.5
+    finally:
+        router.stop()
+    # the router is gone (no poll for > 3 s after its last one): stops no longer wait for it at all; while it
+    # may still be live, a stop waits at most about 1 s
+    victim = [i["instance_guid"] for i in cell.running(g) if i["index"] == 1][0]
+    t0 = time.monotonic()
+    scale(ctl, g, 1)
+    wait_for(lambda: any(gu == victim for _, gu in cell.deletes), what="the DELETE of index 1")
+    took = [t for t, gu in cell.deletes if gu == victim][0] - t0
+    print(f"scale-down with the router gone: DELETE after {took * 1000:.0f} ms")
+    assert took < 2.0
+
+
+def deploy(ctl, app_guid, droplet=None, token="admin"):
+    body = {"strategy": "rolling", "relationships": {"app": {"data": {"guid": app_guid}}}}
+    if droplet:
+        body["droplet"] = {"guid": droplet}
+    return ctl.api("POST", "/v3/deployments", json=body, token=token)
+
+
+def deployment(ctl, guid):
+    r = ctl.api("GET", f"/v3/deployments/{guid}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def scale(ctl, app_guid, n):
+    r = ctl.api("POST", f"/v3/apps/{app_guid}/processes/web/actions/scale", json={"instances": n})
+    assert r.status_code == 202 or r.status_code == 200, r.text
+
+
+def test_rolling_deployment_replaces_one_at_a_time(ctl, cell, images):
+    """A rolling deployment to a new droplet: the CF V3 resource, one new instance at a time (never fewer
+    serving instances than wanted, never more than one extra), every instance replaced, FINALIZED/DEPLOYED,
+    the app's current droplet, the audit events, the list filters."""
+    set_flag(ctl, True)
+    app = push(ctl, images)
+    g = app["guid"]
+    scale(ctl, g, 3)
+    wait_for(lambda: len([i for i in cell.running(g) if i["state"] == "RUNNING"]) == 3, what="3 instances")
+    old = {i["instance_guid"] for i in cell.running(g)}
+    d1 = ctl.api("GET", f"/v3/apps/{g}/droplets/current").json()["guid"]
+    b = stage(ctl, g, images["plain"])
+    assert b.status_code == 201, b.text
+    d2 = b.json()["droplet"]["guid"]
+    with cell.lock:
+        start = len(cell.ops)
+    r = deploy(ctl, g, d2)
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    web = ctl.api("GET", f"/v3/apps/{g}/processes/web").json()
+    assert dep["state"] == "DEPLOYING" and dep["status"]["value"] == "ACTIVE"
+    assert dep["status"]["reason"] == "DEPLOYING"
+    assert "last_successful_healthcheck" in dep["status"]["details"]
+    assert dep["strategy"] == "rolling" and dep["revision"] is None
+    assert dep["droplet"] == {"guid": d2} and dep["previous_droplet"] == {"guid": d1}
+    assert dep["new_processes"] == [{"guid": web["guid"], "type": "web"}]
+    assert dep["relationships"] == {"app": {"data": {"guid": g}}}
+    assert dep["links"]["self"]["href"] == f"{ctl.url}/v3/deployments/{dep['guid']}"
+    assert dep["links"]["cancel"]["method"] == "POST"
+    assert dep["created_at"] and dep["updated_at"]
+    done = wait_for(lambda: (lambda d: d if d["status"]["value"] == "FINALIZED" else None)(
+        deployment(ctl, dep["guid"])), timeout=20, what="the deployment to finish")
+    assert done["status"]["reason"] == "DEPLOYED" and done["state"] == "DEPLOYED"
+    now = {i["instance_guid"] for i in cell.running(g)}
+    assert len(now) == 3 and not (now & old), "every instance replaced"
+    with cell.lock:
+        ops = [o for o in cell.ops[start:] if o[2] == g]
+    # replay: never fewer than 3 instances on the cell; an old one is deleted only after a new one was
+    # placed (the next new one may be placed while the replaced one is being stopped: it already left
+    # the routes, so at most 2 extra exist for a moment)
+    live = set(old)
+    puts = 0
+    for kind, guid, _ in ops:
+        if kind == "put":
+            live.add(guid)
+            puts += 1
+        else:
+            assert guid in old and puts > len(old - live), ops
+            live.discard(guid)
+        assert 3 <= len(live) <= 5, ops
+    assert sorted(k for k, _, _ in ops) == ["delete"] * 3 + ["put"] * 3, ops
+    assert ctl.api("GET", f"/v3/apps/{g}/droplets/current").json()["guid"] == d2
+    types = [e["type"] for e in ctl.api("GET", f"/v3/audit_events?target_guids={g}").json()["resources"]]
+    assert "audit.app.deployment.create" in types
+    lst = ctl.api("GET", f"/v3/deployments?app_guids={g}").json()
+    assert lst["pagination"]["total_results"] == 1 and lst["resources"][0]["guid"] == dep["guid"]
+    assert ctl.api("GET", "/v3/deployments?status_values=ACTIVE").json()["resources"] == []
+    assert ctl.api("GET", "/v3/deployments?app_guids=nope").json()["resources"] == []
+    # a rolling restart: the current droplet by default
+    r = deploy(ctl, g)
+    assert r.status_code == 201 and r.json()["droplet"] == {"guid": d2}, r.text
+    wait_for(lambda: deployment(ctl, r.json()["guid"])["status"]["value"] == "FINALIZED", timeout=20,
+             what="the rolling restart to finish")
+    assert not ({i["instance_guid"] for i in cell.running(g)} & now)
+
+
+def test_deployment_cancel_supersede_and_errors(ctl, cell, images):
+    set_flag(ctl, True)
+    app = push(ctl, images)
+    g = app["guid"]
+    scale(ctl, g, 2)
+    wait_for(lambda: len([i for i in cell.running(g) if i["state"] == "RUNNING"]) == 2, what="2 instances")
+    old = {i["instance_guid"] for i in cell.running(g)}
+    d1 = ctl.api("GET", f"/v3/apps/{g}/droplets/current").json()["guid"]
+    d2 = stage(ctl, g, images["plain"]).json()["droplet"]["guid"]
+    # a new instance that never becomes healthy: the old ones keep running, the deployment stays ACTIVE
+    cell.hold = True
+    dep = deploy(ctl, g, d2).json()
+    wait_for(lambda: len(cell.running(g)) == 3, what="one new instance")
+    new = [i["instance_guid"] for i in cell.running(g) if i["instance_guid"] not in old]
+    assert len(new) == 1
+    cell.crash(new[0])
+    time.sleep(0.5)
+    assert old <= {i["instance_guid"] for i in cell.running(g)}
+    d = deployment(ctl, dep["guid"])
+    assert d["status"]["value"] == "ACTIVE" and d["state"] == "DEPLOYING"
+    # superseded by a newer deployment (to d1 again)
+    dep2 = deploy(ctl, g, d1).json()
+    d = deployment(ctl, dep["guid"])
+    assert (d["status"]["value"], d["status"]["reason"]) == ("FINALIZED", "SUPERSEDED")
+    assert dep2["previous_droplet"] == {"guid": d2}
+    # cancel: back to the previous droplet (d2) and version; the old instances were never stopped
+    r = ctl.api("POST", f"/v3/deployments/{dep2['guid']}/actions/cancel")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"]["reason"] in ("CANCELING", "CANCELED")
+    cell.hold = False
+    for i in list(cell.running(g)):
+        if i["state"] == "STARTING":
+            cell.make_running(i["instance_guid"])
+    wait_for(lambda: deployment(ctl, dep2["guid"])["status"]["reason"] == "CANCELED", timeout=20,
+             what="the cancel to finish")
+    d = deployment(ctl, dep2["guid"])
+    assert (d["state"], d["status"]["value"]) == ("CANCELED", "FINALIZED")
+    assert ctl.api("GET", f"/v3/apps/{g}/droplets/current").json()["guid"] == d2
+    wait_for(lambda: len([i for i in cell.running(g) if i["state"] == "RUNNING"]) == 2, what="2 instances")
+    r = ctl.api("POST", f"/v3/deployments/{dep2['guid']}/actions/cancel")
+    assert r.status_code == 422, r.text
+    types = [e["type"] for e in ctl.api("GET", f"/v3/audit_events?target_guids={g}").json()["resources"]]
+    assert "audit.app.deployment.cancel" in types
+
+    # errors
+    r = deploy(ctl, g, "no-such-droplet")
+    assert r.status_code == 422 and "droplet" in errors(r)["detail"], r.text
+    r = ctl.api("POST", "/v3/deployments", json={"strategy": "blue", "relationships": {"app": {"data": {"guid": g}}}})
+    assert r.status_code == 422
+    r = ctl.api("POST", "/v3/deployments", json={"strategy": "rolling"})
+    assert r.status_code == 422
+    assert deploy(ctl, "no-such-app").status_code == 404
+    assert ctl.api("GET", "/v3/deployments/nope").status_code == 404
+    r = ctl.api("POST", f"/v3/apps/{g}/actions/stop")
+    assert r.status_code == 200
+    r = deploy(ctl, g)
+    assert r.status_code == 422 and errors(r)["detail"] == "Cannot create deployment for a STOPPED app.", r.text
+    assert ctl.api("POST", f"/v3/apps/{g}/actions/start").status_code == 200
+    set_flag(ctl, False)
+    r = deploy(ctl, g)
+    assert r.status_code == 403 and errors(r)["code"] == 330002, r.text
+    set_flag(ctl, True)
+    # roles: an auditor may read (403 on create), a user of another space sees nothing (404)
+    for u in ("aud2", "other"):
+        assert ctl.api("POST", "/v3/users", json={"username": u, "password": "pw-" + u + "-123"}).status_code == 201
+    r = ctl.api("POST", "/v3/roles", json={"type": "space_auditor", "relationships": {
+        "user": {"data": {"username": "aud2"}}, "space": {"data": {"guid": space_guid(ctl)}}}})
+    assert r.status_code == 201, r.text
+    org = ctl.api("GET", "/v3/organizations").json()["resources"][0]["guid"]
+    sp2 = ctl.api("POST", "/v3/spaces", json={"name": "s2", "relationships": {
+        "organization": {"data": {"guid": org}}}}).json()["guid"]
+    r = ctl.api("POST", "/v3/roles", json={"type": "space_developer", "relationships": {
+        "user": {"data": {"username": "other"}}, "space": {"data": {"guid": sp2}}}})
+    assert r.status_code == 201, r.text
+
+    def tok(u):
+        return requests.post(ctl.url + "/oauth/token", data={"grant_type": "password", "username": u,
+                                                             "password": "pw-" + u + "-123"}).json()["access_token"]
+    aud, other = tok("aud2"), tok("other")
+    assert deploy(ctl, g, token=aud).status_code == 403
+    assert ctl.api("GET", f"/v3/deployments/{dep['guid']}", token=aud).status_code == 200
+    assert ctl.api("POST", f"/v3/deployments/{dep['guid']}/actions/cancel", token=aud).status_code == 403
+    assert deploy(ctl, g, token=other).status_code == 404
+    assert ctl.api("GET", f"/v3/deployments/{dep['guid']}", token=other).status_code == 404
+    assert ctl.api("GET", "/v3/deployments", token=other).json()["resources"] == []
 
 
 # --- the real cell and router (berth up), driven through the API only (no CLI) -------------------------------
