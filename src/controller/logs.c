@@ -460,10 +460,21 @@ static void app_logs(struct api_req *r, struct http_response *resp)
                 /* new instances (restarts) join the stream */
                 struct log_src *now = NULL;
                 int nn = app_log_sources(c, r->params[0], &now);
-                for (int a = 0; a < nn; a++)
+                for (int a = 0; a < nn; a++) {
+                        bool known = false;
                         for (int b = 0; b < n; b++)
-                                if (strcmp(now[a].guid, srcs[b].guid) == 0)
+                                if (strcmp(now[a].guid, srcs[b].guid) == 0) {
                                         memcpy(now[a].last, srcs[b].last, sizeof(now[a].last));
+                                        known = true;
+                                }
+                        /*
+                         * A successor at an index the stream followed starts where its predecessor stopped:
+                         * the cell shows the predecessor's kept lines first, already sent.
+                         */
+                        for (int b = 0; !known && b < n; b++)
+                                if (srcs[b].idx == now[a].idx && strcmp(srcs[b].last, now[a].last) > 0)
+                                        memcpy(now[a].last, srcs[b].last, sizeof(now[a].last));
+                }
                 for (int b = 0; b < n; b++)
                         free(srcs[b].cell_url);
                 free(srcs);

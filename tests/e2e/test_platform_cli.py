@@ -175,7 +175,8 @@ def test_manifest_errors_change_nothing(plat, app_images, tmp_path):
 # --- logs ---------------------------------------------------------------------------------------------------
 
 TICKER = "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.2; done & exec start-web"
-LOG_LINE = r"^   \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d\d\+0000 \[APP/PROC/WEB/(\d+)\] (OUT|ERR) (.*)$"
+LOG_LINE = (r"^   \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d\d\+0000 \[(?:APP/PROC/WEB|CELL|RTR|API|STG)/(\d+)\] "
+            r"(OUT|ERR) (.*)$")
 
 
 class Follower:
@@ -296,7 +297,8 @@ def test_logs_follow_json(plat, app_images):
         rc, _ = f.stop()
     assert rc == 0
     docs = [json.loads(l) for l in f.lines if l.strip()]
-    assert all(d["source_type"] == "APP/PROC/WEB" and d["instance_index"] == 0 for d in docs)
+    assert all(d["source_type"] in ("APP/PROC/WEB", "CELL", "RTR") and d["instance_index"] == 0 for d in docs)
+    assert any(d["source_type"] == "APP/PROC/WEB" and d["message"].startswith("tick-") for d in docs)
 
 
 # --- spaces, roles, routes, delete -r ------------------------------------------------------------------------
