@@ -8,6 +8,9 @@
 # Prints requests/s, p50 and p99 latency, the ratio berth/nginx and berth's p50 overhead over direct, and
 # writes the table to bench/out/router-results.md.
 #
+# nginx logs each request (buffered access log), as berth's router does (access log lines shipped to the
+# controller); HAProxy logs nothing (it logs through syslog only). BENCH_NGINX_LOG=off turns nginx's off.
+#
 # Placement on the 2-core machine: the backend (nginx serving a 612-byte page from memory, one worker) is
 # pinned to CPU 1 with wrk (one thread); the proxy under test is pinned to CPU 0. Every proxy gets the
 # same placement, so the ratios compare like with like; "direct" runs wrk against the backend with the
@@ -55,6 +58,8 @@ ulimit -n "$(ulimit -Hn)" # 1,000 connections need about 2,000 descriptors per p
 
 WORK=$(mktemp -d "$OUT/router.XXXXXX")
 chmod 0755 "$WORK" # nginx's workers run as www-data
+NGINX_LOG="$WORK/nginx-access.log combined buffer=64k flush=1s"
+[ "${BENCH_NGINX_LOG:-on}" = off ] && NGINX_LOG=off
 PIDS=()
 cleanup() {
         local rc=$?
@@ -131,7 +136,9 @@ pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx.log warn;
 events { worker_connections 16384; }
 http {
-        access_log off;
+        # Logged like every request through berth's router (its access log lines go to the app's RTR logs):
+        # the same work on both sides, buffered as a production nginx would.
+        access_log ${NGINX_LOG};
         keepalive_requests 1000000;
         upstream app { server 127.0.0.1:$BACK_PORT; keepalive 1024; keepalive_requests 1000000; }
         server {
@@ -200,6 +207,12 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(TABLE)))
         self.end_headers()
         self.wfile.write(TABLE)
+    def do_POST(self):  # the access log lines: read and dropped, as a controller would store them
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(202)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
 s = http.server.ThreadingHTTPServer(("127.0.0.1", $CTL_PORT), H)
 s.daemon_threads = True
 s.serve_forever()
@@ -257,6 +270,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; els
         echo "Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
                 "$(uname -r); load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
         echo "Backend and wrk (1 thread) on CPU 1, the proxy on CPU 0; $WORKERS proxy worker(s); ${SECS} s per run;"
+        echo "nginx's access log: ${BENCH_NGINX_LOG:-on} (berth's router always logs)."
         echo "612-byte page; nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR==1 { print $3 }')."
         echo
         echo "| connections | tool | req/s | p50 (µs) | p99 (µs) | vs nginx req/s |"

@@ -6,6 +6,8 @@
  * queue or an unreachable controller drops lines and counts them.
  */
 #include <errno.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <string.h>
 #include <time.h>
 
@@ -159,6 +161,9 @@ static void ship(struct access_shipper *s, struct http_client *hc)
 static void *shipper_thread(void *arg)
 {
         struct access_shipper *s = arg;
+        /* Below the workers: a batch being formatted never delays a request (per-thread nice, CFS). */
+        if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) < 0)
+                log_debug("access logs: setpriority: %s", strerror(errno));
         struct http_client *hc = NULL;
         struct http_client_opts o = { .timeout_ms = AL_TIMEOUT_MS, .connect_timeout_ms = 2000 };
         if (http_client_new(&o, &hc, NULL) == 0)
