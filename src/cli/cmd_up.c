@@ -29,6 +29,11 @@
 
 enum { C_CONTROLLER, C_CELL, C_ROUTER, N_CHILDREN };
 
+/* Restarts: the first at once, then 0.5 s doubling to 10 s while a child keeps dying within 10 s. */
+#define UP_BACKOFF_MIN_MS 500u
+#define UP_BACKOFF_MAX_MS 10000u
+#define UP_STABLE_MS      10000u
+
 struct child {
         const char *name;
         char **argv; /* owned */
@@ -288,7 +293,7 @@ int cmd_up(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 }
                 ch[i].argv = strv_take(&a);
                 ch[i].out_fd = -1;
-                ch[i].backoff_ms = 500;
+                ch[i].backoff_ms = 0;
         }
 
         sigset_t mask, oldmask;
@@ -323,6 +328,11 @@ int cmd_up(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 for (int i = 0; i < N_CHILDREN; i++)
                         p[i + 1] = (struct pollfd){ .fd = ch[i].out_fd, .events = POLLIN };
                 int timeout = announced ? 500 : 100;
+                uint64_t t0 = mono_ms();
+                for (int i = 0; i < N_CHILDREN; i++)
+                        if (ch[i].pid == 0 && ch[i].restart_at_ms)
+                                timeout = (int)MIN((uint64_t)timeout,
+                                                   ch[i].restart_at_ms > t0 ? ch[i].restart_at_ms - t0 : 0);
                 if (poll(p, N_CHILDREN + 1, timeout) < 0 && errno != EINTR)
                         break;
                 for (int i = 0; i < N_CHILDREN; i++)
@@ -339,18 +349,31 @@ int cmd_up(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 for (int i = 0; i < N_CHILDREN; i++) {
                         int st;
                         if (ch[i].pid > 0 && waitpid(ch[i].pid, &st, WNOHANG) == ch[i].pid) {
-                                if (now - ch[i].started_ms > 10000)
-                                        ch[i].backoff_ms = 500;
+                                /*
+                                 * A child that had been up a while (killed, crashed once) comes back at
+                                 * once: the router's and the API's clients see the shortest gap. One that
+                                 * keeps dying backs off (0.5 s doubling to 10 s) instead of spinning.
+                                 */
+                                if (now - ch[i].started_ms > UP_STABLE_MS)
+                                        ch[i].backoff_ms = 0;
                                 fprintf(stderr, "berth up: the %s exited (%s %d); restarting it in %.1f s\n",
                                         ch[i].name, WIFEXITED(st) ? "status" : "signal",
                                         WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
                                         ch[i].backoff_ms / 1000.0);
                                 ch[i].pid = 0;
                                 ch[i].restart_at_ms = now + ch[i].backoff_ms;
-                                ch[i].backoff_ms = MIN(ch[i].backoff_ms * 2, 10000u);
+                                ch[i].backoff_ms = ch[i].backoff_ms
+                                                       ? MIN(ch[i].backoff_ms * 2, UP_BACKOFF_MAX_MS)
+                                                       : UP_BACKOFF_MIN_MS;
                         }
-                        if (ch[i].pid == 0 && ch[i].restart_at_ms && now >= ch[i].restart_at_ms)
-                                spawn(&ch[i], &oldmask);
+                        if (ch[i].pid == 0 && ch[i].restart_at_ms && now >= ch[i].restart_at_ms) {
+                                int r = spawn(&ch[i], &oldmask);
+                                if (r < 0) {
+                                        fprintf(stderr, "berth up: cannot restart the %s: %s\n", ch[i].name,
+                                                strerror(-r));
+                                        ch[i].restart_at_ms = now + UP_BACKOFF_MAX_MS;
+                                }
+                        }
                 }
                 if (!announced && now >= next_probe) {
                         next_probe = now + 200;

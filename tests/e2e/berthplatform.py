@@ -18,7 +18,10 @@ Fixtures (import them into a test module: ``from berthplatform import plat, app_
 ``cli_json(...)``, ``api(method, path, token=, **requests kwargs)``, ``route_get(host, path)``,
 ``wait_route(host, path, status)``, ``app(name)`` (``berth app NAME --json``), ``push(name, ref, *args)``,
 ``instance_env(host)`` (the app's environment through the router), ``login_home(user, password)`` (a new
-``BERTH_HOME`` logged in as that user), ``log()`` (what ``berth up`` printed so far).
+``BERTH_HOME`` logged in as that user), ``log()`` (what ``berth up`` printed so far), ``children()``
+(``berth up``'s child pids by name), ``wait_child_restarted(name, old_pid)``, ``power_loss()`` (SIGKILL
+every process of the platform at once; ``start()`` again on the same data dir), ``stop()`` then ``start()``
+(a clean restart on the same data dir and ports).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class Platform:
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self):
         os.makedirs(self.home, exist_ok=True)
+        log_from = len(self.log())  # a restart on the same data dir waits for its own "berth is up."
         cmd = [berthcli.BERTH_BIN, "--data-dir", self.data_dir, "--config", self.config, "up",
                "--api-port", str(self.api_port), "--router-port", str(self.router_port),
                "--cell-port", str(self.cell_port), "--domain", self.domain]
@@ -119,7 +123,7 @@ class Platform:
         self.cli("login", "-a", self.api_url, "-u", "admin", "-p", self.admin_password)
         self.token = self.get_token("admin", self.admin_password)
         # `berth up` says it is up once a live cell has registered (a push before that fails with 502).
-        helpers.wait_for(lambda: "berth is up." in self.log(), timeout=UP_START_TIMEOUT,
+        helpers.wait_for(lambda: "berth is up." in self.log()[log_from:], timeout=UP_START_TIMEOUT,
                          what="berth up's readiness (a registered cell)")
         return self
 
@@ -147,6 +151,56 @@ class Platform:
             rc = self.proc.returncode
         self.logf.close()
         return rc
+
+    def children(self) -> dict:
+        """``berth up``'s running children: {"controller"|"cell"|"router": pid}."""
+        kids = {}
+        if self.proc is None or self.proc.poll() is not None:
+            return kids
+        for st in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                with open(st) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid != self.proc.pid:
+                    continue
+                with open(st[:-4] + "cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            for name in ("controller", "cell", "router"):
+                if name in argv:
+                    kids[name] = int(st.split("/")[2])
+        return kids
+
+    def wait_child_restarted(self, name, old_pid, timeout=15) -> int:
+        """Wait until ``berth up`` runs a new ``name`` child (not ``old_pid``); returns its pid."""
+        return helpers.wait_for(lambda: (lambda p: p if p and p != old_pid else None)(self.children().get(name)),
+                                timeout=timeout, what=f"berth up to restart the {name}", interval=0.01)
+
+    def power_loss(self):
+        """As a power loss would: every process of this platform (``berth up``, its children, the
+        containers' monitors and processes) stopped at once with SIGSTOP, then SIGKILLed, so that none of
+        them reacts (no drain on a parent's death). Kernel state (mounts, netns, veths, cgroups) and files
+        stay behind; ``start()`` on the same data dir must cope. Returns the pids killed."""
+        cdir = os.path.join(self.data_dir, "cell", "containers")
+        cids = os.listdir(cdir) if os.path.isdir(cdir) else []
+        pids = set(_pids_with(self.data_dir) + _pids_in_cgroups(cids))
+        if self.proc is not None and self.proc.poll() is None:
+            pids.add(self.proc.pid)
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        if self.proc is not None:
+            self.proc.wait(10)
+            self.logf.close()
+
+        def gone():
+            return not any(os.path.exists(f"/proc/{p}") and _state_of(p) != "Z" for p in pids)
+        helpers.wait_for(gone, timeout=10, what="the platform's processes to die")
+        return sorted(pids)
 
     def log(self) -> str:
         try:
@@ -293,6 +347,14 @@ def _pids_in_cgroups(ids) -> list[int]:
         if any(f"/berth/{i}" in text for i in ids if i):
             pids.append(int(p.split("/")[2]))
     return pids
+
+
+def _state_of(pid) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _rmdir_quiet(path) -> bool:
