@@ -226,3 +226,104 @@ def test_kill9_router_restarts_and_rebuilds_its_table(plat, app_images):
     # Failures only while it was down: none after the first success.
     assert all(t < first_ok for t, _, _ in fails), f"failures after the router was back: {fails}"
     assert all(st in (None, 200) or st in (404, 503) for _, st, _ in res)
+
+
+# --- 4. a power loss, and a clean stop, followed by berth up on the same data dir -------------------------
+
+def _kernel_leftovers(plat, ids) -> dict:
+    """What containers ``ids`` may have left on the host: mounts, cgroups, netns mounts, veths, leases."""
+    with open("/proc/mounts") as f:
+        mounts = [l for l in f.read().splitlines() if any(i in l for i in ids)]
+    netns = os.path.join(plat.data_dir, "cell", "netns")
+    leases = os.path.join(plat.data_dir, "cell", "net")
+    bridge = _bridge_of(plat.config)
+    return {
+        "mounts": mounts,
+        "cgroups": _cgroups_of(ids),
+        "netns": [n for n in (os.listdir(netns) if os.path.isdir(netns) else []) if n.split("@")[0] in ids],
+        "leases": [l for l in (os.listdir(leases) if os.path.isdir(leases) else [])
+                   if os.path.islink(os.path.join(leases, l))
+                   and os.readlink(os.path.join(leases, l)) in ids],
+        "container dirs": [i for i in plat.container_ids() if i in ids],
+        "veths": len(_links_on(bridge)) if bridge else 0,
+    }
+
+
+def _truly_running(plat, name, n):
+    """n instances RUNNING in ``berth app`` that the cell agent also runs (not stale rows of the store)."""
+    cell = cell_instances(plat)
+    run = [i["guid"] for i in plat.running(name)]
+    return len(run) == n and all(cell.get(g) == "RUNNING" for g in run)
+
+
+def _stale_running(plat, names) -> list:
+    """Instances ``berth app`` shows RUNNING that the cell does not run."""
+    cell = cell_instances(plat)
+    return [(n, i["guid"]) for n in names for i in plat.running(n) if cell.get(i["guid"]) != "RUNNING"]
+
+
+def _apps_back(plat, started: dict, stopped: list, timeout=90):
+    for name, n in started.items():
+        helpers.wait_for(lambda: _truly_running(plat, name, n), timeout=timeout,
+                         what=f"{n} instances of {name} running on the cell", interval=0.2)
+        plat.wait_route(name, timeout=timeout)
+        assert f"{n}/{n}" in plat.cli("app", name).stdout
+    for name in stopped:
+        d = plat.app(name)
+        assert d["app"]["state"] == "STOPPED", d["app"]
+        # A stopped process shows DOWN placeholders, never an instance of its own.
+        assert all(i.get("guid") is None and str(i["state"]).upper() == "DOWN"
+                   for i in d.get("instances") or []), d["instances"]
+        assert plat.route_get(name).status_code in (404, 503)
+
+
+def test_power_loss_then_up_brings_started_apps_back(plat, app_images):
+    push_running(plat, "boot1", app_images["web"], 2)
+    push_running(plat, "boot2", app_images["web2"], 1)
+    plat.push("bootoff", app_images["web"], "--no-start")
+    names = set(plat.app_names())
+    started = {n: len(plat.running(n)) for n in ("kcell", "kctl", "krtr", "boot1", "boot2") if n in names}
+    assert started["boot1"] == 2
+    old_ids = plat.container_ids()
+    assert len(old_ids) == sum(started.values())
+    killed = plat.power_loss()
+    print(f"power loss: {len(killed)} processes killed, {len(old_ids)} containers dead")
+    t0 = time.monotonic()
+    off = len(plat.log())
+    plat.start()
+    _apps_back(plat, started, ["bootoff"])
+    print(f"after the power loss every app was routable again {time.monotonic() - t0:.1f} s after berth up")
+    # The dead run's containers are gone from the host; the new ones are all there is.
+    helpers.wait_for(lambda: not any(v for k, v in _kernel_leftovers(plat, old_ids).items() if k != "veths"),
+                     timeout=30, what=f"the dead containers' leftovers to go: {_kernel_leftovers(plat, old_ids)}")
+    assert len(plat.container_ids()) == sum(started.values())
+    assert _kernel_leftovers(plat, old_ids)["veths"] == sum(started.values())
+    log = plat.log()[off:]
+    warns = [l for l in log.splitlines() if " warn " in l or " error " in l]
+    print("warnings after the power loss:\n" + "\n".join(warns[:40]))
+    bad = [l for l in log.splitlines() if " error " in l or "berth up: cannot" in l]
+    assert not bad, bad
+
+
+def test_sigterm_then_up_brings_started_apps_back(plat, app_images):
+    names = set(plat.app_names())
+    if "boot1" not in names:
+        push_running(plat, "boot1", app_images["web"], 2)
+        plat.push("bootoff", app_images["web"], "--no-start")
+        names.add("boot1")
+    started = {n: len(plat.running(n)) for n in ("boot1", "boot2", "kcell", "kctl", "krtr") if n in names}
+    assert plat.stop() == 0
+    assert plat.container_ids() == [], "berth up's stop drains its cell"
+    t0 = time.monotonic()
+    plat.start()
+    stale = _stale_running(plat, started)
+    _apps_back(plat, started, ["bootoff"])
+    print(f"after a clean stop every app was routable again {time.monotonic() - t0:.1f} s after berth up")
+    assert len(plat.container_ids()) == sum(started.values())
+    if stale:
+        pytest.xfail(
+            f"controller (src/controller/sched.c cells_heartbeat): right after berth up, berth app showed "
+            f"{len(stale)} instances RUNNING that the drained cell no longer runs; rows a cell stops reporting "
+            f"are kept for CELL_LOST_GRACE_MS (15 s) after their last state change even when the cell had "
+            f"reported them (only STARTING rows, whose PUT may be in flight, need the grace), so the router "
+            f"dials their dead addresses (EHOSTUNREACH after ~3 s) until then: {stale}")
