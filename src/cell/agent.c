@@ -1505,6 +1505,9 @@ static void *reporter(void *arg)
         _cleanup_free_ char *events_url = xasprintf("%s/events", cell_url);
         int64_t next_hb = now_ms();
         int64_t hb_retry_ms = 100; /* after a failed heartbeat: 100 ms, doubling up to HEARTBEAT_MS */
+        /* This agent process: a new one lists every instance it has (re-adopted ones too), nothing else. */
+        char session[48];
+        snprintf(session, sizeof(session), "%d-%lld", (int)getpid(), (long long)now_ms());
         bool warned = false;
         int64_t next_sweep = now_ms() + 60000;
         pthread_mutex_lock(&a->lock);
@@ -1536,8 +1539,8 @@ static void *reporter(void *arg)
                         json_t *list = instances_json(a);
                         pthread_mutex_unlock(&a->lock);
                         _cleanup_json_ json_t *hb = json_pack(
-                            "{s:s, s:I, s:I, s:o}", "url", a->url, "memory_mb", (json_int_t)a->memory_mb,
-                            "disk_mb", (json_int_t)a->disk_mb, "instances", list);
+                            "{s:s, s:I, s:I, s:o, s:s}", "url", a->url, "memory_mb", (json_int_t)a->memory_mb,
+                            "disk_mb", (json_int_t)a->disk_mb, "instances", list, "session", session);
                         long status = 0;
                         berr_free(e);
                         e = NULL;

@@ -27,11 +27,14 @@
 #include "lib/log.h"
 #include "lib/strv.h"
 
-#define CELL_LIVE_MS        10000 /* a cell silent longer is gone: its instances are replaced */
-#define CELL_LOST_GRACE_MS  15000 /* an instance a live cell does not report after this is gone */
-#define CRASH_RESET_MS      (5 * 60 * 1000)
-#define SCHED_HTTP_TIMEOUT  10000
-#define STOP_ROUTES_WAIT_MS 1000 /* a dead router does not hold stops longer than this */
+#define CELL_LIVE_MS       10000 /* a cell silent longer is gone: its instances are replaced */
+#define CELL_LOST_GRACE_MS 15000 /* a STARTING instance a live cell does not report after this is gone */
+static pthread_mutex_t sessions_mu = PTHREAD_MUTEX_INITIALIZER;
+static json_t *sessions;            /* cell id → the agent session of its last heartbeat */
+#define CELL_REPORTED_GRACE_MS 3000 /* the same for one the cell reported already (heartbeats every 2 s) */
+#define CRASH_RESET_MS         (5 * 60 * 1000)
+#define SCHED_HTTP_TIMEOUT     10000
+#define STOP_ROUTES_WAIT_MS    1000 /* a dead router does not hold stops longer than this */
 #define ROUTABLE_GRACE_MS                                                                             \
         1000             /* a new RUNNING instance counts as routed after this even if no router said \
                           */
@@ -371,6 +374,18 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
         int64_t now = now_ms();
         if (!api_tx_begin(r, resp))
                 return;
+        /*
+         * A heartbeat from a new agent process (or the first since this controller started) lists all the
+         * cell runs: rows it omits are gone at once, without the grace below.
+         */
+        const char *session = opt_str(r->body, "session");
+        bool new_session = false;
+        pthread_mutex_lock(&sessions_mu);
+        if (!sessions)
+                sessions = json_object();
+        const char *had = json_string_value(json_object_get(sessions, id));
+        new_session = session && (!had || strcmp(had, session) != 0);
+        pthread_mutex_unlock(&sessions_mu);
         bool known = false;
         {
                 _cleanup_reset_ sqlite3_stmt *s =
@@ -417,7 +432,14 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
                         if (bsearch(&g, reported, nrep, sizeof(*reported), cmp_str))
                                 continue;
                         bool stopping = strcmp(st, INST_STOPPING) == 0;
-                        if (!stopping && sqlite3_column_int64(s, 2) >= now - CELL_LOST_GRACE_MS)
+                        /*
+                         * A STARTING row may be a PUT still on its way; a row the cell already reported
+                         * (RUNNING, CRASHED) is gone once a heartbeat newer than its last change omits it
+                         * (CELL_REPORTED_GRACE_MS covers a heartbeat built before an event that overtook it).
+                         */
+                        int64_t grace =
+                            strcmp(st, INST_STARTING) == 0 ? CELL_LOST_GRACE_MS : CELL_REPORTED_GRACE_MS;
+                        if (!stopping && !new_session && sqlite3_column_int64(s, 2) >= now - grace)
                                 continue;
                         strv_push(&lost, xstrdup(g));
                         if (strcmp(st, INST_RUNNING) == 0)
@@ -433,6 +455,11 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
         if (!api_tx_commit(r, resp)) {
                 strv_clear(&unwanted);
                 return;
+        }
+        if (new_session) {
+                pthread_mutex_lock(&sessions_mu);
+                json_object_set_new(sessions, id, json_string(session));
+                pthread_mutex_unlock(&sessions_mu);
         }
         if (routes)
                 routes_changed(c);

@@ -8,6 +8,7 @@ One ``berth up`` for the module (diego_docker enabled once); every test pushes a
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -45,10 +46,10 @@ def recent_logs(plat, name) -> list:
     out = plat.cli("logs", name, "--recent").stdout
     recs = []
     for line in out.splitlines():
-        # "TIME [SOURCE/INDEX] OUT|ERR MESSAGE"
-        parts = line.split(" ", 3)
-        if len(parts) >= 3 and parts[1].startswith("["):
-            recs.append((parts[1].strip("[]"), parts[2], parts[3] if len(parts) > 3 else ""))
+        # cf's format: "   TIME [SOURCE/INDEX] OUT|ERR MESSAGE"
+        m = re.match(r"^\s*\S+ \[([^\]]+)\] (OUT|ERR) ?(.*)$", line)
+        if m:
+            recs.append((m.group(1), m.group(2), m.group(3)))
     return recs
 
 
