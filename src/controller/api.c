@@ -268,6 +268,16 @@ void api_respond_list(struct api_req *r, struct http_response *resp, const char 
         api_respond(resp, 200, body);
 }
 
+bool api_in_list(char **list, const char *v)
+{
+        if (!list)
+                return true;
+        for (size_t i = 0; list[i]; i++)
+                if (v && strcmp(list[i], v) == 0)
+                        return true;
+        return false;
+}
+
 char **api_query_list(struct api_req *r, const char *name)
 {
         _cleanup_free_ char *v = http_query_get(r->http ? r->http->query : "", name);

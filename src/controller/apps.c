@@ -75,44 +75,6 @@ const char db_schema_apps[] =
 
 /* ---- shared helpers ---- */
 
-static sqlite3_stmt *xdb_vquery(struct ctl *c, struct berr **err, const char *sql, const char *types,
-                                va_list ap)
-{
-        sqlite3_stmt *s = db_prepare(c, sql, err);
-        if (!s)
-                return NULL;
-        for (int i = 0; types && types[i]; i++) {
-                switch (types[i]) {
-                case 's': {
-                        const char *v = va_arg(ap, const char *);
-                        if (v)
-                                sqlite3_bind_text(s, i + 1, v, -1, SQLITE_TRANSIENT);
-                        else
-                                sqlite3_bind_null(s, i + 1);
-                        break;
-                }
-                case 'i':
-                        sqlite3_bind_int(s, i + 1, va_arg(ap, int));
-                        break;
-                case 'I':
-                        sqlite3_bind_int64(s, i + 1, va_arg(ap, int64_t));
-                        break;
-                default:
-                        abort();
-                }
-        }
-        return s;
-}
-
-sqlite3_stmt *xdb_query(struct ctl *c, struct berr **err, const char *sql, const char *types, ...)
-{
-        va_list ap;
-        va_start(ap, types);
-        sqlite3_stmt *s = xdb_vquery(c, err, sql, types, ap);
-        va_end(ap);
-        return s;
-}
-
 static void xdb_bind(sqlite3_stmt *s, const char *types, va_list ap)
 {
         for (int i = 0; types && types[i]; i++) {
@@ -135,6 +97,24 @@ static void xdb_bind(sqlite3_stmt *s, const char *types, va_list ap)
                         abort();
                 }
         }
+}
+
+static sqlite3_stmt *xdb_vquery(struct ctl *c, struct berr **err, const char *sql, const char *types,
+                                va_list ap)
+{
+        sqlite3_stmt *s = db_prepare(c, sql, err);
+        if (s)
+                xdb_bind(s, types, ap);
+        return s;
+}
+
+sqlite3_stmt *xdb_query(struct ctl *c, struct berr **err, const char *sql, const char *types, ...)
+{
+        va_list ap;
+        va_start(ap, types);
+        sqlite3_stmt *s = xdb_vquery(c, err, sql, types, ap);
+        va_end(ap);
+        return s;
 }
 
 sqlite3_stmt *xdb_cquery(struct ctl *c, struct berr **err, const char *sql, const char *types, ...)
@@ -327,16 +307,6 @@ json_t *apps_vcap_application(struct ctl *c, const char *app_guid, const char *p
 
 /* ---- apps ---- */
 
-static bool in_list(char **list, const char *v)
-{
-        if (!list)
-                return true;
-        for (size_t i = 0; list[i]; i++)
-                if (v && strcmp(list[i], v) == 0)
-                        return true;
-        return false;
-}
-
 static void apps_list(struct api_req *r, struct http_response *resp)
 {
         _cleanup_berr_ struct berr *e = NULL;
@@ -357,8 +327,8 @@ static void apps_list(struct api_req *r, struct http_response *resp)
         db_lock(r->ctl);
         _cleanup_stmt_ sqlite3_stmt *s = db_prepare(r->ctl, sql, &e);
         while (s && sqlite3_step(s) == SQLITE_ROW)
-                if (in_list(names, db_col_text(s, 1)) && in_list(guids, db_col_text(s, 0)) &&
-                    in_list(spaces, db_col_text(s, 2)) && in_list(orgs, db_col_text(s, 6)))
+                if (api_in_list(names, db_col_text(s, 1)) && api_in_list(guids, db_col_text(s, 0)) &&
+                    api_in_list(spaces, db_col_text(s, 2)) && api_in_list(orgs, db_col_text(s, 6)))
                         json_array_append_new(items, app_row_json(r->ctl, s));
         db_unlock(r->ctl);
         if (!s) {

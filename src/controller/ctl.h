@@ -191,6 +191,8 @@ json_t *api_link(struct ctl *c, const char *fmt, ...) _printf_(2, 3);
 void api_respond_list(struct api_req *r, struct http_response *resp, const char *path, json_t *items);
 /* Comma-separated query filter (e.g. "names") as a NULL-terminated strv (NULL if absent); caller frees. */
 char **api_query_list(struct api_req *r, const char *name);
+/* Whether v passes a filter from api_query_list: no filter (NULL) passes everything, else v is listed. */
+bool api_in_list(char **list, const char *v);
 /* order_by: fills *field ("created_at", "updated_at", "name") and *desc; false + 400 sent if invalid. */
 bool api_order_by(struct api_req *r, struct http_response *resp, const char **field, bool *desc);
 

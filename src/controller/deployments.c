@@ -271,16 +271,6 @@ static void deployments_show(struct api_req *r, struct http_response *resp)
         api_respond(resp, 200, j);
 }
 
-static bool in_list(char **list, const char *v)
-{
-        if (!list)
-                return true;
-        for (size_t i = 0; list[i]; i++)
-                if (v && strcmp(list[i], v) == 0)
-                        return true;
-        return false;
-}
-
 static void deployments_list(struct api_req *r, struct http_response *resp)
 {
         _cleanup_berr_ struct berr *e = NULL;
@@ -308,9 +298,9 @@ static void deployments_list(struct api_req *r, struct http_response *resp)
         db_lock(r->ctl);
         _cleanup_stmt_ sqlite3_stmt *s = db_prepare(r->ctl, sql, &e);
         while (s && sqlite3_step(s) == SQLITE_ROW)
-                if (in_list(apps, db_col_text(s, 1)) && in_list(guids, db_col_text(s, 0)) &&
-                    in_list(values, db_col_text(s, 4)) && in_list(reasons, db_col_text(s, 5)) &&
-                    in_list(states, db_col_text(s, 3)))
+                if (api_in_list(apps, db_col_text(s, 1)) && api_in_list(guids, db_col_text(s, 0)) &&
+                    api_in_list(values, db_col_text(s, 4)) && api_in_list(reasons, db_col_text(s, 5)) &&
+                    api_in_list(states, db_col_text(s, 3)))
                         json_array_append_new(items, dep_json(r->ctl, s));
         db_unlock(r->ctl);
         if (!s) {

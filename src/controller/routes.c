@@ -225,16 +225,6 @@ static json_t *route_json(struct ctl *c, const char *guid)
         return s && sqlite3_step(s) == SQLITE_ROW ? route_row_json(c, s) : NULL;
 }
 
-static bool in_list(char **list, const char *v)
-{
-        if (!list)
-                return true;
-        for (size_t i = 0; list[i]; i++)
-                if (v && strcmp(list[i], v) == 0)
-                        return true;
-        return false;
-}
-
 static void routes_list_where(struct api_req *r, struct http_response *resp, const char *app,
                               const char *path)
 {
@@ -262,9 +252,9 @@ static void routes_list_where(struct api_req *r, struct http_response *resp, con
         db_lock(r->ctl);
         _cleanup_stmt_ sqlite3_stmt *s = xdb_query(r->ctl, &e, sql, "s", app);
         while (s && sqlite3_step(s) == SQLITE_ROW) {
-                if (!in_list(hosts, db_col_text(s, 1)) || !in_list(guids, db_col_text(s, 0)) ||
-                    !in_list(spaces, db_col_text(s, 4)) || !in_list(orgs, db_col_text(s, 8)) ||
-                    !in_list(domains, db_col_text(s, 3)) || !in_list(paths, db_col_text(s, 2)))
+                if (!api_in_list(hosts, db_col_text(s, 1)) || !api_in_list(guids, db_col_text(s, 0)) ||
+                    !api_in_list(spaces, db_col_text(s, 4)) || !api_in_list(orgs, db_col_text(s, 8)) ||
+                    !api_in_list(domains, db_col_text(s, 3)) || !api_in_list(paths, db_col_text(s, 2)))
                         continue;
                 if (apps) {
                         bool any = false;

@@ -77,16 +77,6 @@ static bool guid_safe(const char *g)
         return true;
 }
 
-static bool in_list(char **list, const char *v)
-{
-        if (!list)
-                return true;
-        for (size_t i = 0; list[i]; i++)
-                if (v && strcmp(list[i], v) == 0)
-                        return true;
-        return false;
-}
-
 /* ---- authorization ---- */
 
 /* The org of a space (lock held): 0, -ENOENT. */
@@ -299,7 +289,7 @@ static void orgs_list(struct api_req *r, struct http_response *resp)
         db_lock(r->ctl);
         _cleanup_stmt_ sqlite3_stmt *s = db_prepare(r->ctl, sql, &e);
         while (s && sqlite3_step(s) == SQLITE_ROW)
-                if (in_list(names, db_col_text(s, 1)) && in_list(guids, db_col_text(s, 0)))
+                if (api_in_list(names, db_col_text(s, 1)) && api_in_list(guids, db_col_text(s, 0)))
                         json_array_append_new(items, org_json(r->ctl, s));
         db_unlock(r->ctl);
         if (!s) {
@@ -602,8 +592,8 @@ static void spaces_list(struct api_req *r, struct http_response *resp)
         db_lock(r->ctl);
         _cleanup_stmt_ sqlite3_stmt *s = db_prepare(r->ctl, sql, &e);
         while (s && sqlite3_step(s) == SQLITE_ROW)
-                if (in_list(names, db_col_text(s, 1)) && in_list(guids, db_col_text(s, 0)) &&
-                    in_list(orgs, db_col_text(s, 2)))
+                if (api_in_list(names, db_col_text(s, 1)) && api_in_list(guids, db_col_text(s, 0)) &&
+                    api_in_list(orgs, db_col_text(s, 2)))
                         json_array_append_new(items, space_json(r->ctl, s));
         db_unlock(r->ctl);
         if (!s) {
@@ -803,9 +793,9 @@ static void roles_list(struct api_req *r, struct http_response *resp)
         _cleanup_stmt_ sqlite3_stmt *s = db_prepare(r->ctl, sql, &e);
         while (s && sqlite3_step(s) == SQLITE_ROW) {
                 const char *space = db_col_text(s, 4);
-                if (!in_list(types, db_col_text(s, 1)) || !in_list(guids, db_col_text(s, 0)) ||
-                    !in_list(users, db_col_text(s, 2)) || !in_list(spaces, space) ||
-                    (orgs && (space || !in_list(orgs, db_col_text(s, 3)))))
+                if (!api_in_list(types, db_col_text(s, 1)) || !api_in_list(guids, db_col_text(s, 0)) ||
+                    !api_in_list(users, db_col_text(s, 2)) || !api_in_list(spaces, space) ||
+                    (orgs && (space || !api_in_list(orgs, db_col_text(s, 3)))))
                         continue;
                 json_array_append_new(items, role_json(r->ctl, s));
         }
