@@ -70,11 +70,13 @@ struct handle {
         bool dead;
         /*
          * A read may find bytes: epoll reported input since the last read that drained the socket (a short
-         * read or EAGAIN). Epoll is level-triggered, so a cleared hint only costs a wait, never a stall; it
-         * saves the recv that would answer EAGAIN after most requests and responses.
+         * read or EAGAIN). It saves the recv that would answer EAGAIN after most requests and responses.
+         * Epoll is edge-triggered: a hint cleared while bytes or an EOF wait would stall the connection for
+         * good, so a short read clears it only while no peer shutdown was reported (hup).
          */
         bool rd;
-        bool wr; /* a write may make progress: no EAGAIN since the last output event */
+        bool hup; /* epoll reported the peer's shutdown (EPOLLRDHUP/EPOLLHUP): reads go on to the EOF */
+        bool wr;  /* a write may make progress: no EAGAIN since the last output event */
 };
 
 struct buf {
@@ -1248,8 +1250,8 @@ static enum io_result read_into(struct handle *h, SSL *ssl, struct buf *b, int *
         ssize_t k = recv(h->fd, b->d + b->end, room, 0);
         if (k > 0) {
                 b->end += (size_t)k;
-                if ((size_t)k < room)
-                        h->rd = false;
+                if ((size_t)k < room && !h->hup)
+                        h->rd = false; /* drained; with a FIN behind the bytes, the next read finds it */
                 return IO_PROGRESS;
         }
         if (k == 0)
@@ -1805,6 +1807,8 @@ static void *worker_main(void *arg)
                                 struct client *c = (struct client *)h;
                                 if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
                                         h->rd = true;
+                                if (evs[i].events & (EPOLLHUP | EPOLLRDHUP))
+                                        h->hup = true;
                                 if (evs[i].events & (EPOLLOUT | EPOLLHUP))
                                         h->wr = true;
                                 if (evs[i].events & EPOLLERR) {
@@ -1817,6 +1821,8 @@ static void *worker_main(void *arg)
                         case HK_UPSTREAM:
                                 if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR))
                                         h->rd = true;
+                                if (evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR))
+                                        h->hup = true;
                                 if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
                                         h->wr = true;
                                 upstream_event((struct upstream *)h, evs[i].events);

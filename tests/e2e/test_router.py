@@ -752,6 +752,60 @@ def test_backend_closing_pooled_connections(rig):
     assert cb.connections >= 40
 
 
+class CorkedCloseBackend:
+    """Answers without Content-Length (the body ends at close, as busybox httpd's CGI answers) and sends its
+    last bytes and the FIN in one segment (TCP_CORK, then close): the router sees data and EOF in one event."""
+
+    def __init__(self, split_head=False):
+        self.split_head = split_head
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(4096)
+                if not d:
+                    return
+                buf += d
+            head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+            if self.split_head:
+                c.sendall(head)  # the head alone first; the body and the FIN together later
+                time.sleep(0.05)
+                head = b""
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            c.sendall(head + b"sick\n")
+
+    def stop(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("split_head", [False, True])
+def test_body_ending_at_close_with_data_and_fin_together(rig, split_head):
+    cb = CorkedCloseBackend(split_head)
+    rig.setdefault("extras", []).append(cb)
+    serve(rig, [route("corked.test", [cb.port])])
+    for i in range(30):
+        c = rig["router"].conn()
+        c.timeout = 5
+        c.request("GET", "/", headers={"Host": "corked.test"})
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"sick\n"), i
+        c.close()
+
+
 # ---------------------------------------------------------------------------------------------- issue 6
 
 
