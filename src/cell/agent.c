@@ -41,6 +41,8 @@
 #define CHECK_EVERY_MS   100
 #define CHECK_FIRST_MS   5    /* startup checks start this often, doubling up to CHECK_EVERY_MS */
 #define LIVENESS_MS      3000 /* Diego: 30 s by default; the issue asks for every few seconds */
+#define READY_MS         3000 /* readiness checks of a ready instance (health_check-like readiness_check) */
+#define UNREADY_MS       1000 /* and of one that is not ready (Diego's until-ready interval) */
 #define STOP_TIMEOUT_S   10
 #define MAX_EVENTS_QUEUE 4096
 #define CPU_SAMPLE_MS    500           /* a CPU fraction needs two samples at least this far apart */
@@ -76,6 +78,7 @@ struct instance {
         int exit_code; /* -1: none */
         char *reason;
         bool adopted; /* re-adopted after a restart: skip pull/create/start */
+        bool ready;   /* its readiness check passes (always, without one): routable while RUNNING */
         bool deleting;
         int wake_fd; /* eventfd: wakes the worker out of its wait for the container's end */
         int64_t cpu_prev_ns, cpu_prev_ms; /* the last CPU sample (cpuacct ns, monotonic ms) */
@@ -154,6 +157,20 @@ static int64_t hc_int(const struct instance *in, const char *key)
 static const char *hc_str(const struct instance *in, const char *key)
 {
         return json_string_value(json_object_get(json_object_get(in->lrp, "health_check"), key));
+}
+
+/* The readiness check's type, NULL without one ("process" is none: always ready). */
+static const char *rc_type(const struct instance *in)
+{
+        const char *t =
+            json_string_value(json_object_get(json_object_get(in->lrp, "readiness_check"), "type"));
+        return t && strcmp(t, "process") != 0 ? t : NULL;
+}
+
+static int64_t rc_int(const struct instance *in, const char *key, int64_t dflt)
+{
+        json_t *v = json_object_get(json_object_get(in->lrp, "readiness_check"), key);
+        return json_is_integer(v) && json_integer_value(v) > 0 ? json_integer_value(v) : dflt;
 }
 
 static uint16_t inst_port(const struct instance *in, size_t i)
@@ -244,10 +261,10 @@ static bool is_nullable_string(const json_t *v)
 
 int cell_agent_lrp_validate(const json_t *b, const char *guid, struct berr **err)
 {
-        static const char *const keys[] = { "instance_guid", "process_guid", "app_guid", "app_name",
-                                            "index",         "image",        "username", "password",
-                                            "command",       "env",          "ports",    "memory_mb",
-                                            "disk_mb",       "health_check" };
+        static const char *const keys[] = { "instance_guid", "process_guid", "app_guid",       "app_name",
+                                            "index",         "image",        "username",       "password",
+                                            "command",       "env",          "ports",          "memory_mb",
+                                            "disk_mb",       "health_check", "readiness_check" };
         if (!json_is_object(b))
                 return berr_set(err, -EINVAL, "body must be a JSON object");
         const char *k;
@@ -317,7 +334,7 @@ int cell_agent_lrp_validate(const json_t *b, const char *guid, struct berr **err
                 return fail_field(err, "health_check", "must be an object");
         json_object_foreach (hc, k, v) {
                 if (strcmp(k, "type") && strcmp(k, "endpoint") && strcmp(k, "timeout_s") &&
-                    strcmp(k, "invocation_timeout_s"))
+                    strcmp(k, "invocation_timeout_s") && strcmp(k, "interval_s"))
                         return berr_set(err, -EINVAL, "health_check.%s is not a known field", k);
         }
         const char *type = json_string_value(json_object_get(hc, "type"));
@@ -334,6 +351,36 @@ int cell_agent_lrp_validate(const json_t *b, const char *guid, struct berr **err
         v = json_object_get(hc, "invocation_timeout_s");
         if (v && (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 60))
                 return fail_field(err, "health_check.invocation_timeout_s", "must be an integer 1-60");
+        v = json_object_get(hc, "interval_s");
+        if (v && !json_is_null(v) &&
+            (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 600))
+                return fail_field(err, "health_check.interval_s", "must be an integer 1-600");
+        json_t *rc = json_object_get(b, "readiness_check");
+        if (!rc || json_is_null(rc))
+                return 0;
+        if (!json_is_object(rc))
+                return fail_field(err, "readiness_check", "must be an object");
+        json_object_foreach (rc, k, v) {
+                if (strcmp(k, "type") && strcmp(k, "endpoint") && strcmp(k, "interval_s") &&
+                    strcmp(k, "invocation_timeout_s"))
+                        return berr_set(err, -EINVAL, "readiness_check.%s is not a known field", k);
+        }
+        type = json_string_value(json_object_get(rc, "type"));
+        if (!type || (strcmp(type, "port") && strcmp(type, "http") && strcmp(type, "process")))
+                return fail_field(err, "readiness_check.type", "must be port, http or process");
+        v = json_object_get(rc, "endpoint");
+        if (v && !json_is_null(v) &&
+            (!json_is_string(v) || json_string_value(v)[0] != '/' || strpbrk(json_string_value(v), " \r\n") ||
+             json_string_length(v) > 1024))
+                return fail_field(err, "readiness_check.endpoint", "must be a path starting with /");
+        v = json_object_get(rc, "interval_s");
+        if (v && !json_is_null(v) &&
+            (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 600))
+                return fail_field(err, "readiness_check.interval_s", "must be an integer 1-600");
+        v = json_object_get(rc, "invocation_timeout_s");
+        if (v && !json_is_null(v) &&
+            (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 60))
+                return fail_field(err, "readiness_check.invocation_timeout_s", "must be an integer 1-60");
         return 0;
 }
 
@@ -395,14 +442,15 @@ static json_t *instance_json(struct agent *a, struct instance *in, const json_t 
                         cpu_sample(in, json_integer_value(ns));
         }
         json_object_set_new(u, "cpu", json_real(in->state == ST_CRASHED ? 0.0 : in->cpu));
-        return json_pack(
-            "{s:s, s:O, s:O, s:O, s:s, s:s, s:s?, s:i, s:s, s:i, s:s?, s:o, s:s?, s:o}", "instance_guid",
-            in->guid, "process_guid", json_object_get(in->lrp, "process_guid"), "app_guid",
-            json_object_get(in->lrp, "app_guid"), "index", json_object_get(in->lrp, "index"), "state",
-            state_names[in->state], "since", since, "host", in->ip[0] ? in->ip : NULL, "port",
-            (int)inst_port(in, 0), "external_ip", a->advertise_ip, "external_port", (int)in->host_port,
-            "container_id", in->container_id, "exit_code",
-            in->exit_code >= 0 ? json_integer(in->exit_code) : json_null(), "reason", in->reason, "usage", u);
+        return json_pack("{s:s, s:O, s:O, s:O, s:s, s:s, s:s?, s:i, s:s, s:i, s:s?, s:o, s:s?, s:o, s:b}",
+                         "instance_guid", in->guid, "process_guid", json_object_get(in->lrp, "process_guid"),
+                         "app_guid", json_object_get(in->lrp, "app_guid"), "index",
+                         json_object_get(in->lrp, "index"), "state", state_names[in->state], "since", since,
+                         "host", in->ip[0] ? in->ip : NULL, "port", (int)inst_port(in, 0), "external_ip",
+                         a->advertise_ip, "external_port", (int)in->host_port, "container_id",
+                         in->container_id, "exit_code",
+                         in->exit_code >= 0 ? json_integer(in->exit_code) : json_null(), "reason", in->reason,
+                         "usage", u, "routable", in->state == ST_RUNNING && in->ready);
 }
 
 /*
@@ -444,6 +492,7 @@ static void instance_save(struct agent *a, struct instance *in)
                       in->container_id, "ip", in->ip, "host_port", (int)in->host_port, "state",
                       state_names[in->state], "exit_code", in->exit_code, "reason", in->reason);
         json_object_set_new(rec, "since", json_string(since));
+        json_object_set_new(rec, "ready", json_boolean(in->ready));
         _cleanup_free_ char *text = json_dump_str(rec, false);
         _cleanup_free_ char *name = xasprintf("%s.json", in->guid);
         int dfd = open(a->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -728,7 +777,8 @@ static void exit_line(struct agent *a, const char *guid, int code, const char *r
  * on ports[0] answering 200 and a TCP connect to the other ports (Diego's checks: http for the first port
  * only), process = nothing. *why (optional, caller frees): the failure. Lock NOT held.
  */
-static bool check_once(struct instance *in, const char *type, const char *ip, unsigned timeout_ms, char **why)
+static bool check_once(struct instance *in, const char *type, const char *ep, const char *ip,
+                       unsigned timeout_ms, char **why)
 {
         _cleanup_berr_ struct berr *e = NULL;
         int r = 0;
@@ -736,7 +786,6 @@ static bool check_once(struct instance *in, const char *type, const char *ip, un
                 return true;
         size_t first = 0, n = json_array_size(json_object_get(in->lrp, "ports"));
         if (!strcmp(type, "http")) {
-                const char *ep = hc_str(in, "endpoint");
                 r = health_check_http(ip, inst_port(in, 0), ep ? ep : "/", timeout_ms, &e);
                 first = 1;
         }
@@ -779,10 +828,44 @@ static bool wait_monitor(struct instance *in, int pidfd, int64_t timeout_ms)
 }
 
 /*
+ * One readiness check of a RUNNING instance (lock NOT held); on a change, the CELL line and the event that
+ * takes it out of (or back into) the routes (lock taken).
+ */
+static void readiness_round(struct agent *a, struct instance *in, const char *type, const char *ip)
+{
+        unsigned ms = (unsigned)rc_int(in, "invocation_timeout_s", 1) * 1000;
+        _cleanup_free_ char *why = NULL;
+        bool ok = check_once(
+            in, type,
+            json_string_value(json_object_get(json_object_get(in->lrp, "readiness_check"), "endpoint")), ip,
+            ms, &why);
+        pthread_mutex_lock(&a->lock);
+        if (ok != in->ready && in->state != ST_CRASHED && !in->deleting && !a->stopping) {
+                in->ready = ok;
+                if (ok)
+                        cell_line(a, in->guid,
+                                  "Container passed the readiness health check. Container "
+                                  "marked ready and added to route pool.");
+                else
+                        cell_line(a, in->guid,
+                                  "Container failed the readiness health check (%s). Container "
+                                  "marked not ready and removed from route pool.",
+                                  why ? why : "check failed");
+                log_info("cell agent: instance %s %s", in->guid, ok ? "ready" : "not ready");
+                instance_save(a, in);
+                if (in->state == ST_RUNNING)
+                        queue_event(a, in); /* before RUNNING, the RUNNING event carries it */
+        }
+        pthread_mutex_unlock(&a->lock);
+}
+
+/*
  * An instance's life after its container exists: startup checks every CHECK_EVERY_MS until healthy (RUNNING)
- * or timeout_s after the start (CRASHED "start timeout"); then liveness every LIVENESS_MS, and between
- * checks a wait on the monitor's pidfd, so the container's end is reported at once. A crash is reported
- * before the container is stopped, so the controller takes it out of the routes (and restarts it) first.
+ * or timeout_s after the start (CRASHED "start timeout"); then liveness every interval_s (LIVENESS_MS), and
+ * between checks a wait on the monitor's pidfd, so the container's end is reported at once. A crash is
+ * reported before the container is stopped, so the controller takes it out of the routes (and restarts it)
+ * first. With a readiness check, a RUNNING instance is routable only while it passes (checked every
+ * interval_s, READY_MS; every UNREADY_MS while it fails): the first check runs before RUNNING is reported.
  */
 static void *worker(void *arg)
 {
@@ -816,6 +899,11 @@ static void *worker(void *arg)
         char ip[16];
         snprintf(ip, sizeof(ip), "%s", in->ip);
         char *id = xstrdup(in->container_id);
+        const char *rtype = rc_type(in);
+        int64_t live_every = hc_int(in, "interval_s") > 0 ? hc_int(in, "interval_s") * 1000 : LIVENESS_MS;
+        int64_t ready_every = rc_int(in, "interval_s", READY_MS / 1000) * 1000;
+        if (!adopted)
+                in->ready = rtype == NULL;
         if (!adopted)
                 cell_line(a, in->guid, "Starting health monitoring of container");
         /* Startup checks: an app usually listens within milliseconds, so look early, then every 100 ms. */
@@ -825,7 +913,9 @@ static void *worker(void *arg)
                 free(reason);
                 reason = NULL;
                 int alive = container_alive(a, id, &code, &reason, NULL);
-                bool ok = alive > 0 && check_once(in, type, ip, inv_ms, NULL);
+                bool ok = alive > 0 && check_once(in, type, hc_str(in, "endpoint"), ip, inv_ms, NULL);
+                if (ok && rtype && !adopted)
+                        readiness_round(a, in, rtype, ip); /* before RUNNING: routable at once if ready */
                 pthread_mutex_lock(&a->lock);
                 if (in->deleting || a->stopping)
                         break;
@@ -851,19 +941,28 @@ static void *worker(void *arg)
                 wait_until(a, now_ms() + every);
                 every = MIN(every * 2, CHECK_EVERY_MS);
         }
-        /* Liveness. */
+        /* Liveness (and readiness). */
         int64_t next = now_ms();
+        int64_t next_ready = now_ms() + (in->ready ? ready_every : MIN(ready_every, UNREADY_MS));
         while (in->state == ST_RUNNING && !in->deleting && !a->stopping) {
                 bool ended = false;
-                int64_t left = next - now_ms();
+                int64_t left = MIN(next, rtype ? next_ready : next) - now_ms();
                 if (left > 0) {
                         pthread_mutex_unlock(&a->lock);
                         ended = wait_monitor(in, pidfd, left);
                         pthread_mutex_lock(&a->lock);
                         if (in->deleting || a->stopping)
                                 break;
-                        if (!ended && now_ms() < next)
+                        if (!ended && now_ms() < MIN(next, rtype ? next_ready : next))
                                 continue; /* woken for nothing */
+                }
+                if (!ended && now_ms() < next) {
+                        /* Readiness only: a failing check takes the instance out of the routes, no crash. */
+                        pthread_mutex_unlock(&a->lock);
+                        readiness_round(a, in, rtype, ip);
+                        pthread_mutex_lock(&a->lock);
+                        next_ready = now_ms() + (in->ready ? ready_every : MIN(ready_every, UNREADY_MS));
+                        continue;
                 }
                 if (ended) {
                         close(pidfd);
@@ -875,7 +974,8 @@ static void *worker(void *arg)
                 _cleanup_free_ char *why = NULL;
                 int alive = container_alive(a, id, &code, &reason, &mpid);
                 /* A monitor that died leaving its container running: liveness checks go on. */
-                bool ok = alive > 0 && (ended || check_once(in, type, ip, inv_ms, &why));
+                bool ok =
+                    alive > 0 && (ended || check_once(in, type, hc_str(in, "endpoint"), ip, inv_ms, &why));
                 pthread_mutex_lock(&a->lock);
                 if (in->deleting || a->stopping)
                         break;
@@ -895,7 +995,7 @@ static void *worker(void *arg)
                 if (pidfd < 0 && mpid > 0 && !ended)
                         pidfd = pidfd_open_(mpid);
                 if (!ended)
-                        next = now_ms() + LIVENESS_MS;
+                        next = now_ms() + live_every;
         }
         free(id);
 out:
@@ -1240,6 +1340,8 @@ static void adopt_all(struct agent *a)
                             : st && !strcmp(st, "CRASHED") ? ST_CRASHED
                                                            : ST_STARTING;
                 in->adopted = true;
+                json_t *rdy = json_object_get(rec, "ready");
+                in->ready = json_is_boolean(rdy) ? json_is_true(rdy) : rc_type(in) == NULL;
                 in->next = a->instances;
                 a->instances = in;
                 pthread_mutex_lock(&a->lock);
@@ -1507,7 +1609,8 @@ static void *reporter(void *arg)
         int64_t hb_retry_ms = 100; /* after a failed heartbeat: 100 ms, doubling up to HEARTBEAT_MS */
         /* This agent process: a new one lists every instance it has (re-adopted ones too), nothing else. */
         char session[48];
-        snprintf(session, sizeof(session), "%d-%lld", (int)getpid(), (long long)now_ms());
+        int64_t session_born = now_ms();
+        snprintf(session, sizeof(session), "%d-%lld", (int)getpid(), (long long)session_born);
         bool warned = false;
         int64_t next_sweep = now_ms() + 60000;
         pthread_mutex_lock(&a->lock);
@@ -1539,8 +1642,9 @@ static void *reporter(void *arg)
                         json_t *list = instances_json(a);
                         pthread_mutex_unlock(&a->lock);
                         _cleanup_json_ json_t *hb = json_pack(
-                            "{s:s, s:I, s:I, s:o, s:s}", "url", a->url, "memory_mb", (json_int_t)a->memory_mb,
-                            "disk_mb", (json_int_t)a->disk_mb, "instances", list, "session", session);
+                            "{s:s, s:I, s:I, s:o, s:s, s:I}", "url", a->url, "memory_mb",
+                            (json_int_t)a->memory_mb, "disk_mb", (json_int_t)a->disk_mb, "instances", list,
+                            "session", session, "session_age_ms", (json_int_t)(now_ms() - session_born));
                         long status = 0;
                         berr_free(e);
                         e = NULL;

@@ -34,7 +34,9 @@ const char db_schema_apps[] =
     " type TEXT NOT NULL, command TEXT, instances INTEGER NOT NULL, memory_mb INTEGER NOT NULL,"
     " disk_mb INTEGER NOT NULL, health_check_type TEXT NOT NULL, health_check_endpoint TEXT,"
     " health_check_timeout INTEGER, invocation_timeout INTEGER, version TEXT NOT NULL,"
-    " created_at TEXT NOT NULL, updated_at TEXT NOT NULL, UNIQUE(app_guid, type));"
+    " created_at TEXT NOT NULL, updated_at TEXT NOT NULL, health_check_interval INTEGER,"
+    " readiness_type TEXT NOT NULL DEFAULT 'process', readiness_endpoint TEXT,"
+    " readiness_invocation_timeout INTEGER, readiness_interval INTEGER, UNIQUE(app_guid, type));"
     "CREATE TABLE IF NOT EXISTS packages ("
     " guid TEXT PRIMARY KEY, app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,"
     " image TEXT NOT NULL, username TEXT, password_sealed TEXT, state TEXT NOT NULL,"
@@ -68,7 +70,9 @@ const char db_schema_apps[] =
     " crash_count INTEGER NOT NULL DEFAULT 0, last_crash_at INTEGER NOT NULL DEFAULT 0, usage TEXT,"
     " process_version TEXT NOT NULL, memory_mb INTEGER NOT NULL DEFAULT 0,"
     /* the route-table version that first held it RUNNING (sched.c: a rolling deployment waits for it) */
-    " routed_version INTEGER NOT NULL DEFAULT 0);"
+    " routed_version INTEGER NOT NULL DEFAULT 0,"
+    /* the cell's readiness verdict (1 without a readiness check) and when it last turned routable */
+    " routable INTEGER NOT NULL DEFAULT 1, routed_ms INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS instances_process ON instances(process_guid, idx);"
     "CREATE INDEX IF NOT EXISTS instances_cell ON instances(cell_id);"
     "CREATE INDEX IF NOT EXISTS instances_app ON instances(app_guid);";
@@ -224,8 +228,9 @@ json_t *apps_app_json(struct ctl *c, const char *guid)
 
 #define PROC_COLUMNS                                                                                         \
         "SELECT guid, app_guid, type, command, instances, memory_mb, disk_mb, health_check_type,"            \
-        " health_check_endpoint, health_check_timeout, invocation_timeout, version, created_at, updated_at " \
-        "FROM processes"
+        " health_check_endpoint, health_check_timeout, invocation_timeout, version, created_at, updated_at," \
+        " health_check_interval, readiness_type, readiness_endpoint, readiness_invocation_timeout,"          \
+        " readiness_interval FROM processes"
 
 static json_t *int_or_null(sqlite3_stmt *s, int i)
 {
@@ -236,19 +241,25 @@ static json_t *int_or_null(sqlite3_stmt *s, int i)
 static json_t *proc_row_json(struct ctl *c, sqlite3_stmt *s)
 {
         const char *g = db_col_text(s, 0), *app = db_col_text(s, 1), *hct = db_col_text(s, 7);
-        json_t *hcdata =
-            json_pack("{s:o,s:o}", "timeout", int_or_null(s, 9), "invocation_timeout", int_or_null(s, 10));
+        json_t *hcdata = json_pack("{s:o,s:o,s:o}", "timeout", int_or_null(s, 9), "invocation_timeout",
+                                   int_or_null(s, 10), "interval", int_or_null(s, 14));
         if (strcmp(hct, "http") == 0)
                 json_object_set_new(hcdata, "endpoint",
                                     db_col_text(s, 8) ? json_string(db_col_text(s, 8)) : json_string("/"));
+        const char *rct = db_col_text(s, 15) ? db_col_text(s, 15) : "process";
+        json_t *rcdata =
+            json_pack("{s:o,s:o}", "invocation_timeout", int_or_null(s, 17), "interval", int_or_null(s, 18));
+        if (strcmp(rct, "http") == 0)
+                json_object_set_new(rcdata, "endpoint",
+                                    db_col_text(s, 16) ? json_string(db_col_text(s, 16)) : json_string("/"));
         const char *cmd = db_col_text(s, 3);
         return json_pack(
-            "{s:s,s:s,s:o,s:i,s:i,s:i,s:i,s:{s:s,s:o},s:{s:s,s:{}},s:{s:{s:{s:s}},s:n},s:o,"
+            "{s:s,s:s,s:o,s:i,s:i,s:i,s:i,s:{s:s,s:o},s:{s:s,s:o},s:{s:{s:{s:s}},s:n},s:o,"
             "s:s,s:s,s:s,s:{s:o,s:o,s:o,s:o}}",
             "guid", g, "type", db_col_text(s, 2), "command", cmd ? json_string(cmd) : json_null(),
             "instances", sqlite3_column_int(s, 4), "memory_in_mb", sqlite3_column_int(s, 5), "disk_in_mb",
             sqlite3_column_int(s, 6), "log_rate_limit_in_bytes_per_second", -1, "health_check", "type", hct,
-            "data", hcdata, "readiness_health_check", "type", "process", "data", "relationships", "app",
+            "data", hcdata, "readiness_health_check", "type", rct, "data", rcdata, "relationships", "app",
             "data", "guid", app, "revision", "metadata", api_metadata(), "version", db_col_text(s, 11),
             "created_at", db_col_text(s, 12), "updated_at", db_col_text(s, 13), "links", "self",
             api_link(c, "/v3/processes/%s", g), "scale", api_link(c, "/v3/processes/%s/actions/scale", g),
@@ -911,6 +922,64 @@ static bool body_int(struct http_response *resp, json_t *obj, const char *key, c
         return true;
 }
 
+/* A PATCH of a health_check or readiness_health_check object (CF V3 shapes); fields absent stay as they are.
+ */
+struct check_patch {
+        const char *type, *endpoint;
+        bool has_to, has_ito, has_iv, has_ep;
+        json_int_t to, ito, iv;
+};
+
+/* Parse hc (borrowed) into *p; false after answering 422. */
+static bool check_patch_parse(struct http_response *resp, json_t *hc, bool readiness, struct check_patch *p)
+{
+        const char *what = readiness ? "Readiness health check" : "Health check";
+        *p = (struct check_patch){ 0 };
+        if (!hc || json_is_null(hc))
+                return true;
+        if (!json_is_object(hc)) {
+                api_unprocessable(resp, "%s must be an object", what);
+                return false;
+        }
+        json_t *t = json_object_get(hc, "type");
+        if (t) {
+                if (!json_is_string(t) ||
+                    (strcmp(json_string_value(t), "port") != 0 && strcmp(json_string_value(t), "http") != 0 &&
+                     strcmp(json_string_value(t), "process") != 0)) {
+                        api_unprocessable(resp, "%s type must be \"port\", \"process\", or \"http\"", what);
+                        return false;
+                }
+                p->type = json_string_value(t);
+        }
+        json_t *d = json_object_get(hc, "data");
+        if (d && !json_is_null(d) && !json_is_object(d)) {
+                api_unprocessable(resp, "%s data must be an object", what);
+                return false;
+        }
+        if (readiness && json_object_get(d, "timeout") && !json_is_null(json_object_get(d, "timeout"))) {
+                api_unprocessable(resp, "Readiness health check data has no timeout (only liveness does)");
+                return false;
+        }
+        if (!body_int(resp, d, "timeout", "Timeout", 1, PROC_TIMEOUT_MAX, &p->has_to, &p->to) ||
+            !body_int(resp, d, "invocation_timeout", "Invocation timeout", 1, PROC_TIMEOUT_MAX, &p->has_ito,
+                      &p->ito) ||
+            !body_int(resp, d, "interval", "Interval", 1, 600, &p->has_iv, &p->iv))
+                return false;
+        json_t *ep = json_object_get(d, "endpoint");
+        if (ep && !json_is_null(ep)) {
+                if (!json_is_string(ep) || json_string_value(ep)[0] != '/' ||
+                    strpbrk(json_string_value(ep), " \r\n") || strlen(json_string_value(ep)) > 1024) {
+                        api_unprocessable(resp, "%s endpoint must be a valid URI path", what);
+                        return false;
+                }
+                p->endpoint = json_string_value(ep);
+                p->has_ep = true;
+        } else if (ep) {
+                p->has_ep = true;
+        }
+        return true;
+}
+
 static void process_update(struct api_req *r, struct http_response *resp)
 {
         struct ctl *c = r->ctl;
@@ -923,44 +992,10 @@ static void process_update(struct api_req *r, struct http_response *resp)
                 api_unprocessable(resp, "Command must be a string of at most 4096 characters");
                 return;
         }
-        json_t *hc = json_object_get(r->body, "health_check");
-        const char *hct = NULL, *endpoint = NULL;
-        bool has_to = false, has_ito = false, has_ep = false;
-        json_int_t to = 0, ito = 0;
-        if (hc && !json_is_null(hc)) {
-                if (!json_is_object(hc)) {
-                        api_unprocessable(resp, "Health check must be an object");
-                        return;
-                }
-                json_t *t = json_object_get(hc, "type");
-                if (t) {
-                        if (!json_is_string(t) || (strcmp(json_string_value(t), "port") != 0 &&
-                                                   strcmp(json_string_value(t), "http") != 0 &&
-                                                   strcmp(json_string_value(t), "process") != 0)) {
-                                api_unprocessable(
-                                    resp, "Health check type must be \"port\", \"process\", or \"http\"");
-                                return;
-                        }
-                        hct = json_string_value(t);
-                }
-                json_t *d = json_object_get(hc, "data");
-                if (!body_int(resp, d, "timeout", "Timeout", 1, PROC_TIMEOUT_MAX, &has_to, &to) ||
-                    !body_int(resp, d, "invocation_timeout", "Invocation timeout", 1, PROC_TIMEOUT_MAX,
-                              &has_ito, &ito))
-                        return;
-                json_t *ep = json_object_get(d, "endpoint");
-                if (ep && !json_is_null(ep)) {
-                        if (!json_is_string(ep) || json_string_value(ep)[0] != '/' ||
-                            strlen(json_string_value(ep)) > 1024) {
-                                api_unprocessable(resp, "Health check endpoint must be a valid URI path");
-                                return;
-                        }
-                        endpoint = json_string_value(ep);
-                        has_ep = true;
-                } else if (ep) {
-                        has_ep = true;
-                }
-        }
+        struct check_patch hc, rc;
+        if (!check_patch_parse(resp, json_object_get(r->body, "health_check"), false, &hc) ||
+            !check_patch_parse(resp, json_object_get(r->body, "readiness_health_check"), true, &rc))
+                return;
         ctl_now(now);
         if (!api_tx_begin(r, resp))
                 return;
@@ -969,18 +1004,33 @@ static void process_update(struct api_req *r, struct http_response *resp)
                 k = xdb_exec(c, &e, "UPDATE processes SET command = ? WHERE guid = ?", "ss",
                              json_is_string(cmd) && *json_string_value(cmd) ? json_string_value(cmd) : NULL,
                              r->params[0]);
-        if (k == 0 && hct)
-                k = xdb_exec(c, &e, "UPDATE processes SET health_check_type = ? WHERE guid = ?", "ss", hct,
-                             r->params[0]);
-        if (k == 0 && has_to)
+        if (k == 0 && hc.type)
+                k = xdb_exec(c, &e, "UPDATE processes SET health_check_type = ? WHERE guid = ?", "ss",
+                             hc.type, r->params[0]);
+        if (k == 0 && hc.has_to)
                 k = xdb_exec(c, &e, "UPDATE processes SET health_check_timeout = ? WHERE guid = ?", "is",
-                             (int)to, r->params[0]);
-        if (k == 0 && has_ito)
+                             (int)hc.to, r->params[0]);
+        if (k == 0 && hc.has_ito)
                 k = xdb_exec(c, &e, "UPDATE processes SET invocation_timeout = ? WHERE guid = ?", "is",
-                             (int)ito, r->params[0]);
-        if (k == 0 && has_ep)
+                             (int)hc.ito, r->params[0]);
+        if (k == 0 && hc.has_iv)
+                k = xdb_exec(c, &e, "UPDATE processes SET health_check_interval = ? WHERE guid = ?", "is",
+                             (int)hc.iv, r->params[0]);
+        if (k == 0 && hc.has_ep)
                 k = xdb_exec(c, &e, "UPDATE processes SET health_check_endpoint = ? WHERE guid = ?", "ss",
-                             endpoint, r->params[0]);
+                             hc.endpoint, r->params[0]);
+        if (k == 0 && rc.type)
+                k = xdb_exec(c, &e, "UPDATE processes SET readiness_type = ? WHERE guid = ?", "ss", rc.type,
+                             r->params[0]);
+        if (k == 0 && rc.has_ito)
+                k = xdb_exec(c, &e, "UPDATE processes SET readiness_invocation_timeout = ? WHERE guid = ?",
+                             "is", (int)rc.ito, r->params[0]);
+        if (k == 0 && rc.has_iv)
+                k = xdb_exec(c, &e, "UPDATE processes SET readiness_interval = ? WHERE guid = ?", "is",
+                             (int)rc.iv, r->params[0]);
+        if (k == 0 && rc.has_ep)
+                k = xdb_exec(c, &e, "UPDATE processes SET readiness_endpoint = ? WHERE guid = ?", "ss",
+                             rc.endpoint, r->params[0]);
         if (k == 0)
                 k = xdb_exec(c, &e, "UPDATE processes SET updated_at = ? WHERE guid = ?", "ss", now,
                              r->params[0]);

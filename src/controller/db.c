@@ -139,6 +139,14 @@ int db_open(struct ctl *c, const char *path, struct berr **err)
                 goto fail;
         if ((r = db_exec(c, db_schema_core, err)) < 0 || (r = db_exec(c, db_schema_apps, err)) < 0 ||
             (r = db_add_column(c, "instances", "routed_version", "INTEGER NOT NULL DEFAULT 0", err)) < 0 ||
+            (r = db_add_column(c, "instances", "routable", "INTEGER NOT NULL DEFAULT 1", err)) < 0 ||
+            (r = db_add_column(c, "instances", "routed_ms", "INTEGER NOT NULL DEFAULT 0", err)) < 0 ||
+            (r = db_add_column(c, "processes", "health_check_interval", "INTEGER", err)) < 0 ||
+            (r = db_add_column(c, "processes", "readiness_type", "TEXT NOT NULL DEFAULT 'process'", err)) <
+                0 ||
+            (r = db_add_column(c, "processes", "readiness_endpoint", "TEXT", err)) < 0 ||
+            (r = db_add_column(c, "processes", "readiness_invocation_timeout", "INTEGER", err)) < 0 ||
+            (r = db_add_column(c, "processes", "readiness_interval", "INTEGER", err)) < 0 ||
             (r = db_exec(c, db_schema_deployments, err)) < 0) {
                 db_exec(c, "ROLLBACK", NULL);
                 goto fail;

@@ -35,6 +35,7 @@ struct stat_inst {
         char *cell_url, *state, *since, *host, *reason;
         int idx, port, external_port, since_set;
         int64_t since_ms;
+        bool routable; /* RUNNING and ready (its readiness check passes) */
         json_t *usage;
 };
 
@@ -165,14 +166,14 @@ static void stats_for(struct api_req *r, struct http_response *resp, const char 
                 }
         }
         {
-                _cleanup_stmt_ sqlite3_stmt *s =
-                    xdb_query(c, NULL,
-                              "SELECT i.guid, c.url, i.state, i.since, i.host, i.port, i.external_port, "
-                              "i.reason, i.idx,"
-                              " i.since_ms FROM instances i LEFT JOIN cells c ON c.id = i.cell_id WHERE "
-                              "i.process_guid = ?"
-                              " ORDER BY i.idx, (i.state = 'RUNNING') DESC, i.since_ms DESC",
-                              "s", proc);
+                _cleanup_stmt_ sqlite3_stmt *s = xdb_query(
+                    c, NULL,
+                    "SELECT i.guid, c.url, i.state, i.since, i.host, i.port, i.external_port, "
+                    "i.reason, i.idx,"
+                    " i.since_ms, i.routable FROM instances i LEFT JOIN cells c ON c.id = i.cell_id WHERE "
+                    "i.process_guid = ?"
+                    " ORDER BY i.idx, (i.state = 'RUNNING') DESC, i.since_ms DESC",
+                    "s", proc);
                 while (s && sqlite3_step(s) == SQLITE_ROW && ninsts < LOGS_INSTANCES_MAX) {
                         insts = xrealloc(insts, (ninsts + 1) * sizeof(*insts));
                         struct stat_inst *in = &insts[ninsts++];
@@ -188,6 +189,7 @@ static void stats_for(struct api_req *r, struct http_response *resp, const char 
                         in->reason = db_col_text(s, 7) ? xstrdup(db_col_text(s, 7)) : NULL;
                         in->idx = sqlite3_column_int(s, 8);
                         in->since_ms = sqlite3_column_int64(s, 9);
+                        in->routable = sqlite3_column_int(s, 10) != 0;
                 }
         }
         db_unlock(c);
@@ -215,11 +217,11 @@ static void stats_for(struct api_req *r, struct http_response *resp, const char 
                                 in = &insts[i];
                 if (!in || !started) {
                         json_array_append_new(
-                            res, json_pack("{s:s,s:i,s:s,s:s,s:n,s:[],s:i,s:I,s:I,s:i,s:{},s:n,s:n,s:n}",
+                            res, json_pack("{s:s,s:i,s:s,s:s,s:n,s:[],s:i,s:I,s:I,s:i,s:{},s:n,s:n,s:n,s:b}",
                                            "type", "web", "index", idx, "state", "DOWN", "host", "", "port",
                                            "instance_ports", "uptime", 0, "mem_quota", (json_int_t)mem * MIB,
                                            "disk_quota", (json_int_t)disk * MIB, "fds_quota", 16384, "usage",
-                                           "details", "since", "guid"));
+                                           "details", "since", "guid", "routable", 0));
                         continue;
                 }
                 bool running = strcmp(in->state, "RUNNING") == 0;
@@ -240,13 +242,13 @@ static void stats_for(struct api_req *r, struct http_response *resp, const char 
                         json_array_append_new(ports, json_pack("{s:i,s:i}", "external", in->external_port,
                                                                "internal", in->port));
                 json_array_append_new(
-                    res, json_pack("{s:s,s:i,s:s,s:s,s:o,s:o,s:I,s:I,s:I,s:i,s:o,s:o,s:s,s:s}", "type", "web",
-                                   "index", idx, "state", in->state, "host", in->host ? in->host : "", "port",
-                                   in->port ? json_integer(in->port) : json_null(), "instance_ports", ports,
-                                   "uptime", uptime, "mem_quota", (json_int_t)mem * MIB, "disk_quota",
+                    res, json_pack("{s:s,s:i,s:s,s:s,s:o,s:o,s:I,s:I,s:I,s:i,s:o,s:o,s:s,s:s,s:b}", "type",
+                                   "web", "index", idx, "state", in->state, "host", in->host ? in->host : "",
+                                   "port", in->port ? json_integer(in->port) : json_null(), "instance_ports",
+                                   ports, "uptime", uptime, "mem_quota", (json_int_t)mem * MIB, "disk_quota",
                                    (json_int_t)disk * MIB, "fds_quota", 16384, "usage", usage, "details",
                                    in->reason && !running ? json_string(in->reason) : json_null(), "since",
-                                   in->since, "guid", in->guid));
+                                   in->since, "guid", in->guid, "routable", running && in->routable));
         }
         for (size_t i = 0; i < ninsts; i++)
                 stat_inst_clear(&insts[i]);

@@ -616,7 +616,7 @@ static json_t *route_table(struct ctl *c)
                                       "SELECT i.guid, i.idx, i.host, i.port FROM instances i JOIN apps a ON "
                                       "a.guid = i.app_guid"
                                       " JOIN processes p ON p.guid = i.process_guid WHERE i.app_guid = ? AND "
-                                      "i.state = 'RUNNING'"
+                                      "i.state = 'RUNNING' AND i.routable = 1"
                                       " AND a.state = 'STARTED' AND p.type = 'web' AND i.host IS NOT NULL "
                                       "AND i.port IS NOT NULL"
                                       " ORDER BY i.idx",

@@ -31,6 +31,7 @@
 #define CELL_LOST_GRACE_MS 15000 /* a STARTING instance a live cell does not report after this is gone */
 static pthread_mutex_t sessions_mu = PTHREAD_MUTEX_INITIALIZER;
 static json_t *sessions;            /* cell id → the agent session of its last heartbeat */
+#define CELL_SESSION_SLACK_MS  1000 /* a session's start as the controller sees it: earlier by this much */
 #define CELL_REPORTED_GRACE_MS 3000 /* the same for one the cell reported already (heartbeats every 2 s) */
 #define CRASH_RESET_MS         (5 * 60 * 1000)
 #define SCHED_HTTP_TIMEOUT     10000
@@ -277,25 +278,30 @@ static int instance_apply(struct ctl *c, const char *cell_id, const json_t *inst
         const char *reason = opt_str(inst, "reason"), *since = opt_str(inst, "since");
         int64_t port = opt_int(inst, "port"), eport = opt_int(inst, "external_port");
         int64_t ec = opt_int(inst, "exit_code");
+        /* The cell's readiness verdict; an agent without readiness checks says nothing: routable. */
+        json_t *rj = json_object_get(inst, "routable");
+        int routable = !json_is_false(rj) || strcmp(state, INST_RUNNING) != 0;
         char old[16];
-        int crash_count = 0;
+        int crash_count = 0, old_routable = 1;
         int64_t since_ms = 0;
         {
                 _cleanup_reset_ sqlite3_stmt *s = xdb_cquery(
                     c, NULL,
                     "SELECT state, crash_count, since_ms, host, port, external_ip, external_port, exit_code,"
-                    " reason FROM instances WHERE guid = ? AND cell_id = ?",
+                    " reason, routable FROM instances WHERE guid = ? AND cell_id = ?",
                     "ss", guid, cell_id);
                 if (!s || sqlite3_step(s) != SQLITE_ROW)
                         return -ENOENT;
                 snprintf(old, sizeof(old), "%s", db_col_text(s, 0));
                 crash_count = sqlite3_column_int(s, 1);
                 since_ms = sqlite3_column_int64(s, 2);
+                old_routable = sqlite3_column_int(s, 9);
                 if (strcmp(old, INST_STOPPING) == 0)
                         return 0;
-                if (strcmp(old, state) == 0 && str_eq(db_col_text(s, 3), host) && col_opt_int(s, 4) == port &&
-                    str_eq(db_col_text(s, 5), ext_ip) && col_opt_int(s, 6) == eport &&
-                    (ec == INT64_MIN || col_opt_int(s, 7) == ec) && str_eq(db_col_text(s, 8), reason))
+                if (strcmp(old, state) == 0 && routable == old_routable && str_eq(db_col_text(s, 3), host) &&
+                    col_opt_int(s, 4) == port && str_eq(db_col_text(s, 5), ext_ip) &&
+                    col_opt_int(s, 6) == eport && (ec == INT64_MIN || col_opt_int(s, 7) == ec) &&
+                    str_eq(db_col_text(s, 8), reason))
                         return 0;
         }
         bool changed = strcmp(old, state) != 0;
@@ -307,7 +313,7 @@ static int instance_apply(struct ctl *c, const char *cell_id, const json_t *inst
                     db_cached(c,
                               "UPDATE instances SET state = ?1, since = ?2, host = ?3, port = ?4,"
                               " external_ip = ?5, external_port = ?6, exit_code = COALESCE(?7, exit_code),"
-                              " reason = ?8 WHERE guid = ?9",
+                              " reason = ?8, routable = ?10 WHERE guid = ?9",
                               NULL);
                 if (!u)
                         return 0;
@@ -320,11 +326,16 @@ static int instance_apply(struct ctl *c, const char *cell_id, const json_t *inst
                 bind_opt_int(u, 7, ec);
                 sqlite3_bind_text(u, 8, reason, -1, SQLITE_STATIC);
                 sqlite3_bind_text(u, 9, guid, -1, SQLITE_STATIC);
+                sqlite3_bind_int(u, 10, routable);
                 sqlite3_step(u);
         }
         if (!changed) {
                 if (strcmp(state, INST_RUNNING) == 0)
-                        *routes = true; /* its address may have changed */
+                        *routes = true; /* its address or readiness may have changed */
+                if (strcmp(state, INST_RUNNING) == 0 && routable && !old_routable)
+                        xdb_cexec(c, NULL,
+                                  "UPDATE instances SET routed_ms = ?, routed_version = ? WHERE guid = ?",
+                                  "IIs", now, (int64_t)routes_version(c) + 1, guid);
                 return 0;
         }
         /*
@@ -332,9 +343,10 @@ static int instance_apply(struct ctl *c, const char *cell_id, const json_t *inst
          * after its commit, and a table is built under the lock after the version is read): a rolling
          * deployment stops the instance it replaces once the routers hold that version.
          */
-        uint64_t routed = strcmp(state, INST_RUNNING) == 0 ? routes_version(c) + 1 : 0;
-        xdb_cexec(c, NULL, "UPDATE instances SET since_ms = ?, routed_version = ? WHERE guid = ?", "IIs", now,
-                  (int64_t)routed, guid);
+        uint64_t routed = strcmp(state, INST_RUNNING) == 0 && routable ? routes_version(c) + 1 : 0;
+        xdb_cexec(c, NULL,
+                  "UPDATE instances SET since_ms = ?, routed_version = ?, routed_ms = ? WHERE guid = ?",
+                  "IIIs", now, (int64_t)routed, now, guid);
         if (strcmp(state, INST_CRASHED) == 0) {
                 /* Diego: the count restarts after 5 minutes of running. */
                 crash_count =
@@ -376,7 +388,8 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
                 return;
         /*
          * A heartbeat from a new agent process (or the first since this controller started) lists all the
-         * cell runs: rows it omits are gone at once, without the grace below.
+         * cell runs: rows placed before that process began that it omits are gone at once, without the
+         * grace below.
          */
         const char *session = opt_str(r->body, "session");
         bool new_session = false;
@@ -386,6 +399,16 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
         const char *had = json_string_value(json_object_get(sessions, id));
         new_session = session && (!had || strcmp(had, session) != 0);
         pthread_mutex_unlock(&sessions_mu);
+        /*
+         * Rows placed since the session began may be PUTs still on their way (or a heartbeat built before
+         * they arrived, such as a second one while the first is in flight): they keep the grace below. The
+         * age is the agent's clock, not its time of day, so cells' clocks need not agree; the slack covers
+         * the heartbeat's transit.
+         */
+        json_t *age = json_object_get(r->body, "session_age_ms");
+        int64_t born = json_is_integer(age) && json_integer_value(age) >= 0
+                           ? now - json_integer_value(age) - CELL_SESSION_SLACK_MS
+                           : INT64_MAX;
         bool known = false;
         {
                 _cleanup_reset_ sqlite3_stmt *s =
@@ -439,7 +462,8 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
                          */
                         int64_t grace =
                             strcmp(st, INST_STARTING) == 0 ? CELL_LOST_GRACE_MS : CELL_REPORTED_GRACE_MS;
-                        if (!stopping && !new_session && sqlite3_column_int64(s, 2) >= now - grace)
+                        int64_t since = sqlite3_column_int64(s, 2);
+                        if (!stopping && !(new_session && since < born) && since >= now - grace)
                                 continue;
                         strv_push(&lost, xstrdup(g));
                         if (strcmp(st, INST_RUNNING) == 0)
@@ -570,7 +594,8 @@ struct inst_row {
         const char *guid, *proc, *cell, *version;
         enum inst_state state;
         int idx, crash_count, mem;
-        int64_t last_crash, since_ms, routed_version;
+        int64_t last_crash, since_ms, routed_version, routed_ms;
+        bool routable; /* RUNNING and its readiness check passes */
         struct cell_info *c;
 };
 
@@ -651,7 +676,9 @@ static struct lrp_tmpl *lrp_tmpl_new(struct ctl *c, const char *proc_guid)
             c, NULL,
             "SELECT a.guid, a.name, a.env, d.image_pinned, d.execution_metadata, pk.username,"
             " pk.password_sealed, p.command, p.memory_mb, p.disk_mb, p.health_check_type,"
-            " p.health_check_endpoint, p.health_check_timeout, p.invocation_timeout FROM processes p JOIN "
+            " p.health_check_endpoint, p.health_check_timeout, p.invocation_timeout, p.health_check_interval,"
+            " p.readiness_type, p.readiness_endpoint, p.readiness_invocation_timeout, p.readiness_interval"
+            " FROM processes p JOIN "
             "apps"
             " a ON a.guid = p.app_guid JOIN droplets d ON d.guid = a.droplet_guid LEFT JOIN packages pk ON"
             " pk.guid = d.package_guid WHERE p.guid = ?",
@@ -683,6 +710,20 @@ static struct lrp_tmpl *lrp_tmpl_new(struct ctl *c, const char *proc_guid)
         json_t *hc = json_pack("{s:s,s:o,s:i,s:i}", "type", hct, "endpoint",
                                strcmp(hct, "http") == 0 ? json_string(ep ? ep : "/") : json_null(),
                                "timeout_s", to, "invocation_timeout_s", ito);
+        if (sqlite3_column_type(s, 14) != SQLITE_NULL)
+                json_object_set_new(hc, "interval_s", json_integer(sqlite3_column_int(s, 14)));
+        /* A readiness check (port or http): the instance is routable only while it passes. */
+        const char *rct = db_col_text(s, 15);
+        json_t *rc = NULL;
+        if (rct && strcmp(rct, "process") != 0) {
+                const char *rep = db_col_text(s, 16);
+                int rito = sqlite3_column_type(s, 17) == SQLITE_NULL ? 1 : MIN(sqlite3_column_int(s, 17), 60);
+                rc = json_pack("{s:s,s:o,s:i}", "type", rct, "endpoint",
+                               strcmp(rct, "http") == 0 ? json_string(rep ? rep : "/") : json_null(),
+                               "invocation_timeout_s", rito);
+                if (sqlite3_column_type(s, 18) != SQLITE_NULL)
+                        json_object_set_new(rc, "interval_s", json_integer(sqlite3_column_int(s, 18)));
+        }
         /* The app port first, then every other EXPOSEd TCP port: a port health check probes them all (CF). */
         json_t *ports = json_pack("[i]", t->port);
         {
@@ -707,6 +748,10 @@ static struct lrp_tmpl *lrp_tmpl_new(struct ctl *c, const char *proc_guid)
                       pass ? json_string(pass) : json_null(), "command",
                       cmd && *cmd ? json_pack("[s,s,s]", "/bin/sh", "-c", cmd) : json_null(), "ports", ports,
                       "memory_mb", t->mem, "disk_mb", sqlite3_column_int(s, 9), "health_check", hc);
+        if (t->base && rc)
+                json_object_set_new(t->base, "readiness_check", rc);
+        else
+                json_decref(rc);
         if (pass)
                 explicit_bzero(pass, strlen(pass));
         if (!t->base) {
@@ -798,9 +843,10 @@ static void row_stop(struct planner *pl, struct inst_row *in)
 /* Is a new RUNNING instance in the tables the routers hold (or has it been RUNNING long enough)? */
 static bool row_routed(struct planner *pl, const struct inst_row *in)
 {
-        if (in->state != ST_RUNNING)
-                return false;
-        if (pl->now - in->since_ms >= ROUTABLE_GRACE_MS || routes_synced(pl->c, (uint64_t)in->routed_version))
+        if (in->state != ST_RUNNING || !in->routable)
+                return false; /* a new instance not ready yet replaces nothing */
+        if (pl->now - MAX(in->since_ms, in->routed_ms) >= ROUTABLE_GRACE_MS ||
+            routes_synced(pl->c, (uint64_t)in->routed_version))
                 return true;
         if ((uint64_t)in->routed_version > pl->p->want_rt)
                 pl->p->want_rt = (uint64_t)in->routed_version;
@@ -1089,7 +1135,8 @@ static int plan_decide(struct planner *pl, struct berr **err)
                 _cleanup_reset_ sqlite3_stmt *s =
                     xdb_cquery(c, err,
                                "SELECT guid, process_guid, cell_id, state, process_version, idx, crash_count,"
-                               " memory_mb, last_crash_at, since_ms, routed_version FROM instances",
+                               " memory_mb, last_crash_at, since_ms, routed_version, routable, routed_ms"
+                               " FROM instances",
                                NULL);
                 if (!s)
                         return -EIO;
@@ -1110,7 +1157,9 @@ static int plan_decide(struct planner *pl, struct berr **err)
                                                  .mem = sqlite3_column_int(s, 7),
                                                  .last_crash = sqlite3_column_int64(s, 8),
                                                  .since_ms = sqlite3_column_int64(s, 9),
-                                                 .routed_version = sqlite3_column_int64(s, 10) };
+                                                 .routed_version = sqlite3_column_int64(s, 10),
+                                                 .routable = sqlite3_column_int(s, 11) != 0,
+                                                 .routed_ms = sqlite3_column_int64(s, 12) };
                         in->c = p->ncells ? bsearch(cell, p->cells, p->ncells, sizeof(*p->cells), cmp_cell_id)
                                           : NULL;
                         if (in->c)

@@ -87,12 +87,17 @@ def route_endpoints(plat, host) -> list:
 
 @pytest.fixture(scope="module")
 def health_images(session_registry):
-    """Images of this module: a web app with /health (and /cgi-bin/sick, which removes it); one whose init
+    """Images of this module: a web app with /health (and /cgi-bin/sick, which removes it) and /ready
+    (/cgi-bin/unready removes it, /cgi-bin/ready puts it back); one whose init
     traps SIGUSR1 (its StopSignal), prints a numbered sequence and serves."""
     sick = b"#!/bin/sh\nrm -f /www/health\nprintf 'Content-Type: text/plain\\r\\n\\r\\nsick\\n'\n"
+    unready = b"#!/bin/sh\nrm -f /www/ready\nprintf 'Content-Type: text/plain\\r\\n\\r\\nunready\\n'\n"
+    ready = b"#!/bin/sh\necho ok > /www/ready\nprintf 'Content-Type: text/plain\\r\\n\\r\\nready\\n'\n"
     health = ib.build_image([ib.Layer(ib.busybox_entries()), ib.Layer(web_layer("1")),
-                             ib.Layer([ib.File("www/health", b"ok\n"),
-                                       ib.File("www/cgi-bin/sick", sick, mode=0o755)])],
+                             ib.Layer([ib.File("www/health", b"ok\n"), ib.File("www/ready", b"ok\n"),
+                                       ib.File("www/cgi-bin/sick", sick, mode=0o755),
+                                       ib.File("www/cgi-bin/unready", unready, mode=0o755),
+                                       ib.File("www/cgi-bin/ready", ready, mode=0o755)])],
                             config={"Entrypoint": ["start-web"], "Cmd": [], "Env": ib.DEFAULT_ENV},
                             name="e2e/health:1")
     seq = ("trap 'echo got SIGUSR1, stopping; exit 0' USR1; "
@@ -235,6 +240,90 @@ def test_port_check_every_exposed_port(plat, app_images):
                   "EXTRA_PORTS= exec start-web", check=False)
     assert r.returncode == 1
     assert wait_crashes(plat, "httpone", 1)[0]["data"]["reason"] == "start timeout"
+
+
+# --- readiness ----------------------------------------------------------------------------------------------
+
+def _endpoints(plat, name) -> dict:
+    """instance guid -> (host, port) of the app's route-table endpoints."""
+    with open(os.path.join(plat.data_dir, "internal-token")) as f:
+        token = f.read().strip()
+    doc = plat.api_json("GET", "/internal/v1/routes?index=0", token=token)
+    return {e["instance_guid"]: (e["host"], e["port"])
+            for r in doc["routes"] if r["host"] == plat.host(name) for e in r["endpoints"]}
+
+
+def _direct(addr, path):
+    import requests
+    return requests.get(f"http://{addr[0]}:{addr[1]}{path}", timeout=5)
+
+
+def test_readiness_check_takes_an_instance_out_of_the_routes_and_back(plat, health_images):
+    plat.push("rdy", health_images["health"], "-i", "2", "--no-start")
+    guid = plat.app("rdy")["process"]["guid"]
+    bad = plat.api("PATCH", f"/v3/processes/{guid}", json={"readiness_health_check": {"type": "tcp"}})
+    assert bad.status_code == 422 and "Readiness health check type" in bad.json()["errors"][0]["detail"]
+    bad = plat.api("PATCH", f"/v3/processes/{guid}",
+                   json={"readiness_health_check": {"type": "http", "data": {"interval": 0}}})
+    assert bad.status_code == 422, bad.text
+    proc = plat.api_json("PATCH", f"/v3/processes/{guid}", json={
+        "readiness_health_check": {"type": "http", "data": {"endpoint": "/ready", "interval": 1}}})
+    assert proc["readiness_health_check"] == {
+        "type": "http", "data": {"endpoint": "/ready", "interval": 1, "invocation_timeout": None}}
+    assert proc["health_check"]["type"] == "port"  # liveness unchanged
+    plat.cli("start", "rdy")
+    insts = plat.wait_running("rdy", 2)
+    eps = helpers.wait_for(lambda: (lambda e: e if len(e) == 2 else None)(_endpoints(plat, "rdy")),
+                           timeout=10, what="both rdy instances routable")
+    a, b = sorted(eps)
+    # A's readiness endpoint goes away: out of the routes within its interval (+ the table's push), not
+    # crashed, still RUNNING; every request through the router reaches B.
+    assert _direct(eps[a], "/cgi-bin/unready").text == "unready\n"
+    t0 = time.monotonic()
+    helpers.wait_for(lambda: list(_endpoints(plat, "rdy")) == [b], timeout=5, what="A out of the routes",
+                     interval=0.05)
+    took = time.monotonic() - t0
+    print(f"not ready -> out of the route table in {took * 1000:.0f} ms")
+    assert took < 3
+    for _ in range(20):
+        r = plat.route_get("rdy", "/ready")
+        assert r.status_code == 200 and r.text == "ok\n"
+    st = {s["guid"]: s for s in stats(plat, "rdy")}
+    assert st[a]["state"] == "RUNNING" and st[a]["routable"] is False, st[a]
+    assert st[b]["state"] == "RUNNING" and st[b]["routable"] is True, st[b]
+    assert crash_events(plat, "rdy") == []
+    assert {i["guid"] for i in plat.running("rdy")} == {i["guid"] for i in insts}
+    # Ready again: back in the routes.
+    assert _direct(eps[a], "/cgi-bin/ready").text == "ready\n"
+    helpers.wait_for(lambda: sorted(_endpoints(plat, "rdy")) == [a, b], timeout=5, what="A back in the routes",
+                     interval=0.05)
+    msgs = [m for s, _, m in recent_logs(plat, "rdy") if s.startswith("CELL/")]
+    assert any(m.startswith("Container failed the readiness health check") for m in msgs), msgs
+    assert any(m.startswith("Container passed the readiness health check") for m in msgs), msgs
+    # Both not ready: the route has no endpoints (503), nothing crashes.
+    for g in (a, b):
+        _direct(eps[g], "/cgi-bin/unready")
+    helpers.wait_for(lambda: plat.route_get("rdy").status_code == 503, timeout=5, what="503 no_endpoints")
+    assert plat.route_get("rdy").headers.get("X-Cf-Routererror") == "no_endpoints"
+    assert crash_events(plat, "rdy") == [] and len(plat.running("rdy")) == 2
+
+
+def test_instance_never_ready_runs_but_is_not_routed(plat, health_images):
+    plat.push("neverrdy", health_images["health"], "--no-start")
+    guid = plat.app("neverrdy")["process"]["guid"]
+    plat.api_json("PATCH", f"/v3/processes/{guid}", json={
+        "readiness_health_check": {"type": "http", "data": {"endpoint": "/missing"}}})
+    plat.cli("start", "neverrdy")  # RUNNING (liveness passes), so start succeeds
+    inst = plat.wait_running("neverrdy", 1)[0]
+    assert plat.route_get("neverrdy").status_code == 503
+    assert _endpoints(plat, "neverrdy") == {}
+    assert [s["routable"] for s in stats(plat, "neverrdy")] == [False]
+    # A port readiness check passes: routable (the check type changes with a restart, as in CF).
+    plat.api_json("PATCH", f"/v3/processes/{guid}", json={"readiness_health_check": {"type": "port"}})
+    plat.cli("restart", "neverrdy")
+    new = plat.wait_running("neverrdy", 1)[0]
+    assert new["guid"] != inst["guid"]
+    assert plat.wait_route("neverrdy").status_code == 200
 
 
 # --- stop, logs ---------------------------------------------------------------------------------------------
