@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -26,63 +25,13 @@ import requests
 
 import helpers
 import imagebuild as ib
-from berthplatform import (_cgroups_of, _links_on, _bridge_of, app_images, enable_docker, plat,  # noqa: F401
+from berthplatform import (Hammer, _cgroups_of, _links_on, _bridge_of, app_images, enable_docker, plat,  # noqa: F401
                            web_image, web_layer)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def docker_on(plat):
     enable_docker(plat)
-
-
-class Hammer:
-    """A client thread sending GET requests through the router (a new connection each) until stopped;
-    records (monotonic time, status or None, detail) for each."""
-
-    def __init__(self, plat, host, path="/", pace=0.01, timeout=5):
-        self.url = plat.router_url + path
-        self.host = plat.host(host) if "." not in host else host
-        self.pace, self.timeout = pace, timeout
-        self.results = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        s = requests.Session()
-        while not self._stop.is_set():
-            t = time.monotonic()
-            try:
-                r = s.get(self.url, headers={"Host": self.host, "Connection": "close"}, timeout=self.timeout)
-                self.results.append((t, r.status_code, r.text[:80]))
-            except requests.RequestException as e:
-                self.results.append((t, None, type(e).__name__))
-            self._stop.wait(self.pace)
-
-    def __enter__(self):
-        self._t.start()
-        self.wait_ok(5)
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join(30)
-
-    def ok_since(self, t0) -> int:
-        return sum(1 for t, st, _ in list(self.results) if t >= t0 and st == 200)
-
-    def wait_ok(self, n, since=None, timeout=30):
-        t0 = time.monotonic() if since is None else since
-        helpers.wait_for(lambda: self.ok_since(t0) >= n, timeout=timeout,
-                         what=f"{n} successful requests through the router", interval=0.01)
-
-    def observe(self, seconds):
-        """Keep the client running for an observation window (requests are what is observed)."""
-        t0 = time.monotonic()
-        helpers.wait_for(lambda: time.monotonic() - t0 >= seconds, timeout=seconds + 5,
-                         what=f"{seconds}s of requests", interval=0.05)
-
-    def failures(self):
-        return [(t, st, d) for t, st, d in list(self.results) if st != 200]
 
 
 def instances(plat, name) -> dict:

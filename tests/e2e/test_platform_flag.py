@@ -1,6 +1,7 @@
 """The diego_docker feature flag end to end (issues 4, 5): off on a new platform, the error text, admin-only,
 turning it off stops every running Docker app's instances within 1 s (measured from the PATCH's answer to
-the containers' processes gone), turning it on brings started apps back.
+the containers' processes gone), turning it on brings started apps back; both under load through the router
+(clients see 503 no_endpoints while it is off, never a failed connection or a 502).
 
 One ``berth up`` for the module; the tests run in order (each starts from the state the previous left).
 """
@@ -10,7 +11,7 @@ import os
 import time
 
 import helpers
-from berthplatform import _cgroups_of, app_images, errors_of, plat  # noqa: F401 (fixtures)
+from berthplatform import Hammer, _cgroups_of, app_images, errors_of, plat  # noqa: F401 (fixtures)
 
 FLAG = "diego_docker"
 
@@ -189,3 +190,43 @@ def test_enable_brings_started_apps_back(plat):
     plat.cli("delete", "flagapp", "-f")
     helpers.wait_for(lambda: plat.route_get("flagapp").status_code == 404, timeout=10,
                      what="flagapp's route to go")
+
+
+def test_flag_off_and_on_under_load(plat, app_images):
+    plat.cli("enable-feature-flag", FLAG)
+    plat.push("flagload", app_images["web"], "-i", "2")
+    plat.wait_running("flagload", 2)
+    plat.wait_route("flagload")
+    with Hammer(plat, "flagload", pace=0.005) as h:
+        h.wait_ok(20)
+        t_off = time.monotonic()
+        r = plat.api("PATCH", f"/v3/feature_flags/{FLAG}", json={"enabled": False})
+        assert r.status_code == 200, r.text
+        helpers.wait_for(lambda: plat.container_ids() == [], timeout=10, interval=0.02,
+                         what="flagload's containers to go")
+        t_gone = time.monotonic()
+        h.observe(0.5)
+        t_on = time.monotonic()
+        r = plat.api("PATCH", f"/v3/feature_flags/{FLAG}", json={"enabled": True})
+        assert r.status_code == 200, r.text
+        h.wait_ok(1, since=t_on, timeout=60)
+        t_back = min(t for t, st, _ in h.results if t >= t_on and st == 200)
+        h.observe(1.0)
+    res = list(h.results)
+    first_503 = min(t for t, st, _ in res if t >= t_off and st == 503)
+    print(f"\nunder load: {len(res)} requests; flag off -> 503 after {(first_503 - t_off) * 1000:.0f} ms, "
+          f"containers gone after {(t_gone - t_off) * 1000:.0f} ms; flag on -> 200 again after "
+          f"{(t_back - t_on) * 1000:.0f} ms")
+    assert all(st == 200 for t, st, _ in res if t < t_off), [x for x in res if x[0] < t_off and x[1] != 200]
+    # Off: instances leave the routes before they are signalled, so clients get 503 no_endpoints, never a
+    # failed connection, a timeout or a 502.
+    during = [(t, st, d) for t, st, d in res if t_off <= t < t_back]
+    bad = [x for x in during if x[1] not in (200, 503) or (x[1] == 503 and "has no avai" not in x[2])]
+    assert not bad, bad
+    assert not [x for x in during if x[1] == 200 and x[0] > first_503], "a 200 while the flag was off"
+    assert first_503 - t_off < 1.5
+    # On: every request from the first 200 on succeeds (a new instance is routed only once healthy).
+    after = [x for x in res if x[0] >= t_back]
+    assert len(after) > 20 and all(st == 200 for _, st, _ in after), [x for x in after if x[1] != 200]
+    plat.wait_running("flagload", 2)
+    plat.cli("delete", "flagload", "-f")

@@ -137,7 +137,8 @@ def pattern(n):
 
 class Backend:
     """An HTTP/1.1 app instance. GET /echo → JSON of what arrived; POST /upload → sha256 and length of
-    the body (Content-Length or chunked); GET /big?n=N[&chunked=1] → N pattern bytes; GET /slow?s=S."""
+    the body (Content-Length or chunked); GET /big?n=N[&chunked=1] → N pattern bytes; GET /slow?s=S;
+    GET /trickle?n=N&ms=M → N pattern bytes, chunked, 4 KiB every M ms."""
 
     def __init__(self, name):
         self.name = name
@@ -187,6 +188,19 @@ class Backend:
                         self.end_headers()
                         for i in range(0, n, 100000):
                             self.wfile.write(data[i:i + 100000])
+                    return
+                if u.path == "/trickle":  # n pattern bytes in chunks of 4 KiB, one every ms milliseconds
+                    n, ms = int(q["n"][0]), float(q["ms"][0])
+                    data = pattern(n)
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for i in range(0, n, 4096):
+                        piece = data[i:i + 4096]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.wfile.flush()
+                        time.sleep(ms / 1000)
+                    self.wfile.write(b"0\r\n\r\n")
                     return
                 if u.path == "/slow":
                     time.sleep(float(q["s"][0]))
@@ -615,6 +629,61 @@ def test_route_change_within_a_second(rig):
                what="a new route")
     assert time.monotonic() - t0 < 1.0
     assert json.loads(rig["router"].get("first.test")[1])["backend"] == "b1"
+
+
+def test_streams_in_flight_survive_route_table_changes(rig):
+    """Long streamed downloads and a slow chunked upload keep going, byte for byte, while the route moves
+    to another instance and then goes away: a new table never drops an in-flight request."""
+    b0, b1 = rig["backends"]
+    serve(rig, [route("stream.test", [b0.port])])
+    n = 100 * 4096
+    want = hashlib.sha256(pattern(n)).hexdigest()
+    results = {}
+
+    def download(i):
+        c = rig["router"].conn()
+        c.request("GET", f"/trickle?n={n}&ms=20", headers={"Host": "stream.test"})
+        r = c.getresponse()
+        body = r.read()
+        results[f"get{i}"] = (r.status, len(body), hashlib.sha256(body).hexdigest())
+        c.close()
+
+    up = os.urandom(64 * 4096)
+
+    def upload():
+        def gen():
+            for i in range(0, len(up), 4096):
+                time.sleep(0.03)
+                yield up[i:i + 4096]
+        c = rig["router"].conn()
+        c.request("POST", "/upload", body=gen(), headers={"Host": "stream.test", "Transfer-Encoding": "chunked"},
+                  encode_chunked=True)
+        r = c.getresponse()
+        results["post"] = (r.status, json.loads(r.read()))
+        c.close()
+
+    threads = [threading.Thread(target=download, args=(i,)) for i in range(3)]
+    threads.append(threading.Thread(target=upload))
+    for t in threads:
+        t.start()
+    wait_until(lambda: sum(1 for _, p, _ in b0.requests if p.startswith(("/trickle", "/upload"))) >= 4,
+               timeout=5, what="the four streams to reach b0")
+    # The route moves to b1: new requests go there, the streams on b0 go on.
+    rig["ctl"].set_routes([route("stream.test", [b1.port])])
+    wait_until(lambda: json.loads(rig["router"].get("stream.test")[1])["backend"] == "b1", timeout=2,
+               interval=0.02, what="the route on b1")
+    # Then the route goes away altogether.
+    rig["ctl"].set_routes([route("other.test", [b1.port])])
+    wait_until(lambda: rig["router"].get("stream.test")[0].status == 404, timeout=2, interval=0.02,
+               what="the route gone")
+    assert all(t.is_alive() for t in threads), "a stream ended before the table changes: make it longer"
+    for t in threads:
+        t.join(30)
+    for i in range(3):
+        assert results[f"get{i}"] == (200, n, want), results
+    assert results["post"][0] == 200
+    assert results["post"][1]["len"] == len(up) and results["post"][1]["sha256"] == hashlib.sha256(up).hexdigest()
+    assert results["post"][1]["backend"] == "b0"
 
 
 def test_controller_down_keeps_last_table(rig):
