@@ -558,13 +558,45 @@ static const char *app_guid(json_t *app)
         return json_string_value(json_object_get(app, "guid"));
 }
 
+/* A health check type the platform knows (liveness and readiness alike)? */
+static bool check_type_valid(const char *t)
+{
+        return t && (strcmp(t, "port") == 0 || strcmp(t, "http") == 0 || strcmp(t, "process") == 0);
+}
+
+/* An http health check endpoint as the API takes it: a path starting with '/', without whitespace. */
+static bool check_endpoint_valid(const char *e)
+{
+        return e && e[0] == '/' && !strpbrk(e, " \t\r\n") && strlen(e) <= 1024;
+}
+
+/*
+ * The "data" of a health_check or readiness_health_check PATCH: the fields given (endpoint NULL, numbers
+ * <= 0: absent, so the platform keeps them). Caller owns.
+ */
+static json_t *check_data(const char *endpoint, long timeout, long ito, long interval)
+{
+        json_t *d = json_object();
+        if (endpoint)
+                json_object_set_new(d, "endpoint", json_string(endpoint));
+        if (timeout > 0)
+                json_object_set_new(d, "timeout", json_integer(timeout));
+        if (ito > 0)
+                json_object_set_new(d, "invocation_timeout", json_integer(ito));
+        if (interval > 0)
+                json_object_set_new(d, "interval", json_integer(interval));
+        return d;
+}
+
 static int cmd_app(struct pctx *p, const char *name, struct berr **err);
 static int app_document(struct pctx *p, const char *name, json_t **ret, struct berr **err);
 
 /* What one app of a push needs, from the command line and/or the manifest. Strings are borrowed. */
 struct push_app {
         const char *name, *image, *user, *command, *hc, *endpoint, *hostname;
+        const char *rhc, *rendpoint; /* readiness check type and endpoint */
         long inst, mem, disk, timeout;
+        long hc_ito, hc_interval, r_ito, r_interval; /* invocation timeouts and intervals, -1 unset */
         bool no_route, no_start, rolling;
         json_t *env;         /* manifest env (object of strings) or NULL; borrowed */
         char *const *routes; /* manifest routes or NULL; borrowed */
@@ -894,20 +926,26 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
         if (r < 0)
                 return r;
         const char *pg = json_string_value(json_object_get(proc, "guid"));
-        if (a->command || a->hc || a->endpoint || a->timeout > 0) {
+        bool live = a->hc || a->endpoint || a->timeout > 0 || a->hc_ito > 0 || a->hc_interval > 0;
+        bool ready = a->rhc || a->rendpoint || a->r_ito > 0 || a->r_interval > 0;
+        if (a->command || live || ready) {
                 _cleanup_json_ json_t *pu = json_object();
                 if (a->command)
                         json_object_set_new(pu, "command", json_string(a->command));
-                if (a->hc || a->endpoint || a->timeout > 0) {
-                        json_t *data = json_object();
-                        if (a->endpoint)
-                                json_object_set_new(data, "endpoint", json_string(a->endpoint));
-                        if (a->timeout > 0)
-                                json_object_set_new(data, "timeout", json_integer(a->timeout));
-                        json_object_set_new(pu, "health_check",
-                                            json_pack("{s:s,s:o}", "type",
-                                                      a->hc ?: (a->endpoint ? "http" : "port"), "data",
-                                                      data));
+                /* An endpoint alone means http; without type or endpoint the type stays as it is. */
+                if (live) {
+                        json_t *hc = json_pack(
+                            "{s:o}", "data", check_data(a->endpoint, a->timeout, a->hc_ito, a->hc_interval));
+                        if (a->hc || a->endpoint)
+                                json_object_set_new(hc, "type", json_string(a->hc ?: "http"));
+                        json_object_set_new(pu, "health_check", hc);
+                }
+                if (ready) {
+                        json_t *rc =
+                            json_pack("{s:o}", "data", check_data(a->rendpoint, -1, a->r_ito, a->r_interval));
+                        if (a->rhc || a->rendpoint)
+                                json_object_set_new(rc, "type", json_string(a->rhc ?: "http"));
+                        json_object_set_new(pu, "readiness_health_check", rc);
                 }
                 free(path), path = NULL;
                 if (asprintf(&path, "/v3/processes/%s", pg) < 0)
@@ -976,7 +1014,7 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
 static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *image = NULL, *user = NULL, *command = NULL, *hc = NULL, *endpoint = NULL,
-                   *hostname = NULL, *manifest_path = NULL;
+                   *hostname = NULL, *manifest_path = NULL, *rhc = NULL, *rendpoint = NULL;
         long inst = -1, mem = -1, disk = -1, timeout = -1;
         bool no_route = false, no_start = false, rolling = false;
         static const struct option lo[] = { { "docker-image", required_argument, NULL, 'o' },
@@ -986,10 +1024,13 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                                             { "no-start", no_argument, NULL, 'S' },
                                             { "hostname", required_argument, NULL, 'n' },
                                             { "strategy", required_argument, NULL, 'Y' },
+                                            { "readiness-health-check-type", required_argument, NULL, 'K' },
+                                            { "readiness-endpoint", required_argument, NULL, 'P' },
                                             { 0 } };
         const char *u =
             "[APP] [-f manifest.yml] [--docker-image REF] [--docker-username U] [-c CMD] [-i N] "
-            "[-m 256M] [-k 1G] [-u port|http|process] [--endpoint /path] [-t SECONDS] [--no-route] "
+            "[-m 256M] [-k 1G] [-u port|http|process] [--endpoint /path] [-t SECONDS] "
+            "[--readiness-health-check-type process|port|http] [--readiness-endpoint /path] [--no-route] "
             "[--hostname H] [--no-start] [--strategy rolling]";
         int c, flags = 0;
         char *end;
@@ -1009,7 +1050,19 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         command = optarg;
                         break;
                 case 'e':
+                        if (!check_endpoint_valid(optarg))
+                                return usage("push", u, err);
                         endpoint = optarg;
+                        break;
+                case 'P':
+                        if (!check_endpoint_valid(optarg))
+                                return usage("push", u, err);
+                        rendpoint = optarg;
+                        break;
+                case 'K':
+                        if (!check_type_valid(optarg))
+                                return usage("push", u, err);
+                        rhc = optarg;
                         break;
                 case 'R':
                         no_route = true;
@@ -1044,7 +1097,7 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                                 return usage("push", u, err);
                         break;
                 case 'u':
-                        if (strcmp(optarg, "port") && strcmp(optarg, "http") && strcmp(optarg, "process"))
+                        if (!check_type_valid(optarg))
                                 return usage("push", u, err);
                         hc = optarg;
                         break;
@@ -1054,6 +1107,11 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
         }
         if (optind + 1 < argc || (!manifest_path && (optind + 1 != argc || !image)))
                 return usage("push", u, err);
+        if (rhc && rendpoint && strcmp(rhc, "http") != 0)
+                return berr_set(err, -EINVAL,
+                                "--readiness-endpoint needs --readiness-health-check-type http (not %s)",
+                                rhc),
+                       CLI_EXIT_USAGE;
         const char *only = optind < argc ? argv[optind] : NULL;
         _cleanup_(manifest_freep) struct manifest *m = NULL;
         if (manifest_path && manifest_load(manifest_path, &m, err) < 0)
@@ -1098,6 +1156,16 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         .endpoint = endpoint
                                         ?: ma ? ma->health_check_endpoint
                                               : NULL,
+                        .rhc = rhc
+                                   ?: ma ? ma->readiness_type
+                                         : NULL,
+                        .rendpoint = rendpoint
+                                         ?: ma ? ma->readiness_endpoint
+                                               : NULL,
+                        .hc_ito = ma ? ma->health_check_invocation_timeout : -1,
+                        .hc_interval = ma ? ma->health_check_interval : -1,
+                        .r_ito = ma ? ma->readiness_invocation_timeout : -1,
+                        .r_interval = ma ? ma->readiness_interval : -1,
                         .hostname = hostname,
                         .inst = inst >= 0 ? inst
                                 : ma      ? ma->instances
@@ -1137,6 +1205,15 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         goto out;
                 }
                 need_pw |= apps[i].user != NULL;
+                /* A flag's endpoint over a manifest's type (or the reverse) must still make sense. */
+                if (apps[i].rendpoint && apps[i].rhc && strcmp(apps[i].rhc, "http") != 0) {
+                        berr_set(err, -EINVAL,
+                                 "For application '%s': a readiness endpoint needs readiness health check "
+                                 "type http (not %s)",
+                                 apps[i].name, apps[i].rhc);
+                        rc = m ? CLI_EXIT_FAILURE : CLI_EXIT_USAGE;
+                        goto out;
+                }
         }
         if (need_pw && (!pw || !*pw)) {
                 prompted = read_secret("Docker password: ");
