@@ -570,6 +570,17 @@ static bool check_endpoint_valid(const char *e)
         return e && e[0] == '/' && !strpbrk(e, " \t\r\n") && strlen(e) <= 1024;
 }
 
+/* A number of seconds from 1 to max (a command-line value); -1 if it is not one. */
+static long parse_seconds(const char *s, long max)
+{
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (!*s || *end || errno || v < 1 || v > max)
+                return -1;
+        return v;
+}
+
 /*
  * The "data" of a health_check or readiness_health_check PATCH: the fields given (endpoint NULL, numbers
  * <= 0: absent, so the platform keeps them). Caller owns.
@@ -1358,6 +1369,19 @@ static char *crash_details(json_t *inst, json_t *events)
         return xasprintf("%s%s%s", reason, status, count);
 }
 
+/*
+ * An instance's state as `berth app` shows it: the stats' state in lowercase, and "running (not ready)" for
+ * a RUNNING instance whose readiness check fails ("routable": false), which the router leaves out.
+ */
+static void instance_state(json_t *inst, char *buf, size_t n)
+{
+        const char *s = json_string_value(json_object_get(inst, "state")) ?: "";
+        bool not_ready = strcmp(s, "RUNNING") == 0 && json_is_false(json_object_get(inst, "routable"));
+        snprintf(buf, n, "%s%s", s, not_ready ? " (not ready)" : "");
+        for (char *c = buf; *c; c++)
+                *c = (char)tolower((unsigned char)*c);
+}
+
 static int cmd_app(struct pctx *p, const char *name, struct berr **err)
 {
         _cleanup_json_ json_t *doc = NULL;
@@ -1399,7 +1423,15 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
                 command =
                     json_string_value(json_object_get(json_object_get(droplet, "process_types"), "web"));
         printf("start command:  %s\n", command ?: "");
-        printf("     %-9s %-22s %-6s %-16s %-16s %s\n", "state", "since", "cpu", "memory", "disk", "details");
+        /* The state column is as wide as its longest state ("running (not ready)"). */
+        int sw = 9;
+        json_array_foreach (inst, i, x) {
+                char st[48];
+                instance_state(x, st, sizeof(st));
+                sw = MAX(sw, (int)strlen(st));
+        }
+        printf("     %-*s %-22s %-6s %-16s %-16s %s\n", sw, "state", "since", "cpu", "memory", "disk",
+               "details");
         /* Crashed instances: their last crash's exit status (audit events) and last log lines. */
         _cleanup_json_ json_t *crashes = NULL, *logs = NULL;
         bool any_crashed = false;
@@ -1420,22 +1452,20 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
         }
         json_array_foreach (inst, i, x) {
                 json_t *u = json_object_get(x, "usage");
-                char m[32], mq[32], d[32], dq[32], st[32];
+                char m[32], mq[32], d[32], dq[32], st[48];
                 _cleanup_free_ char *details = crash_details(x, crashes);
                 human_bytes((double)json_integer_value(json_object_get(u, "mem")), m, sizeof(m));
                 human_bytes((double)json_integer_value(json_object_get(x, "mem_quota")), mq, sizeof(mq));
                 human_bytes((double)json_integer_value(json_object_get(u, "disk")), d, sizeof(d));
                 human_bytes((double)json_integer_value(json_object_get(x, "disk_quota")), dq, sizeof(dq));
-                snprintf(st, sizeof(st), "%s", json_string_value(json_object_get(x, "state")) ?: "");
-                for (char *c = st; *c; c++)
-                        *c = (char)tolower((unsigned char)*c);
+                instance_state(x, st, sizeof(st));
                 char mcol[80], dcol[80];
                 snprintf(mcol, sizeof(mcol), "%s of %s", m, mq);
                 snprintf(dcol, sizeof(dcol), "%s of %s", d, dq);
                 char cpu[32];
                 snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(u, "cpu")) * 100);
-                printf("#%-3lld %-9s %-22s %-6s %-16s %-16s %s\n",
-                       (long long)json_integer_value(json_object_get(x, "index")), st,
+                printf("#%-3lld %-*s %-22s %-6s %-16s %-16s %s\n",
+                       (long long)json_integer_value(json_object_get(x, "index")), sw, st,
                        json_string_value(json_object_get(x, "since")) ?: "", cpu, mcol, dcol,
                        details ?: json_string_value(json_object_get(x, "details")) ?: "");
         }
@@ -2093,6 +2123,179 @@ static int app_start_wait(struct pctx *p, const char *name, const char *action, 
         return 0;
 }
 
+/* The app's web process, for the health check commands. Caller owns *ret_app and *ret_proc. */
+static int app_web_process(struct pctx *p, const char *name, json_t **ret_app, json_t **ret_proc,
+                           struct berr **err)
+{
+        _cleanup_json_ json_t *app = NULL, *proc = NULL;
+        _cleanup_free_ char *pp = NULL;
+        int r = find_app(p, name, &app, err);
+        if (r < 0)
+                return r;
+        if (asprintf(&pp, "/v3/apps/%s/processes/web", app_guid(app)) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        r = api(p, "GET", pp, NULL, &proc, err);
+        if (r < 0)
+                return r;
+        *ret_app = TAKE_PTR(app);
+        *ret_proc = TAKE_PTR(proc);
+        return 0;
+}
+
+/*
+ * set-health-check APP (process|port|http) [--endpoint PATH] [--invocation-timeout N] and
+ * set-readiness-health-check APP (process|port|http) [--endpoint PATH] [--invocation-timeout N]
+ * [--interval N] (cf CLI v8): PATCH the web process's health_check or readiness_health_check. http without
+ * --endpoint checks "/", as cf's default; --endpoint with another type is a usage error. Everything is
+ * checked before the first request. New values apply to instances started afterwards: cf's restart tip.
+ */
+static int cmd_set_health_check(struct pctx *p, int argc, char **argv, bool readiness, struct berr **err)
+{
+        const char *endpoint = NULL;
+        long ito = -1, interval = -1;
+        static const struct option lo[] = { { "endpoint", required_argument, NULL, 'e' },
+                                            { "invocation-timeout", required_argument, NULL, 'T' },
+                                            { "interval", required_argument, NULL, 'I' },
+                                            { 0 } };
+        const char *use = readiness
+                              ? "APP (process|port|http) [--endpoint PATH] [--invocation-timeout "
+                                "SECONDS] [--interval SECONDS]"
+                              : "APP (process|port|http) [--endpoint PATH] [--invocation-timeout SECONDS]";
+        int c;
+        while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+                switch (c) {
+                case 'e':
+                        if (!check_endpoint_valid(optarg))
+                                return berr_set(err, -EINVAL,
+                                                "--endpoint must be a path starting with '/' (got \"%s\")",
+                                                optarg),
+                                       CLI_EXIT_USAGE;
+                        endpoint = optarg;
+                        break;
+                case 'T':
+                        if ((ito = parse_seconds(optarg, MANIFEST_TIMEOUT_MAX)) < 0)
+                                return berr_set(err, -EINVAL,
+                                                "--invocation-timeout must be an integer from 1 to %d (got "
+                                                "\"%s\")",
+                                                MANIFEST_TIMEOUT_MAX, optarg),
+                                       CLI_EXIT_USAGE;
+                        break;
+                case 'I':
+                        if (!readiness)
+                                return usage(argv[0], use, err);
+                        if ((interval = parse_seconds(optarg, MANIFEST_INTERVAL_MAX)) < 0)
+                                return berr_set(err, -EINVAL,
+                                                "--interval must be an integer from 1 to %d (got \"%s\")",
+                                                MANIFEST_INTERVAL_MAX, optarg),
+                                       CLI_EXIT_USAGE;
+                        break;
+                default:
+                        return usage(argv[0], use, err);
+                }
+        }
+        if (optind + 2 != argc)
+                return usage(argv[0], use, err);
+        const char *name = argv[optind], *type = argv[optind + 1];
+        if (!check_type_valid(type))
+                return berr_set(err, -EINVAL,
+                                "HEALTH_CHECK_TYPE must be \"process\", \"port\" or \"http\" (got "
+                                "\"%s\")",
+                                type),
+                       CLI_EXIT_USAGE;
+        if (endpoint && strcmp(type, "http") != 0)
+                return berr_set(err, -EINVAL, "--endpoint is only for the http health check type (not %s)",
+                                type),
+                       CLI_EXIT_USAGE;
+        if (!endpoint && strcmp(type, "http") == 0)
+                endpoint = "/";
+        _cleanup_json_ json_t *app = NULL, *proc = NULL, *resp = NULL;
+        if (need_space(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf(
+                    "Updating %shealth check type for app %s process web in org %s / space %s as %s...\n\n",
+                    readiness ? "readiness " : "", name, cfg_sub(p, "org", "name") ?: "?",
+                    cfg_sub(p, "space", "name") ?: "?", cfg_str(p, "username") ?: "?");
+        if (app_web_process(p, name, &app, &proc, err) < 0)
+                return CLI_EXIT_FAILURE;
+        _cleanup_free_ char *path = NULL;
+        _cleanup_json_ json_t *b =
+            json_pack("{s:{s:s,s:o}}", readiness ? "readiness_health_check" : "health_check", "type", type,
+                      "data", check_data(endpoint, -1, ito, interval));
+        if (asprintf(&path, "/v3/processes/%s", app_guid(proc)) < 0 ||
+            api(p, "PATCH", path, b, &resp, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (p->json) {
+                print_json(resp);
+                return 0;
+        }
+        printf("OK\n");
+        if (strcmp(json_string_value(json_object_get(app, "state")) ?: "", "STARTED") == 0)
+                printf("\nTIP: An app restart is required for the change to take effect.\n");
+        return 0;
+}
+
+/* A check's number for get-health-check: the value, or dflt when the API has none (0: blank). */
+static void check_num(json_t *data, const char *key, long dflt, char *buf, size_t n)
+{
+        json_t *v = json_object_get(data, key);
+        if (json_is_integer(v))
+                snprintf(buf, n, "%lld", (long long)json_integer_value(v));
+        else if (dflt > 0)
+                snprintf(buf, n, "%ld", dflt);
+        else
+                snprintf(buf, n, "%s", "");
+}
+
+/*
+ * get-health-check APP: the web process's liveness and readiness checks as two small tables (cf CLI v8's
+ * columns, with the timeout and the intervals too). Unset values show the platform's defaults where it has
+ * fixed ones (timeout 60 s, invocation timeout 1 s, as cf shows it); an unset interval is blank (the cell's
+ * default). --json: {"health_check","readiness_health_check"} as the API has them.
+ */
+static int cmd_get_health_check(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        static const struct option lo[] = { { 0 } };
+        if (getopt_long(argc, argv, "", lo, NULL) != -1 || optind + 1 != argc)
+                return usage(argv[0], "APP", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *app = NULL, *proc = NULL;
+        if (need_space(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf("Getting health check type for app %s in org %s / space %s as %s...\n\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        if (app_web_process(p, name, &app, &proc, err) < 0)
+                return CLI_EXIT_FAILURE;
+        json_t *hc = json_object_get(proc, "health_check"),
+               *rc = json_object_get(proc, "readiness_health_check");
+        if (p->json) {
+                _cleanup_json_ json_t *doc =
+                    json_pack("{s:O?,s:O?}", "health_check", hc, "readiness_health_check", rc);
+                print_json(doc);
+                return 0;
+        }
+        json_t *hd = json_object_get(hc, "data"), *rd = json_object_get(rc, "data");
+        char to[24], ito[24], iv[24];
+        check_num(hd, "timeout", 60, to, sizeof(to));
+        check_num(hd, "invocation_timeout", 1, ito, sizeof(ito));
+        check_num(hd, "interval", 0, iv, sizeof(iv));
+        printf("%-9s %-14s %-21s %-9s %-20s %s\n", "process", "health check", "endpoint (for http)",
+               "timeout", "invocation timeout", "interval");
+        printf("%-9s %-14s %-21s %-9s %-20s %s\n\n", "web",
+               json_string_value(json_object_get(hc, "type")) ?: "",
+               json_string_value(json_object_get(hd, "endpoint")) ?: "", to, ito, iv);
+        check_num(rd, "invocation_timeout", 1, ito, sizeof(ito));
+        check_num(rd, "interval", 0, iv, sizeof(iv));
+        printf("%-9s %-24s %-21s %-20s %s\n", "process", "readiness health check", "endpoint (for http)",
+               "invocation timeout", "interval");
+        printf("%-9s %-24s %-21s %-20s %s\n", "web",
+               json_string_value(json_object_get(rc, "type")) ?: "process",
+               json_string_value(json_object_get(rd, "endpoint")) ?: "", ito, iv);
+        return 0;
+}
+
 /*
  * restart APP [--strategy rolling]: without a strategy, the API's restart (every instance at once). Rolling:
  * a deployment of the current droplet replacing instances one at a time; on a stopped app, a plain start.
@@ -2309,6 +2512,11 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
         }
         if (strcmp(cmd, "app") == 0 && argc == 2)
                 return cmd_app(p, argv[1], err);
+        if (strcmp(cmd, "set-health-check") == 0 || strcmp(cmd, "set-readiness-health-check") == 0)
+                return cmd_set_health_check(p, argc, argv, strcmp(cmd, "set-readiness-health-check") == 0,
+                                            err);
+        if (strcmp(cmd, "get-health-check") == 0)
+                return cmd_get_health_check(p, argc, argv, err);
         if (strcmp(cmd, "feature-flag") == 0 && argc == 2) {
                 _cleanup_free_ char *n = urlenc(argv[1]), *path = NULL;
                 _cleanup_json_ json_t *resp = NULL;
