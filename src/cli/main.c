@@ -189,6 +189,10 @@ static const struct {
         { "restage", "re-resolve an app's image and restart it" },
         { "delete", "delete an app (-r: and its routes)" },
         { "scale", "change an app's instances, memory or disk" },
+        { "get-health-check", "show an app's health check and readiness health check" },
+        { "set-health-check",
+          "change an app's health check (process, port or http; applies after a restart)" },
+        { "set-readiness-health-check", "change an app's readiness health check (applies after a restart)" },
         { "env", "show an app's environment" },
         { "set-env", "set an app's environment variable" },
         { "unset-env", "remove an app's environment variable" },
@@ -244,7 +248,7 @@ static void usage(FILE *f)
                 fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
         fprintf(f, "\nPlatform commands (talk to a berth API; see 'berth login'):\n");
         for (size_t i = 0; i < ARRAY_SIZE(platform_commands); i++)
-                fprintf(f, "  %-21s %s\n", platform_commands[i].name, platform_commands[i].summary);
+                fprintf(f, "  %-26s %s\n", platform_commands[i].name, platform_commands[i].summary);
         fprintf(f, "\nRun 'berth COMMAND --help' for a command's options.\n");
 }
 

@@ -102,6 +102,8 @@ static void app_clear(struct manifest_app *a)
         free(a->command);
         free(a->health_check_type);
         free(a->health_check_endpoint);
+        free(a->readiness_type);
+        free(a->readiness_endpoint);
         json_decref(a->env);
         strv_free(a->routes);
 }
@@ -142,6 +144,41 @@ static int want_bool(struct actx *c, const char *key, json_t *v, bool *ret, stru
         if (!json_is_boolean(v))
                 return berr_set(err, -EINVAL, "%s: %s must be true or false", c->where, key);
         *ret = json_is_true(v);
+        return 0;
+}
+
+/* An integer number of seconds from 1 to max (cf's health check timeouts and intervals). */
+static int want_seconds(struct actx *c, const char *key, json_t *v, long max, long *ret, struct berr **err)
+{
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max)
+                return berr_set(err, -EINVAL, "%s: %s must be an integer from 1 to %ld", c->where, key, max);
+        *ret = (long)json_integer_value(v);
+        return 0;
+}
+
+/* A health check type: port, http or process ("none" is taken as "process", as cf does). */
+static int want_check_type(struct actx *c, const char *key, json_t *v, char **ret, struct berr **err)
+{
+        const char *t = json_string_value(v);
+        if (!t || (strcmp(t, "port") && strcmp(t, "http") && strcmp(t, "process") && strcmp(t, "none")))
+                return berr_set(err, -EINVAL, "%s: %s must be port, http or process", c->where, key);
+        free(*ret);
+        *ret = xstrdup(strcmp(t, "none") == 0 ? "process" : t);
+        return 0;
+}
+
+/* An HTTP health check endpoint: a path starting with '/'. */
+static int want_endpoint(struct actx *c, const char *key, json_t *v, char **ret, struct berr **err)
+{
+        _cleanup_free_ char *s = NULL;
+        int r = want_string(c, key, v, false, &s, err);
+        if (r < 0)
+                return r;
+        if (s[0] != '/' || strpbrk(s, " \t\r\n"))
+                return berr_set(err, -EINVAL, "%s: %s must be a path starting with '/' (no spaces)", c->where,
+                                key);
+        free(*ret);
+        *ret = TAKE_PTR(s);
         return 0;
 }
 
@@ -271,6 +308,8 @@ static int parse_routes(struct actx *c, struct manifest_app *a, json_t *v, struc
 static int parse_app(struct actx *c, struct manifest_app *a, json_t *o, struct berr **err)
 {
         a->instances = a->memory_mb = a->disk_mb = a->timeout = -1;
+        a->health_check_invocation_timeout = a->health_check_interval = -1;
+        a->readiness_invocation_timeout = a->readiness_interval = -1;
         if (!json_is_object(o))
                 return berr_set(err, -EINVAL, "%s must be a map (name, docker, instances, ...)", c->where);
         json_t *name = json_object_get(o, "name");
@@ -311,21 +350,23 @@ static int parse_app(struct actx *c, struct manifest_app *a, json_t *o, struct b
                 } else if (strcmp(k, "command") == 0) {
                         r = want_string(c, "command", v, false, &a->command, err);
                 } else if (strcmp(k, "health-check-type") == 0) {
-                        const char *t = json_string_value(v);
-                        if (!t || (strcmp(t, "port") && strcmp(t, "http") && strcmp(t, "process") &&
-                                   strcmp(t, "none")))
-                                return berr_set(err, -EINVAL,
-                                                "%s: health-check-type must be port, http or process",
-                                                c->where);
-                        a->health_check_type = xstrdup(strcmp(t, "none") == 0 ? "process" : t);
+                        r = want_check_type(c, k, v, &a->health_check_type, err);
                 } else if (strcmp(k, "health-check-http-endpoint") == 0) {
-                        r = want_string(c, "health-check-http-endpoint", v, false, &a->health_check_endpoint,
-                                        err);
-                        if (r == 0 && a->health_check_endpoint[0] != '/')
-                                return berr_set(
-                                    err, -EINVAL,
-                                    "%s: health-check-http-endpoint must be a path starting with '/'",
-                                    c->where);
+                        r = want_endpoint(c, k, v, &a->health_check_endpoint, err);
+                } else if (strcmp(k, "health-check-invocation-timeout") == 0) {
+                        r = want_seconds(c, k, v, MANIFEST_TIMEOUT_MAX, &a->health_check_invocation_timeout,
+                                         err);
+                } else if (strcmp(k, "health-check-interval") == 0) {
+                        r = want_seconds(c, k, v, MANIFEST_INTERVAL_MAX, &a->health_check_interval, err);
+                } else if (strcmp(k, "readiness-health-check-type") == 0) {
+                        r = want_check_type(c, k, v, &a->readiness_type, err);
+                } else if (strcmp(k, "readiness-health-check-http-endpoint") == 0) {
+                        r = want_endpoint(c, k, v, &a->readiness_endpoint, err);
+                } else if (strcmp(k, "readiness-health-check-invocation-timeout") == 0) {
+                        r = want_seconds(c, k, v, MANIFEST_TIMEOUT_MAX, &a->readiness_invocation_timeout,
+                                         err);
+                } else if (strcmp(k, "readiness-health-check-interval") == 0) {
+                        r = want_seconds(c, k, v, MANIFEST_INTERVAL_MAX, &a->readiness_interval, err);
                 } else if (strcmp(k, "timeout") == 0) {
                         if (!json_is_integer(v) || json_integer_value(v) < 1 ||
                             json_integer_value(v) > MANIFEST_TIMEOUT_MAX)
@@ -342,6 +383,11 @@ static int parse_app(struct actx *c, struct manifest_app *a, json_t *o, struct b
                 return berr_set(err, -EINVAL,
                                 "%s: health-check-http-endpoint needs health-check-type http (not %s)",
                                 c->where, a->health_check_type);
+        if (a->readiness_endpoint && a->readiness_type && strcmp(a->readiness_type, "http") != 0)
+                return berr_set(err, -EINVAL,
+                                "%s: readiness-health-check-http-endpoint needs readiness-health-check-type "
+                                "http (not %s)",
+                                c->where, a->readiness_type);
         if (a->no_route && a->routes && a->routes[0])
                 return berr_set(err, -EINVAL, "%s: no-route and routes cannot be used together", c->where);
         return 0;

@@ -11,12 +11,13 @@
 
 #include "lib/err.h"
 
-#define MANIFEST_MAX_BYTES   (1024 * 1024) /* a manifest file; cf's are a few KiB */
-#define MANIFEST_MAX_APPS    1000
-#define MANIFEST_MAX_ROUTES  1000
-#define MANIFEST_MAX_ENV     1000
-#define MANIFEST_TIMEOUT_MAX 180                  /* seconds, the platform's ceiling for the start timeout */
-#define MANIFEST_SIZE_MAX_MB (16LL * 1024 * 1024) /* 16 TiB in MB: far above any cell, below INT_MAX */
+#define MANIFEST_MAX_BYTES    (1024 * 1024) /* a manifest file; cf's are a few KiB */
+#define MANIFEST_MAX_APPS     1000
+#define MANIFEST_MAX_ROUTES   1000
+#define MANIFEST_MAX_ENV      1000
+#define MANIFEST_TIMEOUT_MAX  180                  /* seconds, the platform's ceiling for the start timeout */
+#define MANIFEST_INTERVAL_MAX 600                  /* seconds between health checks, the platform's ceiling */
+#define MANIFEST_SIZE_MAX_MB  (16LL * 1024 * 1024) /* 16 TiB in MB: far above any cell, below INT_MAX */
 
 /* One application of a manifest. Unset numbers are -1, unset strings NULL. */
 struct manifest_app {
@@ -30,6 +31,12 @@ struct manifest_app {
         char *command;
         char *health_check_type; /* "port", "http" or "process" ("none" is taken as "process", as cf does) */
         char *health_check_endpoint;
+        long health_check_invocation_timeout; /* seconds, 1..MANIFEST_TIMEOUT_MAX */
+        long health_check_interval;           /* seconds, 1..MANIFEST_INTERVAL_MAX */
+        char *readiness_type;                 /* "process", "port" or "http" */
+        char *readiness_endpoint;             /* readiness-health-check-http-endpoint */
+        long readiness_invocation_timeout;
+        long readiness_interval;
         json_t *env;   /* object of strings, or NULL (owned) */
         char **routes; /* "host.domain[/path]", lowercase host part; NULL-terminated or NULL (owned) */
         bool no_route;

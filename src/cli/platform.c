@@ -558,13 +558,56 @@ static const char *app_guid(json_t *app)
         return json_string_value(json_object_get(app, "guid"));
 }
 
+/* A health check type the platform knows (liveness and readiness alike)? */
+static bool check_type_valid(const char *t)
+{
+        return t && (strcmp(t, "port") == 0 || strcmp(t, "http") == 0 || strcmp(t, "process") == 0);
+}
+
+/* An http health check endpoint as the API takes it: a path starting with '/', without whitespace. */
+static bool check_endpoint_valid(const char *e)
+{
+        return e && e[0] == '/' && !strpbrk(e, " \t\r\n") && strlen(e) <= 1024;
+}
+
+/* A number of seconds from 1 to max (a command-line value); -1 if it is not one. */
+static long parse_seconds(const char *s, long max)
+{
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (!*s || *end || errno || v < 1 || v > max)
+                return -1;
+        return v;
+}
+
+/*
+ * The "data" of a health_check or readiness_health_check PATCH: the fields given (endpoint NULL, numbers
+ * <= 0: absent, so the platform keeps them). Caller owns.
+ */
+static json_t *check_data(const char *endpoint, long timeout, long ito, long interval)
+{
+        json_t *d = json_object();
+        if (endpoint)
+                json_object_set_new(d, "endpoint", json_string(endpoint));
+        if (timeout > 0)
+                json_object_set_new(d, "timeout", json_integer(timeout));
+        if (ito > 0)
+                json_object_set_new(d, "invocation_timeout", json_integer(ito));
+        if (interval > 0)
+                json_object_set_new(d, "interval", json_integer(interval));
+        return d;
+}
+
 static int cmd_app(struct pctx *p, const char *name, struct berr **err);
 static int app_document(struct pctx *p, const char *name, json_t **ret, struct berr **err);
 
 /* What one app of a push needs, from the command line and/or the manifest. Strings are borrowed. */
 struct push_app {
         const char *name, *image, *user, *command, *hc, *endpoint, *hostname;
+        const char *rhc, *rendpoint; /* readiness check type and endpoint */
         long inst, mem, disk, timeout;
+        long hc_ito, hc_interval, r_ito, r_interval; /* invocation timeouts and intervals, -1 unset */
         bool no_route, no_start, rolling;
         json_t *env;         /* manifest env (object of strings) or NULL; borrowed */
         char *const *routes; /* manifest routes or NULL; borrowed */
@@ -894,20 +937,26 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
         if (r < 0)
                 return r;
         const char *pg = json_string_value(json_object_get(proc, "guid"));
-        if (a->command || a->hc || a->endpoint || a->timeout > 0) {
+        bool live = a->hc || a->endpoint || a->timeout > 0 || a->hc_ito > 0 || a->hc_interval > 0;
+        bool ready = a->rhc || a->rendpoint || a->r_ito > 0 || a->r_interval > 0;
+        if (a->command || live || ready) {
                 _cleanup_json_ json_t *pu = json_object();
                 if (a->command)
                         json_object_set_new(pu, "command", json_string(a->command));
-                if (a->hc || a->endpoint || a->timeout > 0) {
-                        json_t *data = json_object();
-                        if (a->endpoint)
-                                json_object_set_new(data, "endpoint", json_string(a->endpoint));
-                        if (a->timeout > 0)
-                                json_object_set_new(data, "timeout", json_integer(a->timeout));
-                        json_object_set_new(pu, "health_check",
-                                            json_pack("{s:s,s:o}", "type",
-                                                      a->hc ?: (a->endpoint ? "http" : "port"), "data",
-                                                      data));
+                /* An endpoint alone means http; without type or endpoint the type stays as it is. */
+                if (live) {
+                        json_t *hc = json_pack(
+                            "{s:o}", "data", check_data(a->endpoint, a->timeout, a->hc_ito, a->hc_interval));
+                        if (a->hc || a->endpoint)
+                                json_object_set_new(hc, "type", json_string(a->hc ?: "http"));
+                        json_object_set_new(pu, "health_check", hc);
+                }
+                if (ready) {
+                        json_t *rc =
+                            json_pack("{s:o}", "data", check_data(a->rendpoint, -1, a->r_ito, a->r_interval));
+                        if (a->rhc || a->rendpoint)
+                                json_object_set_new(rc, "type", json_string(a->rhc ?: "http"));
+                        json_object_set_new(pu, "readiness_health_check", rc);
                 }
                 free(path), path = NULL;
                 if (asprintf(&path, "/v3/processes/%s", pg) < 0)
@@ -976,7 +1025,7 @@ static int push_one(struct pctx *p, struct push_app *a, const char *pw, struct b
 static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
 {
         const char *image = NULL, *user = NULL, *command = NULL, *hc = NULL, *endpoint = NULL,
-                   *hostname = NULL, *manifest_path = NULL;
+                   *hostname = NULL, *manifest_path = NULL, *rhc = NULL, *rendpoint = NULL;
         long inst = -1, mem = -1, disk = -1, timeout = -1;
         bool no_route = false, no_start = false, rolling = false;
         static const struct option lo[] = { { "docker-image", required_argument, NULL, 'o' },
@@ -986,10 +1035,13 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                                             { "no-start", no_argument, NULL, 'S' },
                                             { "hostname", required_argument, NULL, 'n' },
                                             { "strategy", required_argument, NULL, 'Y' },
+                                            { "readiness-health-check-type", required_argument, NULL, 'K' },
+                                            { "readiness-endpoint", required_argument, NULL, 'P' },
                                             { 0 } };
         const char *u =
             "[APP] [-f manifest.yml] [--docker-image REF] [--docker-username U] [-c CMD] [-i N] "
-            "[-m 256M] [-k 1G] [-u port|http|process] [--endpoint /path] [-t SECONDS] [--no-route] "
+            "[-m 256M] [-k 1G] [-u port|http|process] [--endpoint /path] [-t SECONDS] "
+            "[--readiness-health-check-type process|port|http] [--readiness-endpoint /path] [--no-route] "
             "[--hostname H] [--no-start] [--strategy rolling]";
         int c, flags = 0;
         char *end;
@@ -1009,7 +1061,19 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         command = optarg;
                         break;
                 case 'e':
+                        if (!check_endpoint_valid(optarg))
+                                return usage("push", u, err);
                         endpoint = optarg;
+                        break;
+                case 'P':
+                        if (!check_endpoint_valid(optarg))
+                                return usage("push", u, err);
+                        rendpoint = optarg;
+                        break;
+                case 'K':
+                        if (!check_type_valid(optarg))
+                                return usage("push", u, err);
+                        rhc = optarg;
                         break;
                 case 'R':
                         no_route = true;
@@ -1044,7 +1108,7 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                                 return usage("push", u, err);
                         break;
                 case 'u':
-                        if (strcmp(optarg, "port") && strcmp(optarg, "http") && strcmp(optarg, "process"))
+                        if (!check_type_valid(optarg))
                                 return usage("push", u, err);
                         hc = optarg;
                         break;
@@ -1054,6 +1118,11 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
         }
         if (optind + 1 < argc || (!manifest_path && (optind + 1 != argc || !image)))
                 return usage("push", u, err);
+        if (rhc && rendpoint && strcmp(rhc, "http") != 0)
+                return berr_set(err, -EINVAL,
+                                "--readiness-endpoint needs --readiness-health-check-type http (not %s)",
+                                rhc),
+                       CLI_EXIT_USAGE;
         const char *only = optind < argc ? argv[optind] : NULL;
         _cleanup_(manifest_freep) struct manifest *m = NULL;
         if (manifest_path && manifest_load(manifest_path, &m, err) < 0)
@@ -1098,6 +1167,16 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         .endpoint = endpoint
                                         ?: ma ? ma->health_check_endpoint
                                               : NULL,
+                        .rhc = rhc
+                                   ?: ma ? ma->readiness_type
+                                         : NULL,
+                        .rendpoint = rendpoint
+                                         ?: ma ? ma->readiness_endpoint
+                                               : NULL,
+                        .hc_ito = ma ? ma->health_check_invocation_timeout : -1,
+                        .hc_interval = ma ? ma->health_check_interval : -1,
+                        .r_ito = ma ? ma->readiness_invocation_timeout : -1,
+                        .r_interval = ma ? ma->readiness_interval : -1,
                         .hostname = hostname,
                         .inst = inst >= 0 ? inst
                                 : ma      ? ma->instances
@@ -1137,6 +1216,15 @@ static int cmd_push(struct pctx *p, int argc, char **argv, struct berr **err)
                         goto out;
                 }
                 need_pw |= apps[i].user != NULL;
+                /* A flag's endpoint over a manifest's type (or the reverse) must still make sense. */
+                if (apps[i].rendpoint && apps[i].rhc && strcmp(apps[i].rhc, "http") != 0) {
+                        berr_set(err, -EINVAL,
+                                 "For application '%s': a readiness endpoint needs readiness health check "
+                                 "type http (not %s)",
+                                 apps[i].name, apps[i].rhc);
+                        rc = m ? CLI_EXIT_FAILURE : CLI_EXIT_USAGE;
+                        goto out;
+                }
         }
         if (need_pw && (!pw || !*pw)) {
                 prompted = read_secret("Docker password: ");
@@ -1281,6 +1369,19 @@ static char *crash_details(json_t *inst, json_t *events)
         return xasprintf("%s%s%s", reason, status, count);
 }
 
+/*
+ * An instance's state as `berth app` shows it: the stats' state in lowercase, and "running (not ready)" for
+ * a RUNNING instance whose readiness check fails ("routable": false), which the router leaves out.
+ */
+static void instance_state(json_t *inst, char *buf, size_t n)
+{
+        const char *s = json_string_value(json_object_get(inst, "state")) ?: "";
+        bool not_ready = strcmp(s, "RUNNING") == 0 && json_is_false(json_object_get(inst, "routable"));
+        snprintf(buf, n, "%s%s", s, not_ready ? " (not ready)" : "");
+        for (char *c = buf; *c; c++)
+                *c = (char)tolower((unsigned char)*c);
+}
+
 static int cmd_app(struct pctx *p, const char *name, struct berr **err)
 {
         _cleanup_json_ json_t *doc = NULL;
@@ -1322,7 +1423,15 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
                 command =
                     json_string_value(json_object_get(json_object_get(droplet, "process_types"), "web"));
         printf("start command:  %s\n", command ?: "");
-        printf("     %-9s %-22s %-6s %-16s %-16s %s\n", "state", "since", "cpu", "memory", "disk", "details");
+        /* The state column is as wide as its longest state ("running (not ready)"). */
+        int sw = 9;
+        json_array_foreach (inst, i, x) {
+                char st[48];
+                instance_state(x, st, sizeof(st));
+                sw = MAX(sw, (int)strlen(st));
+        }
+        printf("     %-*s %-22s %-6s %-16s %-16s %s\n", sw, "state", "since", "cpu", "memory", "disk",
+               "details");
         /* Crashed instances: their last crash's exit status (audit events) and last log lines. */
         _cleanup_json_ json_t *crashes = NULL, *logs = NULL;
         bool any_crashed = false;
@@ -1343,22 +1452,20 @@ static int cmd_app(struct pctx *p, const char *name, struct berr **err)
         }
         json_array_foreach (inst, i, x) {
                 json_t *u = json_object_get(x, "usage");
-                char m[32], mq[32], d[32], dq[32], st[32];
+                char m[32], mq[32], d[32], dq[32], st[48];
                 _cleanup_free_ char *details = crash_details(x, crashes);
                 human_bytes((double)json_integer_value(json_object_get(u, "mem")), m, sizeof(m));
                 human_bytes((double)json_integer_value(json_object_get(x, "mem_quota")), mq, sizeof(mq));
                 human_bytes((double)json_integer_value(json_object_get(u, "disk")), d, sizeof(d));
                 human_bytes((double)json_integer_value(json_object_get(x, "disk_quota")), dq, sizeof(dq));
-                snprintf(st, sizeof(st), "%s", json_string_value(json_object_get(x, "state")) ?: "");
-                for (char *c = st; *c; c++)
-                        *c = (char)tolower((unsigned char)*c);
+                instance_state(x, st, sizeof(st));
                 char mcol[80], dcol[80];
                 snprintf(mcol, sizeof(mcol), "%s of %s", m, mq);
                 snprintf(dcol, sizeof(dcol), "%s of %s", d, dq);
                 char cpu[32];
                 snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(u, "cpu")) * 100);
-                printf("#%-3lld %-9s %-22s %-6s %-16s %-16s %s\n",
-                       (long long)json_integer_value(json_object_get(x, "index")), st,
+                printf("#%-3lld %-*s %-22s %-6s %-16s %-16s %s\n",
+                       (long long)json_integer_value(json_object_get(x, "index")), sw, st,
                        json_string_value(json_object_get(x, "since")) ?: "", cpu, mcol, dcol,
                        details ?: json_string_value(json_object_get(x, "details")) ?: "");
         }
@@ -2016,6 +2123,179 @@ static int app_start_wait(struct pctx *p, const char *name, const char *action, 
         return 0;
 }
 
+/* The app's web process, for the health check commands. Caller owns *ret_app and *ret_proc. */
+static int app_web_process(struct pctx *p, const char *name, json_t **ret_app, json_t **ret_proc,
+                           struct berr **err)
+{
+        _cleanup_json_ json_t *app = NULL, *proc = NULL;
+        _cleanup_free_ char *pp = NULL;
+        int r = find_app(p, name, &app, err);
+        if (r < 0)
+                return r;
+        if (asprintf(&pp, "/v3/apps/%s/processes/web", app_guid(app)) < 0)
+                return berr_set(err, -ENOMEM, "out of memory");
+        r = api(p, "GET", pp, NULL, &proc, err);
+        if (r < 0)
+                return r;
+        *ret_app = TAKE_PTR(app);
+        *ret_proc = TAKE_PTR(proc);
+        return 0;
+}
+
+/*
+ * set-health-check APP (process|port|http) [--endpoint PATH] [--invocation-timeout N] and
+ * set-readiness-health-check APP (process|port|http) [--endpoint PATH] [--invocation-timeout N]
+ * [--interval N] (cf CLI v8): PATCH the web process's health_check or readiness_health_check. http without
+ * --endpoint checks "/", as cf's default; --endpoint with another type is a usage error. Everything is
+ * checked before the first request. New values apply to instances started afterwards: cf's restart tip.
+ */
+static int cmd_set_health_check(struct pctx *p, int argc, char **argv, bool readiness, struct berr **err)
+{
+        const char *endpoint = NULL;
+        long ito = -1, interval = -1;
+        static const struct option lo[] = { { "endpoint", required_argument, NULL, 'e' },
+                                            { "invocation-timeout", required_argument, NULL, 'T' },
+                                            { "interval", required_argument, NULL, 'I' },
+                                            { 0 } };
+        const char *use = readiness
+                              ? "APP (process|port|http) [--endpoint PATH] [--invocation-timeout "
+                                "SECONDS] [--interval SECONDS]"
+                              : "APP (process|port|http) [--endpoint PATH] [--invocation-timeout SECONDS]";
+        int c;
+        while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+                switch (c) {
+                case 'e':
+                        if (!check_endpoint_valid(optarg))
+                                return berr_set(err, -EINVAL,
+                                                "--endpoint must be a path starting with '/' (got \"%s\")",
+                                                optarg),
+                                       CLI_EXIT_USAGE;
+                        endpoint = optarg;
+                        break;
+                case 'T':
+                        if ((ito = parse_seconds(optarg, MANIFEST_TIMEOUT_MAX)) < 0)
+                                return berr_set(err, -EINVAL,
+                                                "--invocation-timeout must be an integer from 1 to %d (got "
+                                                "\"%s\")",
+                                                MANIFEST_TIMEOUT_MAX, optarg),
+                                       CLI_EXIT_USAGE;
+                        break;
+                case 'I':
+                        if (!readiness)
+                                return usage(argv[0], use, err);
+                        if ((interval = parse_seconds(optarg, MANIFEST_INTERVAL_MAX)) < 0)
+                                return berr_set(err, -EINVAL,
+                                                "--interval must be an integer from 1 to %d (got \"%s\")",
+                                                MANIFEST_INTERVAL_MAX, optarg),
+                                       CLI_EXIT_USAGE;
+                        break;
+                default:
+                        return usage(argv[0], use, err);
+                }
+        }
+        if (optind + 2 != argc)
+                return usage(argv[0], use, err);
+        const char *name = argv[optind], *type = argv[optind + 1];
+        if (!check_type_valid(type))
+                return berr_set(err, -EINVAL,
+                                "HEALTH_CHECK_TYPE must be \"process\", \"port\" or \"http\" (got "
+                                "\"%s\")",
+                                type),
+                       CLI_EXIT_USAGE;
+        if (endpoint && strcmp(type, "http") != 0)
+                return berr_set(err, -EINVAL, "--endpoint is only for the http health check type (not %s)",
+                                type),
+                       CLI_EXIT_USAGE;
+        if (!endpoint && strcmp(type, "http") == 0)
+                endpoint = "/";
+        _cleanup_json_ json_t *app = NULL, *proc = NULL, *resp = NULL;
+        if (need_space(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf(
+                    "Updating %shealth check type for app %s process web in org %s / space %s as %s...\n\n",
+                    readiness ? "readiness " : "", name, cfg_sub(p, "org", "name") ?: "?",
+                    cfg_sub(p, "space", "name") ?: "?", cfg_str(p, "username") ?: "?");
+        if (app_web_process(p, name, &app, &proc, err) < 0)
+                return CLI_EXIT_FAILURE;
+        _cleanup_free_ char *path = NULL;
+        _cleanup_json_ json_t *b =
+            json_pack("{s:{s:s,s:o}}", readiness ? "readiness_health_check" : "health_check", "type", type,
+                      "data", check_data(endpoint, -1, ito, interval));
+        if (asprintf(&path, "/v3/processes/%s", app_guid(proc)) < 0 ||
+            api(p, "PATCH", path, b, &resp, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (p->json) {
+                print_json(resp);
+                return 0;
+        }
+        printf("OK\n");
+        if (strcmp(json_string_value(json_object_get(app, "state")) ?: "", "STARTED") == 0)
+                printf("\nTIP: An app restart is required for the change to take effect.\n");
+        return 0;
+}
+
+/* A check's number for get-health-check: the value, or dflt when the API has none (0: blank). */
+static void check_num(json_t *data, const char *key, long dflt, char *buf, size_t n)
+{
+        json_t *v = json_object_get(data, key);
+        if (json_is_integer(v))
+                snprintf(buf, n, "%lld", (long long)json_integer_value(v));
+        else if (dflt > 0)
+                snprintf(buf, n, "%ld", dflt);
+        else
+                snprintf(buf, n, "%s", "");
+}
+
+/*
+ * get-health-check APP: the web process's liveness and readiness checks as two small tables (cf CLI v8's
+ * columns, with the timeout and the intervals too). Unset values show the platform's defaults where it has
+ * fixed ones (timeout 60 s, invocation timeout 1 s, as cf shows it); an unset interval is blank (the cell's
+ * default). --json: {"health_check","readiness_health_check"} as the API has them.
+ */
+static int cmd_get_health_check(struct pctx *p, int argc, char **argv, struct berr **err)
+{
+        static const struct option lo[] = { { 0 } };
+        if (getopt_long(argc, argv, "", lo, NULL) != -1 || optind + 1 != argc)
+                return usage(argv[0], "APP", err);
+        const char *name = argv[optind];
+        _cleanup_json_ json_t *app = NULL, *proc = NULL;
+        if (need_space(p, err) < 0)
+                return CLI_EXIT_FAILURE;
+        if (!p->json)
+                printf("Getting health check type for app %s in org %s / space %s as %s...\n\n", name,
+                       cfg_sub(p, "org", "name") ?: "?", cfg_sub(p, "space", "name") ?: "?",
+                       cfg_str(p, "username") ?: "?");
+        if (app_web_process(p, name, &app, &proc, err) < 0)
+                return CLI_EXIT_FAILURE;
+        json_t *hc = json_object_get(proc, "health_check"),
+               *rc = json_object_get(proc, "readiness_health_check");
+        if (p->json) {
+                _cleanup_json_ json_t *doc =
+                    json_pack("{s:O?,s:O?}", "health_check", hc, "readiness_health_check", rc);
+                print_json(doc);
+                return 0;
+        }
+        json_t *hd = json_object_get(hc, "data"), *rd = json_object_get(rc, "data");
+        char to[24], ito[24], iv[24];
+        check_num(hd, "timeout", 60, to, sizeof(to));
+        check_num(hd, "invocation_timeout", 1, ito, sizeof(ito));
+        check_num(hd, "interval", 0, iv, sizeof(iv));
+        printf("%-9s %-14s %-21s %-9s %-20s %s\n", "process", "health check", "endpoint (for http)",
+               "timeout", "invocation timeout", "interval");
+        printf("%-9s %-14s %-21s %-9s %-20s %s\n\n", "web",
+               json_string_value(json_object_get(hc, "type")) ?: "",
+               json_string_value(json_object_get(hd, "endpoint")) ?: "", to, ito, iv);
+        check_num(rd, "invocation_timeout", 1, ito, sizeof(ito));
+        check_num(rd, "interval", 0, iv, sizeof(iv));
+        printf("%-9s %-24s %-21s %-20s %s\n", "process", "readiness health check", "endpoint (for http)",
+               "invocation timeout", "interval");
+        printf("%-9s %-24s %-21s %-20s %s\n", "web",
+               json_string_value(json_object_get(rc, "type")) ?: "process",
+               json_string_value(json_object_get(rd, "endpoint")) ?: "", ito, iv);
+        return 0;
+}
+
 /*
  * restart APP [--strategy rolling]: without a strategy, the API's restart (every instance at once). Rolling:
  * a deployment of the current droplet replacing instances one at a time; on a stopped app, a plain start.
@@ -2232,6 +2512,11 @@ static int cmd_platform_run(struct pctx *p, int argc, char **argv, struct berr *
         }
         if (strcmp(cmd, "app") == 0 && argc == 2)
                 return cmd_app(p, argv[1], err);
+        if (strcmp(cmd, "set-health-check") == 0 || strcmp(cmd, "set-readiness-health-check") == 0)
+                return cmd_set_health_check(p, argc, argv, strcmp(cmd, "set-readiness-health-check") == 0,
+                                            err);
+        if (strcmp(cmd, "get-health-check") == 0)
+                return cmd_get_health_check(p, argc, argv, err);
         if (strcmp(cmd, "feature-flag") == 0 && argc == 2) {
                 _cleanup_free_ char *n = urlenc(argv[1]), *path = NULL;
                 _cleanup_json_ json_t *resp = NULL;

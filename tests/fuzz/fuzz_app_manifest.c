@@ -16,6 +16,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 size_t n = 0;
                 for (size_t i = 0; i < m->n_apps; i++) {
                         n += strlen(m->apps[i].name);
+                        const struct manifest_app *a = &m->apps[i];
+                        n += a->health_check_endpoint ? strlen(a->health_check_endpoint) : 0;
+                        n += a->readiness_type ? strlen(a->readiness_type) : 0;
+                        n += a->readiness_endpoint ? strlen(a->readiness_endpoint) : 0;
                         for (size_t j = 0; m->apps[i].routes && m->apps[i].routes[j]; j++)
                                 n += strlen(m->apps[i].routes[j]);
                 }

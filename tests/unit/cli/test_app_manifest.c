@@ -67,6 +67,50 @@ static void test_full_app(void **state)
         assert_null(w->env);
         assert_null(w->routes);
         assert_null(m->warnings[0]);
+        /* no readiness keys: nothing set */
+        assert_null(w->readiness_type);
+        assert_null(w->readiness_endpoint);
+        assert_int_equal(w->readiness_interval, -1);
+        assert_int_equal(w->readiness_invocation_timeout, -1);
+        assert_int_equal(w->health_check_interval, -1);
+        assert_int_equal(w->health_check_invocation_timeout, -1);
+}
+
+static void test_health_check_keys(void **state)
+{
+        (void)state;
+        _cleanup_(manifest_freep) struct manifest *m = parse_ok(
+            "applications:\n"
+            "- name: web\n"
+            "  health-check-type: port\n  health-check-invocation-timeout: 5\n"
+            "  health-check-interval: 7\n"
+            "  readiness-health-check-type: http\n  readiness-health-check-http-endpoint: /ready\n"
+            "  readiness-health-check-invocation-timeout: 3\n  readiness-health-check-interval: 2\n"
+            "- name: endpoint-only\n  readiness-health-check-http-endpoint: /r\n"
+            "- name: none\n  readiness-health-check-type: none\n"
+            "- name: limits\n  readiness-health-check-type: port\n"
+            "  readiness-health-check-invocation-timeout: 180\n  readiness-health-check-interval: 600\n"
+            "  health-check-interval: 1\n  health-check-invocation-timeout: 1\n");
+        assert_int_equal(m->n_apps, 4);
+        struct manifest_app *a = &m->apps[0];
+        assert_string_equal(a->health_check_type, "port");
+        assert_int_equal(a->health_check_invocation_timeout, 5);
+        assert_int_equal(a->health_check_interval, 7);
+        assert_string_equal(a->readiness_type, "http");
+        assert_string_equal(a->readiness_endpoint, "/ready");
+        assert_int_equal(a->readiness_invocation_timeout, 3);
+        assert_int_equal(a->readiness_interval, 2);
+        /* an endpoint alone is fine (push takes it as http, as for liveness) */
+        assert_null(m->apps[1].readiness_type);
+        assert_string_equal(m->apps[1].readiness_endpoint, "/r");
+        assert_string_equal(m->apps[2].readiness_type, "process");
+        struct manifest_app *l = &m->apps[3];
+        assert_string_equal(l->readiness_type, "port");
+        assert_int_equal(l->readiness_invocation_timeout, 180);
+        assert_int_equal(l->readiness_interval, 600);
+        assert_int_equal(l->health_check_interval, 1);
+        assert_int_equal(l->health_check_invocation_timeout, 1);
+        assert_null(m->warnings[0]);
 }
 
 static void test_unknown_keys_warn(void **state)
@@ -142,6 +186,39 @@ static void test_errors(void **state)
                   "needs health-check-type http" },
                 { "applications:\n- name: a\n  timeout: 0\n", "timeout must be an integer from 1 to 180" },
                 { "applications:\n- name: a\n  timeout: 181\n", "timeout must be" },
+                { "applications:\n- name: a\n  health-check-http-endpoint: '/a b'\n", "no spaces" },
+                { "applications:\n- name: a\n  health-check-invocation-timeout: 0\n",
+                  "health-check-invocation-timeout must be an integer from 1 to 180" },
+                { "applications:\n- name: a\n  health-check-invocation-timeout: 181\n",
+                  "health-check-invocation-timeout must be" },
+                { "applications:\n- name: a\n  health-check-invocation-timeout: '5'\n",
+                  "health-check-invocation-timeout must be" },
+                { "applications:\n- name: a\n  health-check-interval: 0\n",
+                  "health-check-interval must be an integer from 1 to 600" },
+                { "applications:\n- name: a\n  health-check-interval: 601\n",
+                  "health-check-interval must be" },
+                { "applications:\n- name: a\n  health-check-interval: 2.5\n",
+                  "health-check-interval must be" },
+                { "applications:\n- name: a\n  readiness-health-check-type: tcp\n",
+                  "readiness-health-check-type must be port, http or process" },
+                { "applications:\n- name: a\n  readiness-health-check-type: [http]\n",
+                  "readiness-health-check-type must be" },
+                { "applications:\n- name: a\n  readiness-health-check-http-endpoint: ready\n",
+                  "readiness-health-check-http-endpoint must be a path starting with '/'" },
+                { "applications:\n- name: a\n  readiness-health-check-http-endpoint: ''\n",
+                  "readiness-health-check-http-endpoint must not be empty" },
+                { "applications:\n- name: a\n  readiness-health-check-type: port\n"
+                  "  readiness-health-check-http-endpoint: /r\n",
+                  "readiness-health-check-http-endpoint needs readiness-health-check-type http (not port)" },
+                { "applications:\n- name: a\n  health-check-type: http\n"
+                  "  readiness-health-check-type: process\n  readiness-health-check-http-endpoint: /r\n",
+                  "needs readiness-health-check-type http" },
+                { "applications:\n- name: a\n  readiness-health-check-invocation-timeout: 0\n",
+                  "readiness-health-check-invocation-timeout must be an integer from 1 to 180" },
+                { "applications:\n- name: a\n  readiness-health-check-interval: -1\n",
+                  "readiness-health-check-interval must be an integer from 1 to 600" },
+                { "applications:\n- name: a\n  readiness-health-check-interval: '3'\n",
+                  "readiness-health-check-interval must be" },
                 { "applications:\n- name: a\n  no-route: 'yes'\n", "no-route must be true or false" },
                 { "applications:\n- name: a\n  no-route: true\n  routes:\n  - route: a.example\n",
                   "cannot be used together" },
@@ -226,9 +303,13 @@ static void test_too_big(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_full_app), cmocka_unit_test(test_unknown_keys_warn),
-                cmocka_unit_test(test_errors),   cmocka_unit_test(test_error_names_the_app),
-                cmocka_unit_test(test_sizes),    cmocka_unit_test(test_routes_and_env_names),
+                cmocka_unit_test(test_full_app),
+                cmocka_unit_test(test_health_check_keys),
+                cmocka_unit_test(test_unknown_keys_warn),
+                cmocka_unit_test(test_errors),
+                cmocka_unit_test(test_error_names_the_app),
+                cmocka_unit_test(test_sizes),
+                cmocka_unit_test(test_routes_and_env_names),
                 cmocka_unit_test(test_too_big),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
