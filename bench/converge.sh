@@ -8,7 +8,8 @@
 # (default 1,000). It measures:
 #   placement   one sweep that must place every instance: deciding, inserting the rows, committing, and the
 #               PUTs to the cells (in parallel, one keep-alive connection per cell); instances/s
-#   heartbeats  every cell reports all its instances (first: each turns RUNNING; then: nothing changed)
+#   heartbeats  every cell reports all its instances (first: each turns RUNNING; then: nothing changed),
+#               then only changes (none), as cells do between full reports
 #   noop sweep  a full sweep over every instance with nothing to do (median of 5)
 # and compares the no-op sweep with Diego's: operators alert when a convergence pass of 250,000 LRPs takes
 # 10 s on a 16-core BBS (docs/performance.md); berth's goal is under 1 s for 100,000 on 2 cores.
@@ -70,6 +71,7 @@ report="$OUT/converge-results.md"
         echo "| heartbeats, first round (every instance turns RUNNING), $CELLS cells | $(ms "${v[heartbeats_first_s]}") ms (${v[heartbeat_first_ms_mean]} ms each) |"
         echo "| heartbeats, steady state (nothing changed), $CELLS cells | $(ms "${v[heartbeats_steady_s]}") ms (${v[heartbeat_steady_ms_mean]} ms each, max ${v[heartbeat_steady_ms_max]} ms) |"
         echo "| heartbeat body (mean) | $((v[heartbeat_body_bytes_mean] / 1024)) KiB |"
+        echo "| heartbeats listing only changes (none), $CELLS cells (what a cell sends between its full reports every 10 s) | $(ms "${v[heartbeats_delta_s]}") ms (${v[heartbeat_delta_ms_mean]} ms each, max ${v[heartbeat_delta_ms_max]} ms) |"
         echo "| **no-op sweep over $INSTANCES instances** (median of 5; min / max) | **$(ms "${v[noop_sweep_s_median]}") ms** ($(ms "${v[noop_sweep_s_min]}") / $(ms "${v[noop_sweep_s_max]}")) |"
         echo "| of which reading the store / deciding | $(ms "${v[noop_sweep_load_s]}") / $(ms "${v[noop_sweep_decide_s]}") ms |"
         echo "| instances per core-second in a no-op sweep: berth / Diego's alert threshold (250,000 in 10 s on 16 cores) | $per_core / 1563 = **${ratio}x** |"

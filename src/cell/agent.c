@@ -38,6 +38,7 @@
 #include "lib/strv.h"
 
 #define HEARTBEAT_MS     2000
+#define FULL_REPORT_MS   10000 /* a heartbeat lists every instance this often; the others only changes */
 #define CHECK_EVERY_MS   100
 #define CHECK_FIRST_MS   5    /* startup checks start this often, doubling up to CHECK_EVERY_MS */
 #define LIVENESS_MS      3000 /* Diego: 30 s by default; the issue asks for every few seconds */
@@ -1592,6 +1593,41 @@ static void agent_handler(void *userdata, const struct http_request *req, struct
 
 /* ---- reporter ---- */
 
+/* What the controller keeps of an instance's report (all but usage), as text to compare reports by. */
+static char *report_key(const json_t *inst)
+{
+        _cleanup_json_ json_t *c = json_copy((json_t *)inst);
+        json_object_del(c, "usage");
+        return json_dumps(c, JSON_COMPACT | JSON_SORT_KEYS);
+}
+
+/*
+ * The instances a heartbeat lists (list: every instance, owned; returned: a new array). A full report lists
+ * all; another only those whose report changed since the last heartbeat the controller took (sent: guid →
+ * report_key of it). *next_sent (owned by the caller): sent as it is once this heartbeat is taken.
+ */
+static json_t *report_pick(json_t *list, const json_t *sent, bool full, json_t **next_sent)
+{
+        json_t *out = json_array();
+        *next_sent = json_object();
+        size_t i;
+        json_t *inst;
+        json_array_foreach (list, i, inst) {
+                const char *g = json_string_value(json_object_get(inst, "instance_guid"));
+                char *k = report_key(inst);
+                if (!g || !k) {
+                        free(k);
+                        continue;
+                }
+                const char *was = json_string_value(json_object_get(sent, g));
+                if (full || !was || strcmp(was, k) != 0)
+                        json_array_append(out, inst);
+                json_object_set_new(*next_sent, g, json_string(k));
+                free(k);
+        }
+        return out;
+}
+
 static void *reporter(void *arg)
 {
         struct agent *a = arg;
@@ -1613,6 +1649,13 @@ static void *reporter(void *arg)
         snprintf(session, sizeof(session), "%d-%lld", (int)getpid(), (long long)session_born);
         bool warned = false;
         int64_t next_sweep = now_ms() + 60000;
+        /*
+         * Heartbeats list only the instances whose report changed since the last one the controller took
+         * (events carry every change at once; this repairs any that was lost), and every FULL_REPORT_MS (and
+         * whenever the controller asks: it restarted, or it does not know this session) all of them.
+         */
+        int64_t next_full = 0;
+        _cleanup_json_ json_t *sent = json_object();
         pthread_mutex_lock(&a->lock);
         while (!a->stopping) {
                 if (now_ms() >= next_sweep) {
@@ -1639,17 +1682,32 @@ static void *reporter(void *arg)
                         }
                 }
                 if (now_ms() >= next_hb) {
-                        json_t *list = instances_json(a);
+                        _cleanup_json_ json_t *all = instances_json(a);
                         pthread_mutex_unlock(&a->lock);
-                        _cleanup_json_ json_t *hb = json_pack(
-                            "{s:s, s:I, s:I, s:o, s:s, s:I}", "url", a->url, "memory_mb",
-                            (json_int_t)a->memory_mb, "disk_mb", (json_int_t)a->disk_mb, "instances", list,
-                            "session", session, "session_age_ms", (json_int_t)(now_ms() - session_born));
+                        bool full = now_ms() >= next_full;
+                        _cleanup_json_ json_t *next_sent = NULL;
+                        json_t *list = report_pick(all, sent, full, &next_sent);
+                        _cleanup_json_ json_t *hb =
+                            json_pack("{s:s, s:I, s:I, s:o, s:s, s:I, s:b}", "url", a->url, "memory_mb",
+                                      (json_int_t)a->memory_mb, "disk_mb", (json_int_t)a->disk_mb,
+                                      "instances", list, "session", session, "session_age_ms",
+                                      (json_int_t)(now_ms() - session_born), "full", full);
                         long status = 0;
                         berr_free(e);
                         e = NULL;
-                        int r = http_request_json(hc, "PUT", cell_url, hb, &status, NULL, &e);
+                        _cleanup_json_ json_t *answer = NULL;
+                        int r = http_request_json(hc, "PUT", cell_url, hb, &status, &answer, &e);
                         bool hb_failed = r < 0 || status >= 300;
+                        bool want_full =
+                            !hb_failed && json_is_true(json_object_get(answer, "full_report_wanted"));
+                        if (!hb_failed && !want_full) {
+                                json_decref(sent);
+                                sent = json_incref(next_sent);
+                                if (full)
+                                        next_full = now_ms() + FULL_REPORT_MS;
+                        }
+                        if (want_full)
+                                next_full = 0;
                         if (hb_failed) {
                                 if (!warned)
                                         log_warn("cell agent: heartbeat to %s failed: %s (retrying)",
@@ -1662,7 +1720,7 @@ static void *reporter(void *arg)
                         }
                         pthread_mutex_lock(&a->lock);
                         /* Register quickly with a controller that is just starting. */
-                        next_hb = now_ms() + (hb_failed ? hb_retry_ms : HEARTBEAT_MS);
+                        next_hb = now_ms() + (hb_failed ? hb_retry_ms : want_full ? 0 : HEARTBEAT_MS);
                         hb_retry_ms = hb_failed
                                           ? (hb_retry_ms * 2 < HEARTBEAT_MS ? hb_retry_ms * 2 : HEARTBEAT_MS)
                                           : 100;

@@ -429,6 +429,20 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
         }
         if (!known)
                 kick = true;
+        /*
+         * A heartbeat that lists only changes ("full": false) says nothing of the instances it omits. From a
+         * session this controller does not know (it restarted, or a new agent) it cannot be trusted to
+         * list everything: the cell is asked for a full report at once.
+         */
+        bool full = !json_is_false(json_object_get(r->body, "full"));
+        if (!full && new_session) {
+                if (!api_tx_commit(r, resp))
+                        return;
+                if (kick)
+                        sched_kick(c);
+                api_respond(resp, 200, json_pack("{s:b}", "full_report_wanted", 1));
+                return;
+        }
         size_t i;
         json_t *in;
         size_t nrep = 0;
@@ -443,10 +457,10 @@ static void cells_heartbeat(struct api_req *r, struct http_response *resp)
         }
         qsort(reported, nrep, sizeof(*reported), cmp_str);
         /*
-         * Rows of this cell it no longer reports: a STOPPING one is gone (the cell confirms the stop); any
+         * Rows of this cell a full report omits: a STOPPING one is gone (the cell confirms the stop); any
          * other placed more than CELL_LOST_GRACE_MS ago is lost (or its PUT never arrived) and replaced.
          */
-        {
+        if (full) {
                 struct strv lost = { 0 };
                 _cleanup_reset_ sqlite3_stmt *s = xdb_cquery(
                     c, NULL, "SELECT guid, state, since_ms FROM instances WHERE cell_id = ?", "s", id);
