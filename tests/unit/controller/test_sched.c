@@ -5,7 +5,8 @@
  * confirms. The convergence plan (sched_plan, no network): placement on the cell with the most free memory,
  * nothing to do on a second pass, duplicates and extra instances stopped (STOPPING), crashed instances
  * restarted per Diego's backoff with their crash count, instances of a lost cell replaced, and a rolling
- * deployment replacing instances one at a time, waiting for the routers. */
+ * deployment replacing instances one at a time, waiting for the routers; change-only heartbeats drop
+ * nothing, and one from an unknown agent session asks for a full report. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -503,6 +504,18 @@ static void test_stopping_reports(void **state)
         free(st);
         assert_int_equal(q_int(&c, "SELECT count(*) FROM events WHERE type = ?", "audit.app.process.crash"),
                          0);
+        /* a heartbeat listing only changes says nothing of the rows it omits: the row stays */
+        call(&c, &resp, "PUT", "/internal/v1/cells/cell-b", AUTH,
+             "{\"url\":\"http://b\",\"memory_mb\":2048,\"instances\":[],\"full\":false}");
+        assert_int_equal(resp.status, 200);
+        assert_int_equal(q_count(&c, "1"), 1);
+        /* one from an agent session the controller does not know: it asks for a full report */
+        call(&c, &resp, "PUT", "/internal/v1/cells/cell-b", AUTH,
+             "{\"url\":\"http://b\",\"memory_mb\":2048,\"instances\":[],\"full\":false,"
+             "\"session\":\"9-1\",\"session_age_ms\":5000}");
+        assert_int_equal(resp.status, 200);
+        assert_true(json_is_true(json_object_get(resp.json, "full_report_wanted")));
+        assert_int_equal(q_count(&c, "1"), 1);
         /* a heartbeat without it: the cell confirms, the row goes */
         call(&c, &resp, "PUT", "/internal/v1/cells/cell-b", AUTH,
              "{\"url\":\"http://b\",\"memory_mb\":2048,\"instances\":[]}");
