@@ -179,7 +179,8 @@ wait_steady() {
         return 1
 }
 
-# The host pids of an instance's container (its cgroup's processes).
+# "ID CGROUP_DIR PIDS" of an instance's container: its id, the directory of the cgroups of berth's containers
+# (pids controller on cgroup v1) and the host pids of its processes (its cgroup's, comma-separated).
 container_pids() {
         local id f pids
         id=$("$BERTH" --data-dir "$D" --config "$CFG" ps -a --json |
@@ -192,7 +193,7 @@ for c in json.load(sys.stdin):
                 # (cgroup files have no size: read them to see if they are empty)
                 pids=$(paste -sd, "$f" 2>/dev/null) || continue
                 if [ -n "$pids" ]; then
-                        echo "$pids"
+                        echo "$id $(dirname "$(dirname "$f")") $pids"
                         return 0
                 fi
         done
@@ -267,11 +268,14 @@ EOF
 }
 
 # --- the client: kill, then poll through the router until another instance answers ------------------------------
-# probe ROUTER_PORT HOST OLD_GUID PIDS: prints one JSON object (times are seconds since the epoch).
+# probe ROUTER_PORT HOST OLD_GUID OLD_ID CGROUP_DIR PIDS: prints one JSON object (times are seconds since the
+# epoch). A thread meanwhile looks for the new container (a new directory in berth's containers/) and notes
+# when its app listens on 8080 (its network namespace's /proc/PID/net/tcp{,6}), every 0.5 ms.
 probe() {
-        "$PY" - "$@" <<'EOF'
-import json, os, signal, socket, sys, time
-port, host, old, pids = int(sys.argv[1]), sys.argv[2], sys.argv[3], [int(p) for p in sys.argv[4].split(",")]
+        "$PY" - "$D/cell/containers" "$@" <<'EOF'
+import json, os, signal, socket, sys, threading, time
+ctrs, port, host, old, old_id, cgdir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+pids = [int(p) for p in sys.argv[7].split(",")]
 req = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
 
 def get():
@@ -296,6 +300,25 @@ def get():
     status = int(parts[1]) if head.startswith(b"HTTP/") and len(parts) > 1 else 0
     return status, body.decode(errors="replace").strip()
 
+def new_listening():
+    for cid in os.listdir(ctrs):
+        if cid == old_id:
+            continue
+        try:
+            procs = open(f"{cgdir}/{cid}/cgroup.procs").read().split()
+        except OSError:
+            continue
+        for pid in procs:
+            for f in ("tcp", "tcp6"):
+                try:
+                    for line in open(f"/proc/{pid}/net/{f}").readlines()[1:]:
+                        p = line.split()
+                        if p[1].endswith(":1F90") and p[3] == "0A":
+                            return True
+                except OSError:
+                    pass
+    return False
+
 st, body = get()
 if st != 200 or body != old:
     sys.exit(f"before the kill the router answered {st} {body!r}, not 200 {old}")
@@ -303,6 +326,16 @@ t_kill = time.time()
 for p in pids:
     os.kill(p, signal.SIGKILL)
 t_down, codes, n = None, {}, 0
+t_listen, stop = [None], threading.Event()
+
+def watch_listen():  # a thread of its own, so that its resolution does not depend on the requests' time
+    while not stop.is_set() and t_listen[0] is None:
+        if new_listening():
+            t_listen[0] = time.time()
+        time.sleep(0.0005)
+
+watcher = threading.Thread(target=watch_listen)
+watcher.start()
 deadline = t_kill + 60
 while True:
     st, body = get()
@@ -315,9 +348,13 @@ while True:
     if key == "200-new":
         break
     if t > deadline:
+        stop.set()
         sys.exit(f"no 200 from a new instance within 60 s ({codes})")
     time.sleep(0.001)
-print(json.dumps({"t_kill": t_kill, "t_down": t_down, "t_200": t, "new": body, "requests": n, "codes": codes}))
+stop.set()
+watcher.join()
+print(json.dumps({"t_kill": t_kill, "t_down": t_down, "t_listen": t_listen[0], "t_200": t, "new": body,
+                  "requests": n, "codes": codes}))
 EOF
 }
 
@@ -369,8 +406,8 @@ for ((i = 1; i <= RUNS; i++)); do
                 "$BERTH" restart "$APP" >/dev/null 2>&1 || die "run $i: berth restart failed"
         fi
         old=$(wait_steady 60) || die "run $i: the app is not steady (one RUNNING instance, routed)"
-        pids=$(container_pids "$old") || die "run $i: no processes found for instance $old"
-        res=$(probe "$ROUTER_PORT" "$APP.$DOMAIN" "$old" "$pids") || die "run $i: the probe failed"
+        read -r old_id cgdir pids < <(container_pids "$old") || die "run $i: no processes found for instance $old"
+        res=$(probe "$ROUTER_PORT" "$APP.$DOMAIN" "$old" "$old_id" "$cgdir" "$pids") || die "run $i: the probe failed"
         new=$("$PY" -c 'import json, sys; print(json.loads(sys.argv[1])["new"])' "$res")
         # The old instance's lines are read from the new one's log once the old one is deleted (the cell
         # keeps a deleted instance's lines for the next instance of its index).
@@ -425,10 +462,11 @@ EOF
         "$PY" - "$(tail -n 1 "$WORK/runs.jsonl")" "$i" "$floor" <<'EOF' >&2
 import json, sys
 r, i, floor = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-ms = lambda a, b: "?" if r.get(a) is None or r.get(b) is None else f"{(r[b] - r[a]) * 1000:.0f}"
+ms = lambda a, b: "?" if r.get(a) is None or r.get(b) is None else f"{(r[b] - r[a]) * 1000:.0f}"  # noqa: E731
 print(f"[recover] run {i}: kill -> 200 from the new instance {ms('t_kill', 't_200')} ms; own start "
       f"{ms('t_create', 't_healthy')} ms (crun floor {float(floor):.0f} ms); exit seen {ms('t_kill', 't_exit')}, "
       f"restart decided {ms('t_exit', 't_decide')}, creation begins {ms('t_decide', 't_create')}, "
+      f"listening -> healthy {ms('t_listen', 't_healthy')}, "
       f"RUNNING -> table {ms('t_healthy', 't_table')}, table -> 200 {ms('t_table', 't_200')} ms")
 EOF
 done
@@ -463,6 +501,7 @@ phases = [
     ("→ creation begins on the cell (PUT received, `Creating container`)", "t_decide", "t_create"),
     ("→ container created and started (`Successfully created container`)", "t_create", "t_created"),
     ("→ healthy (port check passed, `Container became healthy`)", "t_created", "t_healthy"),
+    ("&nbsp;&nbsp;of which the app listening → healthy (the startup check's polling)", "t_listen", "t_healthy"),
     ("→ RUNNING reported (controller handled the cell's event)", "t_healthy", "t_run_rep"),
     ("→ route table installed by the router", "t_run_rep", "t_table"),
     ("→ first 200 from the new instance at the client", "t_table", "t_200"),
@@ -480,6 +519,10 @@ print("|---|---:|---:|---|")
 print(row("kill → first 200 from the new instance through the router", total, True))
 print(row("the instance's own start (`Creating container` → `Container became healthy`)", own))
 print(row("platform overhead (total − own start; goal < 100)", over, True))
+app = [d(r, "t_create", "t_listen") for r in runs]
+print(row("the app's start as seen from outside (`Creating container` → its port listening)", app))
+print(row("platform overhead counting the startup check's polling delay too (total − that)",
+          [None if t is None or a is None else t - a for t, a in zip(total, app)]))
 print(row("crun floor: `crun run --detach` of berth's config.json (no network) → port listening", floor))
 print(row("total − crun floor of the same run (the cell's start work counted as overhead too)",
           [None if t is None else t - f for t, f in zip(total, floor)]))
