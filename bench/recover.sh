@@ -179,21 +179,21 @@ wait_steady() {
         return 1
 }
 
-# "ID CGROUP_DIR PIDS" of an instance's container: its id, the directory of the cgroups of berth's containers
-# (pids controller on cgroup v1) and the host pids of its processes (its cgroup's, comma-separated).
+# "ID MONITOR_PID CGROUP_DIR PIDS" of an instance's container: its id, its berth-monitor's pid, the directory
+# of the cgroups of berth's containers (pids controller on cgroup v1) and the host pids of its processes (its
+# cgroup's, comma-separated).
 container_pids() {
-        local id f pids
-        id=$("$BERTH" --data-dir "$D" --config "$CFG" ps -a --json |
+        local id mon f pids
+        read -r id mon < <("$BERTH" --data-dir "$D" --config "$CFG" ps -a --json |
                 "$PY" -c 'import json, sys
 for c in json.load(sys.stdin):
     if c.get("Name", "").lstrip("/") == "i-" + sys.argv[1]:
-        print(c["Id"])' "$1")
-        [ -n "$id" ] || return 1
+        print(c["Id"], c["State"].get("MonitorPid", 0))' "$1") || return 1
         for f in "/sys/fs/cgroup/pids/berth/$id/cgroup.procs" "/sys/fs/cgroup/berth/$id/cgroup.procs"; do
                 # (cgroup files have no size: read them to see if they are empty)
                 pids=$(paste -sd, "$f" 2>/dev/null) || continue
                 if [ -n "$pids" ]; then
-                        echo "$id $(dirname "$(dirname "$f")") $pids"
+                        echo "$id $mon $(dirname "$(dirname "$f")") $pids"
                         return 0
                 fi
         done
@@ -268,14 +268,14 @@ EOF
 }
 
 # --- the client: kill, then poll through the router until another instance answers ------------------------------
-# probe ROUTER_PORT HOST OLD_GUID OLD_ID CGROUP_DIR PIDS: prints one JSON object (times are seconds since the
-# epoch). A thread meanwhile looks for the new container (a new directory in berth's containers/) and notes
+# probe ROUTER_PORT HOST OLD_GUID OLD_ID MONITOR_PID CGROUP_DIR PIDS: prints one JSON object (times are seconds
+# since the epoch). One thread notes when the old container's berth-monitor exits (its pidfd), another looks for the new container (a new directory in berth's containers/) and notes
 # when its app listens on 8080 (its network namespace's /proc/PID/net/tcp{,6}), every 0.5 ms.
 probe() {
         "$PY" - "$D/cell/containers" "$@" <<'EOF'
-import json, os, signal, socket, sys, threading, time
-ctrs, port, host, old, old_id, cgdir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-pids = [int(p) for p in sys.argv[7].split(",")]
+import json, os, select, signal, socket, sys, threading, time
+ctrs, port, host, old, old_id = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+mon, cgdir, pids = int(sys.argv[6]), sys.argv[7], [int(p) for p in sys.argv[8].split(",")]
 req = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
 
 def get():
@@ -319,14 +319,8 @@ def new_listening():
                     pass
     return False
 
-st, body = get()
-if st != 200 or body != old:
-    sys.exit(f"before the kill the router answered {st} {body!r}, not 200 {old}")
-t_kill = time.time()
-for p in pids:
-    os.kill(p, signal.SIGKILL)
-t_down, codes, n = None, {}, 0
-t_listen, stop = [None], threading.Event()
+t_listen, t_mon, stop = [None], [None], threading.Event()
+
 
 def watch_listen():  # a thread of its own, so that its resolution does not depend on the requests' time
     while not stop.is_set() and t_listen[0] is None:
@@ -334,8 +328,25 @@ def watch_listen():  # a thread of its own, so that its resolution does not depe
             t_listen[0] = time.time()
         time.sleep(0.0005)
 
-watcher = threading.Thread(target=watch_listen)
-watcher.start()
+
+mon_fd = os.pidfd_open(mon) if mon > 0 else -1
+
+
+def watch_monitor():
+    if mon_fd >= 0 and select.select([mon_fd], [], [], 60)[0]:
+        t_mon[0] = time.time()
+
+
+st, body = get()
+if st != 200 or body != old:
+    sys.exit(f"before the kill the router answered {st} {body!r}, not 200 {old}")
+threads = [threading.Thread(target=watch_monitor, daemon=True), threading.Thread(target=watch_listen)]
+threads[0].start()
+t_kill = time.time()
+for p in pids:
+    os.kill(p, signal.SIGKILL)
+threads[1].start()
+t_down, codes, n = None, {}, 0
 deadline = t_kill + 60
 while True:
     st, body = get()
@@ -352,9 +363,10 @@ while True:
         sys.exit(f"no 200 from a new instance within 60 s ({codes})")
     time.sleep(0.001)
 stop.set()
-watcher.join()
-print(json.dumps({"t_kill": t_kill, "t_down": t_down, "t_listen": t_listen[0], "t_200": t, "new": body,
-                  "requests": n, "codes": codes}))
+threads[1].join()
+threads[0].join(1)
+print(json.dumps({"t_kill": t_kill, "t_down": t_down, "t_listen": t_listen[0], "t_mon": t_mon[0], "t_200": t,
+                  "new": body, "requests": n, "codes": codes}))
 EOF
 }
 
@@ -406,8 +418,10 @@ for ((i = 1; i <= RUNS; i++)); do
                 "$BERTH" restart "$APP" >/dev/null 2>&1 || die "run $i: berth restart failed"
         fi
         old=$(wait_steady 60) || die "run $i: the app is not steady (one RUNNING instance, routed)"
-        read -r old_id cgdir pids < <(container_pids "$old") || die "run $i: no processes found for instance $old"
-        res=$(probe "$ROUTER_PORT" "$APP.$DOMAIN" "$old" "$old_id" "$cgdir" "$pids") || die "run $i: the probe failed"
+        read -r old_id mon cgdir pids < <(container_pids "$old") ||
+                die "run $i: no processes found for instance $old"
+        res=$(probe "$ROUTER_PORT" "$APP.$DOMAIN" "$old" "$old_id" "$mon" "$cgdir" "$pids") ||
+                die "run $i: the probe failed"
         new=$("$PY" -c 'import json, sys; print(json.loads(sys.argv[1])["new"])' "$res")
         # The old instance's lines are read from the new one's log once the old one is deleted (the cell
         # keeps a deleted instance's lines for the next instance of its index).
@@ -496,6 +510,8 @@ def row(name, vals, bold=False):
 
 phases = [
     ("kill → exit detected by the cell (`Exit status 137`)", "t_kill", "t_exit"),
+    ("&nbsp;&nbsp;of which kill → the old berth-monitor exited (reaped, cgroups removed, state written)",
+     "t_kill", "t_mon"),
     ("→ crash reported (controller handled the cell's event)", "t_exit", "t_crash_rep"),
     ("→ restart decided (scheduler sweep)", "t_crash_rep", "t_decide"),
     ("→ creation begins on the cell (PUT received, `Creating container`)", "t_decide", "t_create"),
