@@ -13,6 +13,8 @@
 #          first 200 from its published port (issue 4)
 #   converge  convergence sweep, placement throughput and heartbeat cost with 1,000 simulated cells and
 #          100,000 instances, against Diego's alert threshold (issue 5)
+#   recover  kill -9 of an app's instance to the first 200 from its replacement through the router, taken
+#          apart step by step, against the instance's own start and a crun floor (issue 5)
 #   router wrk through berth's router against nginx and HAProxy proxying the same backend, and the backend
 #          directly, at 1, 64 and 1,000 connections (issue 6)
 set -euo pipefail
@@ -25,7 +27,7 @@ if [ $# -gt 0 ]; then
         names=("$@")
 else
         # The known ones in this order, then any other bench/*.sh.
-        names=(pull start push converge router)
+        names=(pull start push converge recover router)
         for f in bench/*.sh; do
                 n=$(basename "$f" .sh)
                 [[ " run ${names[*]} " == *" $n "* ]] || names+=("$n")
