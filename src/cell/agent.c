@@ -37,17 +37,19 @@
 #include "lib/macro.h"
 #include "lib/strv.h"
 
-#define HEARTBEAT_MS     2000
-#define FULL_REPORT_MS   10000 /* a heartbeat lists every instance this often; the others only changes */
-#define CHECK_EVERY_MS   100
-#define CHECK_FIRST_MS   5    /* startup checks start this often, doubling up to CHECK_EVERY_MS */
-#define LIVENESS_MS      3000 /* Diego: 30 s by default; the issue asks for every few seconds */
-#define READY_MS         3000 /* readiness checks of a ready instance (health_check-like readiness_check) */
-#define UNREADY_MS       1000 /* and of one that is not ready (Diego's until-ready interval) */
-#define STOP_TIMEOUT_S   10
-#define MAX_EVENTS_QUEUE 4096
-#define CPU_SAMPLE_MS    500           /* a CPU fraction needs two samples at least this far apart */
-#define DISK_FULL_MARGIN (1024 * 1024) /* a disk this close to its quota is full */
+#define HEARTBEAT_MS       2000
+#define FULL_REPORT_MS     10000 /* a heartbeat lists every instance this often; the others only changes */
+#define CHECK_EVERY_MS     100
+#define CHECK_FIRST_MS     5    /* startup checks start this often, doubling up to CHECK_EARLY_MS */
+#define CHECK_EARLY_MS     20   /* for the first CHECK_EARLY_FOR_MS (most apps listen by then), then ... */
+#define CHECK_EARLY_FOR_MS 1000 /* ... every CHECK_EVERY_MS */
+#define LIVENESS_MS        3000 /* Diego: 30 s by default; the issue asks for every few seconds */
+#define READY_MS           3000 /* readiness checks of a ready instance (health_check-like readiness_check) */
+#define UNREADY_MS         1000 /* and of one that is not ready (Diego's until-ready interval) */
+#define STOP_TIMEOUT_S     10
+#define MAX_EVENTS_QUEUE   4096
+#define CPU_SAMPLE_MS      500           /* a CPU fraction needs two samples at least this far apart */
+#define DISK_FULL_MARGIN   (1024 * 1024) /* a disk this close to its quota is full */
 
 /*
  * Log retention (docs/PLATFORM.md "Internal API: cell agent"). A live or CRASHED instance: its container's
@@ -908,7 +910,7 @@ static void *worker(void *arg)
         if (!adopted)
                 cell_line(a, in->guid, "Starting health monitoring of container");
         /* Startup checks: an app usually listens within milliseconds, so look early, then every 100 ms. */
-        int64_t every = CHECK_FIRST_MS;
+        int64_t every = CHECK_FIRST_MS, checks_from = now_ms();
         while (in->state == ST_STARTING && !in->deleting && !a->stopping) {
                 pthread_mutex_unlock(&a->lock);
                 free(reason);
@@ -940,7 +942,9 @@ static void *worker(void *arg)
                         break;
                 }
                 wait_until(a, now_ms() + every);
-                every = MIN(every * 2, CHECK_EVERY_MS);
+                /* An app that listens just after a check waits at most CHECK_EARLY_MS in its first second. */
+                every = MIN(every * 2,
+                            now_ms() - checks_from < CHECK_EARLY_FOR_MS ? CHECK_EARLY_MS : CHECK_EVERY_MS);
         }
         /* Liveness (and readiness). */
         int64_t next = now_ms();
