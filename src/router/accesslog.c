@@ -25,38 +25,38 @@ void access_queue_init(struct access_queue *q)
         pthread_mutex_init(&q->mu, NULL);
 }
 
+static void lines_free(struct access_line *v, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                free(v[i].text);
+        free(v);
+}
+
 void access_queue_destroy(struct access_queue *q)
 {
-        free(q->buf);
-        q->buf = NULL;
-        q->len = q->cap = q->n = 0;
+        lines_free(q->v, q->n);
+        q->v = NULL;
+        q->n = q->cap = 0;
         pthread_mutex_destroy(&q->mu);
 }
 
-void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, const char *text,
-                       size_t text_len)
+void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, char *text)
 {
-        size_t la = strlen(app_guid) + 1, lt = strlen(time) + 1, need = la + lt + text_len + 1;
         pthread_mutex_lock(&q->mu);
-        if (q->n >= AL_QUEUE_MAX || q->len + need > AL_QUEUE_BYTES) {
+        if (q->n >= AL_QUEUE_MAX) {
                 pthread_mutex_unlock(&q->mu);
+                free(text);
                 atomic_fetch_add_explicit(&q->dropped, 1, memory_order_relaxed);
                 return;
         }
-        if (q->len + need > q->cap) {
-                size_t cap = q->cap ? q->cap : 64 * 1024;
-                while (cap < q->len + need)
-                        cap *= 2;
-                q->buf = xrealloc(q->buf, cap);
-                q->cap = cap;
+        if (q->n == q->cap) {
+                q->cap = q->cap ? q->cap * 2 : 64;
+                q->v = xrealloc(q->v, q->cap * sizeof(*q->v));
         }
-        char *p = q->buf + q->len;
-        memcpy(p, app_guid, la);
-        memcpy(p + la, time, lt);
-        memcpy(p + la + lt, text, text_len);
-        p[la + lt + text_len] = '\0';
-        q->len += need;
-        q->n++;
+        struct access_line *l = &q->v[q->n++];
+        snprintf(l->app_guid, sizeof(l->app_guid), "%s", app_guid);
+        snprintf(l->time, sizeof(l->time), "%s", time);
+        l->text = text;
         pthread_mutex_unlock(&q->mu);
 }
 
@@ -123,25 +123,23 @@ static void ship(struct access_shipper *s, struct http_client *hc)
         for (size_t i = 0; i < s->n; i++) {
                 struct access_queue *q = s->queues[i];
                 pthread_mutex_lock(&q->mu);
-                char *buf = q->buf;
-                size_t len = q->len;
-                q->buf = NULL;
-                q->len = q->cap = q->n = 0;
+                struct access_line *v = q->v;
+                size_t n = q->n;
+                q->v = NULL;
+                q->n = q->cap = 0;
                 pthread_mutex_unlock(&q->mu);
-                for (const char *p = buf; buf && p < buf + len;) {
-                        const char *app = p, *time = app + strlen(app) + 1, *text = time + strlen(time) + 1;
+                for (size_t k = 0; k < n; k++) {
                         if (count++)
                                 sb_put(&b, ",", 1);
                         sb_put(&b, "{\"app_guid\":", 12);
-                        sb_json_str(&b, app);
+                        sb_json_str(&b, v[k].app_guid);
                         sb_put(&b, ",\"timestamp\":", 13);
-                        sb_json_str(&b, time);
+                        sb_json_str(&b, v[k].time);
                         sb_put(&b, ",\"message\":", 11);
-                        sb_json_str(&b, text);
+                        sb_json_str(&b, v[k].text);
                         sb_put(&b, "}", 1);
-                        p = text + strlen(text) + 1;
                 }
-                free(buf);
+                lines_free(v, n);
         }
         sb_put(&b, "]}", 2);
         if (count > 0) {

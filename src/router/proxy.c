@@ -162,8 +162,8 @@ struct client {
         char sticky[RT_STICKY_MAX]; /* the request's __VCAP_ID__ cookie, or "" */
         int status;                 /* the status sent to the client, 0: none yet */
         char *acc_head;  /* access log: HOST - [TIME] "METHOD TARGET PROTO" (owned), NULL: no line */
-        char *acc_mid;   /* "REFERER" "USER-AGENT" "CLIENT" (in acc_head's allocation) */
-        char *acc_xff;   /* X-Forwarded-For as sent upstream (in acc_head's allocation) */
+        char *acc_mid;   /* "REFERER" "USER-AGENT" "CLIENT" (owned) */
+        char *acc_xff;   /* X-Forwarded-For as sent upstream (owned) */
         char acc_id[37]; /* X-Vcap-Request-Id */
         char acc_time[40];
         uint64_t resp_bytes; /* response body bytes written to the client */
@@ -189,8 +189,6 @@ struct worker {
         struct client *again;    /* connections whose run stopped at its step bound with work left */
         struct router_metrics m; /* this worker's counters (read by the metrics thread) */
         struct access_queue aq;  /* access log lines for the shipper */
-        time_t acc_sec;          /* the second acc_sec_txt spells (access log timestamps) */
-        char acc_sec_txt[24];    /* "2026-11-29T01:35:45" */
         /* Free request (PX_IN_CAP) and response (PX_UIN_CAP) buffers, kept for the next request. */
         char *cache_in[PX_BUF_CACHE], *cache_uin[PX_BUF_CACHE];
         size_t n_cache_in, n_cache_uin;
@@ -367,40 +365,21 @@ static void acc_field(struct buf *b, const char *v, size_t len, size_t max)
                 buf_append(b, "-", 1);
                 return;
         }
-        len = MIN(len, max);
-        size_t run = 0; /* start of the bytes not yet copied: runs of plain bytes go in one copy */
-        for (size_t i = 0; i < len; i++) {
-                unsigned char ch = (unsigned char)v[i];
-                if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f)
-                        continue;
-                buf_append(b, v + run, i - run);
-                buf_append(b, "?", 1);
-                run = i + 1;
+        for (size_t i = 0; i < len && i < max; i++) {
+                char ch = v[i];
+                buf_append(b, (unsigned char)ch < 0x20 || ch == '"' || ch == '\\' || ch == 0x7f ? "?" : &ch,
+                           1);
         }
-        buf_append(b, v + run, len - run);
 }
 
-/* Now as RFC 3339 with nanoseconds into out (at least 32 bytes); the date part is formatted once a second. */
-static void rfc3339_now(struct worker *w, char *out)
+static void rfc3339_now(char *out, size_t n)
 {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        if (ts.tv_sec != w->acc_sec || !w->acc_sec_txt[0]) {
-                struct tm tm;
-                gmtime_r(&ts.tv_sec, &tm);
-                strftime(w->acc_sec_txt, sizeof(w->acc_sec_txt), "%Y-%m-%dT%H:%M:%S", &tm);
-                w->acc_sec = ts.tv_sec;
-        }
-        size_t l = strlen(w->acc_sec_txt);
-        memcpy(out, w->acc_sec_txt, l);
-        out[l] = '.';
-        long ns = ts.tv_nsec;
-        for (int i = 9; i >= 1; i--) {
-                out[l + (size_t)i] = (char)('0' + ns % 10);
-                ns /= 10;
-        }
-        out[l + 10] = 'Z';
-        out[l + 11] = '\0';
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        size_t l = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(out + l, n - l, ".%09ldZ", ts.tv_nsec);
 }
 
 static void append_vcap_cookie(struct buf *b, const char *guid, const char *path,
@@ -630,21 +609,14 @@ static void access_log_line(struct client *c, int64_t took_us)
         if (ep)
                 snprintf(backend, sizeof(backend), strchr(ep->host, ':') ? "[%s]:%u" : "%s:%u", ep->host,
                          ep->port);
-        /* The fields are bounded (acc_field): the line fits; a longer one would be cut, never overflow. */
-        char line[8192];
-        int n =
-            snprintf(line, sizeof(line),
-                     "%s %d %" PRIu64 " %" PRIu64 " %s \"%s\" x_forwarded_for:\"%s\" "
-                     "x_forwarded_proto:\"%s\" vcap_request_id:\"%s\" response_time:%" PRId64 ".%06" PRId64
-                     " gorouter_time:%" PRId64 ".%06" PRId64 " app_id:\"%s\" app_index:\"%d\" "
-                     "instance_id:\"%s\"",
-                     c->acc_head, c->status, c->req_sent, c->resp_bytes, c->acc_mid, backend,
-                     c->acc_xff ? c->acc_xff : "-", c->ssl ? "https" : "http", c->acc_id, took_us / 1000000,
-                     took_us % 1000000, took_us / 1000000, took_us % 1000000, c->route->app_guid,
-                     ep ? ep->index : -1, ep && *ep->instance_guid ? ep->instance_guid : "-");
-        if (n < 0)
-                return;
-        access_queue_push(&c->w->aq, c->route->app_guid, c->acc_time, line, MIN((size_t)n, sizeof(line) - 1));
+        char *line = xasprintf("%s %d %" PRIu64 " %" PRIu64 " %s \"%s\" x_forwarded_for:\"%s\" "
+                               "x_forwarded_proto:\"%s\" vcap_request_id:\"%s\" response_time:%.6f "
+                               "gorouter_time:%.6f app_id:\"%s\" app_index:\"%d\" instance_id:\"%s\"",
+                               c->acc_head, c->status, c->req_sent, c->resp_bytes, c->acc_mid, backend,
+                               c->acc_xff ? c->acc_xff : "-", c->ssl ? "https" : "http", c->acc_id,
+                               (double)took_us / 1e6, (double)took_us / 1e6, c->route->app_guid,
+                               ep ? ep->index : -1, ep && *ep->instance_guid ? ep->instance_guid : "-");
+        access_queue_push(&c->w->aq, c->route->app_guid, c->acc_time, line);
 }
 
 /* Stop counting the current request against its endpoint. */
@@ -668,7 +640,9 @@ static void client_release_request(struct client *c)
                         access_log_line(c, took);
                 c->status = 0;
         }
-        free(c->acc_head); /* acc_mid and acc_xff live in the same allocation */
+        free(c->acc_head);
+        free(c->acc_mid);
+        free(c->acc_xff);
         c->acc_head = c->acc_mid = c->acc_xff = NULL;
         c->resp_bytes = 0;
         if (c->up) {
@@ -1003,18 +977,18 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         uuid_v4(w, uuid);
         buf_appendf(&b, "X-Vcap-Request-Id: %s\r\n", uuid);
         if (*rt->app_guid) {
-                /* The access log line's request half: three strings in one allocation. */
+                /* The access log line's request half. */
                 struct buf a = { 0 };
-                rfc3339_now(w, c->acc_time);
+                rfc3339_now(c->acc_time, sizeof(c->acc_time));
                 buf_append(&a, host, (size_t)hl);
-                buf_append(&a, " - [", 4);
-                buf_append(&a, c->acc_time, strlen(c->acc_time));
-                buf_append(&a, "] \"", 3);
+                buf_appendf(&a, " - [%s] \"", c->acc_time);
                 acc_field(&a, h->method, h->method_len, 32);
                 buf_append(&a, " ", 1);
                 acc_field(&a, h->target, h->target_len, 1024);
-                buf_append(&a, " HTTP/1.", 8);
-                buf_append(&a, h->minor_version ? "1\"" : "0\"", 3);
+                buf_appendf(&a, " HTTP/1.%d\"", h->minor_version);
+                buf_append(&a, "", 1);
+                c->acc_head = a.d;
+                struct buf m = { 0 };
                 const struct http_header *ref = NULL, *ua = NULL;
                 for (size_t i = 0; i < h->n_headers; i++) {
                         if (name_is(&h->headers[i], "Referer"))
@@ -1022,19 +996,17 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                         else if (name_is(&h->headers[i], "User-Agent"))
                                 ua = &h->headers[i];
                 }
-                size_t mid = a.end;
-                buf_append(&a, "\"", 1);
-                acc_field(&a, ref ? ref->value : NULL, ref ? ref->value_len : 0, 512);
-                buf_append(&a, "\" \"", 3);
-                acc_field(&a, ua ? ua->value : NULL, ua ? ua->value_len : 0, 512);
-                buf_appendf(&a, "\" \"%s:%u\"", c->peer_ip, c->peer_port);
-                buf_append(&a, "", 1);
-                size_t xoff = a.end;
-                acc_field(&a, xff_sent, xff_sent_len, 512);
-                buf_append(&a, "", 1);
-                c->acc_head = a.d;
-                c->acc_mid = a.d + mid;
-                c->acc_xff = a.d + xoff;
+                buf_append(&m, "\"", 1);
+                acc_field(&m, ref ? ref->value : NULL, ref ? ref->value_len : 0, 512);
+                buf_append(&m, "\" \"", 3);
+                acc_field(&m, ua ? ua->value : NULL, ua ? ua->value_len : 0, 512);
+                buf_appendf(&m, "\" \"%s:%u\"", c->peer_ip, c->peer_port);
+                buf_append(&m, "", 1);
+                c->acc_mid = m.d;
+                struct buf x = { 0 };
+                acc_field(&x, xff_sent, xff_sent_len, 512);
+                buf_append(&x, "", 1);
+                c->acc_xff = x.d;
                 memcpy(c->acc_id, uuid, sizeof(c->acc_id));
         }
         c->up_prefix = b.d;

@@ -223,26 +223,25 @@ void metrics_stop(struct metrics_server *s);
 /* ---- access logs (accesslog.c): one line per request, shipped to the controller as the app's RTR logs ----
  */
 
-#define AL_QUEUE_MAX   10000      /* lines waiting per worker; more are dropped (counted) */
-#define AL_QUEUE_BYTES (8u << 20) /* and bytes */
+#define AL_QUEUE_MAX 10000 /* lines waiting per worker; more are dropped (counted) */
 
-/*
- * One worker's queue: records "APP_GUID\0TIME\0TEXT\0" back to back in one buffer (no allocation per line;
- * TIME is RFC 3339 with nanoseconds, like the cells' log lines). The worker appends; the shipper swaps the
- * buffer for an empty one under the lock (a few instructions) and formats the batch on its own time.
- */
+struct access_line {
+        char app_guid[40];
+        char time[40]; /* RFC 3339 with nanoseconds, like the cells' log lines */
+        char *text;    /* owned */
+};
+
+/* One worker's queue: the worker appends, the shipper takes the whole array under the lock. */
 struct access_queue {
         pthread_mutex_t mu;
-        char *buf;
-        size_t len, cap;
-        size_t n; /* records in buf */
+        struct access_line *v;
+        size_t n, cap;
         _Atomic uint64_t dropped;
 };
 void access_queue_init(struct access_queue *q);
 void access_queue_destroy(struct access_queue *q);
-/* Queue a line (copied; text_len bytes without NUL bytes); drops it when the queue is full. */
-void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, const char *text,
-                       size_t text_len);
+/* Queue a line (takes text); drops it when the queue is full. */
+void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, char *text);
 
 struct access_shipper;
 /*
