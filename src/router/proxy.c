@@ -49,7 +49,7 @@
 #define PX_OUT_MAX           (PX_HEAD_MAX + 8 * 1024) /* a rewritten head */
 #define PX_MAX_CLIENTS       20000                    /* per worker */
 #define PX_MAX_ATTEMPTS      3                        /* Gorouter's router.backends.max_attempts */
-#define PX_POOL_PER_ENDPOINT 256  /* idle connections kept per backend address and worker */
+#define PX_POOL_PER_ENDPOINT 1024 /* idle connections kept per backend address and worker */
 #define PX_POOL_MAX          8192 /* idle connections kept per worker */
 #define PX_POOL_BUCKETS      1024
 #define PX_POOL_IDLE_MS      60000
