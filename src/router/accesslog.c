@@ -25,39 +25,53 @@ void access_queue_init(struct access_queue *q)
         pthread_mutex_init(&q->mu, NULL);
 }
 
-static void lines_free(struct access_line *v, size_t n)
+static void batch_free(struct access_batch *b)
 {
-        for (size_t i = 0; i < n; i++)
-                free(v[i].text);
-        free(v);
+        free(b->d);
+        *b = (struct access_batch){ 0 };
 }
 
 void access_queue_destroy(struct access_queue *q)
 {
-        lines_free(q->v, q->n);
-        q->v = NULL;
-        q->n = q->cap = 0;
+        batch_free(&q->cur);
         pthread_mutex_destroy(&q->mu);
 }
 
-void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, char *text)
+void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, const char *text,
+                       size_t text_len)
 {
+        size_t gl = strlen(app_guid), tl = strlen(time);
+        size_t need = gl + 1 + tl + 1 + text_len + 1;
         pthread_mutex_lock(&q->mu);
-        if (q->n >= AL_QUEUE_MAX) {
+        struct access_batch *b = &q->cur;
+        if (b->n >= AL_QUEUE_MAX || b->len + need > AL_QUEUE_BYTES) {
                 pthread_mutex_unlock(&q->mu);
-                free(text);
                 atomic_fetch_add_explicit(&q->dropped, 1, memory_order_relaxed);
                 return;
         }
-        if (q->n == q->cap) {
-                q->cap = q->cap ? q->cap * 2 : 64;
-                q->v = xrealloc(q->v, q->cap * sizeof(*q->v));
+        if (b->len + need > b->cap) {
+                /* Rare: the shipper hands back its emptied buffer; capacity carries over between batches. */
+                size_t cap = b->cap ? b->cap : AL_BATCH_INIT;
+                while (cap < b->len + need)
+                        cap *= 2;
+                b->d = xrealloc(b->d, cap);
+                b->cap = cap;
         }
-        struct access_line *l = &q->v[q->n++];
-        snprintf(l->app_guid, sizeof(l->app_guid), "%s", app_guid);
-        snprintf(l->time, sizeof(l->time), "%s", time);
-        l->text = text;
+        char *d = b->d + b->len;
+        memcpy(d, app_guid, gl + 1);
+        d += gl + 1;
+        memcpy(d, time, tl + 1);
+        d += tl + 1;
+        memcpy(d, text, text_len);
+        d[text_len] = '\0';
+        b->len += need;
+        b->n++;
         pthread_mutex_unlock(&q->mu);
+}
+
+uint64_t access_queue_dropped(const struct access_queue *q)
+{
+        return atomic_load_explicit(&q->dropped, memory_order_relaxed);
 }
 
 struct access_shipper {
@@ -67,6 +81,7 @@ struct access_shipper {
         bool stop;
         char *url, *token;
         struct access_queue *const *queues;
+        struct access_batch *taken; /* per queue: the batch last taken from it, emptied and handed back */
         size_t n;
 };
 
@@ -75,46 +90,65 @@ struct sbuf {
         size_t n, cap;
 };
 
+/* Make room for n more bytes (and a NUL). */
+static void sb_reserve(struct sbuf *b, size_t n)
+{
+        if (b->n + n + 1 <= b->cap)
+                return;
+        while (b->n + n + 1 > b->cap)
+                b->cap = b->cap ? b->cap * 2 : 65536;
+        b->d = xrealloc(b->d, b->cap);
+}
+
 static void sb_put(struct sbuf *b, const char *p, size_t n)
 {
-        if (b->n + n + 1 > b->cap) {
-                while (b->n + n + 1 > b->cap)
-                        b->cap = b->cap ? b->cap * 2 : 65536;
-                b->d = xrealloc(b->d, b->cap);
-        }
+        sb_reserve(b, n);
         memcpy(b->d + b->n, p, n);
         b->n += n;
         b->d[b->n] = '\0';
 }
 
-/* Append s as a JSON string: quoted, '"' and '\\' escaped, control bytes and bytes >= 0x7f as \u escapes. */
-static void sb_json_str(struct sbuf *b, const char *s)
+/* Bytes that sb_json_str passes through as they are: printable ASCII except '"' and '\\'. */
+static bool json_plain(unsigned char ch)
 {
-        sb_put(b, "\"", 1);
-        const char *run = s;
-        for (const unsigned char *p = (const unsigned char *)s;; p++) {
-                unsigned char ch = *p;
-                if (ch != 0 && ch != '"' && ch != '\\' && ch >= 0x20 && ch < 0x7f)
-                        continue;
-                sb_put(b, run, (size_t)((const char *)p - run));
-                if (ch == 0)
-                        break;
-                char esc[8];
-                if (ch == '"' || ch == '\\') {
-                        esc[0] = '\\', esc[1] = (char)ch;
-                        sb_put(b, esc, 2);
-                } else {
-                        static const char hex[] = "0123456789abcdef";
-                        unsigned v = ch < 0x7f ? ch : '?';
-                        memcpy(esc, "\\u00", 4);
-                        esc[4] = hex[v >> 4], esc[5] = hex[v & 15];
-                        sb_put(b, esc, 6);
-                }
-                run = (const char *)p + 1;
-        }
-        sb_put(b, "\"", 1);
+        return ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\';
 }
 
+/*
+ * Append s (len bytes) as a JSON string: quoted, '"' and '\\' escaped, control bytes as \u escapes and bytes
+ * >= 0x7f as "\u003f" ('?': the lines are ASCII; a stray byte of another encoding must not make the batch
+ * invalid UTF-8).
+ */
+static void sb_json_str(struct sbuf *b, const char *s, size_t len)
+{
+        static const char hex[] = "0123456789abcdef";
+        sb_reserve(b, 6 * len + 2); /* the longest escape is 6 bytes */
+        char *o = b->d + b->n;
+        *o++ = '"';
+        for (size_t i = 0; i < len; i++) {
+                unsigned char ch = (unsigned char)s[i];
+                if (json_plain(ch)) {
+                        *o++ = (char)ch;
+                } else if (ch == '"' || ch == '\\') {
+                        *o++ = '\\';
+                        *o++ = (char)ch;
+                } else {
+                        unsigned v = ch < 0x7f ? ch : '?';
+                        memcpy(o, "\\u00", 4);
+                        o[4] = hex[v >> 4], o[5] = hex[v & 15];
+                        o += 6;
+                }
+        }
+        *o++ = '"';
+        b->n = (size_t)(o - b->d);
+        b->d[b->n] = '\0';
+}
+
+/*
+ * Take every worker's batch (a pointer swap under its lock: the worker never waits for more than that),
+ * build one JSON body from them here, off the request path, and POST it. Lines of a batch the controller
+ * does not accept are lost, and counted as dropped.
+ */
 static void ship(struct access_shipper *s, struct http_client *hc)
 {
         struct sbuf b = { 0 };
@@ -122,24 +156,32 @@ static void ship(struct access_shipper *s, struct http_client *hc)
         sb_put(&b, "{\"lines\":[", 10);
         for (size_t i = 0; i < s->n; i++) {
                 struct access_queue *q = s->queues[i];
+                struct access_batch *t = &s->taken[i];
+                t->len = t->n = 0;
                 pthread_mutex_lock(&q->mu);
-                struct access_line *v = q->v;
-                size_t n = q->n;
-                q->v = NULL;
-                q->n = q->cap = 0;
+                struct access_batch tmp = q->cur;
+                q->cur = *t;
+                *t = tmp;
                 pthread_mutex_unlock(&q->mu);
-                for (size_t k = 0; k < n; k++) {
+                const char *p = t->d, *end = t->d + t->len;
+                while (p < end) {
+                        const char *guid = p;
+                        size_t gl = strlen(guid);
+                        const char *time = guid + gl + 1;
+                        size_t tl = strlen(time);
+                        const char *text = time + tl + 1;
+                        size_t xl = strlen(text);
+                        p = text + xl + 1;
                         if (count++)
                                 sb_put(&b, ",", 1);
                         sb_put(&b, "{\"app_guid\":", 12);
-                        sb_json_str(&b, v[k].app_guid);
+                        sb_json_str(&b, guid, gl);
                         sb_put(&b, ",\"timestamp\":", 13);
-                        sb_json_str(&b, v[k].time);
+                        sb_json_str(&b, time, tl);
                         sb_put(&b, ",\"message\":", 11);
-                        sb_json_str(&b, v[k].text);
+                        sb_json_str(&b, text, xl);
                         sb_put(&b, "}", 1);
                 }
-                lines_free(v, n);
         }
         sb_put(&b, "]}", 2);
         if (count > 0) {
@@ -147,6 +189,9 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                 _cleanup_berr_ struct berr *e = NULL;
                 if (http_request(hc, "POST", s->url, NULL, "application/json", b.d, b.n, &res, &e) < 0 ||
                     res.status >= 300) {
+                        for (size_t i = 0; i < s->n; i++)
+                                atomic_fetch_add_explicit(&s->queues[i]->dropped, s->taken[i].n,
+                                                          memory_order_relaxed);
                         static int64_t warned;
                         if (router_now_ms() - warned > 30000) {
                                 warned = router_now_ms();
@@ -201,6 +246,7 @@ int access_shipper_start(const struct router_opts *o, struct access_queue *const
         s->url = xasprintf("%.*s/internal/v1/logs", (int)cl, o->controller);
         s->token = xstrdup(o->token ? o->token : "");
         s->queues = queues;
+        s->taken = xcalloc(n ? n : 1, sizeof(*s->taken));
         s->n = n;
         pthread_mutex_init(&s->mu, NULL);
         pthread_cond_init(&s->cond, NULL);
@@ -208,6 +254,7 @@ int access_shipper_start(const struct router_opts *o, struct access_queue *const
         if (e != 0) {
                 free(s->url);
                 free(s->token);
+                free(s->taken);
                 free(s);
                 return berr_set_errno(err, -e, "access logs: start the shipper thread");
         }
@@ -227,6 +274,9 @@ void access_shipper_stop(struct access_shipper *s)
         explicit_bzero(s->token, strlen(s->token));
         free(s->token);
         free(s->url);
+        for (size_t i = 0; i < s->n; i++)
+                batch_free(&s->taken[i]);
+        free(s->taken);
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cond);
         free(s);

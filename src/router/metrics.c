@@ -80,6 +80,12 @@ char *metrics_render(const struct router_metrics *m)
                 "# TYPE berth_router_open_backend_connections gauge\n"
                 "berth_router_open_backend_connections %" PRId64 "\n",
                 LD(m->open_backend_connections));
+        fprintf(f,
+                "# HELP berth_router_access_log_lines_dropped_total Access log lines lost: a worker's queue "
+                "was full, or the controller did not take them.\n"
+                "# TYPE berth_router_access_log_lines_dropped_total counter\n"
+                "berth_router_access_log_lines_dropped_total %" PRIu64 "\n",
+                LD(m->access_log_dropped));
         fclose(f);
         return out;
 }

@@ -49,16 +49,18 @@
 #define PX_OUT_MAX           (PX_HEAD_MAX + 8 * 1024) /* a rewritten head */
 #define PX_MAX_CLIENTS       20000                    /* per worker */
 #define PX_MAX_ATTEMPTS      3                        /* Gorouter's router.backends.max_attempts */
-#define PX_POOL_PER_ENDPOINT 256  /* idle connections kept per backend address and worker */
+#define PX_POOL_PER_ENDPOINT 1024 /* idle connections kept per backend address and worker */
 #define PX_POOL_MAX          8192 /* idle connections kept per worker */
 #define PX_POOL_BUCKETS      1024
 #define PX_POOL_IDLE_MS      60000
 #define PX_POOL_FRESH_MS     1000 /* pooled connections idle less than this are taken without a peek */
 #define PX_TICK_MS           100
 #define RT_STICKY_MAX        64
-#define PX_BUF_CACHE         32 /* per worker and size: a busy worker allocates no buffer per request */
-#define PX_RUN_STEPS         64 /* steps of one connection's run before others get their turn */
-#define PX_CONN_TOKENS       16 /* header names a Connection header may list that we honour */
+#define PX_BUF_CACHE         32   /* per worker and size: a busy worker allocates no buffer per request */
+#define PX_SMALL_CAP         1024 /* per-request buffers: rewritten heads, access log halves (longer: grown) */
+#define PX_SMALL_CACHE       2048 /* per worker: three per request in flight */
+#define PX_RUN_STEPS         64   /* steps of one connection's run before others get their turn */
+#define PX_CONN_TOKENS       16   /* header names a Connection header may list that we honour */
 #define PX_RANDOM_BYTES      4096
 
 enum handle_kind { HK_LISTEN, HK_LISTEN_TLS, HK_EVENT, HK_CLIENT, HK_UPSTREAM };
@@ -132,13 +134,12 @@ struct client {
         enum body_mode req_mode;
         uint64_t req_remaining;
         struct http_chunked req_chunk;
-        bool req_done;     /* every body byte approved for forwarding */
-        size_t req_fwd;    /* approved bytes at in.start not yet written */
-        uint64_t req_sent; /* body bytes written to the backend */
-        char *up_prefix;   /* rewritten head without the endpoint headers, owned */
-        size_t up_prefix_len;
-        char *up_head; /* the head for the current backend, owned */
-        size_t up_head_len, up_head_sent;
+        bool req_done;        /* every body byte approved for forwarding */
+        size_t req_fwd;       /* approved bytes at in.start not yet written */
+        uint64_t req_sent;    /* body bytes written to the backend */
+        struct buf up_prefix; /* rewritten head without the endpoint headers (small buffer) */
+        struct buf up_head;   /* the head for the current backend (small buffer) */
+        size_t up_head_sent;
         /* Routing. */
         struct route_table *table; /* reference held while a request is routed */
         struct rt_route *route;
@@ -161,9 +162,13 @@ struct client {
         struct rt_ep_stats *ep_st;  /* the endpoint it counts against (a reference), or NULL */
         char sticky[RT_STICKY_MAX]; /* the request's __VCAP_ID__ cookie, or "" */
         int status;                 /* the status sent to the client, 0: none yet */
-        char *acc_head;  /* access log: HOST - [TIME] "METHOD TARGET PROTO" (owned), NULL: no line */
-        char *acc_mid;   /* "REFERER" "USER-AGENT" "CLIENT" (owned) */
-        char *acc_xff;   /* X-Forwarded-For as sent upstream (owned) */
+        /*
+         * The access log line's request half, in three parts: HOST - [TIME] "METHOD TARGET PROTO", then
+         * "REFERER" "USER-AGENT" "CLIENT", then X-Forwarded-For as sent upstream (from the worker's cache;
+         * d NULL: no line). acc_mid and acc_xff are where the second and the third part start.
+         */
+        struct buf acc;
+        size_t acc_mid, acc_xff;
         char acc_id[37]; /* X-Vcap-Request-Id */
         char acc_time[40];
         uint64_t resp_bytes; /* response body bytes written to the client */
@@ -192,9 +197,17 @@ struct worker {
         /* Free request (PX_IN_CAP) and response (PX_UIN_CAP) buffers, kept for the next request. */
         char *cache_in[PX_BUF_CACHE], *cache_uin[PX_BUF_CACHE];
         size_t n_cache_in, n_cache_uin;
+        char *cache_small[PX_SMALL_CACHE]; /* free access log request halves (PX_SMALL_CAP) */
+        size_t n_cache_small;
+        struct buf acc_line; /* where a finished request's access log line is put together */
+        struct buf xff;      /* where a request's X-Forwarded-For value is put together */
+        time_t acc_sec;      /* the second acc_sec_text spells (acc_sec_len 0: none yet) */
+        char acc_sec_text[32];
+        size_t acc_sec_len;
         struct upstream *pool; /* idle backend connections */
         size_t n_pool;
         struct upstream *pool_b[PX_POOL_BUCKETS]; /* the same, by address (most recently idle first) */
+        unsigned pool_b_n[PX_POOL_BUCKETS];       /* how many on each of those lists */
         struct upstream *dead_ups;
         struct route_table *table; /* cached reference */
         uint64_t epoch;
@@ -230,8 +243,10 @@ static void wbuf_get(struct worker *w, struct buf *b, size_t cap)
 {
         if (b->d)
                 return;
-        char **cache = cap == PX_IN_CAP ? w->cache_in : w->cache_uin;
-        size_t *n = cap == PX_IN_CAP ? &w->n_cache_in : &w->n_cache_uin;
+        char **cache = cap == PX_IN_CAP ? w->cache_in : cap == PX_UIN_CAP ? w->cache_uin : w->cache_small;
+        size_t *n = cap == PX_IN_CAP    ? &w->n_cache_in
+                    : cap == PX_UIN_CAP ? &w->n_cache_uin
+                                        : &w->n_cache_small;
         b->d = *n > 0 ? cache[--*n] : xmalloc(cap);
         b->cap = cap;
         b->start = b->end = 0;
@@ -241,9 +256,15 @@ static void wbuf_put(struct worker *w, struct buf *b)
 {
         if (!b->d)
                 return;
-        char **cache = b->cap == PX_IN_CAP ? w->cache_in : w->cache_uin;
-        size_t *n = b->cap == PX_IN_CAP ? &w->n_cache_in : &w->n_cache_uin;
-        if ((b->cap == PX_IN_CAP || b->cap == PX_UIN_CAP) && *n < PX_BUF_CACHE && !w->stopping)
+        bool acc = b->cap == PX_SMALL_CAP;
+        char **cache = b->cap == PX_IN_CAP    ? w->cache_in
+                       : b->cap == PX_UIN_CAP ? w->cache_uin
+                                              : w->cache_small;
+        size_t *n = b->cap == PX_IN_CAP    ? &w->n_cache_in
+                    : b->cap == PX_UIN_CAP ? &w->n_cache_uin
+                                           : &w->n_cache_small;
+        if ((b->cap == PX_IN_CAP || b->cap == PX_UIN_CAP || acc) &&
+            *n < (acc ? PX_SMALL_CACHE : PX_BUF_CACHE) && !w->stopping)
                 cache[(*n)++] = b->d;
         else
                 free(b->d);
@@ -317,6 +338,53 @@ static void buf_header(struct buf *b, const char *name, size_t nl, const char *v
         buf_append(b, "\r\n", 2);
 }
 
+/* Make room for n more bytes. */
+static void buf_reserve(struct buf *b, size_t n)
+{
+        if (b->end + n > b->cap) {
+                size_t cap = MAX(b->cap * 2, b->end + n);
+                cap = MAX(cap, (size_t)1024);
+                b->d = xrealloc(b->d, cap);
+                b->cap = cap;
+        }
+}
+
+/* Append v in decimal (what "%" PRIu64 prints, without printf's cost on the request path). */
+static void buf_append_u64(struct buf *b, uint64_t v)
+{
+        char t[20];
+        size_t i = sizeof(t);
+        do {
+                t[--i] = (char)('0' + v % 10);
+                v /= 10;
+        } while (v);
+        buf_append(b, t + i, sizeof(t) - i);
+}
+
+static void buf_append_int(struct buf *b, int64_t v)
+{
+        if (v < 0) {
+                buf_append(b, "-", 1);
+                buf_append_u64(b, (uint64_t)0 - (uint64_t)v);
+        } else
+                buf_append_u64(b, (uint64_t)v);
+}
+
+/* Append us microseconds in seconds with six decimals: what "%.6f" prints for us / 1e6. */
+static void buf_append_secs(struct buf *b, int64_t us)
+{
+        if (us < 0)
+                us = 0;
+        buf_append_u64(b, (uint64_t)us / 1000000);
+        char t[7] = ".";
+        uint64_t f = (uint64_t)us % 1000000;
+        for (int i = 6; i >= 1; i--) {
+                t[i] = (char)('0' + f % 10);
+                f /= 10;
+        }
+        buf_append(b, t, sizeof(t));
+}
+
 /* ---- epoll ---- */
 
 static void handle_want(struct worker *w, struct handle *h, uint32_t mask)
@@ -365,21 +433,38 @@ static void acc_field(struct buf *b, const char *v, size_t len, size_t max)
                 buf_append(b, "-", 1);
                 return;
         }
-        for (size_t i = 0; i < len && i < max; i++) {
+        len = MIN(len, max);
+        buf_reserve(b, len);
+        char *o = b->d + b->end;
+        for (size_t i = 0; i < len; i++) {
                 char ch = v[i];
-                buf_append(b, (unsigned char)ch < 0x20 || ch == '"' || ch == '\\' || ch == 0x7f ? "?" : &ch,
-                           1);
+                o[i] = (unsigned char)ch < 0x20 || ch == '"' || ch == '\\' || ch == 0x7f ? '?' : ch;
         }
+        b->end += len;
 }
 
-static void rfc3339_now(char *out, size_t n)
+/*
+ * ts as RFC 3339 UTC with nanoseconds ("2026-11-28T21:01:02.123456789Z") into out (at least 32 bytes). The
+ * date and time of day are formatted once a second per worker, the nanoseconds by hand.
+ */
+static void acc_time_format(struct worker *w, const struct timespec *ts, char *out)
 {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        struct tm tm;
-        gmtime_r(&ts.tv_sec, &tm);
-        size_t l = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(out + l, n - l, ".%09ldZ", ts.tv_nsec);
+        if (w->acc_sec_len == 0 || ts->tv_sec != w->acc_sec) {
+                struct tm tm;
+                gmtime_r(&ts->tv_sec, &tm);
+                w->acc_sec_len = strftime(w->acc_sec_text, sizeof(w->acc_sec_text), "%Y-%m-%dT%H:%M:%S", &tm);
+                w->acc_sec = ts->tv_sec;
+        }
+        memcpy(out, w->acc_sec_text, w->acc_sec_len);
+        char *p = out + w->acc_sec_len;
+        *p++ = '.';
+        long ns = ts->tv_nsec;
+        for (int i = 8; i >= 0; i--) {
+                p[i] = (char)('0' + ns % 10);
+                ns /= 10;
+        }
+        p[9] = 'Z';
+        p[10] = '\0';
 }
 
 static void append_vcap_cookie(struct buf *b, const char *guid, const char *path,
@@ -417,8 +502,15 @@ static void uuid_v4(struct worker *w, char out[37])
         random_bytes(w, u, sizeof(u));
         u[6] = (unsigned char)((u[6] & 0x0f) | 0x40);
         u[8] = (unsigned char)((u[8] & 0x3f) | 0x80);
-        snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-                 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+        static const char hex[] = "0123456789abcdef";
+        char *o = out;
+        for (size_t i = 0; i < sizeof(u); i++) {
+                if (i == 4 || i == 6 || i == 8 || i == 10)
+                        *o++ = '-';
+                *o++ = hex[u[i] >> 4];
+                *o++ = hex[u[i] & 15];
+        }
+        *o = '\0';
 }
 
 static bool name_is(const struct http_header *h, const char *name)
@@ -531,6 +623,7 @@ static void pool_unlink(struct worker *w, struct upstream *u)
         if (u->bnext)
                 u->bnext->bprev = u->bprev;
         u->bnext = u->bprev = NULL;
+        w->pool_b_n[u->bucket]--;
         if (u->prev)
                 u->prev->next = u->next;
         else
@@ -545,9 +638,14 @@ static void pool_put(struct worker *w, struct upstream *u)
 {
         unsigned b = pool_bucket(&u->addr);
         size_t same = 0;
-        for (struct upstream *p = w->pool_b[b]; p; p = p->bnext)
-                if (p->addr_len == u->addr_len && memcmp(&p->addr, &u->addr, u->addr_len) == 0)
-                        same++;
+        /*
+         * Under the cap a bucket holds fewer than the cap of any one address: no walk. At it, the walk stops
+         * at the cap (and then the connection is closed, which costs more than the walk).
+         */
+        if (w->pool_b_n[b] >= PX_POOL_PER_ENDPOINT)
+                for (struct upstream *p = w->pool_b[b]; p && same < PX_POOL_PER_ENDPOINT; p = p->bnext)
+                        if (p->addr_len == u->addr_len && memcmp(&p->addr, &u->addr, u->addr_len) == 0)
+                                same++;
         if (same >= PX_POOL_PER_ENDPOINT || w->n_pool >= PX_POOL_MAX || w->stopping) {
                 upstream_destroy(w, u);
                 return;
@@ -566,6 +664,7 @@ static void pool_put(struct worker *w, struct upstream *u)
         if (u->bnext)
                 u->bnext->bprev = u;
         w->pool_b[b] = u;
+        w->pool_b_n[b]++;
         /* Input or a hang-up on an idle connection (the backend closed it, or sent junk) retires it. */
         handle_arm(w, &u->h);
 }
@@ -601,22 +700,57 @@ static struct upstream *pool_take(struct worker *w, const struct sockaddr_storag
 
 static void client_run(struct client *c);
 
-/* Queue the Gorouter-style access log line of the request that ends (route and endpoint still held). */
+/*
+ * Queue the Gorouter-style access log line of the request that ends (route and endpoint still held), put
+ * together in the worker's line buffer without printf or an allocation.
+ */
 static void access_log_line(struct client *c, int64_t took_us)
 {
+        struct worker *w = c->w;
         const struct rt_endpoint *ep = c->ep >= 0 ? &c->route->eps[c->ep] : NULL;
-        char backend[INET6_ADDRSTRLEN + 16] = "-";
-        if (ep)
-                snprintf(backend, sizeof(backend), strchr(ep->host, ':') ? "[%s]:%u" : "%s:%u", ep->host,
-                         ep->port);
-        char *line = xasprintf("%s %d %" PRIu64 " %" PRIu64 " %s \"%s\" x_forwarded_for:\"%s\" "
-                               "x_forwarded_proto:\"%s\" vcap_request_id:\"%s\" response_time:%.6f "
-                               "gorouter_time:%.6f app_id:\"%s\" app_index:\"%d\" instance_id:\"%s\"",
-                               c->acc_head, c->status, c->req_sent, c->resp_bytes, c->acc_mid, backend,
-                               c->acc_xff ? c->acc_xff : "-", c->ssl ? "https" : "http", c->acc_id,
-                               (double)took_us / 1e6, (double)took_us / 1e6, c->route->app_guid,
-                               ep ? ep->index : -1, ep && *ep->instance_guid ? ep->instance_guid : "-");
-        access_queue_push(&c->w->aq, c->route->app_guid, c->acc_time, line);
+        struct buf *l = &w->acc_line;
+        const char *a = c->acc.d;
+        l->start = l->end = 0;
+        buf_append(l, a, c->acc_mid);
+        buf_append(l, " ", 1);
+        buf_append_int(l, c->status);
+        buf_append(l, " ", 1);
+        buf_append_u64(l, c->req_sent);
+        buf_append(l, " ", 1);
+        buf_append_u64(l, c->resp_bytes);
+        buf_append(l, " ", 1);
+        buf_append(l, a + c->acc_mid, c->acc_xff - c->acc_mid);
+        buf_append(l, " \"", 2);
+        if (ep) {
+                bool v6 = strchr(ep->host, ':') != NULL;
+                if (v6)
+                        buf_append(l, "[", 1);
+                buf_append(l, ep->host, strlen(ep->host));
+                buf_append(l, v6 ? "]:" : ":", v6 ? 2 : 1);
+                buf_append_u64(l, ep->port);
+        } else
+                buf_append(l, "-", 1);
+        buf_append(l, "\" x_forwarded_for:\"", 19);
+        buf_append(l, a + c->acc_xff, c->acc.end - c->acc_xff);
+        buf_append(l, "\" x_forwarded_proto:\"", 21);
+        buf_append(l, c->ssl ? "https" : "http", c->ssl ? 5 : 4);
+        buf_append(l, "\" vcap_request_id:\"", 19);
+        buf_append(l, c->acc_id, strlen(c->acc_id));
+        buf_append(l, "\" response_time:", 16);
+        buf_append_secs(l, took_us);
+        buf_append(l, " gorouter_time:", 15);
+        buf_append_secs(l, took_us);
+        buf_append(l, " app_id:\"", 9);
+        buf_append(l, c->route->app_guid, strlen(c->route->app_guid));
+        buf_append(l, "\" app_index:\"", 13);
+        buf_append_int(l, ep ? ep->index : -1);
+        buf_append(l, "\" instance_id:\"", 15);
+        if (ep && *ep->instance_guid)
+                buf_append(l, ep->instance_guid, strlen(ep->instance_guid));
+        else
+                buf_append(l, "-", 1);
+        buf_append(l, "\"", 1);
+        access_queue_push(&w->aq, c->route->app_guid, c->acc_time, l->d, l->end);
 }
 
 /* Stop counting the current request against its endpoint. */
@@ -636,24 +770,19 @@ static void client_release_request(struct client *c)
         if (c->status) {
                 int64_t took = now_us() - c->t_start_us;
                 metrics_request(&w->m, c->status, took);
-                if (c->acc_head && c->route)
+                if (c->acc.d && c->route)
                         access_log_line(c, took);
                 c->status = 0;
         }
-        free(c->acc_head);
-        free(c->acc_mid);
-        free(c->acc_xff);
-        c->acc_head = c->acc_mid = c->acc_xff = NULL;
+        wbuf_put(w, &c->acc);
         c->resp_bytes = 0;
         if (c->up) {
                 upstream_destroy(w, c->up);
                 c->up = NULL;
         }
-        free(c->up_prefix);
-        c->up_prefix = NULL;
-        free(c->up_head);
-        c->up_head = NULL;
-        c->up_head_len = c->up_head_sent = 0;
+        wbuf_put(w, &c->up_prefix);
+        wbuf_put(w, &c->up_head);
+        c->up_head_sent = 0;
         if (c->table)
                 route_table_unref(c->table);
         c->table = NULL;
@@ -742,7 +871,7 @@ static void client_respond(struct client *c, int status, const char *router_erro
         if (cache_control)
                 buf_appendf(&c->out, "Cache-Control: %s\r\n", cache_control);
         if (c->close_after)
-                buf_appendf(&c->out, "Connection: close\r\n");
+                buf_append(&c->out, "Connection: close\r\n", 19);
         buf_append(&c->out, "\r\n", 2);
         if (!c->req_head)
                 buf_append(&c->out, body, (size_t)bl);
@@ -774,20 +903,21 @@ static void refresh_table(struct worker *w)
 /* The request head for the chosen endpoint: the common prefix plus the X-CF-* headers. */
 static void build_up_head(struct client *c, const struct rt_endpoint *ep)
 {
-        struct buf b = { 0 };
-        buf_append(&b, c->up_prefix, c->up_prefix_len);
-        buf_header(&b, "X-CF-ApplicationID", 18, c->route->app_guid, strlen(c->route->app_guid));
-        buf_appendf(&b, "X-CF-InstanceIndex: %d\r\n", ep->index);
+        struct buf *b = &c->up_head;
+        wbuf_get(c->w, b, PX_SMALL_CAP);
+        b->start = b->end = 0;
+        buf_append(b, c->up_prefix.d, c->up_prefix.end);
+        buf_header(b, "X-CF-ApplicationID", 18, c->route->app_guid, strlen(c->route->app_guid));
+        buf_append(b, "X-CF-InstanceIndex: ", 20);
+        buf_append_int(b, ep->index);
+        buf_append(b, "\r\n", 2);
         if (*ep->instance_guid)
-                buf_header(&b, "X-CF-InstanceID", 15, ep->instance_guid, strlen(ep->instance_guid));
+                buf_header(b, "X-CF-InstanceID", 15, ep->instance_guid, strlen(ep->instance_guid));
         else
-                buf_appendf(&b, "X-CF-InstanceID: %s:%u\r\n", ep->host, ep->port);
+                buf_appendf(b, "X-CF-InstanceID: %s:%u\r\n", ep->host, ep->port);
         if (c->req_upgrade)
-                buf_appendf(&b, "Connection: Upgrade\r\n");
-        buf_append(&b, "\r\n", 2);
-        free(c->up_head);
-        c->up_head = b.d;
-        c->up_head_len = b.end;
+                buf_append(b, "Connection: Upgrade\r\n", 21);
+        buf_append(b, "\r\n", 2);
         c->up_head_sent = 0;
 }
 
@@ -922,19 +1052,22 @@ static void client_dispatch(struct client *c, const struct http_head *h)
 
         struct conn_tokens ct;
         conn_tokens_collect(h, &ct);
-        struct buf b = { 0 };
+        struct buf *b = &c->up_prefix;
+        wbuf_get(w, b, PX_SMALL_CAP);
+        b->start = b->end = 0;
         /* An HTTP/1.0 client gets an HTTP/1.0 request upstream, so the backend does not answer chunked. */
-        buf_append(&b, h->method, h->method_len);
-        buf_append(&b, " ", 1);
-        buf_append(&b, h->target, h->target_len);
-        buf_appendf(&b, " HTTP/1.%d\r\n", h->minor_version == 0 ? 0 : 1);
+        buf_append(b, h->method, h->method_len);
+        buf_append(b, " ", 1);
+        buf_append(b, h->target, h->target_len);
+        buf_append(b, h->minor_version == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n", 11);
         const struct http_header *xff = NULL;
-        struct buf xffv = { 0 };
+        struct buf *xffv = &w->xff; /* the X-Forwarded-For value sent, also for the access log */
+        xffv->start = xffv->end = 0;
         bool have_proto = false, have_start = false;
         for (size_t i = 0; i < h->n_headers; i++) {
                 const struct http_header *hh = &h->headers[i];
                 if (name_is(hh, "Upgrade") && c->req_upgrade) {
-                        buf_header(&b, hh->name, hh->name_len, hh->value, hh->value_len);
+                        buf_header(b, hh->name, hh->name_len, hh->value, hh->value_len);
                         continue;
                 }
                 if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh))
@@ -942,8 +1075,8 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 if (name_is(hh, "X-Forwarded-For")) {
                         /* Several X-Forwarded-For lines are joined, as Go's SetXForwarded does. */
                         if (xff)
-                                buf_append(&xffv, ", ", 2);
-                        buf_append(&xffv, hh->value, hh->value_len);
+                                buf_append(xffv, ", ", 2);
+                        buf_append(xffv, hh->value, hh->value_len);
                         xff = hh;
                         continue;
                 }
@@ -957,38 +1090,41 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                         have_proto = true;
                 if (name_is(hh, "X-Request-Start"))
                         have_start = true;
-                buf_header(&b, hh->name, hh->name_len, hh->value, hh->value_len);
+                buf_header(b, hh->name, hh->name_len, hh->value, hh->value_len);
         }
-        if (xffv.end > 0)
-                buf_append(&xffv, ", ", 2);
-        buf_append(&xffv, c->peer_ip, strlen(c->peer_ip));
-        buf_header(&b, "X-Forwarded-For", 15, xffv.d, xffv.end);
-        _cleanup_free_ char *xff_sent = xffv.d; /* for the access log below */
-        size_t xff_sent_len = xffv.end;
+        if (xffv->end > 0)
+                buf_append(xffv, ", ", 2);
+        buf_append(xffv, c->peer_ip, strlen(c->peer_ip));
+        buf_header(b, "X-Forwarded-For", 15, xffv->d, xffv->end);
         if (!have_proto)
-                buf_appendf(&b, "X-Forwarded-Proto: %s\r\n", c->ssl ? "https" : "http");
+                buf_header(b, "X-Forwarded-Proto", 17, c->ssl ? "https" : "http", c->ssl ? 5 : 4);
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
         if (!have_start) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                buf_appendf(&b, "X-Request-Start: %" PRId64 "\r\n",
-                            (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+                buf_append(b, "X-Request-Start: ", 17);
+                buf_append_int(b, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+                buf_append(b, "\r\n", 2);
         }
         char uuid[37];
         uuid_v4(w, uuid);
-        buf_appendf(&b, "X-Vcap-Request-Id: %s\r\n", uuid);
+        buf_header(b, "X-Vcap-Request-Id", 17, uuid, 36);
         if (*rt->app_guid) {
                 /* The access log line's request half. */
-                struct buf a = { 0 };
-                rfc3339_now(c->acc_time, sizeof(c->acc_time));
-                buf_append(&a, host, (size_t)hl);
-                buf_appendf(&a, " - [%s] \"", c->acc_time);
-                acc_field(&a, h->method, h->method_len, 32);
-                buf_append(&a, " ", 1);
-                acc_field(&a, h->target, h->target_len, 1024);
-                buf_appendf(&a, " HTTP/1.%d\"", h->minor_version);
-                buf_append(&a, "", 1);
-                c->acc_head = a.d;
-                struct buf m = { 0 };
+                struct buf *a = &c->acc;
+                wbuf_get(w, a, PX_SMALL_CAP);
+                a->start = a->end = 0;
+                acc_time_format(w, &now, c->acc_time);
+                buf_append(a, host, (size_t)hl);
+                buf_append(a, " - [", 4);
+                buf_append(a, c->acc_time, strlen(c->acc_time));
+                buf_append(a, "] \"", 3);
+                acc_field(a, h->method, h->method_len, 32);
+                buf_append(a, " ", 1);
+                acc_field(a, h->target, h->target_len, 1024);
+                buf_append(a, " HTTP/1.", 8);
+                buf_append_int(a, h->minor_version);
+                buf_append(a, "\"", 1);
+                c->acc_mid = a->end;
                 const struct http_header *ref = NULL, *ua = NULL;
                 for (size_t i = 0; i < h->n_headers; i++) {
                         if (name_is(&h->headers[i], "Referer"))
@@ -996,21 +1132,19 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                         else if (name_is(&h->headers[i], "User-Agent"))
                                 ua = &h->headers[i];
                 }
-                buf_append(&m, "\"", 1);
-                acc_field(&m, ref ? ref->value : NULL, ref ? ref->value_len : 0, 512);
-                buf_append(&m, "\" \"", 3);
-                acc_field(&m, ua ? ua->value : NULL, ua ? ua->value_len : 0, 512);
-                buf_appendf(&m, "\" \"%s:%u\"", c->peer_ip, c->peer_port);
-                buf_append(&m, "", 1);
-                c->acc_mid = m.d;
-                struct buf x = { 0 };
-                acc_field(&x, xff_sent, xff_sent_len, 512);
-                buf_append(&x, "", 1);
-                c->acc_xff = x.d;
+                buf_append(a, "\"", 1);
+                acc_field(a, ref ? ref->value : NULL, ref ? ref->value_len : 0, 512);
+                buf_append(a, "\" \"", 3);
+                acc_field(a, ua ? ua->value : NULL, ua ? ua->value_len : 0, 512);
+                buf_append(a, "\" \"", 3);
+                buf_append(a, c->peer_ip, strlen(c->peer_ip));
+                buf_append(a, ":", 1);
+                buf_append_u64(a, c->peer_port);
+                buf_append(a, "\"", 1);
+                c->acc_xff = a->end;
+                acc_field(a, xffv->d, xffv->end, 512);
                 memcpy(c->acc_id, uuid, sizeof(c->acc_id));
         }
-        c->up_prefix = b.d;
-        c->up_prefix_len = b.end;
         wbuf_get(w, &c->uin, PX_UIN_CAP);
         client_connect(c);
 }
@@ -1167,7 +1301,9 @@ static int client_parse_response(struct client *c)
                 const struct rt_endpoint *ep = &c->route->eps[c->ep];
                 bool vcap = c->sticky[0] && strcmp(c->sticky, ep->instance_guid) != 0;
                 struct cookie_attrs ca = { 0 };
-                buf_appendf(&c->out, "HTTP/1.1 %d ", h->status);
+                buf_append(&c->out, "HTTP/1.1 ", 9);
+                buf_append_int(&c->out, h->status);
+                buf_append(&c->out, " ", 1);
                 buf_append(&c->out, h->reason, h->reason_len);
                 buf_append(&c->out, "\r\n", 2);
                 for (size_t i = 0; i < h->n_headers; i++) {
@@ -1188,11 +1324,11 @@ static int client_parse_response(struct client *c)
                 if (vcap && *ep->instance_guid)
                         append_vcap_cookie(&c->out, ep->instance_guid, c->route->path, &ca);
                 if (tunnel)
-                        buf_appendf(&c->out, "Connection: Upgrade\r\n");
+                        buf_append(&c->out, "Connection: Upgrade\r\n", 21);
                 else if (c->close_after)
-                        buf_appendf(&c->out, "Connection: close\r\n");
+                        buf_append(&c->out, "Connection: close\r\n", 19);
                 else if (c->req_minor == 0)
-                        buf_appendf(&c->out, "Connection: keep-alive\r\n");
+                        buf_append(&c->out, "Connection: keep-alive\r\n", 24);
                 buf_append(&c->out, "\r\n", 2);
                 buf_consume(&c->uin, (size_t)r);
                 c->resp_head_done = true;
@@ -1379,7 +1515,7 @@ static void client_finish(struct client *c)
         struct worker *w = c->w;
         if (c->up) {
                 if (c->resp_keep_alive && c->req_done && c->req_fwd == 0 && !c->up_eof &&
-                    buf_len(&c->uin) == 0 && c->up_head_sent == c->up_head_len)
+                    buf_len(&c->uin) == 0 && c->up_head_sent == c->up_head.end)
                         pool_put(w, c->up);
                 else
                         upstream_destroy(w, c->up);
@@ -1460,9 +1596,9 @@ static void client_run(struct client *c)
 
                 /* Us → backend. */
                 if ((c->st == CS_PROXY || c->st == CS_TUNNEL) && c->up) {
-                        if (c->up_head_sent < c->up_head_len) {
-                                size_t hl = c->up_head_len - c->up_head_sent;
-                                enum io_result r = write_from2(&c->up->h, c->up_head + c->up_head_sent, hl,
+                        if (c->up_head_sent < c->up_head.end) {
+                                size_t hl = c->up_head.end - c->up_head_sent;
+                                enum io_result r = write_from2(&c->up->h, c->up_head.d + c->up_head_sent, hl,
                                                                c->in.d + c->in.start, c->req_fwd, &n, &e);
                                 if (r == IO_ERROR) {
                                         client_upstream_lost(c, e);
@@ -1475,7 +1611,7 @@ static void client_run(struct client *c)
                                 c->req_sent += body;
                                 progress |= r == IO_PROGRESS;
                         }
-                        if (c->up_head_sent == c->up_head_len && c->req_fwd > 0) {
+                        if (c->up_head_sent == c->up_head.end && c->req_fwd > 0) {
                                 enum io_result r =
                                     write_from(&c->up->h, c->in.d + c->in.start, c->req_fwd, &n, &e);
                                 if (r == IO_ERROR) {
@@ -1927,6 +2063,7 @@ void proxy_metrics(const struct proxy *p, struct router_metrics *sum)
                               atomic_load_explicit(&m->open_connections, memory_order_relaxed));
                 metrics_gauge(&sum->open_backend_connections,
                               atomic_load_explicit(&m->open_backend_connections, memory_order_relaxed));
+                metrics_add(&sum->access_log_dropped, access_queue_dropped(&p->workers[i].aq));
         }
 }
 
@@ -1954,6 +2091,10 @@ static void worker_cleanup(struct worker *w)
                 free(w->cache_in[--w->n_cache_in]);
         while (w->n_cache_uin > 0)
                 free(w->cache_uin[--w->n_cache_uin]);
+        while (w->n_cache_small > 0)
+                free(w->cache_small[--w->n_cache_small]);
+        buf_release(&w->acc_line);
+        buf_release(&w->xff);
 }
 
 void proxy_free(struct proxy *p)

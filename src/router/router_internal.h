@@ -199,6 +199,7 @@ struct router_metrics {
         _Atomic uint64_t connections_accepted;
         _Atomic int64_t open_connections;         /* client connections */
         _Atomic int64_t open_backend_connections; /* in use or pooled */
+        _Atomic uint64_t access_log_dropped;      /* filled from the access log queues when summed */
 };
 
 static inline void metrics_add(_Atomic uint64_t *c, uint64_t n)
@@ -223,25 +224,36 @@ void metrics_stop(struct metrics_server *s);
 /* ---- access logs (accesslog.c): one line per request, shipped to the controller as the app's RTR logs ----
  */
 
-#define AL_QUEUE_MAX 10000 /* lines waiting per worker; more are dropped (counted) */
+#define AL_QUEUE_MAX   10000      /* lines waiting per worker; more are dropped (counted) */
+#define AL_QUEUE_BYTES (4u << 20) /* bytes of them waiting per worker; the same */
+#define AL_BATCH_INIT  65536
 
-struct access_line {
-        char app_guid[40];
-        char time[40]; /* RFC 3339 with nanoseconds, like the cells' log lines */
-        char *text;    /* owned */
+/*
+ * Lines in one buffer: each is its app guid, its time (RFC 3339 with nanoseconds, like the cells' log
+ * lines) and its text, each NUL-terminated, one after the other.
+ */
+struct access_batch {
+        char *d;
+        size_t len, cap; /* bytes */
+        size_t n;        /* lines */
 };
 
-/* One worker's queue: the worker appends, the shipper takes the whole array under the lock. */
+/*
+ * One worker's queue: the worker appends to cur under the lock; the shipper swaps cur for its emptied
+ * previous batch under the same lock (double buffering: no allocation per line or per batch once the
+ * buffers have grown, and no formatting while holding the lock).
+ */
 struct access_queue {
         pthread_mutex_t mu;
-        struct access_line *v;
-        size_t n, cap;
-        _Atomic uint64_t dropped;
+        struct access_batch cur;
+        _Atomic uint64_t dropped; /* lines dropped: queue full, or the controller did not take them */
 };
 void access_queue_init(struct access_queue *q);
 void access_queue_destroy(struct access_queue *q);
-/* Queue a line (takes text); drops it when the queue is full. */
-void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, char *text);
+/* Queue a line (copied); drops it when the queue is full. */
+void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, const char *text,
+                       size_t text_len);
+uint64_t access_queue_dropped(const struct access_queue *q);
 
 struct access_shipper;
 /*

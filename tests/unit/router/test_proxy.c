@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <regex.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -245,11 +246,110 @@ static void test_round_robin_retry_headers(void **state)
         pthread_mutex_unlock(&r->b[0].lock);
 }
 
+/* The lines a worker queued: each "GUID\tTIME\tTEXT\n", appended to out (caller frees). */
+static char *queued_lines(struct rig *r)
+{
+        size_t nq = 0;
+        struct access_queue *const *qs = proxy_access_queues(r->p, &nq);
+        char *out = calloc(1, 1);
+        size_t len = 0;
+        for (size_t i = 0; i < nq; i++) {
+                pthread_mutex_lock(&qs[i]->mu);
+                const struct access_batch *b = &qs[i]->cur;
+                for (const char *p = b->d; p && p < b->d + b->len;) {
+                        const char *g = p, *t = g + strlen(g) + 1, *x = t + strlen(t) + 1;
+                        size_t n = strlen(g) + strlen(t) + strlen(x) + 3;
+                        out = realloc(out, len + n + 1);
+                        snprintf(out + len, n + 1, "%s\t%s\t%s\n", g, t, x);
+                        len += n;
+                        p = x + strlen(x) + 1;
+                }
+                pthread_mutex_unlock(&qs[i]->mu);
+        }
+        return out;
+}
+
+static void test_access_log_line(void **state)
+{
+        struct rig *r = *state;
+        set_table(r,
+                  "{\"index\":4,\"routes\":[{\"host\":\"log.test\",\"app_guid\":\"app-G\",\"endpoints\":["
+                  "{\"instance_guid\":\"inst-3\",\"index\":3,\"host\":\"127.0.0.1\",\"port\":%u}]},"
+                  "{\"host\":\"nolog.test\",\"endpoints\":[{\"host\":\"127.0.0.1\",\"port\":%u}]}]}",
+                  r->b[0].port, r->b[0].port);
+        char *out =
+            exchange(r, "GET /p?q=1 HTTP/1.1\r\nHost: Log.Test:8080\r\nUser-Agent: curl/\"8\"\r\n"
+                        "Referer: http://r/\r\nX-Forwarded-For: 10.0.0.1\r\nConnection: close\r\n\r\n");
+        assert_non_null(strstr(out, "HTTP/1.1 200 OK\r\n"));
+        free(out);
+        out = get(r, "nolog.test"); /* a route without an app: no line */
+        assert_non_null(strstr(out, "HTTP/1.1 200 OK\r\n"));
+        free(out);
+        /* The line is queued when the request is released, just after its response is written. */
+        char *lines = NULL;
+        for (int i = 0; i < 500; i++) {
+                lines = queued_lines(r);
+                if (*lines)
+                        break;
+                free(lines);
+                lines = NULL;
+                usleep(10000);
+        }
+        assert_non_null(lines);
+        char re_text[1024];
+        snprintf(re_text, sizeof(re_text),
+                 "^app-G\t[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{9}Z\t"
+                 "log\\.test - \\[[0-9T:.-]{29}Z\\] \"GET /p\\?q=1 HTTP/1\\.1\" 200 0 [0-9]+ \"http://r/\" "
+                 "\"curl/\\?8\\?\" \"127\\.0\\.0\\.1:[0-9]+\" \"127\\.0\\.0\\.1:%u\" "
+                 "x_forwarded_for:\"10\\.0\\.0\\.1, 127\\.0\\.0\\.1\" x_forwarded_proto:\"http\" "
+                 "vcap_request_id:\"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\" "
+                 "response_time:[0-9]+\\.[0-9]{6} gorouter_time:[0-9]+\\.[0-9]{6} app_id:\"app-G\" "
+                 "app_index:\"3\" instance_id:\"inst-3\"\n$",
+                 r->b[0].port);
+        regex_t re;
+        assert_int_equal(regcomp(&re, re_text, REG_EXTENDED | REG_NOSUB), 0);
+        if (regexec(&re, lines, 0, NULL, 0) != 0)
+                fail_msg("access log line: %s", lines);
+        regfree(&re);
+        /* The [TIME] in the text is the line's timestamp. */
+        char *tab = strchr(lines, '\t'), *br = strchr(lines, '[');
+        assert_memory_equal(tab + 1, br + 1, 30);
+        free(lines);
+}
+
+/* A full queue drops lines and counts them; what was queued stays intact. */
+static void test_access_queue_caps(void **state)
+{
+        (void)state;
+        struct access_queue q;
+        access_queue_init(&q);
+        for (int i = 0; i < AL_QUEUE_MAX + 7; i++)
+                access_queue_push(&q, "g", "t", "x", 1);
+        assert_int_equal(q.cur.n, AL_QUEUE_MAX);
+        assert_int_equal(q.cur.len, (size_t)AL_QUEUE_MAX * 6);
+        assert_int_equal(access_queue_dropped(&q), 7);
+        assert_memory_equal(q.cur.d, "g\0t\0x\0g\0t\0x\0", 12);
+        access_queue_destroy(&q);
+
+        access_queue_init(&q);
+        static char big[4000];
+        memset(big, 'b', sizeof(big));
+        size_t per = 2 + 2 + sizeof(big) + 1, fit = AL_QUEUE_BYTES / per;
+        for (size_t i = 0; i < fit + 3; i++)
+                access_queue_push(&q, "g", "t", big, sizeof(big));
+        assert_int_equal(q.cur.n, fit);
+        assert_true(q.cur.len <= AL_QUEUE_BYTES);
+        assert_int_equal(access_queue_dropped(&q), 3);
+        access_queue_destroy(&q);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_errors, rig_setup, rig_teardown),
                 cmocka_unit_test_setup_teardown(test_round_robin_retry_headers, rig_setup, rig_teardown),
+                cmocka_unit_test_setup_teardown(test_access_log_line, rig_setup, rig_teardown),
+                cmocka_unit_test(test_access_queue_caps),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
