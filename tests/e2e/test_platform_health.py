@@ -125,7 +125,10 @@ def test_killed_instance_is_reported_and_restarted_at_once(plat, app_images):
         assert pids, "no processes in the container's cgroup"
         t0 = time.monotonic()
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # httpd's child of a request, exiting on its own
         evs = wait_crashes(plat, "killme", n, timeout=30)
         reported = time.monotonic() - t0
         # The cell reports the end at once (the monitor's pidfd), not at its next heartbeat or check (2-3 s).
