@@ -30,22 +30,10 @@ PODMAN_ULIMITS=(--ulimit nofile=16384:16384 --ulimit nproc=1024:1024) # see benc
 DOMAIN=apps.localhost
 APP=benchpush
 
-log() { printf '[push] %s\n' "$*" >&2; }
-die() {
-        log "error: $*"
-        exit 1
-}
-has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
-
-[ "$(id -u)" = 0 ] || die "run as root (containers, podman's and berth's stores)"
-[ -x "$BERTH" ] || die "$BERTH is not built (run make, or set BERTH)"
-BERTH=$(cd "$(dirname "$BERTH")" && pwd)/$(basename "$BERTH")
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-COMMIT=${BENCH_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
-if [ -z "${BENCH_COMMIT:-}" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-        COMMIT="$COMMIT (work tree modified)"
-fi
+BENCH_NAME=push
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+bench_init "containers, podman's and berth's stores"
 
 need=(docker-registry skopeo umoci crun busybox-static python3 curl nftables iproute2)
 has_tool podman && need+=(podman)
@@ -80,16 +68,7 @@ cleanup() {
         local rc=$?
         set +e
         trap - INT TERM
-        if [ -n "$UP_PID" ] && kill -0 "$UP_PID" 2>/dev/null; then
-                kill -TERM "$UP_PID"
-                local i
-                for i in $(seq 600); do
-                        kill -0 "$UP_PID" 2>/dev/null || break
-                        sleep 0.1
-                done
-                kill -0 "$UP_PID" 2>/dev/null && kill -KILL "$UP_PID"
-                wait "$UP_PID" 2>/dev/null
-        fi
+        berth_up_stop
         if [ $rc -ne 0 ] && [ -s "$WORK/up.log" ]; then
                 log "berth up's log ends with:"
                 tail -n 30 "$WORK/up.log" >&2
@@ -192,20 +171,7 @@ if has_tool berth; then
         API=http://127.0.0.1:$API_PORT
         ROUTER=http://127.0.0.1:$ROUTER_PORT/
         log "starting berth up (data dir $D, API $API, router $ROUTER)"
-        "$BERTH" --data-dir "$D" --config "$CFG" up --api-port "$API_PORT" --router-port "$ROUTER_PORT" \
-                --cell-port "$CELL_PORT" --domain "$DOMAIN" >"$WORK/up.log" 2>&1 </dev/null &
-        UP_PID=$!
-        for _ in $(seq 600); do
-                kill -0 "$UP_PID" 2>/dev/null || die "berth up exited"
-                curl -fsS -o /dev/null --max-time 2 "$API/v3/info" 2>/dev/null && break
-                sleep 0.1
-        done
-        for _ in $(seq 100); do
-                [ -s "$D/admin-password" ] && break
-                sleep 0.1
-        done
-        "$BERTH" login -a "$API" -u admin -p "$(cat "$D/admin-password")" >/dev/null
-        "$BERTH" enable-feature-flag diego_docker >/dev/null
+        berth_up ""
         log "berth: first push (pulls the image into the cell's store; not timed)"
         "$BERTH" push "$APP" --docker-image "$REF" >"$WORK/push.log" 2>&1 || {
                 cat "$WORK/push.log" >&2

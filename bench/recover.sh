@@ -44,21 +44,10 @@ IDMAP_HOST_BASE=1000000000 # src/image/idmap.h: container id N is host id IDMAP_
 DOMAIN=apps.localhost
 APP=benchrecover
 
-log() { printf '[recover] %s\n' "$*" >&2; }
-die() {
-        log "error: $*"
-        exit 1
-}
-
-[ "$(id -u)" = 0 ] || die "run as root (containers, berth's store)"
-[ -x "$BERTH" ] || die "$BERTH is not built (run make, or set BERTH)"
-BERTH=$(cd "$(dirname "$BERTH")" && pwd)/$(basename "$BERTH")
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-COMMIT=${BENCH_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
-if [ -z "${BENCH_COMMIT:-}" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-        COMMIT="$COMMIT (work tree modified)"
-fi
+BENCH_NAME=recover
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+bench_init "containers, berth's store"
 
 "$REPO/scripts/install-deps.sh" docker-registry skopeo umoci crun busybox-static python3 curl nftables iproute2
 
@@ -87,16 +76,7 @@ cleanup() {
                         [ -d "$c" ] && crun --root "$CRUN_STATE" delete -f "$(basename "$c")" >/dev/null 2>&1
                 done
         fi
-        if [ -n "$UP_PID" ] && kill -0 "$UP_PID" 2>/dev/null; then
-                kill -TERM "$UP_PID"
-                local i
-                for i in $(seq 600); do
-                        kill -0 "$UP_PID" 2>/dev/null || break
-                        sleep 0.1
-                done
-                kill -0 "$UP_PID" 2>/dev/null && kill -KILL "$UP_PID"
-                wait "$UP_PID" 2>/dev/null
-        fi
+        berth_up_stop
         [ -z "${BENCH_LOG:-}" ] || cp "$WORK/up.log" "$BENCH_LOG"
         if [ $rc -ne 0 ] && [ -s "$WORK/up.log" ]; then
                 log "berth up's log ends with:"
@@ -385,20 +365,7 @@ API=http://127.0.0.1:$API_PORT
 ROUTER=http://127.0.0.1:$ROUTER_PORT/
 log "starting berth up (data dir $D, API $API, router $ROUTER)"
 # Each line of its log has a millisecond timestamp; BENCH_LOG_LEVEL=debug adds the cell's steps.
-BERTH_LOG_LEVEL=${BENCH_LOG_LEVEL:-info} "$BERTH" --data-dir "$D" --config "$CFG" up --api-port "$API_PORT" \
-        --router-port "$ROUTER_PORT" --cell-port "$CELL_PORT" --domain "$DOMAIN" >"$WORK/up.log" 2>&1 </dev/null &
-UP_PID=$!
-for _ in $(seq 600); do
-        kill -0 "$UP_PID" 2>/dev/null || die "berth up exited"
-        curl -fsS -o /dev/null --max-time 2 "$API/v3/info" 2>/dev/null && break
-        sleep 0.1
-done
-for _ in $(seq 100); do
-        [ -s "$D/admin-password" ] && break
-        sleep 0.1
-done
-"$BERTH" login -a "$API" -u admin -p "$(cat "$D/admin-password")" >/dev/null
-"$BERTH" enable-feature-flag diego_docker >/dev/null
+berth_up "${BENCH_LOG_LEVEL:-info}"
 log "pushing $APP (1 instance; the cell pulls the image)"
 "$BERTH" push "$APP" --docker-image "$REF" >"$WORK/push.log" 2>&1 || {
         cat "$WORK/push.log" >&2

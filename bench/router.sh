@@ -35,22 +35,10 @@ TOOLS=${BENCH_TOOLS:-direct nginx haproxy berth}
 PY=/usr/bin/python3
 HOST=bench.apps.localhost
 
-log() { printf '[router] %s\n' "$*" >&2; }
-die() {
-        log "error: $*"
-        exit 1
-}
-has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
-
-[ "$(id -u)" = 0 ] || die "run as root"
-[ -x "$BERTH" ] || die "$BERTH is not built (run make, or set BERTH)"
-BERTH=$(cd "$(dirname "$BERTH")" && pwd)/$(basename "$BERTH")
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-COMMIT=${BENCH_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
-if [ -z "${BENCH_COMMIT:-}" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-        COMMIT="$COMMIT (work tree modified)"
-fi
+BENCH_NAME=router
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+bench_init "ulimits, packages"
 
 "$REPO/scripts/install-deps.sh" wrk nginx-light haproxy python3 curl util-linux
 
@@ -92,8 +80,8 @@ free_port() {
 
 # Wait until URL answers 200 (with Host: $HOST), at most 10 s.
 await_200() {
-        local url=$1 i
-        for i in $(seq 200); do
+        local url=$1
+        for _ in $(seq 200); do
                 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "$url" || true)" = 200 ] && return 0
                 sleep 0.05
         done

@@ -59,23 +59,10 @@ IDMAP_HOST_BASE=1000000000 # src/image/idmap.h: container id N is host id IDMAP_
 # nofile as berth sets it; nproc: 1024 is what crun accepts here.
 PODMAN_ULIMITS=(--ulimit nofile=16384:16384 --ulimit nproc=1024:1024)
 
-log() { printf '[start] %s\n' "$*" >&2; }
-die() {
-        log "error: $*"
-        exit 1
-}
-has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
-
-[ "$(id -u)" = 0 ] || die "run as root (namespaces, cgroups, mounts, podman's and berth's stores)"
-[ -x "$BERTH" ] || die "$BERTH is not built (run make, or set BERTH)"
-BERTH=$(cd "$(dirname "$BERTH")" && pwd)/$(basename "$BERTH")
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-# The commit reported: taken now, as HEAD may move while the benchmark runs.
-COMMIT=${BENCH_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
-if [ -z "${BENCH_COMMIT:-}" ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-        COMMIT="$COMMIT (work tree modified)"
-fi
+BENCH_NAME=start
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+bench_init "namespaces, cgroups, mounts, podman's and berth's stores"
 
 # --- packages --------------------------------------------------------------------------------------------------
 need=(docker-registry skopeo umoci crun busybox-static python3 curl nftables iproute2)
