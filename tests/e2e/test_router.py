@@ -234,15 +234,15 @@ class Backend:
         self.server.server_close()
 
 
-class UpgradeEcho:
-    """A raw-socket backend: answers an Upgrade request with 101, then echoes every byte."""
+class RawBackend:
+    """A raw-socket backend on 127.0.0.1: a thread per connection runs ``_serve(conn)``."""
 
-    def __init__(self):
+    def __init__(self, backlog=64):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
-        self.heads = []
+        self.connections = 0
         self.stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -252,16 +252,37 @@ class UpgradeEcho:
                 c, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def read_head(c) -> bytes:
+        """Bytes up to and including the end of a request head (b"" if the peer closed first)."""
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                return b""
+            buf += d
+        return buf
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+
+class UpgradeEcho(RawBackend):
+    """A raw-socket backend: answers an Upgrade request with 101, then echoes every byte."""
+
+    def __init__(self):
+        self.heads = []
+        super().__init__(backlog=16)
 
     def _serve(self, c):
         with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                d = c.recv(4096)
-                if not d:
-                    return
-                buf += d
+            buf = self.read_head(c)
+            if not buf:
+                return
             head, rest = buf.split(b"\r\n\r\n", 1)
             self.heads.append(head.decode())
             c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
@@ -272,10 +293,6 @@ class UpgradeEcho:
                 if not d:
                     return
                 c.sendall(d)
-
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
 
 
 def route(host, backends, app="app-guid-1", path=""):
@@ -770,42 +787,16 @@ def test_slow_head_is_cut(rig):
     assert closed and 9 <= elapsed <= 13, elapsed
 
 
-class ClosingBackend:
+class ClosingBackend(RawBackend):
     """Answers one request per connection and closes when the next one arrives, unanswered (a keep-alive
     backend closing an idle connection just as it is reused): the router retries on a fresh connection."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
     def _serve(self, c):
         with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                d = c.recv(4096)
-                if not d:
-                    break
-                buf += d
-            if buf:
+            if self.read_head(c):
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 # The next request on this connection finds it closing (the idle-close race).
                 c.recv(4096)
-
-    def stop(self):
-        self.sock.close()
 
 
 def test_backend_closing_pooled_connections(rig):
@@ -821,34 +812,18 @@ def test_backend_closing_pooled_connections(rig):
     assert cb.connections >= 40
 
 
-class CorkedCloseBackend:
+class CorkedCloseBackend(RawBackend):
     """Answers without Content-Length (the body ends at close, as busybox httpd's CGI answers) and sends its
     last bytes and the FIN in one segment (TCP_CORK, then close): the router sees data and EOF in one event."""
 
     def __init__(self, split_head=False):
         self.split_head = split_head
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, c):
         with c:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                d = c.recv(4096)
-                if not d:
-                    return
-                buf += d
+            if not self.read_head(c):
+                return
             head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
             if self.split_head:
                 c.sendall(head)  # the head alone first; the body and the FIN together later
@@ -856,9 +831,6 @@ class CorkedCloseBackend:
                 head = b""
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             c.sendall(head + b"sick\n")
-
-    def stop(self):
-        self.sock.close()
 
 
 @pytest.mark.parametrize("split_head", [False, True])
