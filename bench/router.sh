@@ -21,7 +21,7 @@
 # not in the figures, as nginx's and HAProxy's configuration files are not.
 #
 # Environment: BERTH (default build/berth), BENCH_OUT, BENCH_CONNS, BENCH_SECONDS, BENCH_WORKERS,
-# BENCH_TOOLS (default "direct nginx haproxy berth"), BENCH_COMMIT. Needs root (ulimits, packages).
+# BENCH_TOOLS (default "direct nginx haproxy berth"), BENCH_COMMIT, BENCH_HOLD (set up, print the ports, wait). Needs root (ulimits, packages).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -215,6 +215,13 @@ EOF
                 --internal-token-file "$WORK/token" >"$WORK/berth.log" 2>&1 &
         PIDS+=($!)
         await_200 "http://127.0.0.1:$BERTH_PORT/"
+fi
+
+# BENCH_HOLD=1: set everything up, print where it listens, and wait (for profiling by hand); Ctrl-C ends it.
+if [ -n "${BENCH_HOLD:-}" ]; then
+        log "holding: direct $BACK_PORT nginx $NGINX_PORT haproxy $HAPROXY_PORT berth $BERTH_PORT (Host: $HOST)"
+        log "pids: ${PIDS[*]}"
+        while :; do sleep 3600; done
 fi
 
 port_of() {

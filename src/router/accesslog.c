@@ -6,10 +6,13 @@
  * queue or an unreachable controller drops lines and counts them.
  */
 #include <errno.h>
-#include <sys/resource.h>
-#include <unistd.h>
+#include <linux/capability.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lib/http_client.h"
 #include "lib/json.h"
@@ -74,6 +77,11 @@ uint64_t access_queue_dropped(const struct access_queue *q)
         return atomic_load_explicit(&q->dropped, memory_order_relaxed);
 }
 
+struct sbuf {
+        char *d;
+        size_t n, cap;
+};
+
 struct access_shipper {
         pthread_t thread;
         pthread_mutex_t mu;
@@ -83,11 +91,9 @@ struct access_shipper {
         struct access_queue *const *queues;
         struct access_batch *taken; /* per queue: the batch last taken from it, emptied and handed back */
         size_t n;
-};
-
-struct sbuf {
-        char *d;
-        size_t n, cap;
+        struct sbuf body; /* the JSON body, kept between batches (no allocation once it has grown) */
+        bool can_idle;    /* CAP_SYS_NICE: may leave SCHED_IDLE again (see shipper_sched) */
+        bool idle;        /* running as SCHED_IDLE */
 };
 
 /* Make room for n more bytes (and a NUL). */
@@ -151,8 +157,9 @@ static void sb_json_str(struct sbuf *b, const char *s, size_t len)
  */
 static void ship(struct access_shipper *s, struct http_client *hc)
 {
-        struct sbuf b = { 0 };
+        struct sbuf b = s->body;
         size_t count = 0;
+        b.n = 0;
         sb_put(&b, "{\"lines\":[", 10);
         for (size_t i = 0; i < s->n; i++) {
                 struct access_queue *q = s->queues[i];
@@ -200,15 +207,55 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                 }
                 http_result_free(&res);
         }
-        free(b.d);
+        s->body = b;
+}
+
+/* Whether this thread has CAP_SYS_NICE, which leaving SCHED_IDLE needs (sched(7)). */
+static bool have_cap_sys_nice(void)
+{
+        struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3] = { 0 };
+        if (syscall(SYS_capget, &h, d) < 0)
+                return false;
+        return (d[CAP_TO_INDEX(CAP_SYS_NICE)].effective & CAP_TO_MASK(CAP_SYS_NICE)) != 0;
+}
+
+/*
+ * The shipper's scheduling class. It runs as SCHED_IDLE while the batches are small: it then only ever gets
+ * a CPU no worker wants, and a worker's wake-up preempts it at once (a nice-10 thread still holds its CPU for
+ * up to its slice, which showed as a request's tail latency each time a batch was sent). A worker that keeps
+ * its CPU busy would starve an idle-class thread, so when a batch reaches a quarter of a queue's limits the
+ * shipper goes back to SCHED_OTHER at nice 10 until its batches are small again. Leaving SCHED_IDLE needs
+ * CAP_SYS_NICE; without it the shipper stays at nice 10 throughout.
+ */
+static void shipper_sched(struct access_shipper *s, size_t most_lines, size_t most_bytes)
+{
+        if (!s->can_idle)
+                return;
+        bool big = most_lines >= AL_QUEUE_MAX / 4 || most_bytes >= AL_QUEUE_BYTES / 4;
+        bool small = most_lines < AL_QUEUE_MAX / 8 && most_bytes < AL_QUEUE_BYTES / 8;
+        struct sched_param sp = { 0 };
+        if (s->idle && big) {
+                if (sched_setscheduler(0, SCHED_OTHER, &sp) == 0) {
+                        s->idle = false;
+                        (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
+                } else {
+                        log_debug("access logs: leave SCHED_IDLE: %s", strerror(errno));
+                }
+        } else if (!s->idle && small) {
+                if (sched_setscheduler(0, SCHED_IDLE, &sp) == 0)
+                        s->idle = true;
+        }
 }
 
 static void *shipper_thread(void *arg)
 {
         struct access_shipper *s = arg;
-        /* Below the workers: a batch being formatted never delays a request (per-thread nice, CFS). */
+        /* Below the workers: a batch being formatted or sent never delays a request (shipper_sched). */
         if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) < 0)
                 log_debug("access logs: setpriority: %s", strerror(errno));
+        s->can_idle = have_cap_sys_nice();
+        shipper_sched(s, 0, 0);
         struct http_client *hc = NULL;
         struct http_client_opts o = { .timeout_ms = AL_TIMEOUT_MS, .connect_timeout_ms = 2000 };
         if (http_client_new(&o, &hc, NULL) == 0)
@@ -225,8 +272,15 @@ static void *shipper_thread(void *arg)
                 pthread_cond_timedwait(&s->cond, &s->mu, &ts);
                 bool last = s->stop;
                 pthread_mutex_unlock(&s->mu);
-                if (hc)
+                if (hc) {
                         ship(s, hc); /* a last batch at stop: the drained requests' lines */
+                        size_t most_lines = 0, most_bytes = 0;
+                        for (size_t i = 0; i < s->n; i++) {
+                                most_lines = MAX(most_lines, s->taken[i].n);
+                                most_bytes = MAX(most_bytes, s->taken[i].len);
+                        }
+                        shipper_sched(s, most_lines, most_bytes);
+                }
                 pthread_mutex_lock(&s->mu);
                 if (last)
                         break;
@@ -277,6 +331,7 @@ void access_shipper_stop(struct access_shipper *s)
         for (size_t i = 0; i < s->n; i++)
                 batch_free(&s->taken[i]);
         free(s->taken);
+        free(s->body.d);
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cond);
         free(s);

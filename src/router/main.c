@@ -28,6 +28,8 @@
 
 #define ROUTER_BACKEND_MAX_CONNS 500 /* Gorouter's router.backends.max_conns */
 #define ROUTER_MAX_CONNS_CEILING 1000000
+#define ROUTER_BUSY_POLL_US      50 /* router.busy_poll_us (docs/PLATFORM.md) */
+#define ROUTER_BUSY_POLL_MAX_US  10000
 
 #define EXIT_USAGE 2
 
@@ -121,6 +123,7 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                                             "idle_timeout_ms",
                                             "balancing_algorithm",
                                             "backend_max_conns",
+                                            "busy_poll_us",
                                             "metrics_listen",
                                             "tls_listen",
                                             "tls_certificates",
@@ -207,6 +210,14 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                                         ROUTER_MAX_CONNS_CEILING);
                 o->backend_max_conns = (unsigned)n;
         }
+        if (json_object_get(sec, "busy_poll_us")) {
+                if ((r = json_get_int(sec, "busy_poll_us", true, &n, err)) < 0)
+                        return berr_prefix(err, r, "router");
+                if (n < 0 || n > ROUTER_BUSY_POLL_MAX_US)
+                        return berr_set(err, -EINVAL, "router.busy_poll_us must be between 0 (off) and %d",
+                                        ROUTER_BUSY_POLL_MAX_US);
+                o->busy_poll_us = (unsigned)n;
+        }
         if ((r = get_ms(sec, "dial_timeout_ms", &o->dial_timeout_ms, err)) < 0 ||
             (r = get_ms(sec, "request_timeout_ms", &o->request_timeout_ms, err)) < 0 ||
             (r = get_ms(sec, "idle_timeout_ms", &o->idle_timeout_ms, err)) < 0)
@@ -261,6 +272,7 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 .drain_timeout_ms = ROUTER_DRAIN_TIMEOUT_MS,
                 .balance = RT_ROUND_ROBIN,
                 .backend_max_conns = ROUTER_BACKEND_MAX_CONNS,
+                .busy_poll_us = ROUTER_BUSY_POLL_US,
         };
         int r = apply_config(cfg ? cfg->router : NULL, &o, err);
         if (r < 0)

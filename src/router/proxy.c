@@ -1911,11 +1911,31 @@ static void *worker_main(void *arg)
         struct worker *w = arg;
         struct epoll_event evs[128];
         int64_t last_tick = router_now_ms();
+        /*
+         * Busy polling. Sleeping in epoll_wait costs each event that ends the sleep a wake-up: the sender's
+         * CPU makes the scheduler's round trip (an IPI; on a VM an exit) and this CPU leaves its idle state.
+         * A worker faster than its traffic pays that for nearly every packet, and the CPU that pays is the
+         * one running the clients and backends (measured: 0.9 wake-ups per request at 64 connections, nginx
+         * 0.3). So once an epoll_wait returns more than one event (requests overlap), the worker polls
+         * without sleeping until busy_poll_us pass without an event. A lone connection's strict request and
+         * answer ping-pong never starts it: a busy CPU buys that nothing and, on this VM, costs tail
+         * latency. An idle router sleeps as before.
+         */
+        const int64_t spin_us = (int64_t)w->p->o.busy_poll_us;
+        int64_t spin_until = 0;
         for (;;) {
-                int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), w->again ? 0 : PX_TICK_MS);
+                int timeout = PX_TICK_MS;
+                if (w->again || (spin_us > 0 && now_us() < spin_until))
+                        timeout = 0;
+                int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), timeout);
                 if (n < 0 && errno != EINTR) {
                         log_error("epoll_wait: %s", strerror(errno));
                         break;
+                }
+                if (spin_us > 0 && n > 0) {
+                        int64_t t = now_us();
+                        if (n > 1 || t < spin_until)
+                                spin_until = t + spin_us;
                 }
                 for (int i = 0; i < n; i++) {
                         struct handle *h = evs[i].data.ptr;

@@ -141,6 +141,7 @@ struct router_opts {
         } * tls_certs;
         size_t n_tls_certs;
         unsigned backend_max_conns; /* per backend address, all workers; 0: no limit */
+        unsigned busy_poll_us; /* how long a worker polls without sleeping after its last event; 0: never */
 };
 
 /* The route watcher: long-polls the controller in its own thread until stop is set. */

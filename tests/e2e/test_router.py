@@ -8,6 +8,7 @@ shared/reference/cloud-foundry-behaviour.md section 8.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import http.client
 import http.server
@@ -1251,3 +1252,83 @@ def test_access_log_lines_reach_the_controller(rig):
     rig["router"].get("log.test", path="/echo?after")
     wait_until(lambda: any("/echo?after" in l["message"] for l in ctl.access_lines), timeout=5, what="the line")
     assert not any("nope.test" in l["message"] for l in ctl.access_lines[n:])
+
+
+def _cpu_ticks(pid):
+    """User plus system CPU time of a process, all its threads, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_busy_poll_config_is_checked(rig):
+    cfg = os.path.join(rig["tmp"], "spin.yaml")
+    for bad in ("-1", "10001", "fast"):
+        with open(cfg, "w") as f:
+            f.write(f"router:\n  listen: 127.0.0.1:1\n  busy_poll_us: {bad}\n")
+        r = berthcli.run_berth("--config", cfg, "router", check=False, timeout=30)
+        assert r.returncode != 0, bad
+        assert "busy_poll_us" in r.stderr, r.stderr
+
+
+def test_busy_polling_serves_load_then_sleeps(rig):
+    """With the longest busy-poll window a worker keeps polling while events come in bursts: concurrent
+    keep-alive clients are all answered, and once they stop the router goes back to sleep (its CPU use
+    over the next second stays near nothing)."""
+    b0, b1 = rig["backends"]
+    serve(rig, [route("spin.test", [b0.port, b1.port])])
+    router = extra_router(rig, "router:\n  busy_poll_us: 10000\n")
+    wait_until(lambda: router.get("spin.test")[0].status == 200, timeout=5, what="the route")
+    statuses = []
+    lock = threading.Lock()
+
+    def client():
+        c = router.conn()
+        try:
+            for _ in range(40):
+                c.request("GET", "/echo", headers={"Host": "spin.test"})
+                r = c.getresponse()
+                r.read()
+                with lock:
+                    statuses.append(r.status)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert statuses == [200] * 480, collections.Counter(statuses)
+    # The last window ends 10 ms after the last event; measure a second after that.
+    time.sleep(0.1)
+    before = _cpu_ticks(router.proc.pid)
+    time.sleep(1.0)
+    used = _cpu_ticks(router.proc.pid) - before
+    hz = os.sysconf("SC_CLK_TCK")
+    assert used <= hz // 10, f"an idle router used {used} ticks of {hz} in a second"
+
+
+def test_access_log_shipper_yields_to_the_workers(rig):
+    """As root (CAP_SYS_NICE) the thread that ships access log lines runs as SCHED_IDLE while its batches are
+    small: it gets a CPU only when no worker wants it. The workers stay SCHED_OTHER, and lines still ship."""
+    if os.geteuid() != 0:
+        pytest.skip("SCHED_IDLE is left again only with CAP_SYS_NICE; the shipper then keeps nice 10")
+    b0, _ = rig["backends"]
+    serve(rig, [route("idle.test", [b0.port], app="app-guid-idle")])
+    pid = rig["router"].proc.pid
+
+    def policies():
+        out = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                out.append(int(f.read().rsplit(")", 1)[1].split()[38]))  # field 41: the policy
+        return out
+
+    SCHED_IDLE = 5
+    wait_until(lambda: SCHED_IDLE in policies(), timeout=5, what="the shipper to run as SCHED_IDLE")
+    p = policies()
+    assert p.count(SCHED_IDLE) == 1 and p.count(0) == len(p) - 1, p
+    rig["router"].get("idle.test", path="/echo?idle")
+    wait_until(lambda: any("/echo?idle" in l["message"] for l in rig["ctl"].access_lines), timeout=5,
+               what="the access log line")
