@@ -222,10 +222,10 @@ static bool have_cap_sys_nice(void)
 
 /*
  * The shipper's scheduling class. It runs as SCHED_IDLE while the batches are small: it then only ever gets
- * a CPU no worker wants, and a worker's wake-up preempts it at once (a nice-10 thread still holds its CPU for
- * up to its slice, which showed as a request's tail latency each time a batch was sent). A worker that keeps
- * its CPU busy would starve an idle-class thread, so when a batch reaches a quarter of a queue's limits the
- * shipper goes back to SCHED_OTHER at nice 10 until its batches are small again. Leaving SCHED_IDLE needs
+ * a CPU no worker wants, and a worker's wake-up preempts it at once (a nice-10 thread can keep its CPU until
+ * its slice ends). With the bench's 1-connection load its tail latency came closer to nginx's. A worker that
+ * keeps its CPU busy would starve an idle-class thread, so when a batch reaches a quarter of a queue's limits
+ * the shipper goes back to SCHED_OTHER at nice 10 until its batches are small again. Leaving SCHED_IDLE needs
  * CAP_SYS_NICE; without it the shipper stays at nice 10 throughout.
  */
 static void shipper_sched(struct access_shipper *s, size_t most_lines, size_t most_bytes)
