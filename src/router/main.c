@@ -75,18 +75,22 @@ static void router_opts_free(struct router_opts *o)
         *o = (struct router_opts){ 0 };
 }
 
-static int get_ms(const json_t *sec, const char *key, unsigned *ret, struct berr **err)
+/*
+ * An integer setting of the router: section, if present, into *ret; it must lie in [lo, hi] (lo_note says
+ * what lo means, e.g. " (no limit)", or ""). Absent: *ret is left as it is.
+ */
+static int get_bounded(const json_t *sec, const char *key, int64_t lo, const char *lo_note, int64_t hi,
+                       unsigned *ret, struct berr **err)
 {
         int64_t v = 0;
-        json_t *j = json_object_get(sec, key);
-        if (!j)
+        if (!json_object_get(sec, key))
                 return 0;
         int r = json_get_int(sec, key, true, &v, err);
         if (r < 0)
                 return berr_prefix(err, r, "router");
-        if (v <= 0 || v > ROUTER_MAX_TIMEOUT_MS)
-                return berr_set(err, -EINVAL, "router.%s must be between 1 and %d", key,
-                                ROUTER_MAX_TIMEOUT_MS);
+        if (v < lo || v > hi)
+                return berr_set(err, -EINVAL, "router.%s must be between %lld%s and %lld", key, (long long)lo,
+                                lo_note, (long long)hi);
         *ret = (unsigned)v;
         return 0;
 }
@@ -155,15 +159,6 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                 free(o->controller);
                 o->controller = xstrdup(s);
         }
-        int64_t n = 0;
-        if (json_object_get(sec, "workers")) {
-                if ((r = json_get_int(sec, "workers", true, &n, err)) < 0)
-                        return berr_prefix(err, r, "router");
-                if (n < 1 || n > ROUTER_MAX_WORKERS)
-                        return berr_set(err, -EINVAL, "router.workers must be between 1 and %d",
-                                        ROUTER_MAX_WORKERS);
-                o->workers = (unsigned)n;
-        }
         if ((r = json_get_string(sec, "balancing_algorithm", false, &s, err)) < 0)
                 return berr_prefix(err, r, "router");
         if (s && parse_balance(s, &o->balance, err) < 0)
@@ -201,26 +196,17 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                         return berr_prefix(err, r, "router.tls_certificates[%zu]", i);
                 add_cert(o, cf, kf);
         }
-        if (json_object_get(sec, "backend_max_conns")) {
-                if ((r = json_get_int(sec, "backend_max_conns", true, &n, err)) < 0)
-                        return berr_prefix(err, r, "router");
-                if (n < 0 || n > ROUTER_MAX_CONNS_CEILING)
-                        return berr_set(err, -EINVAL,
-                                        "router.backend_max_conns must be between 0 (no limit) and %d",
-                                        ROUTER_MAX_CONNS_CEILING);
-                o->backend_max_conns = (unsigned)n;
-        }
-        if (json_object_get(sec, "busy_poll_us")) {
-                if ((r = json_get_int(sec, "busy_poll_us", true, &n, err)) < 0)
-                        return berr_prefix(err, r, "router");
-                if (n < 0 || n > ROUTER_BUSY_POLL_MAX_US)
-                        return berr_set(err, -EINVAL, "router.busy_poll_us must be between 0 (off) and %d",
-                                        ROUTER_BUSY_POLL_MAX_US);
-                o->busy_poll_us = (unsigned)n;
-        }
-        if ((r = get_ms(sec, "dial_timeout_ms", &o->dial_timeout_ms, err)) < 0 ||
-            (r = get_ms(sec, "request_timeout_ms", &o->request_timeout_ms, err)) < 0 ||
-            (r = get_ms(sec, "idle_timeout_ms", &o->idle_timeout_ms, err)) < 0)
+        if ((r = get_bounded(sec, "workers", 1, "", ROUTER_MAX_WORKERS, &o->workers, err)) < 0 ||
+            (r = get_bounded(sec, "backend_max_conns", 0, " (no limit)", ROUTER_MAX_CONNS_CEILING,
+                             &o->backend_max_conns, err)) < 0 ||
+            (r = get_bounded(sec, "busy_poll_us", 0, " (off)", ROUTER_BUSY_POLL_MAX_US, &o->busy_poll_us,
+                             err)) < 0 ||
+            (r = get_bounded(sec, "dial_timeout_ms", 1, "", ROUTER_MAX_TIMEOUT_MS, &o->dial_timeout_ms,
+                             err)) < 0 ||
+            (r = get_bounded(sec, "request_timeout_ms", 1, "", ROUTER_MAX_TIMEOUT_MS, &o->request_timeout_ms,
+                             err)) < 0 ||
+            (r = get_bounded(sec, "idle_timeout_ms", 1, "", ROUTER_MAX_TIMEOUT_MS, &o->idle_timeout_ms,
+                             err)) < 0)
                 return r;
         return 0;
 }

@@ -1261,14 +1261,22 @@ def _cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def test_busy_poll_config_is_checked(rig):
-    cfg = os.path.join(rig["tmp"], "spin.yaml")
-    for bad in ("-1", "10001", "fast"):
+def test_bounded_settings_are_checked(rig):
+    """Each integer setting out of its range (or not an integer) is refused, naming the setting."""
+    cfg = os.path.join(rig["tmp"], "bounds.yaml")
+    cases = [("busy_poll_us", "-1", "router.busy_poll_us must be between 0 (off) and 10000"),
+             ("busy_poll_us", "10001", "router.busy_poll_us must be between 0 (off) and 10000"),
+             ("busy_poll_us", "fast", "busy_poll_us"),
+             ("workers", "0", "router.workers must be between 1 and "),
+             ("backend_max_conns", "-1", "router.backend_max_conns must be between 0 (no limit) and 1000000"),
+             ("dial_timeout_ms", "0", "router.dial_timeout_ms must be between 1 and "),
+             ("idle_timeout_ms", "-5", "router.idle_timeout_ms must be between 1 and ")]
+    for key, bad, message in cases:
         with open(cfg, "w") as f:
-            f.write(f"router:\n  listen: 127.0.0.1:1\n  busy_poll_us: {bad}\n")
+            f.write(f"router:\n  listen: 127.0.0.1:1\n  {key}: {bad}\n")
         r = berthcli.run_berth("--config", cfg, "router", check=False, timeout=30)
-        assert r.returncode != 0, bad
-        assert "busy_poll_us" in r.stderr, r.stderr
+        assert r.returncode != 0, (key, bad)
+        assert message in r.stderr, (key, bad, r.stderr)
 
 
 def test_busy_polling_serves_load_then_sleeps(rig):
