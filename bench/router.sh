@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 #
-# Router benchmark (issue 6): `wrk` against one small static backend on loopback, four ways in the same run:
-# directly, through nginx (`proxy_pass` to an upstream with a keep-alive pool), through HAProxy (`http-reuse
-# always`) and through berth's router, each proxy with the same number of workers (BENCH_WORKERS, default 1),
+# Router benchmark (issue 6): `wrk` against one small static backend on loopback, five ways in the same run:
+# directly, through nginx (`proxy_pass` to an upstream with a keep-alive pool), through the same nginx adding
+# the six request headers berth adds as Gorouter does ("nginx-cf"), through HAProxy (`http-reuse always`)
+# and through berth's router, each proxy with the same number of workers (BENCH_WORKERS, default 1),
 # at BENCH_CONNS connections (default "1 64 1000"), BENCH_SECONDS each (default 10) after a 2 s warm-up.
 # Prints requests/s, p50 and p99 latency, the ratio berth/nginx and berth's p50 overhead over direct, and
 # writes the table to bench/out/router-results.md.
@@ -22,7 +23,7 @@
 # configuration files are not. The router's own cost of shipping its access log is.
 #
 # Environment: BERTH (default build/berth), BENCH_OUT, BENCH_CONNS, BENCH_SECONDS, BENCH_WORKERS,
-# BENCH_TOOLS (default "direct nginx haproxy berth"), BENCH_COMMIT, BENCH_HOLD (set up, print the ports, wait). Needs root (ulimits, packages).
+# BENCH_TOOLS (default "direct nginx nginx-cf haproxy berth"), BENCH_COMMIT, BENCH_HOLD (set up, print the ports, wait). Needs root (ulimits, packages).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ OUT=${BENCH_OUT:-$REPO/bench/out}
 CONNS=${BENCH_CONNS:-1 64 1000}
 SECS=${BENCH_SECONDS:-10}
 WORKERS=${BENCH_WORKERS:-1}
-TOOLS=${BENCH_TOOLS:-direct nginx haproxy berth}
+TOOLS=${BENCH_TOOLS:-direct nginx nginx-cf haproxy berth}
 PY=/usr/bin/python3
 HOST=bench.apps.localhost
 
@@ -116,7 +117,8 @@ await_200 "http://127.0.0.1:$BACK_PORT/"
 
 # --- nginx as the proxy ----------------------------------------------------------------------------------------
 NGINX_PORT=$(free_port)
-if has_tool nginx; then
+NGINXCF_PORT=$(free_port)
+if has_tool nginx || has_tool nginx-cf; then
         mkdir -p "$WORK/nginx"
         cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes $WORKERS;
@@ -141,11 +143,31 @@ http {
                         proxy_buffering off;
                 }
         }
+        # nginx-cf: the same, plus the six request headers berth's router adds as Gorouter does (the backend
+        # parses them too): the same job, for comparison; the goal stays measured against plain nginx.
+        server {
+                listen 127.0.0.1:$NGINXCF_PORT reuseport backlog=4096;
+                location / {
+                        proxy_pass http://app;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                        proxy_set_header Host \$host;
+                        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+                        proxy_set_header X-Forwarded-Proto \$scheme;
+                        proxy_set_header X-Request-Start \$msec;
+                        proxy_set_header X-Vcap-Request-Id \$request_id;
+                        proxy_set_header X-CF-ApplicationID a-1;
+                        proxy_set_header X-CF-InstanceIndex 0;
+                        proxy_set_header X-CF-InstanceID i-1;
+                        proxy_buffering off;
+                }
+        }
 }
 EOF
         taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" >"$WORK/nginx.log" 2>&1 &
         PIDS+=($!)
         await_200 "http://127.0.0.1:$NGINX_PORT/"
+        await_200 "http://127.0.0.1:$NGINXCF_PORT/"
 fi
 
 # --- HAProxy ----------------------------------------------------------------------------------------------------
@@ -223,7 +245,7 @@ fi
 
 # BENCH_HOLD=1: set everything up, print where it listens, and wait (for profiling by hand); Ctrl-C ends it.
 if [ -n "${BENCH_HOLD:-}" ]; then
-        log "holding: direct $BACK_PORT nginx $NGINX_PORT haproxy $HAPROXY_PORT berth $BERTH_PORT (Host: $HOST)"
+        log "holding: direct $BACK_PORT nginx $NGINX_PORT nginx-cf $NGINXCF_PORT haproxy $HAPROXY_PORT berth $BERTH_PORT (Host: $HOST)"
         log "pids: ${PIDS[*]}"
         while :; do sleep 3600; done
 fi
@@ -232,6 +254,7 @@ port_of() {
         case $1 in
         direct) echo "$BACK_PORT" ;;
         nginx) echo "$NGINX_PORT" ;;
+        nginx-cf) echo "$NGINXCF_PORT" ;;
         haproxy) echo "$HAPROXY_PORT" ;;
         berth) echo "$BERTH_PORT" ;;
         esac
@@ -289,7 +312,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; els
                 for c in $CONNS; do
                         echo "- $c connection(s): berth's p50 overhead over direct" \
                                 "$((P50[berth,$c] - P50[direct,$c])) µs; p99 berth ${P99[berth,$c]} µs" \
-                                "vs nginx ${P99[nginx,$c]:-?} µs."
+                                "vs nginx ${P99[nginx,$c]:-?} µs (nginx-cf ${P99[nginx-cf,$c]:-?} µs)."
                 done
         fi
 } | tee "$OUT/router-results.md"
