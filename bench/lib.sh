@@ -26,10 +26,20 @@ bench_init() {
         fi
 }
 
-# berth_up [LOG_LEVEL]: `berth up` on data dir D with config CFG, ports API_PORT, ROUTER_PORT, CELL_PORT
-# and DOMAIN, in the background (UP_PID; its log WORK/up.log, BERTH_LOG_LEVEL=LOG_LEVEL when given); waits
-# for the API (API) and the admin password, logs in and enables diego_docker.
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# berth_up [LOG_LEVEL]: `berth up` on data dir D with config CFG and DOMAIN on free ports (sets API_PORT,
+# ROUTER_PORT, CELL_PORT, API and ROUTER, the router's base URL), in the background (UP_PID; its log
+# WORK/up.log, BERTH_LOG_LEVEL=LOG_LEVEL when given); waits for the API and the admin password, logs in and
+# enables diego_docker.
 berth_up() {
+        API_PORT=$(free_port)
+        ROUTER_PORT=$(free_port)
+        CELL_PORT=$(free_port)
+        API=http://127.0.0.1:$API_PORT
+        ROUTER=http://127.0.0.1:$ROUTER_PORT/
+        log "starting berth up (data dir $D, API $API, router $ROUTER)"
         env ${1:+BERTH_LOG_LEVEL="$1"} "$BERTH" --data-dir "$D" --config "$CFG" up --api-port "$API_PORT" \
                 --router-port "$ROUTER_PORT" --cell-port "$CELL_PORT" --domain "$DOMAIN" \
                 >"$WORK/up.log" 2>&1 </dev/null &

@@ -153,7 +153,6 @@ wait_code() {
         return 1
 }
 
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # --- set-up ----------------------------------------------------------------------------------------------------
 # shellcheck source=scripts/lib/registry.sh
@@ -165,12 +164,6 @@ build_image >/dev/null
 
 declare -A NOTE
 if has_tool berth; then
-        API_PORT=$(free_port)
-        ROUTER_PORT=$(free_port)
-        CELL_PORT=$(free_port)
-        API=http://127.0.0.1:$API_PORT
-        ROUTER=http://127.0.0.1:$ROUTER_PORT/
-        log "starting berth up (data dir $D, API $API, router $ROUTER)"
         berth_up ""
         log "berth: first push (pulls the image into the cell's store; not timed)"
         "$BERTH" push "$APP" --docker-image "$REF" >"$WORK/push.log" 2>&1 || {

@@ -133,7 +133,6 @@ wait_200() {
         return 1
 }
 
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # The app's instances as "GUID STATE" lines (from `berth app --json`).
 instances() {
@@ -358,12 +357,6 @@ REF=127.0.0.1:$REG_PORT/bench/recover:1
 log "building and pushing $REF"
 build_image >/dev/null
 
-API_PORT=$(free_port)
-ROUTER_PORT=$(free_port)
-CELL_PORT=$(free_port)
-API=http://127.0.0.1:$API_PORT
-ROUTER=http://127.0.0.1:$ROUTER_PORT/
-log "starting berth up (data dir $D, API $API, router $ROUTER)"
 # Each line of its log has a millisecond timestamp; BENCH_LOG_LEVEL=debug adds the cell's steps.
 berth_up "${BENCH_LOG_LEVEL:-info}"
 log "pushing $APP (1 instance; the cell pulls the image)"

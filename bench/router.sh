@@ -76,10 +76,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-        $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 # Wait until URL answers 200 (with Host: $HOST), at most 10 s.
 await_200() {
         local url=$1
@@ -118,6 +114,22 @@ await_200 "http://127.0.0.1:$BACK_PORT/"
 # --- nginx as the proxy ----------------------------------------------------------------------------------------
 NGINX_PORT=$(free_port)
 NGINXCF_PORT=$(free_port)
+# nginx_server PORT [HEADER VALUE]...: a server block proxying to the backend's keep-alive pool, setting Host,
+# X-Forwarded-For and the extra headers given.
+nginx_server() {
+        local port=$1
+        shift
+        printf '        server {\n                listen 127.0.0.1:%s reuseport backlog=4096;\n' "$port"
+        printf '                location / {\n                        proxy_pass http://app;\n'
+        printf '                        proxy_http_version 1.1;\n                        proxy_set_header Connection "";\n'
+        printf '                        proxy_set_header Host $host;\n'
+        printf '                        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n'
+        while [ $# -ge 2 ]; do
+                printf '                        proxy_set_header %s %s;\n' "$1" "$2"
+                shift 2
+        done
+        printf '                        proxy_buffering off;\n                }\n        }\n'
+}
 if has_tool nginx || has_tool nginx-cf; then
         mkdir -p "$WORK/nginx"
         cat >"$WORK/nginx/nginx.conf" <<EOF
@@ -132,36 +144,11 @@ http {
         access_log ${NGINX_LOG};
         keepalive_requests 1000000;
         upstream app { server 127.0.0.1:$BACK_PORT; keepalive 1024; keepalive_requests 1000000; }
-        server {
-                listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
-                location / {
-                        proxy_pass http://app;
-                        proxy_http_version 1.1;
-                        proxy_set_header Connection "";
-                        proxy_set_header Host \$host;
-                        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-                        proxy_buffering off;
-                }
-        }
+$(nginx_server "$NGINX_PORT")
         # nginx-cf: the same, plus the six request headers berth's router adds as Gorouter does (the backend
         # parses them too): the same job, for comparison; the goal stays measured against plain nginx.
-        server {
-                listen 127.0.0.1:$NGINXCF_PORT reuseport backlog=4096;
-                location / {
-                        proxy_pass http://app;
-                        proxy_http_version 1.1;
-                        proxy_set_header Connection "";
-                        proxy_set_header Host \$host;
-                        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-                        proxy_set_header X-Forwarded-Proto \$scheme;
-                        proxy_set_header X-Request-Start \$msec;
-                        proxy_set_header X-Vcap-Request-Id \$request_id;
-                        proxy_set_header X-CF-ApplicationID a-1;
-                        proxy_set_header X-CF-InstanceIndex 0;
-                        proxy_set_header X-CF-InstanceID i-1;
-                        proxy_buffering off;
-                }
-        }
+$(nginx_server "$NGINXCF_PORT" X-Forwarded-Proto '$scheme' X-Request-Start '$msec' \
+        X-Vcap-Request-Id '$request_id' X-CF-ApplicationID a-1 X-CF-InstanceIndex 0 X-CF-InstanceID i-1)
 }
 EOF
         taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" >"$WORK/nginx.log" 2>&1 &
@@ -247,7 +234,10 @@ fi
 if [ -n "${BENCH_HOLD:-}" ]; then
         log "holding: direct $BACK_PORT nginx $NGINX_PORT nginx-cf $NGINXCF_PORT haproxy $HAPROXY_PORT berth $BERTH_PORT (Host: $HOST)"
         log "pids: ${PIDS[*]}"
-        while :; do sleep 3600; done
+        while :; do
+                sleep 3600 &
+                wait $! # interruptible: INT or TERM runs the cleanup at once
+        done
 fi
 
 port_of() {
