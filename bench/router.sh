@@ -116,6 +116,7 @@ NGINX_PORT=$(free_port)
 NGINXCF_PORT=$(free_port)
 # nginx_server PORT [HEADER VALUE]...: a server block proxying to the backend's keep-alive pool, setting Host,
 # X-Forwarded-For and the extra headers given.
+# shellcheck disable=SC2016 # $host and the like are nginx's variables, not the shell's
 nginx_server() {
         local port=$1
         shift
@@ -132,6 +133,7 @@ nginx_server() {
 }
 if has_tool nginx || has_tool nginx-cf; then
         mkdir -p "$WORK/nginx"
+        # shellcheck disable=SC2016 # the same
         cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes $WORKERS;
 daemon off;
