@@ -30,6 +30,9 @@
 #define ROUTER_MAX_CONNS_CEILING 1000000
 #define ROUTER_BUSY_POLL_US      50 /* router.busy_poll_us (docs/PLATFORM.md) */
 #define ROUTER_BUSY_POLL_MAX_US  10000
+#define ROUTER_LOG_FLUSH_MS      200 /* router.access_log_flush_ms */
+#define ROUTER_LOG_FLUSH_MIN_MS  10
+#define ROUTER_LOG_FLUSH_MAX_MS  60000
 
 #define EXIT_USAGE 2
 
@@ -128,6 +131,7 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                                             "balancing_algorithm",
                                             "backend_max_conns",
                                             "busy_poll_us",
+                                            "access_log_flush_ms",
                                             "metrics_listen",
                                             "tls_listen",
                                             "tls_certificates",
@@ -201,6 +205,8 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                              &o->backend_max_conns, err)) < 0 ||
             (r = get_bounded(sec, "busy_poll_us", 0, " (off)", ROUTER_BUSY_POLL_MAX_US, &o->busy_poll_us,
                              err)) < 0 ||
+            (r = get_bounded(sec, "access_log_flush_ms", ROUTER_LOG_FLUSH_MIN_MS, "", ROUTER_LOG_FLUSH_MAX_MS,
+                             &o->access_log_flush_ms, err)) < 0 ||
             (r = get_bounded(sec, "dial_timeout_ms", 1, "", ROUTER_MAX_TIMEOUT_MS, &o->dial_timeout_ms,
                              err)) < 0 ||
             (r = get_bounded(sec, "request_timeout_ms", 1, "", ROUTER_MAX_TIMEOUT_MS, &o->request_timeout_ms,
@@ -259,6 +265,7 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 .balance = RT_ROUND_ROBIN,
                 .backend_max_conns = ROUTER_BACKEND_MAX_CONNS,
                 .busy_poll_us = ROUTER_BUSY_POLL_US,
+                .access_log_flush_ms = ROUTER_LOG_FLUSH_MS,
         };
         int r = apply_config(cfg ? cfg->router : NULL, &o, err);
         if (r < 0)

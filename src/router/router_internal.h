@@ -142,6 +142,7 @@ struct router_opts {
         size_t n_tls_certs;
         unsigned backend_max_conns; /* per backend address, all workers; 0: no limit */
         unsigned busy_poll_us; /* how long a worker polls without sleeping after its last event; 0: never */
+        unsigned access_log_flush_ms; /* the longest a line waits to be shipped (a full batch goes at once) */
 };
 
 /* The route watcher: long-polls the controller in its own thread until stop is set. */
@@ -228,6 +229,7 @@ void metrics_stop(struct metrics_server *s);
 #define AL_QUEUE_MAX   10000      /* lines waiting per worker; more are dropped (counted) */
 #define AL_QUEUE_BYTES (4u << 20) /* bytes of them waiting per worker; the same */
 #define AL_BATCH_INIT  65536
+#define AL_SHIP_BYTES  65536 /* a batch this big is shipped at once (access_queue_push) */
 
 /*
  * Lines in one buffer: each is its app guid, its time (RFC 3339 with nanoseconds, like the cells' log
@@ -237,6 +239,7 @@ struct access_batch {
         char *d;
         size_t len, cap; /* bytes */
         size_t n;        /* lines */
+        bool kicked;     /* the shipper was woken for this batch */
 };
 
 /*
@@ -244,10 +247,12 @@ struct access_batch {
  * previous batch under the same lock (double buffering: no allocation per line or per batch once the
  * buffers have grown, and no formatting while holding the lock).
  */
+struct access_shipper;
 struct access_queue {
         pthread_mutex_t mu;
         struct access_batch cur;
         _Atomic uint64_t dropped; /* lines dropped: queue full, or the controller did not take them */
+        struct access_shipper *_Atomic shipper; /* to wake when cur reaches AL_SHIP_BYTES; NULL: none */
 };
 void access_queue_init(struct access_queue *q);
 void access_queue_destroy(struct access_queue *q);
@@ -256,10 +261,10 @@ void access_queue_push(struct access_queue *q, const char *app_guid, const char 
                        size_t text_len);
 uint64_t access_queue_dropped(const struct access_queue *q);
 
-struct access_shipper;
 /*
- * POST the queued lines to {controller}/internal/v1/logs every 200 ms from a thread of its own (best effort:
- * a controller that is down loses them, counted). index is the router's RTR/<index>.
+ * POST the queued lines to {controller}/internal/v1/logs from a thread of its own, every access_log_flush_ms
+ * or as soon as a worker's batch reaches AL_SHIP_BYTES (best effort: a controller that is down loses them,
+ * counted). index is the router's RTR/<index>.
  */
 int access_shipper_start(const struct router_opts *o, struct access_queue *const *queues, size_t n,
                          struct access_shipper **ret, struct berr **err);

@@ -1254,6 +1254,36 @@ def test_access_log_lines_reach_the_controller(rig):
     assert not any("nope.test" in l["message"] for l in ctl.access_lines[n:])
 
 
+def test_access_log_full_batch_ships_at_once(rig):
+    """Lines wait for the shipper's timer (router.access_log_flush_ms, here a minute) until a worker's batch
+    reaches 64 KiB: that batch goes at once, so a busy router ships small batches often."""
+    b0, _ = rig["backends"]
+    serve(rig, [route("kick.test", [b0.port], app="app-guid-kick")])
+    router = extra_router(rig, "router:\n  workers: 1\n  access_log_flush_ms: 60000\n")
+    wait_until(lambda: router.get("kick.test", path="/echo?first")[0].status == 200, timeout=5,
+               what="the route on the second router")
+    ctl = rig["ctl"]
+
+    def arrived(marker):
+        with ctl.cond:
+            return sum(marker in l["message"] for l in ctl.access_lines)
+
+    time.sleep(0.5)  # the absence of a line: nothing to await
+    assert arrived("/echo?first") == 0, "a small batch was shipped before the timer"
+    # 80 lines of about 1.4 KB each: the 47th or so takes the batch past 64 KiB.
+    c = router.conn()
+    try:
+        for i in range(80):
+            c.request("GET", f"/echo?bulk-{i:02d}-" + "x" * 1000, headers={"Host": "kick.test"})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 200
+    finally:
+        c.close()
+    wait_until(lambda: arrived("/echo?bulk-") >= 40, timeout=10, what="the full batch")
+    assert arrived("/echo?first") >= 1  # shipped with it
+
+
 def _cpu_ticks(pid):
     """User plus system CPU time of a process, all its threads, in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
@@ -1270,7 +1300,9 @@ def test_bounded_settings_are_checked(rig):
              ("workers", "0", "router.workers must be between 1 and "),
              ("backend_max_conns", "-1", "router.backend_max_conns must be between 0 (no limit) and 1000000"),
              ("dial_timeout_ms", "0", "router.dial_timeout_ms must be between 1 and "),
-             ("idle_timeout_ms", "-5", "router.idle_timeout_ms must be between 1 and ")]
+             ("idle_timeout_ms", "-5", "router.idle_timeout_ms must be between 1 and "),
+             ("access_log_flush_ms", "9", "router.access_log_flush_ms must be between 10 and 60000"),
+             ("access_log_flush_ms", "60001", "router.access_log_flush_ms must be between 10 and 60000")]
     for key, bad, message in cases:
         with open(cfg, "w") as f:
             f.write(f"router:\n  listen: 127.0.0.1:1\n  {key}: {bad}\n")
