@@ -2046,12 +2046,27 @@ static int parse_listen(const char *listen, struct addrinfo **ret, struct berr *
         return 0;
 }
 
-static int open_listener(const struct sockaddr *sa, socklen_t sl, struct berr **err)
+/*
+ * A listening socket on sa for one worker. The workers' sockets share the port through SO_REUSEPORT, which
+ * would as gladly let this router join another process's listeners (of the same user) and take half of its
+ * connections. So the first (first set) checks that nothing listens there: a socket without SO_REUSEPORT
+ * cannot bind a port that any socket is bound to.
+ */
+static int open_listener(const struct sockaddr *sa, socklen_t sl, bool first, struct berr **err)
 {
+        int one = 1;
+        if (first) {
+                _cleanup_close_ int probe = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (probe < 0)
+                        return berr_set_errno(err, -errno, "socket");
+                if (setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+                        return berr_set_errno(err, -errno, "setsockopt");
+                if (bind(probe, sa, sl) < 0)
+                        return berr_set_errno(err, -errno, "bind");
+        }
         _cleanup_close_ int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return berr_set_errno(err, -errno, "socket");
-        int one = 1;
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
                 return berr_set_errno(err, -errno, "setsockopt");
@@ -2246,7 +2261,7 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                 /* The first listener may bind port 0; the others join the port it got. */
                 const struct sockaddr *sa = i == 0 ? ai->ai_addr : (const struct sockaddr *)&bound;
                 socklen_t sl = i == 0 ? ai->ai_addrlen : bound_len;
-                r = open_listener(sa, sl, err);
+                r = open_listener(sa, sl, i == 0, err);
                 if (r < 0) {
                         r = berr_prefix(err, r, "listen on %s", o->listen);
                         goto fail;
@@ -2261,7 +2276,7 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
                 }
                 if (tai) {
                         const struct sockaddr *tsa = i == 0 ? tai->ai_addr : (const struct sockaddr *)&tbound;
-                        r = open_listener(tsa, i == 0 ? tai->ai_addrlen : tbound_len, err);
+                        r = open_listener(tsa, i == 0 ? tai->ai_addrlen : tbound_len, i == 0, err);
                         if (r < 0) {
                                 r = berr_prefix(err, r, "listen on %s", o->tls_listen);
                                 goto fail;

@@ -1311,6 +1311,22 @@ def test_bounded_settings_are_checked(rig):
         assert message in r.stderr, (key, bad, r.stderr)
 
 
+def test_port_in_use_is_refused(rig):
+    """A second router on a port another router listens on fails to start (its SO_REUSEPORT listeners would
+    otherwise join the first router's and take half of its connections); the first one goes on serving."""
+    cfg = os.path.join(rig["tmp"], "taken.yaml")
+    port = rig["router"].port
+    with open(cfg, "w") as f:
+        f.write(f"router:\n  listen: 127.0.0.1:{port}\n")
+    r = berthcli.run_berth("--config", cfg, "router", "--controller", rig["ctl"].url, "--internal-token-file",
+                           os.path.join(rig["router"].tmp, "internal-token"), check=False, timeout=30)
+    assert r.returncode != 0
+    assert f"listen on 127.0.0.1:{port}: bind: Address already in use" in r.stderr, r.stderr
+    b0, _ = rig["backends"]
+    serve(rig, [route("taken.test", [b0.port])])
+    assert rig["router"].get("taken.test")[0].status == 200
+
+
 def test_busy_polling_serves_load_then_sleeps(rig):
     """With the longest busy-poll window a worker keeps polling while events come in bursts: concurrent
     keep-alive clients are all answered, and once they stop the router goes back to sleep (its CPU use
