@@ -5,9 +5,11 @@
 # directly, through nginx (`proxy_pass` to an upstream with a keep-alive pool), through the same nginx adding
 # the six request headers berth adds as Gorouter does ("nginx-cf"), through HAProxy (`http-reuse always`)
 # and through berth's router, each proxy with the same number of workers (BENCH_WORKERS, default 1),
-# at BENCH_CONNS connections (default "1 64 1000"), BENCH_SECONDS each (default 10) after a 2 s warm-up.
-# Prints requests/s, p50 and p99 latency, the ratio berth/nginx and berth's p50 overhead over direct, and
-# writes the table to bench/out/router-results.md.
+# at BENCH_CONNS connections (default "1 64 1000"). Each connection count gets a 1 s warm-up per tool and
+# then BENCH_ROUNDS rounds (default 5); a round measures every tool for BENCH_SECONDS (default 5), in an
+# order rotated from round to round. Prints requests/s, p50 and p99 latency (medians of the rounds), the
+# ratio berth/nginx, berth's p50 overhead over direct and in how many rounds berth did at least as well as
+# nginx, and writes the table to bench/out/router-results.md.
 #
 # nginx logs each request (buffered access log), as berth's router does (access log lines shipped to the
 # controller); HAProxy logs nothing (it logs through syslog only). BENCH_NGINX_LOG=off turns nginx's off.
@@ -22,8 +24,9 @@
 # batches) at SCHED_IDLE, so the controller's cost is not in the figures, as nginx's and HAProxy's
 # configuration files are not. The router's own cost of shipping its access log is.
 #
-# Environment: BERTH (default build/berth), BENCH_OUT, BENCH_CONNS, BENCH_SECONDS, BENCH_WORKERS,
-# BENCH_TOOLS (default "direct nginx nginx-cf haproxy berth"), BENCH_COMMIT, BENCH_HOLD (set up, print the ports, wait). Needs root (ulimits, packages).
+# Environment: BERTH (default build/berth), BENCH_OUT, BENCH_CONNS, BENCH_SECONDS, BENCH_ROUNDS,
+# BENCH_WORKERS, BENCH_TOOLS (default "direct nginx nginx-cf haproxy berth"), BENCH_COMMIT, BENCH_HOLD (set
+# up, print the ports, wait). Needs root (ulimits, packages).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,7 +34,8 @@ REPO=$PWD
 BERTH=${BERTH:-$REPO/build/berth}
 OUT=${BENCH_OUT:-$REPO/bench/out}
 CONNS=${BENCH_CONNS:-1 64 1000}
-SECS=${BENCH_SECONDS:-10}
+SECS=${BENCH_SECONDS:-5}
+ROUNDS=${BENCH_ROUNDS:-5}
 WORKERS=${BENCH_WORKERS:-1}
 TOOLS=${BENCH_TOOLS:-direct nginx nginx-cf haproxy berth}
 PY=/usr/bin/python3
@@ -260,51 +264,89 @@ to_us() {
                 printf "%.0f", n * m }'
 }
 
-declare -A RPS P50 P99
+# One measurement: wrk against tool $1 at $2 connections for SECS seconds; sets RES_RPS, RES_P50, RES_P99.
+measure() {
+        local t=$1 c=$2 res
+        res=$(taskset -c 1 wrk -t1 -c"$c" -d"${SECS}s" --latency -H "Host: $HOST" "http://127.0.0.1:$(port_of "$t")/")
+        if grep -q "Non-2xx\|Socket errors" <<<"$res"; then
+                log "$t at $c connections reported errors:"
+                grep "Non-2xx\|Socket errors" <<<"$res" >&2
+        fi
+        RES_RPS=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$res")
+        RES_P50=$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$res")")
+        RES_P99=$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$res")")
+}
+
+# The median of the numbers given (the mean of the middle two for an even count).
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+
+# Rounds: each round measures every tool once, in an order rotated from round to round, so that a slow
+# minute of the machine (this VM's throughput moves by a third between minutes) falls on every tool alike.
+# Each figure reported is the median of the rounds; "berth ≥ nginx" counts the rounds in which berth's
+# router did at least as well as nginx measured next to it.
+read -ra TOOL_LIST <<<"$TOOLS"
+NT=${#TOOL_LIST[@]}
+declare -A RPS P50 P99 ALL_RPS ALL_P50 ALL_P99 WIN_RPS WIN_P99
 for c in $CONNS; do
-        for t in $TOOLS; do
-                port=$(port_of "$t")
-                threads=1
-                url="http://127.0.0.1:$port/"
-                taskset -c 1 wrk -t"$threads" -c"$c" -d2s -H "Host: $HOST" "$url" >/dev/null 2>&1 || true
-                res=$(taskset -c 1 wrk -t"$threads" -c"$c" -d"${SECS}s" --latency -H "Host: $HOST" "$url")
-                if grep -q "Non-2xx\|Socket errors" <<<"$res"; then
-                        log "$t at $c connections reported errors:"
-                        grep "Non-2xx\|Socket errors" <<<"$res" >&2
+        for t in "${TOOL_LIST[@]}"; do # warm-up: caches, pools, the backend's connections
+                taskset -c 1 wrk -t1 -c"$c" -d1s -H "Host: $HOST" "http://127.0.0.1:$(port_of "$t")/" >/dev/null 2>&1 || true
+        done
+        WIN_RPS[$c]=0 WIN_P99[$c]=0
+        for ((r = 0; r < ROUNDS; r++)); do
+                declare -A ROUND_RPS=() ROUND_P99=()
+                for ((k = 0; k < NT; k++)); do
+                        t=${TOOL_LIST[$(((k + r) % NT))]}
+                        measure "$t" "$c"
+                        ALL_RPS[$t,$c]+=" $RES_RPS" ALL_P50[$t,$c]+=" $RES_P50" ALL_P99[$t,$c]+=" $RES_P99"
+                        ROUND_RPS[$t]=$RES_RPS ROUND_P99[$t]=$RES_P99
+                        log "$(printf 'round %d/%d %-8s c=%-5s %9s req/s  p50 %6s us  p99 %6s us' $((r + 1)) "$ROUNDS" \
+                                "$t" "$c" "$RES_RPS" "$RES_P50" "$RES_P99")"
+                done
+                if has_tool berth && has_tool nginx; then
+                        [ "${ROUND_RPS[berth]}" -ge "${ROUND_RPS[nginx]}" ] && WIN_RPS[$c]=$((WIN_RPS[$c] + 1))
+                        [ "${ROUND_P99[berth]}" -le "${ROUND_P99[nginx]}" ] && WIN_P99[$c]=$((WIN_P99[$c] + 1))
                 fi
-                RPS[$t,$c]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$res")
-                P50[$t,$c]=$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$res")")
-                P99[$t,$c]=$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$res")")
-                log "$(printf '%-8s c=%-5s %9s req/s  p50 %6s us  p99 %6s us' "$t" "$c" "${RPS[$t,$c]}" \
-                        "${P50[$t,$c]}" "${P99[$t,$c]}")"
+        done
+        for t in "${TOOL_LIST[@]}"; do
+                # shellcheck disable=SC2086 # the lists are numbers separated by spaces
+                RPS[$t,$c]=$(median ${ALL_RPS[$t,$c]}) P50[$t,$c]=$(median ${ALL_P50[$t,$c]}) \
+                        P99[$t,$c]=$(median ${ALL_P99[$t,$c]})
         done
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+range() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
 {
         echo "# Router benchmark ($(date -u +%Y-%m-%dT%H:%MZ), commit $COMMIT)"
         echo
         echo "Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
                 "$(uname -r); load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
-        echo "Backend and wrk (1 thread) on CPU 1, the proxy on CPU 0; $WORKERS proxy worker(s); ${SECS} s per run;"
+        echo "Backend and wrk (1 thread) on CPU 1, the proxy on CPU 0; $WORKERS proxy worker(s); $ROUNDS rounds of"
+        echo "${SECS} s per tool and connection count, tools interleaved; each figure is the median of the rounds."
         echo "nginx's access log: ${BENCH_NGINX_LOG:-on} (berth's router always logs); berth's backend_max_conns: 0."
         echo "612-byte page; nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR==1 { print $3 }')."
         echo
-        echo "| connections | tool | req/s | p50 (µs) | p99 (µs) | vs nginx req/s |"
-        echo "|---:|---|---:|---:|---:|---:|"
+        echo "| connections | tool | req/s | req/s range | p50 (µs) | p99 (µs) | vs nginx req/s |"
+        echo "|---:|---|---:|---:|---:|---:|---:|"
         for c in $CONNS; do
-                for t in $TOOLS; do
+                for t in "${TOOL_LIST[@]}"; do
                         r="-"
                         has_tool nginx && [ "$t" != direct ] && r=$(ratio "${RPS[$t,$c]}" "${RPS[nginx,$c]}")
-                        echo "| $c | $t | ${RPS[$t,$c]} | ${P50[$t,$c]} | ${P99[$t,$c]} | $r |"
+                        echo "| $c | $t | ${RPS[$t,$c]} | $(range "${ALL_RPS[$t,$c]}") | ${P50[$t,$c]} | ${P99[$t,$c]} | $r |"
                 done
         done
-        if has_tool berth && has_tool direct; then
+        if has_tool berth; then
                 echo
                 for c in $CONNS; do
-                        echo "- $c connection(s): berth's p50 overhead over direct" \
-                                "$((P50[berth,$c] - P50[direct,$c])) µs; p99 berth ${P99[berth,$c]} µs" \
-                                "vs nginx ${P99[nginx,$c]:-?} µs (nginx-cf ${P99[nginx-cf,$c]:-?} µs)."
+                        line="- $c connection(s):"
+                        has_tool direct && line+=" berth's p50 overhead over direct $((P50[berth,$c] - P50[direct,$c])) µs;"
+                        if has_tool nginx; then
+                                line+=" p99 berth ${P99[berth,$c]} µs vs nginx ${P99[nginx,$c]} µs"
+                                has_tool nginx-cf && line+=" (nginx-cf ${P99[nginx-cf,$c]} µs)"
+                                line+="; berth ≥ nginx in req/s in ${WIN_RPS[$c]} of $ROUNDS rounds, in p99 in"
+                                line+=" ${WIN_P99[$c]} of $ROUNDS"
+                        fi
+                        echo "$line."
                 done
         fi
 } | tee "$OUT/router-results.md"
