@@ -201,6 +201,11 @@ TABLE = json.dumps({"index": 1, "routes": [{"host": "$HOST", "path": "", "route_
     "port": $BACK_PORT}]}]}).encode()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # One send per response (head and body buffered, flushed after each request) and no Nagle: unbuffered,
+    # the 2-byte body waited for the delayed ACK of the head, 40 ms per batch, as berth's controller
+    # (TCP_NODELAY, one write) never makes the router wait.
+    wbufsize = -1
+    disable_nagle_algorithm = True
     def log_message(self, *a): pass
     def do_GET(self):
         q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)

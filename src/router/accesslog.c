@@ -52,6 +52,7 @@ struct access_shipper {
         char *url, *token;
         struct access_queue *const *queues;
         struct access_batch *taken; /* per queue: the batch last taken from it, emptied and handed back */
+        size_t *inbody;             /* per queue: its lines in the body being built */
         size_t n;
         struct sbuf body;  /* the JSON body, kept between batches (no allocation once it has grown) */
         bool can_idle;     /* CAP_SYS_NICE: may leave SCHED_IDLE again (see shipper_sched) */
@@ -173,16 +174,48 @@ static void sb_json_str(struct sbuf *b, const char *s, size_t len)
 }
 
 /*
+ * POST the body built so far (count lines, s->inbody[i] of them from worker i) and start the next. Lines the
+ * controller does not accept are lost, and counted as dropped.
+ */
+static void post_lines(struct access_shipper *s, struct http_client *hc, struct sbuf *b, size_t *count)
+{
+        if (*count > 0) {
+                sb_put(b, "]}", 2);
+                struct http_result res = { 0 };
+                _cleanup_berr_ struct berr *e = NULL;
+                if (http_request(hc, "POST", s->url, NULL, "application/json", b->d, b->n, &res, &e) < 0 ||
+                    res.status >= 300) {
+                        for (size_t i = 0; i < s->n; i++)
+                                atomic_fetch_add_explicit(&s->queues[i]->dropped, s->inbody[i],
+                                                          memory_order_relaxed);
+                        static int64_t warned;
+                        if (router_now_ms() - warned > 30000) {
+                                warned = router_now_ms();
+                                if (e)
+                                        log_warn("access logs: %s", berr_msg(e));
+                                else
+                                        log_warn("access logs: the controller answered %ld",
+                                                 (long)res.status);
+                        }
+                }
+                http_result_free(&res);
+        }
+        memset(s->inbody, 0, s->n * sizeof(*s->inbody));
+        *count = 0;
+        b->n = 0;
+        sb_put(b, "{\"lines\":[", 10);
+}
+
+/*
  * Take every worker's batch (a pointer swap under its lock: the worker never waits for more than that),
- * build one JSON body from them here, off the request path, and POST it. Lines of a batch the controller
- * does not accept are lost, and counted as dropped.
+ * build JSON bodies from them here, off the request path, and POST them, each at most about AL_POST_BYTES
+ * (a batch that grew while the controller was slow goes in several: the controller takes 1 MiB at most).
  */
 static void ship(struct access_shipper *s, struct http_client *hc)
 {
         struct sbuf b = s->body;
         size_t count = 0;
-        b.n = 0;
-        sb_put(&b, "{\"lines\":[", 10);
+        post_lines(s, hc, &b, &count); /* starts the body */
         for (size_t i = 0; i < s->n; i++) {
                 struct access_queue *q = s->queues[i];
                 struct access_batch *t = &s->taken[i];
@@ -211,25 +244,12 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                         sb_put(&b, ",\"message\":", 11);
                         sb_json_str(&b, text, xl);
                         sb_put(&b, "}", 1);
+                        s->inbody[i]++;
+                        if (b.n >= AL_POST_BYTES)
+                                post_lines(s, hc, &b, &count);
                 }
         }
-        sb_put(&b, "]}", 2);
-        if (count > 0) {
-                struct http_result res = { 0 };
-                _cleanup_berr_ struct berr *e = NULL;
-                if (http_request(hc, "POST", s->url, NULL, "application/json", b.d, b.n, &res, &e) < 0 ||
-                    res.status >= 300) {
-                        for (size_t i = 0; i < s->n; i++)
-                                atomic_fetch_add_explicit(&s->queues[i]->dropped, s->taken[i].n,
-                                                          memory_order_relaxed);
-                        static int64_t warned;
-                        if (router_now_ms() - warned > 30000) {
-                                warned = router_now_ms();
-                                log_warn("access logs: %s", e ? berr_msg(e) : "the controller refused them");
-                        }
-                }
-                http_result_free(&res);
-        }
+        post_lines(s, hc, &b, &count);
         s->body = b;
 }
 
@@ -328,6 +348,7 @@ int access_shipper_start(const struct router_opts *o, struct access_queue *const
         s->flush_ms = o->access_log_flush_ms ? o->access_log_flush_ms : 200;
         s->queues = queues;
         s->taken = xcalloc(n ? n : 1, sizeof(*s->taken));
+        s->inbody = xcalloc(n ? n : 1, sizeof(*s->inbody));
         s->n = n;
         pthread_mutex_init(&s->mu, NULL);
         pthread_condattr_t ca;
@@ -340,6 +361,7 @@ int access_shipper_start(const struct router_opts *o, struct access_queue *const
                 free(s->url);
                 free(s->token);
                 free(s->taken);
+                free(s->inbody);
                 free(s);
                 return berr_set_errno(err, -e, "access logs: start the shipper thread");
         }
@@ -366,6 +388,7 @@ void access_shipper_stop(struct access_shipper *s)
         for (size_t i = 0; i < s->n; i++)
                 batch_free(&s->taken[i]);
         free(s->taken);
+        free(s->inbody);
         free(s->body.d);
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cond);

@@ -229,7 +229,8 @@ void metrics_stop(struct metrics_server *s);
 #define AL_QUEUE_MAX   10000      /* lines waiting per worker; more are dropped (counted) */
 #define AL_QUEUE_BYTES (4u << 20) /* bytes of them waiting per worker; the same */
 #define AL_BATCH_INIT  65536
-#define AL_SHIP_BYTES  65536 /* a batch this big is shipped at once (access_queue_push) */
+#define AL_SHIP_BYTES  65536        /* a batch this big is shipped at once (access_queue_push) */
+#define AL_POST_BYTES  (512u << 10) /* a POST's body ends after the line that reaches this */
 
 /*
  * Lines in one buffer: each is its app guid, its time (RFC 3339 with nanoseconds, like the cells' log

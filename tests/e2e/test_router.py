@@ -46,6 +46,9 @@ class FakeController:
         self.polls = 0
         self.unauthorized = 0
         self.access_lines = []
+        self.post_sizes = []  # body bytes of each access log POST
+        self.post_gate = None  # (marker, Event): the next access log POST with marker waits for it (4 s at most)
+        self.max_body = None  # bytes: larger access log POSTs get 413, as the controller's 1 MiB limit
         self.stopped = False
         ctl = self
 
@@ -83,6 +86,14 @@ class FakeController:
                 data = self.rfile.read(n)
                 if self.path != "/internal/v1/logs" or self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self._send(404, b"{}")
+                gate = ctl.post_gate
+                if gate is not None and gate[0] in data:
+                    ctl.post_gate = None
+                    gate[1].wait(4)
+                with ctl.cond:
+                    ctl.post_sizes.append(n)
+                if ctl.max_body is not None and n > ctl.max_body:
+                    return self._send(413, b'{"errors":[]}')
                 with ctl.cond:
                     ctl.access_lines += json.loads(data)["lines"]
                     ctl.cond.notify_all()
@@ -1282,6 +1293,53 @@ def test_access_log_full_batch_ships_at_once(rig):
         c.close()
     wait_until(lambda: arrived("/echo?bulk-") >= 40, timeout=10, what="the full batch")
     assert arrived("/echo?first") >= 1  # shipped with it
+
+
+def test_access_log_backlog_ships_in_bodies_the_controller_takes(rig):
+    """Lines that piled up while the controller was slow (here 1.4 MB of them) go in several POSTs of at most
+    about 512 KiB, which the controller's 1 MiB body limit takes: none is lost."""
+    b0, _ = rig["backends"]
+    serve(rig, [route("split.test", [b0.port], app="app-guid-split")])
+    router = extra_router(rig, "router:\n  workers: 1\n")
+    wait_until(lambda: router.get("split.test", path="/echo?warm")[0].status == 200, timeout=5,
+               what="the route on the second router")
+    ctl = rig["ctl"]
+    ctl.max_body = 1 << 20
+    gate = threading.Event()
+    ctl.post_gate = (b"?split-", gate)
+    n, clients = 1000, 25
+    statuses = []
+
+    def client(k):
+        c = router.conn()
+        try:
+            for i in range(k, n, clients):
+                c.request("GET", f"/echo?split-{i:04d}-" + "x" * 1000, headers={"Host": "split.test"})
+                r = c.getresponse()
+                r.read()
+                statuses.append(r.status)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        gate.set()
+    assert statuses == [200] * n, collections.Counter(statuses)
+
+    def arrived():
+        with ctl.cond:
+            return len({l["message"].split("?split-")[1][:4] for l in ctl.access_lines if "?split-" in l["message"]})
+
+    wait_until(lambda: arrived() == n, timeout=20, what=f"all {n} lines")
+    with ctl.cond:
+        sizes = list(ctl.post_sizes)
+    assert max(sizes) <= (512 + 16) * 1024, sizes
+    assert sum(s > 400 * 1024 for s in sizes) >= 2, sizes  # the backlog went in several full bodies
 
 
 def _cpu_ticks(pid):
