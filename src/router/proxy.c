@@ -158,6 +158,7 @@ struct client {
         size_t resp_fwd; /* approved bytes at uin.start not yet written */
         bool up_eof;
         bool tunnel_c2u_shut, tunnel_u2c_shut;
+        bool hup_seen; /* the client's shutdown was looked at for this request (client_gone) */
         /* Accounting of the current request. */
         struct rt_ep_stats *ep_st;  /* the endpoint it counts against (a reference), or NULL */
         char sticky[RT_STICKY_MAX]; /* the request's __VCAP_ID__ cookie, or "" */
@@ -822,6 +823,7 @@ static void client_close(struct client *c)
 static void client_reset(struct client *c)
 {
         client_release_request(c);
+        c->hup_seen = false;
         c->st = CS_HEAD;
         c->req_mode = BODY_NONE;
         c->req_done = false;
@@ -1521,7 +1523,9 @@ static void client_finish(struct client *c)
                         upstream_destroy(w, c->up);
                 c->up = NULL;
         }
-        if (c->close_after || !c->req_done || c->client_eof || w->stopping) {
+        /* A client that shut down its side after pipelining more requests gets their answers first. */
+        bool more = c->in.d && buf_len(&c->in) > 0;
+        if (c->close_after || !c->req_done || (c->client_eof && !more) || w->stopping) {
                 client_close(c);
                 return;
         }
@@ -1544,6 +1548,34 @@ static int upstream_connect_result(struct upstream *u)
         if (getsockopt(u->h.fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0)
                 return errno;
         return e;
+}
+
+/*
+ * Whether the client went away while its whole request was with the backend; if so the request is given up
+ * (the backend connection closed, not pooled; 499 in the access log and metrics) and the client closed, as
+ * Gorouter and nginx do, rather than holding both until the request timeout. Gone means a FIN (or reset)
+ * that came after the request, with nothing unread before it. A client that shut down its side with the
+ * request (hup_seen is set when the head is parsed), or after pipelining its next request, is answered.
+ */
+static bool client_gone(struct client *c)
+{
+        if (!c->h.hup || c->hup_seen || !c->req_done || (c->st != CS_CONNECT && c->st != CS_PROXY))
+                return false;
+        if (c->in.d && buf_len(&c->in) > 0) {
+                c->hup_seen = true; /* the next request is here already: the FIN comes after it */
+                return false;
+        }
+        char b;
+        ssize_t n = recv(c->h.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+                return false; /* not shut down after all: look again at the next hang-up */
+        c->hup_seen = true;
+        if (n > 0)
+                return false; /* pipelined bytes first */
+        if (!c->status)
+                c->status = 499;
+        client_close(c);
+        return true;
 }
 
 /* Drive one connection as far as it goes without blocking. */
@@ -1573,17 +1605,25 @@ static void client_run(struct client *c)
                         } else if (r == IO_EOF) {
                                 c->client_eof = true;
                                 progress = true;
-                                if (c->st == CS_HEAD || !c->req_done) {
+                                if (c->st != CS_HEAD && !c->req_done) {
                                         client_close(c); /* gone before its request was complete */
                                         return;
                                 }
                         }
                 }
+                if (client_gone(c))
+                        return;
                 if (c->st == CS_HEAD) {
                         if (client_parse_head(c))
                                 progress = true;
                         if (c->h.dead)
                                 return;
+                        if (c->st != CS_HEAD)
+                                c->hup_seen = c->h.hup; /* a FIN already here came with the request */
+                        else if (c->client_eof) {
+                                client_close(c); /* no (whole) request before the end */
+                                return;
+                        }
                 }
                 if (client_frame_request(c) < 0) {
                         c->close_after = true;
@@ -1591,6 +1631,11 @@ static void client_run(struct client *c)
                                 client_respond(c, 400, NULL, NULL, "Invalid chunked body");
                         else
                                 client_close(c);
+                        return;
+                }
+
+                if (c->client_eof && !c->req_done && (c->st == CS_CONNECT || c->st == CS_PROXY)) {
+                        client_close(c); /* its body ended early: gone before its request was complete */
                         return;
                 }
 

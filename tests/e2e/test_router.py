@@ -54,6 +54,7 @@ class FakeController:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # a head and its body in two sends: no delayed-ACK wait (40 ms)
 
             def log_message(self, *a):
                 pass
@@ -159,6 +160,7 @@ class Backend:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # a head and its body in two sends: no delayed-ACK wait (40 ms)
 
             def log_message(self, *a):
                 pass
@@ -868,6 +870,41 @@ def extra_router(rig, config):
     r = Router(rig["ctl"].url, d, config=config)
     rig.setdefault("extras", []).append(r)
     return r
+
+
+def _router_close_wait(pid):
+    """The router's TCP sockets whose peer has closed and that it has not closed (CLOSE-WAIT)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "close-wait"], capture_output=True, text=True).stdout
+    return [l for l in out.splitlines() if f"pid={pid}," in l]
+
+
+def test_client_gone_gives_up_the_request(rig):
+    """A client that closes while its request is with the backend: the router gives the request up at once
+    (as Gorouter and nginx: 499 in the access log), not at the request timeout, and holds no socket for it.
+    A client that pipelined a second request before shutting down its side still gets both answers."""
+    b0, _ = rig["backends"]
+    serve(rig, [route("gone.test", [b0.port], app="app-guid-gone")])
+    router, ctl = rig["router"], rig["ctl"]
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+        s.sendall(b"GET /slow?s=4&gone=1 HTTP/1.1\r\nHost: gone.test\r\n\r\n")
+        wait_until(lambda: any("gone=1" in p for _, p, _ in b0.requests), timeout=5, what="the request")
+    t0 = time.monotonic()
+    wait_until(lambda: any('"GET /slow?s=4&gone=1 HTTP/1.1" 499 ' in l["message"] for l in ctl.access_lines),
+               timeout=3, what="the 499 access log line")
+    assert time.monotonic() - t0 < 3.5  # the backend answers after 4 s
+    wait_until(lambda: not _router_close_wait(router.proc.pid), timeout=2, what="no socket left in CLOSE-WAIT")
+    req = b"GET /slow?s=0.2&pipe=%d HTTP/1.1\r\nHost: gone.test\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+        s.sendall(req % 1 + req % 2)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    assert out.count(b"HTTP/1.1 200 OK") == 2, out
+    assert out.index(b"pipe=1") < out.index(b"pipe=2")
 
 
 def test_sticky_sessions(rig):
