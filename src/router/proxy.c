@@ -144,6 +144,7 @@ struct client {
         struct route_table *table; /* reference held while a request is routed */
         struct rt_route *route;
         int ep;
+        int pin; /* X-CF-App-Instance: the only endpoint (index in route) this request may go to; -1: any */
         uint64_t tried;
         int attempts;
         struct upstream *up;
@@ -949,8 +950,21 @@ static void client_connect(struct client *c)
         struct worker *w = c->w;
         int64_t now = router_now_ms();
         const struct router_opts *o = &w->p->o;
-        int i = route_pick(c->route, o->balance, o->backend_max_conns, c->attempts ? NULL : c->sticky, now,
-                           c->tried);
+        int i;
+        if (c->pin >= 0) {
+                const struct rt_endpoint *pe = &c->route->eps[c->pin];
+                if (c->pin < 64 && (c->tried & (1ULL << c->pin)))
+                        i = RT_PICK_NONE; /* no other instance to retry on */
+                else if (o->backend_max_conns &&
+                         atomic_load_explicit(&pe->st->active, memory_order_relaxed) >=
+                             (int)o->backend_max_conns)
+                        i = RT_PICK_LIMIT;
+                else
+                        i = c->pin;
+        } else {
+                i = route_pick(c->route, o->balance, o->backend_max_conns, c->attempts ? NULL : c->sticky,
+                               now, c->tried);
+        }
         if (i == RT_PICK_LIMIT && c->attempts == 0) {
                 char msg[RT_MAX_HOST + 64];
                 snprintf(msg, sizeof(msg), "Requested route ('%s') has reached the connection limit.",
@@ -1006,6 +1020,64 @@ static void client_connect(struct client *c)
         c->deadline = now + w->p->o.dial_timeout_ms;
 }
 
+/* Whether v is GUID:INDEX as Gorouter takes it: a lowercase UUID, ':', then decimal digits (*ret_index). */
+static bool instance_header_parse(const char *v, size_t len, int *ret_index)
+{
+        static const char shape[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx:";
+        size_t sl = sizeof(shape) - 1;
+        if (len <= sl || len > sl + 9)
+                return false;
+        for (size_t i = 0; i < sl; i++) {
+                bool hex = (v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'f');
+                if (shape[i] == 'x' ? !hex : v[i] != shape[i])
+                        return false;
+        }
+        int n = 0;
+        for (size_t i = sl; i < len; i++) {
+                if (v[i] < '0' || v[i] > '9')
+                        return false;
+                n = n * 10 + (v[i] - '0');
+        }
+        *ret_index = n;
+        return true;
+}
+
+/*
+ * Gorouter's app instance routing (handlers/lookup.go): X-CF-App-Instance (or X-CF-Process-Instance; an app's
+ * web process has the app's guid) "GUID:INDEX" sends the request to that instance of the route's app and no
+ * other. A value not of that form is 400 invalid_cf_app_instance_header; an instance the route does not have
+ * is 400 unknown_route. Returns the endpoint's index in rt, -1 without the header, or -2 once it answered.
+ */
+static int client_instance_pin(struct client *c, const struct http_head *h, const struct rt_route *rt,
+                               const char *host)
+{
+        const struct http_header *pin = NULL;
+        for (size_t i = 0; i < h->n_headers && !pin; i++)
+                if (name_is(&h->headers[i], "X-CF-App-Instance") ||
+                    name_is(&h->headers[i], "X-CF-Process-Instance"))
+                        pin = &h->headers[i];
+        if (!pin)
+                return -1;
+        int index = 0;
+        if (!instance_header_parse(pin->value, pin->value_len, &index)) {
+                client_respond(c, 400, "invalid_cf_app_instance_header", NULL,
+                               name_is(pin, "X-CF-App-Instance") ? "Invalid X-CF-App-Instance Header"
+                                                                 : "Invalid X-CF-Process-Instance Header");
+                return -2;
+        }
+        size_t gl = 36;
+        if (strlen(rt->app_guid) == gl && memcmp(rt->app_guid, pin->value, gl) == 0)
+                for (size_t i = 0; i < rt->n_eps; i++)
+                        if (rt->eps[i].index == index)
+                                return (int)i;
+        char msg[RT_MAX_HOST + 160];
+        snprintf(msg, sizeof(msg),
+                 "Requested instance ('%d') with guid ('%.36s') does not exist for route ('%s')", index,
+                 pin->value, host);
+        client_respond(c, 400, "unknown_route", "no-cache, no-store", msg);
+        return -2;
+}
+
 /* Build the request for the backend from the parsed head h and route it. */
 static void client_dispatch(struct client *c, const struct http_head *h)
 {
@@ -1043,6 +1115,8 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 client_respond(c, 404, "unknown_route", "no-cache, no-store", msg);
                 return;
         }
+        if ((c->pin = client_instance_pin(c, h, rt, host)) == -2)
+                return;
         if (rt->n_eps == 0) {
                 char msg[RT_MAX_HOST + 64];
                 snprintf(msg, sizeof(msg), "Requested route ('%s') has no available endpoints.", host);
@@ -1084,7 +1158,7 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 }
                 if (name_is(hh, "X-Vcap-Request-Id") || name_is(hh, "X-CF-ApplicationID") ||
                     name_is(hh, "X-CF-InstanceIndex") || name_is(hh, "X-CF-InstanceID") ||
-                    name_is(hh, "X-CF-App-Instance"))
+                    name_is(hh, "X-CF-App-Instance") || name_is(hh, "X-CF-Process-Instance"))
                         continue;
                 if (name_is(hh, "Cookie"))
                         cookie_value(hh->value, hh->value_len, "__VCAP_ID__", c->sticky, sizeof(c->sticky));

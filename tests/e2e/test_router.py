@@ -907,6 +907,43 @@ def test_client_gone_gives_up_the_request(rig):
     assert out.index(b"pipe=1") < out.index(b"pipe=2")
 
 
+def test_app_instance_header_pins_the_instance(rig):
+    """Gorouter's X-CF-App-Instance (and X-CF-Process-Instance): GUID:INDEX goes to that instance only and is
+    not forwarded; a value of another form is 400 invalid_cf_app_instance_header; an instance the route does
+    not have is 400 unknown_route."""
+    b0, b1 = rig["backends"]
+    app = "3f1c2b4a-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+    serve(rig, [route("pin.test", [b0.port, b1.port], app=app)])
+    router = rig["router"]
+    for name, idx, be in (("X-CF-App-Instance", 0, b0), ("X-CF-App-Instance", 1, b1),
+                          ("X-CF-Process-Instance", 1, b1), ("x-cf-app-instance", 0, b0)):
+        for _ in range(4):  # round-robin would alternate
+            r, body = router.get("pin.test", headers={name: f"{app}:{idx}"})
+            assert r.status == 200, body
+            j = json.loads(body)
+            assert j["backend"] == be.name, (name, idx, j["backend"])
+            assert not {"x-cf-app-instance", "x-cf-process-instance"} & set(j["headers"]), j["headers"]
+    for bad in ["nope", app, f"{app}:", f"{app}:x", f"{app.upper()}:0", f"{app}:0 1", f"{app[:-1]}:0",
+                f"{app}:1234567890"]:
+        r, body = router.get("pin.test", headers={"X-CF-App-Instance": bad})
+        assert r.status == 400, bad
+        assert r.getheader("X-Cf-Routererror") == "invalid_cf_app_instance_header", bad
+        assert body == b"400 Bad Request: Invalid X-CF-App-Instance Header\n", body
+    other = "00000000-0000-4000-8000-000000000000"
+    for guid, idx in ((app, 2), (other, 0)):
+        r, body = router.get("pin.test", headers={"X-CF-App-Instance": f"{guid}:{idx}"})
+        assert r.status == 400
+        assert r.getheader("X-Cf-Routererror") == "unknown_route"
+        assert body == (f"400 Bad Request: Requested instance ('{idx}') with guid ('{guid}') does not exist "
+                        f"for route ('pin.test')\n").encode(), body
+    # The pinned instance refusing connections: no retry on another one.
+    dead = dead_port()
+    serve(rig, [route("pin2.test", [dead, b1.port], app=app)])
+    r, _ = router.get("pin2.test", headers={"X-CF-App-Instance": f"{app}:0"})
+    assert r.status == 502 and r.getheader("X-Cf-Routererror").startswith("endpoint_failure")
+    assert router.get("pin2.test", headers={"X-CF-App-Instance": f"{app}:1"})[0].status == 200
+
+
 def test_sticky_sessions(rig):
     b0, b1 = rig["backends"]
     serve(rig, [route("sticky.test", [b0.port, b1.port], path="")])
