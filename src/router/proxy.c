@@ -2168,8 +2168,8 @@ static int parse_listen(const char *listen, struct addrinfo **ret, struct berr *
 /*
  * A listening socket on sa for one worker. The workers' sockets share the port through SO_REUSEPORT, which
  * would as gladly let this router join another process's listeners (of the same user) and take half of its
- * connections. So the first (first set) checks that nothing listens there: a socket without SO_REUSEPORT
- * cannot bind a port that any socket is bound to.
+ * connections. So the first worker's call (first set) checks that nothing listens there: a socket without
+ * SO_REUSEPORT cannot bind a port that any socket is bound to.
  */
 static int open_listener(const struct sockaddr *sa, socklen_t sl, bool first, struct berr **err)
 {

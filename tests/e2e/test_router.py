@@ -141,6 +141,16 @@ def _read_chunked(rfile):
         rfile.readline(16)
 
 
+def read_to_end(s):
+    """Everything socket s receives until its peer closes."""
+    out = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return out
+        out += d
+
+
 def pattern(n):
     """n deterministic bytes."""
     block = hashlib.sha256(b"berth").digest() * 256  # 8 KiB
@@ -376,12 +386,7 @@ class Router:
         """Send raw bytes; return everything the router answers until it closes."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
             s.sendall(data)
-            out = b""
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    return out
-                out += d
+            return read_to_end(s)
 
     def stop(self, timeout=20):
         if self.proc.poll() is None:
@@ -897,12 +902,7 @@ def test_client_gone_gives_up_the_request(rig):
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
         s.sendall(req % 1 + req % 2)
         s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
+        out = read_to_end(s)
     assert out.count(b"HTTP/1.1 200 OK") == 2, out
     assert out.index(b"pipe=1") < out.index(b"pipe=2")
 
@@ -1219,12 +1219,7 @@ def test_ten_thousand_idle_connections(rig):
         s = socks[5]
         s.sendall(b"GET /echo HTTP/1.1\r\nHost: idle.test\r\nConnection: close\r\n\r\n")
         s.settimeout(10)
-        out = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
+        out = read_to_end(s)
         assert out.startswith(b"HTTP/1.1 200 "), out[:100]
     finally:
         for s in socks:
