@@ -1334,14 +1334,21 @@ def test_access_log_lines_reach_the_controller(rig):
     assert not any("nope.test" in l["message"] for l in ctl.access_lines[n:])
 
 
+def one_worker_router(rig, host, app, config=""):
+    """A second router with one worker (one access log queue) and config lines added, serving host → the
+    first backend for app; it has answered GET /echo?warm."""
+    b0, _ = rig["backends"]
+    serve(rig, [route(host, [b0.port], app=app)])
+    router = extra_router(rig, "router:\n  workers: 1\n" + config)
+    wait_until(lambda: router.get(host, path="/echo?warm")[0].status == 200, timeout=5,
+               what="the route on the second router")
+    return router
+
+
 def test_access_log_full_batch_ships_at_once(rig):
     """Lines wait for the shipper's timer (router.access_log_flush_ms, here a minute) until a worker's batch
     reaches 64 KiB: that batch goes at once, so a busy router ships small batches often."""
-    b0, _ = rig["backends"]
-    serve(rig, [route("kick.test", [b0.port], app="app-guid-kick")])
-    router = extra_router(rig, "router:\n  workers: 1\n  access_log_flush_ms: 60000\n")
-    wait_until(lambda: router.get("kick.test", path="/echo?first")[0].status == 200, timeout=5,
-               what="the route on the second router")
+    router = one_worker_router(rig, "kick.test", "app-guid-kick", "  access_log_flush_ms: 60000\n")
     ctl = rig["ctl"]
 
     def arrived(marker):
@@ -1349,7 +1356,7 @@ def test_access_log_full_batch_ships_at_once(rig):
             return sum(marker in l["message"] for l in ctl.access_lines)
 
     time.sleep(0.5)  # the absence of a line: nothing to await
-    assert arrived("/echo?first") == 0, "a small batch was shipped before the timer"
+    assert arrived("/echo?warm") == 0, "a small batch was shipped before the timer"
     # 80 lines of about 1.4 KB each: the 47th or so takes the batch past 64 KiB.
     c = router.conn()
     try:
@@ -1361,17 +1368,13 @@ def test_access_log_full_batch_ships_at_once(rig):
     finally:
         c.close()
     wait_until(lambda: arrived("/echo?bulk-") >= 40, timeout=10, what="the full batch")
-    assert arrived("/echo?first") >= 1  # shipped with it
+    assert arrived("/echo?warm") >= 1  # shipped with it
 
 
 def test_access_log_backlog_ships_in_bodies_the_controller_takes(rig):
     """Lines that piled up while the controller was slow (here 1.4 MB of them) go in several POSTs of at most
     about 512 KiB, which the controller's 1 MiB body limit takes: none is lost."""
-    b0, _ = rig["backends"]
-    serve(rig, [route("split.test", [b0.port], app="app-guid-split")])
-    router = extra_router(rig, "router:\n  workers: 1\n")
-    wait_until(lambda: router.get("split.test", path="/echo?warm")[0].status == 200, timeout=5,
-               what="the route on the second router")
+    router = one_worker_router(rig, "split.test", "app-guid-split")
     ctl = rig["ctl"]
     ctl.max_body = 1 << 20
     gate = threading.Event()
