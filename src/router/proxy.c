@@ -128,6 +128,7 @@ struct client {
         bool close_after; /* close once the current response is written */
         /* The request. */
         bool req_head;
+        bool req_safe; /* GET, HEAD, OPTIONS or TRACE: may be sent again (client_upstream_lost) */
         bool req_keep_alive;
         bool req_upgrade;
         int req_minor;
@@ -1084,6 +1085,9 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         struct worker *w = c->w;
         c->t_start_us = now_us();
         c->req_head = h->method_len == 4 && memcmp(h->method, "HEAD", 4) == 0;
+        c->req_safe = c->req_head || (h->method_len == 3 && memcmp(h->method, "GET", 3) == 0) ||
+                      (h->method_len == 7 && memcmp(h->method, "OPTIONS", 7) == 0) ||
+                      (h->method_len == 5 && memcmp(h->method, "TRACE", 5) == 0);
         c->req_keep_alive = h->keep_alive && !w->stopping;
         c->close_after = !c->req_keep_alive;
         c->req_upgrade = h->upgrade;
@@ -1576,6 +1580,16 @@ static void client_upstream_lost(struct client *c, int error)
                 c->attempts--;
                 c->tried &= ~(c->ep < 64 ? 1ULL << c->ep : 0);
                 client_connect(c);
+                return;
+        }
+        /*
+         * A connection that ends before any of the answer on a request that may be sent again (a safe method,
+         * no body: its bytes are all in up_head) goes to another endpoint, as Gorouter retries an idempotent
+         * request on EOF: a backend going away can accept a connection and then close or reset it.
+         */
+        if (c->req_safe && c->req_mode == BODY_NONE && !c->req_upgrade && buf_len(&c->uin) == 0 &&
+            c->attempts < PX_MAX_ATTEMPTS) {
+                client_dial_failed(c, error ? error : ECONNRESET);
                 return;
         }
         struct rt_endpoint *ep = &c->route->eps[c->ep];

@@ -831,6 +831,42 @@ def test_backend_closing_pooled_connections(rig):
     assert cb.connections >= 40
 
 
+class HangUpBackend(RawBackend):
+    """Takes each connection and its request head, then closes it unanswered (a backend going away)."""
+
+    def __init__(self):
+        self.heads = 0
+        super().__init__()
+
+    def _serve(self, c):
+        with c:
+            if self.read_head(c):
+                self.heads += 1
+
+
+def test_hang_up_before_the_answer(rig):
+    """A fresh connection that ends before any of the answer: a GET (safe, no body) goes to another instance,
+    as Gorouter retries an idempotent request on EOF; a POST with a body is not sent twice (502)."""
+    hb, h1, h2 = HangUpBackend(), HangUpBackend(), HangUpBackend()
+    rig.setdefault("extras", []).extend([hb, h1, h2])
+    b0, _ = rig["backends"]
+    serve(rig, [route("hangup.test", [hb.port, b0.port])])
+    for _ in range(10):
+        r, body = rig["router"].get("hangup.test")
+        assert r.status == 200, body
+        assert json.loads(body)["backend"] == "b0"
+    assert hb.heads >= 1
+    rig["ctl"].set_routes([route("hangup2.test", [h1.port, h2.port])])
+    wait_until(lambda: rig["router"].get("hangup2.test", path="/", method="OPTIONS")[0].status != 404,
+               timeout=5, what="the route")
+    wait_until(lambda: h1.heads + h2.heads == 2, timeout=5, what="both tried by the OPTIONS")
+    r, body = rig["router"].get("hangup2.test", path="/upload", method="POST", body=b"x" * 1000)
+    assert r.status == 502, body
+    assert r.getheader("X-Cf-Routererror").startswith("endpoint_failure")
+    wait_until(lambda: h1.heads + h2.heads >= 3, timeout=5, what="the POST's head")
+    assert h1.heads + h2.heads == 3  # sent once
+
+
 class CorkedCloseBackend(RawBackend):
     """Answers without Content-Length (the body ends at close, as busybox httpd's CGI answers) and sends its
     last bytes and the FIN in one segment (TCP_CORK, then close): the router sees data and EOF in one event."""
