@@ -173,13 +173,15 @@ static void sb_json_str(struct sbuf *b, const char *s, size_t len)
         b->d[b->n] = '\0';
 }
 
+#define AL_BODY_START "{\"lines\":["
+
 /*
- * POST the body built so far (count lines, s->inbody[i] of them from worker i) and start the next. Lines the
- * controller does not accept are lost, and counted as dropped.
+ * POST the body built so far (if it holds a line: s->inbody[i] of them from worker i) and start the next.
+ * Lines the controller does not accept are lost, and counted as dropped.
  */
-static void post_lines(struct access_shipper *s, struct http_client *hc, struct sbuf *b, size_t *count)
+static void post_lines(struct access_shipper *s, struct http_client *hc, struct sbuf *b)
 {
-        if (*count > 0) {
+        if (b->n > strlen(AL_BODY_START)) {
                 sb_put(b, "]}", 2);
                 struct http_result res = { 0 };
                 _cleanup_berr_ struct berr *e = NULL;
@@ -201,9 +203,8 @@ static void post_lines(struct access_shipper *s, struct http_client *hc, struct 
                 http_result_free(&res);
         }
         memset(s->inbody, 0, s->n * sizeof(*s->inbody));
-        *count = 0;
         b->n = 0;
-        sb_put(b, "{\"lines\":[", 10);
+        sb_put(b, AL_BODY_START, strlen(AL_BODY_START));
 }
 
 /*
@@ -214,8 +215,7 @@ static void post_lines(struct access_shipper *s, struct http_client *hc, struct 
 static void ship(struct access_shipper *s, struct http_client *hc)
 {
         struct sbuf b = s->body;
-        size_t count = 0;
-        post_lines(s, hc, &b, &count); /* starts the body */
+        post_lines(s, hc, &b); /* starts the body */
         for (size_t i = 0; i < s->n; i++) {
                 struct access_queue *q = s->queues[i];
                 struct access_batch *t = &s->taken[i];
@@ -235,7 +235,7 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                         const char *text = time + tl + 1;
                         size_t xl = strlen(text);
                         p = text + xl + 1;
-                        if (count++)
+                        if (b.n > strlen(AL_BODY_START))
                                 sb_put(&b, ",", 1);
                         sb_put(&b, "{\"app_guid\":", 12);
                         sb_json_str(&b, guid, gl);
@@ -246,10 +246,10 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                         sb_put(&b, "}", 1);
                         s->inbody[i]++;
                         if (b.n >= AL_POST_BYTES)
-                                post_lines(s, hc, &b, &count);
+                                post_lines(s, hc, &b);
                 }
         }
-        post_lines(s, hc, &b, &count);
+        post_lines(s, hc, &b);
         s->body = b;
 }
 
@@ -345,7 +345,7 @@ int access_shipper_start(const struct router_opts *o, struct access_queue *const
                 cl--;
         s->url = xasprintf("%.*s/internal/v1/logs", (int)cl, o->controller);
         s->token = xstrdup(o->token ? o->token : "");
-        s->flush_ms = o->access_log_flush_ms ? o->access_log_flush_ms : 200;
+        s->flush_ms = o->access_log_flush_ms ? o->access_log_flush_ms : AL_FLUSH_MS;
         s->queues = queues;
         s->taken = xcalloc(n ? n : 1, sizeof(*s->taken));
         s->inbody = xcalloc(n ? n : 1, sizeof(*s->inbody));

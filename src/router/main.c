@@ -30,7 +30,7 @@
 #define ROUTER_MAX_CONNS_CEILING 1000000
 #define ROUTER_BUSY_POLL_US      50 /* router.busy_poll_us (docs/PLATFORM.md) */
 #define ROUTER_BUSY_POLL_MAX_US  10000
-#define ROUTER_LOG_FLUSH_MS      200 /* router.access_log_flush_ms */
+#define ROUTER_LOG_FLUSH_MS      AL_FLUSH_MS /* router.access_log_flush_ms */
 #define ROUTER_LOG_FLUSH_MIN_MS  10
 #define ROUTER_LOG_FLUSH_MAX_MS  60000
 

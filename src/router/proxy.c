@@ -951,21 +951,9 @@ static void client_connect(struct client *c)
         struct worker *w = c->w;
         int64_t now = router_now_ms();
         const struct router_opts *o = &w->p->o;
-        int i;
-        if (c->pin >= 0) {
-                const struct rt_endpoint *pe = &c->route->eps[c->pin];
-                if (c->pin < 64 && (c->tried & (1ULL << c->pin)))
-                        i = RT_PICK_NONE; /* no other instance to retry on */
-                else if (o->backend_max_conns &&
-                         atomic_load_explicit(&pe->st->active, memory_order_relaxed) >=
-                             (int)o->backend_max_conns)
-                        i = RT_PICK_LIMIT;
-                else
-                        i = c->pin;
-        } else {
-                i = route_pick(c->route, o->balance, o->backend_max_conns, c->attempts ? NULL : c->sticky,
-                               now, c->tried);
-        }
+        int i = c->pin >= 0 ? route_pick_only(c->route, c->pin, o->backend_max_conns, c->tried)
+                            : route_pick(c->route, o->balance, o->backend_max_conns,
+                                         c->attempts ? NULL : c->sticky, now, c->tried);
         if (i == RT_PICK_LIMIT && c->attempts == 0) {
                 char msg[RT_MAX_HOST + 64];
                 snprintf(msg, sizeof(msg), "Requested route ('%s') has reached the connection limit.",

@@ -106,6 +106,9 @@ enum rt_balance { RT_ROUND_ROBIN, RT_LEAST_CONN };
  */
 int route_pick(struct rt_route *rt, enum rt_balance how, unsigned max_conns, const char *sticky,
                int64_t now_ms, uint64_t tried);
+/* Endpoint i of rt and no other (X-CF-App-Instance): i, or RT_PICK_NONE once tried, RT_PICK_LIMIT when full.
+ */
+int route_pick_only(const struct rt_route *rt, int i, unsigned max_conns, uint64_t tried);
 void route_mark_failed(struct rt_endpoint *ep, int64_t now_ms);
 
 /* The current table, shared by the watcher (writer) and the workers (readers). */
@@ -229,6 +232,7 @@ void metrics_stop(struct metrics_server *s);
 #define AL_QUEUE_MAX   10000      /* lines waiting per worker; more are dropped (counted) */
 #define AL_QUEUE_BYTES (4u << 20) /* bytes of them waiting per worker; the same */
 #define AL_BATCH_INIT  65536
+#define AL_FLUSH_MS    200          /* router.access_log_flush_ms's default */
 #define AL_SHIP_BYTES  65536        /* a batch this big is shipped at once (access_queue_push) */
 #define AL_POST_BYTES  (512u << 10) /* a POST's body ends after the line that reaches this */
 

@@ -415,6 +415,13 @@ int route_pick(struct rt_route *rt, enum rt_balance how, unsigned max_conns, con
         return limited ? RT_PICK_LIMIT : RT_PICK_NONE;
 }
 
+int route_pick_only(const struct rt_route *rt, int i, unsigned max_conns, uint64_t tried)
+{
+        if (i < 64 && (tried & (1ULL << i)))
+                return RT_PICK_NONE;
+        return ep_full(&rt->eps[i], max_conns) ? RT_PICK_LIMIT : i;
+}
+
 void route_mark_failed(struct rt_endpoint *ep, int64_t now_ms)
 {
         atomic_store_explicit(&ep->st->failed_until_ms, now_ms + RT_FAIL_SKIP_MS, memory_order_relaxed);

@@ -133,6 +133,10 @@ static void test_round_robin_and_failures(void **state)
         assert_int_equal(route_pick(r, RT_ROUND_ROBIN, 0, NULL, 2000, 1ULL << 1),
                          0); /* the only one left, failed or not */
         assert_true(route_pick(r, RT_ROUND_ROBIN, 0, NULL, 1000 + RT_FAIL_SKIP_MS + 1, 0) >= 0);
+        /* One endpoint only (X-CF-App-Instance): failed or not, until tried; no other instead. */
+        assert_int_equal(route_pick_only(r, 0, 0, 0), 0);
+        assert_int_equal(route_pick_only(r, 0, 0, 1ULL << 0), RT_PICK_NONE);
+        assert_int_equal(route_pick_only(r, 1, 0, 1ULL << 0), 1);
 
         /* The failure mark survives a table swap for the same address. */
         struct route_table *t2 = build(table1, t);
