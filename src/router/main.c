@@ -28,7 +28,7 @@
 
 #define ROUTER_BACKEND_MAX_CONNS 500 /* Gorouter's router.backends.max_conns */
 #define ROUTER_MAX_CONNS_CEILING 1000000
-#define ROUTER_BUSY_POLL_US      50 /* router.busy_poll_us (docs/PLATFORM.md) */
+#define ROUTER_BUSY_POLL_US      1000 /* router.busy_poll_us (docs/PLATFORM.md) */
 #define ROUTER_BUSY_POLL_MAX_US  10000
 #define ROUTER_LOG_FLUSH_MS      AL_FLUSH_MS /* router.access_log_flush_ms */
 #define ROUTER_LOG_FLUSH_MIN_MS  10

@@ -195,6 +195,8 @@ struct worker {
         size_t n_clients;
         struct client *dead_clients;
         struct client *again;    /* connections whose run stopped at its step bound with work left */
+        int64_t poll_idle_us;    /* busy polling's budget (worker_main): time in polls that found nothing */
+        int64_t poll_work_us;    /* and time spent handling events, both halved every tick */
         struct router_metrics m; /* this worker's counters (read by the metrics thread) */
         struct access_queue aq;  /* access log lines for the shipper */
         /* Free request (PX_IN_CAP) and response (PX_UIN_CAP) buffers, kept for the next request. */
@@ -2041,23 +2043,33 @@ static void *worker_main(void *arg)
          * without sleeping until busy_poll_us pass without an event. A lone connection's strict request and
          * answer ping-pong never starts it: a busy CPU buys that nothing and, on this VM, costs tail
          * latency. An idle router sleeps as before.
+         *
+         * The polls that find nothing are budgeted: their time may not exceed the time spent handling
+         * events (both halved every tick, so the budget follows the last few hundred milliseconds). A
+         * saturated worker polls freely (its empty polls are short gaps between events), while a worker
+         * whose events come sparsely stops polling once its empty polls cost as much CPU as its work, so
+         * polling at most doubles the CPU a worker uses.
          */
         const int64_t spin_us = (int64_t)w->p->o.busy_poll_us;
         int64_t spin_until = 0;
+        int64_t t = now_us();
         for (;;) {
                 int timeout = PX_TICK_MS;
-                if (w->again || (spin_us > 0 && now_us() < spin_until))
+                bool polling = false;
+                if (w->again)
                         timeout = 0;
+                else if (spin_us > 0 && t < spin_until && w->poll_idle_us <= w->poll_work_us)
+                        timeout = 0, polling = true;
                 int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), timeout);
                 if (n < 0 && errno != EINTR) {
                         log_error("epoll_wait: %s", strerror(errno));
                         break;
                 }
-                if (spin_us > 0 && n > 0) {
-                        int64_t t = now_us();
-                        if (n > 1 || t < spin_until)
-                                spin_until = t + spin_us;
-                }
+                int64_t t_events = spin_us > 0 ? now_us() : 0;
+                if (polling && n <= 0)
+                        w->poll_idle_us += t_events - t;
+                if (spin_us > 0 && n > 0 && (n > 1 || t_events < spin_until))
+                        spin_until = t_events + spin_us;
                 for (int i = 0; i < n; i++) {
                         struct handle *h = evs[i].data.ptr;
                         if (h->dead)
@@ -2117,10 +2129,17 @@ static void *worker_main(void *arg)
                                 client_run(c);
                 }
                 worker_reap(w);
+                if (spin_us > 0) {
+                        t = now_us();
+                        if (n > 0)
+                                w->poll_work_us += t - t_events;
+                }
                 int64_t now = router_now_ms();
                 if (now - last_tick >= PX_TICK_MS / 2 || w->stopping) {
                         worker_tick(w, now);
                         last_tick = now;
+                        w->poll_idle_us /= 2;
+                        w->poll_work_us /= 2;
                 }
                 if (w->stopping && (w->n_clients == 0 || now >= w->drain_deadline))
                         break;

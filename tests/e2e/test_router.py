@@ -1531,6 +1531,45 @@ def test_busy_polling_serves_load_then_sleeps(rig):
     assert used <= hz // 10, f"an idle router used {used} ticks of {hz} in a second"
 
 
+def test_busy_polling_is_budgeted(rig):
+    """Paced clients whose requests overlap now and then but leave gaps shorter than the longest busy-poll
+    window: without a budget the worker would never sleep (a whole CPU for a few thousand requests a
+    second); with it, polls that find nothing may cost at most as much CPU as the work, so the router stays
+    well under a CPU while every request is answered."""
+    router = extra_router(rig, "router:\n  busy_poll_us: 10000\n")
+    wait_until(lambda: router.get("nowhere.test")[0].status == 404, timeout=5, what="the router")
+    stop = threading.Event()
+    statuses = collections.Counter()
+    lock = threading.Lock()
+
+    def client():
+        c = router.conn()
+        try:
+            while not stop.is_set():
+                c.request("GET", "/", headers={"Host": "nowhere.test"})
+                r = c.getresponse()
+                r.read()
+                with lock:
+                    statuses[r.status] += 1
+                time.sleep(0.002)  # pacing: gaps of a few ms, under the 10 ms window
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # the load settles (the budget follows the last few hundred ms)
+    before, t0 = _cpu_ticks(router.proc.pid), time.monotonic()
+    time.sleep(2.0)
+    used, secs = _cpu_ticks(router.proc.pid) - before, time.monotonic() - t0
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert set(statuses) == {404} and sum(statuses.values()) > 1000, statuses
+    share = used / (secs * os.sysconf("SC_CLK_TCK"))
+    assert share < 0.5, f"the router used {share:.0%} of a CPU for {sum(statuses.values())} requests"
+
+
 def test_access_log_shipper_yields_to_the_workers(rig):
     """As root (CAP_SYS_NICE) the thread that ships access log lines runs as SCHED_IDLE while its batches are
     small: it gets a CPU only when no worker wants it. The workers stay SCHED_OTHER, and lines still ship."""
