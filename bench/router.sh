@@ -6,7 +6,7 @@
 # the six request headers berth adds as Gorouter does ("nginx-cf"), through HAProxy (`http-reuse always`)
 # and through berth's router, each proxy with the same number of workers (BENCH_WORKERS, default 1),
 # at BENCH_CONNS connections (default "1 64 1000"). Each connection count gets a 1 s warm-up per tool and
-# then BENCH_ROUNDS rounds (default 5); a round measures every tool for BENCH_SECONDS (default 5), in an
+# then BENCH_ROUNDS rounds (default 9); a round measures every tool for BENCH_SECONDS (default 3), in an
 # order rotated from round to round. Prints requests/s, p50 and p99 latency (medians of the rounds), the
 # ratio berth/nginx, berth's p50 overhead over direct and in how many rounds berth did at least as well as
 # nginx, and writes the table to bench/out/router-results.md.
@@ -34,8 +34,8 @@ REPO=$PWD
 BERTH=${BERTH:-$REPO/build/berth}
 OUT=${BENCH_OUT:-$REPO/bench/out}
 CONNS=${BENCH_CONNS:-1 64 1000}
-SECS=${BENCH_SECONDS:-5}
-ROUNDS=${BENCH_ROUNDS:-5}
+SECS=${BENCH_SECONDS:-3}
+ROUNDS=${BENCH_ROUNDS:-9}
 WORKERS=${BENCH_WORKERS:-1}
 TOOLS=${BENCH_TOOLS:-direct nginx nginx-cf haproxy berth}
 PY=/usr/bin/python3
@@ -241,7 +241,8 @@ EOF
         await_200 "http://127.0.0.1:$BERTH_PORT/"
 fi
 
-# BENCH_HOLD=1: set everything up, print where it listens, and wait (for profiling by hand); Ctrl-C ends it.
+# BENCH_HOLD=1: set everything up, print where it listens, and wait (for profiling by hand); SIGTERM ends it
+# (and Ctrl-C in a terminal: a script started in the background by a non-interactive shell ignores SIGINT).
 if [ -n "${BENCH_HOLD:-}" ]; then
         log "holding: direct $BACK_PORT nginx $NGINX_PORT nginx-cf $NGINXCF_PORT haproxy $HAPROXY_PORT berth $BERTH_PORT (Host: $HOST)"
         log "pids: ${PIDS[*]}"
