@@ -233,7 +233,10 @@ EOF
         PIDS+=($!)
         # No per-backend limit, as nginx's and HAProxy's configurations above have none: with Gorouter's
         # default (backend_max_conns 500) 1,000 clients get fast 503s that count as requests in wrk's figures.
-        printf 'router:\n  backend_max_conns: 0\n' >"$WORK/berth.yaml"
+        # Metrics on a port of their own: the bench reports the access log lines dropped (none is the rule:
+        # a router that drops its log under load would be measured doing less than nginx).
+        BERTH_METRICS_PORT=$(free_port)
+        printf 'router:\n  backend_max_conns: 0\n  metrics_listen: 127.0.0.1:%s\n' "$BERTH_METRICS_PORT" >"$WORK/berth.yaml"
         BERTH_LOG_LEVEL=warn taskset -c 0 "$BERTH" --config "$WORK/berth.yaml" router --listen "127.0.0.1:$BERTH_PORT" \
                 --controller "http://127.0.0.1:$CTL_PORT" --workers "$WORKERS" \
                 --internal-token-file "$WORK/token" >"$WORK/berth.log" 2>&1 &
@@ -320,6 +323,14 @@ for c in $CONNS; do
         done
 done
 
+# berth's access log lines dropped over the whole run (berth_router_access_log_lines_dropped_total).
+DROPPED=-
+if has_tool berth; then
+        DROPPED=$(curl -s "http://127.0.0.1:$BERTH_METRICS_PORT/metrics" |
+                awk '$1 == "berth_router_access_log_lines_dropped_total" { print $2 }')
+        [ "${DROPPED:-0}" = 0 ] || log "berth's router dropped $DROPPED access log lines"
+fi
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 range() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
 {
@@ -329,7 +340,8 @@ range() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk 'NR == 1 { lo = $1 } { hi
                 "$(uname -r); load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
         echo "Backend and wrk (1 thread) on CPU 1, the proxy on CPU 0; $WORKERS proxy worker(s); $ROUNDS rounds of"
         echo "${SECS} s per tool and connection count, tools interleaved; each figure is the median of the rounds."
-        echo "nginx's access log: ${BENCH_NGINX_LOG:-on} (berth's router always logs); berth's backend_max_conns: 0."
+        echo "nginx's access log: ${BENCH_NGINX_LOG:-on} (berth's router always logs; lines it dropped: $DROPPED);"
+        echo "berth's backend_max_conns: 0."
         echo "612-byte page; nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR==1 { print $3 }')."
         echo
         echo "| connections | tool | req/s | req/s range | p50 (µs) | p99 (µs) | vs nginx req/s |"

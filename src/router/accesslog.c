@@ -56,8 +56,10 @@ struct access_shipper {
         size_t n;
         struct sbuf body;  /* the JSON body, kept between batches (no allocation once it has grown) */
         bool can_idle;     /* CAP_SYS_NICE: may leave SCHED_IDLE again (see shipper_sched) */
-        bool idle;         /* running as SCHED_IDLE */
+        bool idle;         /* running as SCHED_IDLE (the shipper's own view; a worker may raise it) */
+        _Atomic pid_t tid; /* the shipper thread's, once it runs with can_idle (0 before) */
         bool kicked;       /* under mu: a worker's batch reached AL_SHIP_BYTES */
+        _Atomic bool busy; /* set with kicked, cleared once no kicked batch is left (access_queue_shipping) */
         unsigned flush_ms; /* the timer: ship at least this often */
 };
 
@@ -72,8 +74,25 @@ static void shipper_kick(struct access_shipper *s)
 {
         pthread_mutex_lock(&s->mu);
         s->kicked = true;
+        atomic_store_explicit(&s->busy, true, memory_order_relaxed);
         pthread_cond_signal(&s->cond);
         pthread_mutex_unlock(&s->mu);
+}
+
+/*
+ * A worker's batch reached a quarter of the queue's limits: the shipper, if it runs as SCHED_IDLE, is not
+ * keeping up, most likely because the workers keep the CPUs busy (an idle-class thread then gets almost
+ * none: measured at 1,000 connections, 3 % of a CPU and a third of the lines dropped at the queue limits).
+ * It cannot lift itself out of SCHED_IDLE before it has shipped, so the worker lifts it to SCHED_OTHER at
+ * nice 10 (CAP_SYS_NICE, which can_idle has checked); shipper_sched puts it back once batches are small.
+ */
+static void shipper_raise(struct access_shipper *s)
+{
+        pid_t tid = atomic_load_explicit(&s->tid, memory_order_relaxed);
+        struct sched_param sp = { 0 };
+        if (tid > 0 && sched_getscheduler(tid) == SCHED_IDLE &&
+            sched_setscheduler(tid, SCHED_OTHER, &sp) == 0)
+                (void)setpriority(PRIO_PROCESS, (id_t)tid, 10);
 }
 
 void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, const char *text,
@@ -108,10 +127,27 @@ void access_queue_push(struct access_queue *q, const char *app_guid, const char 
         bool kick = b->len >= AL_SHIP_BYTES && !b->kicked;
         if (kick)
                 b->kicked = true;
+        bool behind = (b->n >= AL_QUEUE_MAX / 4 || b->len >= AL_QUEUE_BYTES / 4) && !b->raised;
+        if (behind)
+                b->raised = true;
         pthread_mutex_unlock(&q->mu);
-        struct access_shipper *s;
-        if (kick && (s = atomic_load_explicit(&q->shipper, memory_order_acquire)))
+        struct access_shipper *s = NULL;
+        if ((kick || behind) && (s = atomic_load_explicit(&q->shipper, memory_order_acquire)) && kick)
                 shipper_kick(s);
+        if (behind && s)
+                shipper_raise(s);
+}
+
+/*
+ * Whether the shipper has a kicked batch to take or is shipping one. A busy-polling worker (worker_main)
+ * would keep its CPU from this SCHED_IDLE thread: measured at 64 connections with a 1 ms window, the
+ * shipper got 2 % of the CPU and 38 % of the lines were dropped at the queue limits. So workers sleep when
+ * they have no events while this holds.
+ */
+bool access_queue_shipping(const struct access_queue *q)
+{
+        struct access_shipper *s = atomic_load_explicit(&q->shipper, memory_order_acquire);
+        return s && atomic_load_explicit(&s->busy, memory_order_relaxed);
 }
 
 uint64_t access_queue_dropped(const struct access_queue *q)
@@ -223,7 +259,7 @@ static void ship(struct access_shipper *s, struct http_client *hc)
                 pthread_mutex_lock(&q->mu);
                 struct access_batch tmp = q->cur;
                 q->cur = *t;
-                q->cur.kicked = false;
+                q->cur.kicked = q->cur.raised = false;
                 *t = tmp;
                 pthread_mutex_unlock(&q->mu);
                 const char *p = t->d, *end = t->d + t->len;
@@ -268,13 +304,15 @@ static bool have_cap_sys_nice(void)
  * a CPU no worker wants, and a worker's wake-up preempts it at once (a nice-10 thread can keep its CPU until
  * its slice ends). With the bench's 1-connection load its tail latency came closer to nginx's. A worker that
  * keeps its CPU busy would starve an idle-class thread, so when a batch reaches a quarter of a queue's limits
- * the shipper goes back to SCHED_OTHER at nice 10 until its batches are small again. Leaving SCHED_IDLE needs
+ * the shipper goes back to SCHED_OTHER at nice 10 (lifted by the worker, shipper_raise, or by itself after
+ * shipping such a batch) until its batches are small again. Leaving SCHED_IDLE needs
  * CAP_SYS_NICE; without it the shipper stays at nice 10 throughout.
  */
 static void shipper_sched(struct access_shipper *s, size_t most_lines, size_t most_bytes)
 {
         if (!s->can_idle)
                 return;
+        s->idle = sched_getscheduler(0) == SCHED_IDLE; /* a worker may have raised it (shipper_raise) */
         bool big = most_lines >= AL_QUEUE_MAX / 4 || most_bytes >= AL_QUEUE_BYTES / 4;
         bool small = most_lines < AL_QUEUE_MAX / 8 && most_bytes < AL_QUEUE_BYTES / 8;
         struct sched_param sp = { 0 };
@@ -298,6 +336,8 @@ static void *shipper_thread(void *arg)
         if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) < 0)
                 log_debug("access logs: setpriority: %s", strerror(errno));
         s->can_idle = have_cap_sys_nice();
+        if (s->can_idle)
+                atomic_store_explicit(&s->tid, gettid(), memory_order_relaxed);
         shipper_sched(s, 0, 0);
         struct http_client *hc = NULL;
         struct http_client_opts o = { .timeout_ms = AL_TIMEOUT_MS, .connect_timeout_ms = 2000 };
@@ -328,6 +368,8 @@ static void *shipper_thread(void *arg)
                         shipper_sched(s, most_lines, most_bytes);
                 }
                 pthread_mutex_lock(&s->mu);
+                if (!s->kicked)
+                        atomic_store_explicit(&s->busy, false, memory_order_relaxed);
                 if (last)
                         break;
         }

@@ -2048,7 +2048,9 @@ static void *worker_main(void *arg)
          * events (both halved every tick, so the budget follows the last few hundred milliseconds). A
          * saturated worker polls freely (its empty polls are short gaps between events), while a worker
          * whose events come sparsely stops polling once its empty polls cost as much CPU as its work, so
-         * polling at most doubles the CPU a worker uses.
+         * polling at most doubles the CPU a worker uses. Nor does a worker poll while the access log
+         * shipper has a full batch to ship: that SCHED_IDLE thread runs only on a CPU nobody else wants
+         * (access_queue_shipping).
          */
         const int64_t spin_us = (int64_t)w->p->o.busy_poll_us;
         int64_t spin_until = 0;
@@ -2058,7 +2060,8 @@ static void *worker_main(void *arg)
                 bool polling = false;
                 if (w->again)
                         timeout = 0;
-                else if (spin_us > 0 && t < spin_until && w->poll_idle_us <= w->poll_work_us)
+                else if (spin_us > 0 && t < spin_until && w->poll_idle_us <= w->poll_work_us &&
+                         !access_queue_shipping(&w->aq))
                         timeout = 0, polling = true;
                 int n = epoll_wait(w->epfd, evs, (int)ARRAY_SIZE(evs), timeout);
                 if (n < 0 && errno != EINTR) {

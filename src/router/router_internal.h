@@ -245,6 +245,7 @@ struct access_batch {
         size_t len, cap; /* bytes */
         size_t n;        /* lines */
         bool kicked;     /* the shipper was woken for this batch */
+        bool raised;     /* the shipper was lifted out of SCHED_IDLE for this batch (shipper_raise) */
 };
 
 /*
@@ -265,6 +266,8 @@ void access_queue_destroy(struct access_queue *q);
 void access_queue_push(struct access_queue *q, const char *app_guid, const char *time, const char *text,
                        size_t text_len);
 uint64_t access_queue_dropped(const struct access_queue *q);
+/* Whether the shipper has a full batch waiting or is shipping one (workers then do not busy-poll). */
+bool access_queue_shipping(const struct access_queue *q);
 
 /*
  * POST the queued lines to {controller}/internal/v1/logs from a thread of its own, every access_log_flush_ms

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -905,10 +906,10 @@ def test_body_ending_at_close_with_data_and_fin_together(rig, split_head):
 # ---------------------------------------------------------------------------------------------- issue 6
 
 
-def extra_router(rig, config):
+def extra_router(rig, config, workers=2):
     """A second router on the rig's controller with its own config (stopped by the rig)."""
     d = tempfile.mkdtemp(dir=rig["tmp"])
-    r = Router(rig["ctl"].url, d, config=config)
+    r = Router(rig["ctl"].url, d, workers=workers, config=config)
     rig.setdefault("extras", []).append(r)
     return r
 
@@ -1375,7 +1376,7 @@ def one_worker_router(rig, host, app, config=""):
     first backend for app; it has answered GET /echo?warm."""
     b0, _ = rig["backends"]
     serve(rig, [route(host, [b0.port], app=app)])
-    router = extra_router(rig, "router:\n  workers: 1\n" + config)
+    router = extra_router(rig, "router:\n" + config, workers=1)
     wait_until(lambda: router.get(host, path="/echo?warm")[0].status == 200, timeout=5,
                what="the route on the second router")
     return router
@@ -1570,6 +1571,75 @@ def test_busy_polling_is_budgeted(rig):
     assert share < 0.5, f"the router used {share:.0%} of a CPU for {sum(statuses.values())} requests"
 
 
+def _thread_policies(pid):
+    """{tid: scheduling policy} of a process's threads (/proc/PID/task/TID/stat field 41)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                out[int(tid)] = int(f.read().rsplit(")", 1)[1].split()[38])
+        except FileNotFoundError:
+            pass
+    return out
+
+
+SCHED_IDLE = 5
+
+
+def test_access_log_shipper_is_lifted_when_behind(rig):
+    """The shipper runs as SCHED_IDLE, which gets next to no CPU while the workers keep it busy (a
+    busy-polling worker at full load starved it: a third of the lines were dropped). It cannot lift itself
+    before it has shipped, so a worker whose batch reaches a quarter of its queue's limits lifts it to
+    SCHED_OTHER at nice 10. Here the shipper is held in a POST while 1.2 MB of lines pile up: it is lifted
+    while still held, and every line arrives once the controller answers."""
+    if os.geteuid() != 0:
+        pytest.skip("SCHED_IDLE is left again only with CAP_SYS_NICE; the shipper then keeps nice 10")
+    router = one_worker_router(rig, "lift.test", "app-guid-lift")
+    ctl, pid = rig["ctl"], router.proc.pid
+    wait_until(lambda: SCHED_IDLE in _thread_policies(pid).values(), timeout=5, what="a SCHED_IDLE shipper")
+    shipper = next(t for t, p in _thread_policies(pid).items() if p == SCHED_IDLE)
+    gate = threading.Event()
+    ctl.post_gate = (b"?held", gate)
+    assert router.get("lift.test", path="/echo?held")[0].status == 200
+    wait_until(lambda: ctl.post_gate is None, timeout=5, what="the shipper held in its POST")
+    n, clients = 1000, 25
+    statuses = collections.Counter()
+    lock = threading.Lock()
+
+    def client(k):
+        c = router.conn()
+        try:
+            for i in range(k, n, clients):
+                c.request("GET", f"/echo?lift-{i:04d}-" + "x" * 1000, headers={"Host": "lift.test"})
+                r = c.getresponse()
+                r.read()
+                with lock:
+                    statuses[r.status] += 1
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        # The controller holds the POST for 4 s at most: the lift must come while it does.
+        wait_until(lambda: _thread_policies(pid).get(shipper) == 0, timeout=3.5,
+                   what="the shipper lifted to SCHED_OTHER while held")
+        with open(f"/proc/{pid}/task/{shipper}/stat") as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[16]) == 10  # field 19: nice
+    finally:
+        gate.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert statuses == {200: n}, statuses
+
+    def arrived():
+        with ctl.cond:
+            return len({l["message"].split("?lift-")[1][:4] for l in ctl.access_lines if "?lift-" in l["message"]})
+
+    wait_until(lambda: arrived() == n, timeout=20, what=f"all {n} lines")
+
+
 def test_access_log_shipper_yields_to_the_workers(rig):
     """As root (CAP_SYS_NICE) the thread that ships access log lines runs as SCHED_IDLE while its batches are
     small: it gets a CPU only when no worker wants it. The workers stay SCHED_OTHER, and lines still ship."""
@@ -1580,13 +1650,8 @@ def test_access_log_shipper_yields_to_the_workers(rig):
     pid = rig["router"].proc.pid
 
     def policies():
-        out = []
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                out.append(int(f.read().rsplit(")", 1)[1].split()[38]))  # field 41: the policy
-        return out
+        return list(_thread_policies(pid).values())
 
-    SCHED_IDLE = 5
     wait_until(lambda: SCHED_IDLE in policies(), timeout=5, what="the shipper to run as SCHED_IDLE")
     p = policies()
     assert p.count(SCHED_IDLE) == 1 and p.count(0) == len(p) - 1, p
