@@ -55,6 +55,7 @@
 #define PX_POOL_IDLE_MS      60000
 #define PX_POOL_FRESH_MS     1000 /* pooled connections idle less than this are taken without a peek */
 #define PX_TICK_MS           100
+#define PX_LISTEN_BACKLOG    65535 /* capped by the kernel at net.core.somaxconn (open_listener) */
 #define RT_STICKY_MAX        64
 #define PX_BUF_CACHE         32   /* per worker and size: a busy worker allocates no buffer per request */
 #define PX_SMALL_CAP         1024 /* per-request buffers: rewritten heads, access log halves (longer: grown) */
@@ -2215,7 +2216,10 @@ static int open_listener(const struct sockaddr *sa, socklen_t sl, bool first, st
                 return berr_set_errno(err, -errno, "setsockopt");
         if (bind(fd, sa, sl) < 0)
                 return berr_set_errno(err, -errno, "bind");
-        if (listen(fd, 1024) < 0)
+        /* The longest accept queue the host allows (the kernel caps the backlog at net.core.somaxconn, the
+         * value Go's listeners, Gorouter's among them, ask for): a burst of connections waits in it
+         * instead of its SYNs being dropped and sent again a second later. */
+        if (listen(fd, PX_LISTEN_BACKLOG) < 0)
                 return berr_set_errno(err, -errno, "listen");
         return TAKE_FD(fd);
 }

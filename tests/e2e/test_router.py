@@ -1494,6 +1494,17 @@ def test_port_in_use_is_refused(rig):
     assert rig["router"].get("taken.test")[0].status == 200
 
 
+def test_listen_backlog_is_the_hosts_longest(rig):
+    """Each worker's listening socket asks for the longest accept queue the host allows (net.core.somaxconn,
+    as Go's listeners and so Gorouter's do), so a burst of connections waits instead of having SYNs dropped
+    (each costing the client a second)."""
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{rig['router'].port}"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out and all(int(l.split()[2]) == min(somaxconn, 65535) for l in out), out
+
+
 def test_busy_polling_serves_load_then_sleeps(rig):
     """With the longest busy-poll window a worker keeps polling while events come in bursts: concurrent
     keep-alive clients are all answered, and once they stop the router goes back to sleep (its CPU use
