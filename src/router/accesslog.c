@@ -131,10 +131,11 @@ void access_queue_push(struct access_queue *q, const char *app_guid, const char 
         if (behind)
                 b->raised = true;
         pthread_mutex_unlock(&q->mu);
-        struct access_shipper *s = NULL;
-        if ((kick || behind) && (s = atomic_load_explicit(&q->shipper, memory_order_acquire)) && kick)
+        struct access_shipper *s =
+            kick || behind ? atomic_load_explicit(&q->shipper, memory_order_acquire) : NULL;
+        if (s && kick)
                 shipper_kick(s);
-        if (behind && s)
+        if (s && behind)
                 shipper_raise(s);
 }
 
