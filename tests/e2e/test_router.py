@@ -1408,6 +1408,34 @@ def test_access_log_full_batch_ships_at_once(rig):
     assert arrived("/echo?warm") >= 1  # shipped with it
 
 
+def _line_senders(router, host, marker, statuses, n=1000, clients=25):
+    """Threads (not started) that send n GETs of /echo?<marker>NNNN-<1,000 x> to host through router over
+    `clients` keep-alive connections, counting the answers' statuses in the Counter statuses: about 1.4 MB
+    of access log lines."""
+    lock = threading.Lock()
+
+    def client(k):
+        c = router.conn()
+        try:
+            for i in range(k, n, clients):
+                c.request("GET", f"/echo?{marker}{i:04d}-" + "x" * 1000, headers={"Host": host})
+                r = c.getresponse()
+                r.read()
+                with lock:
+                    statuses[r.status] += 1
+        finally:
+            c.close()
+
+    return [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+
+
+def _lines_arrived(ctl, marker):
+    """How many of _line_senders' lines (distinct NNNN after ?<marker>) the controller has taken."""
+    with ctl.cond:
+        return len({l["message"].split("?" + marker)[1][:4] for l in ctl.access_lines
+                    if "?" + marker in l["message"]})
+
+
 def test_access_log_backlog_ships_in_bodies_the_controller_takes(rig):
     """Lines that piled up while the controller was slow (here 1.4 MB of them) go in several POSTs of at most
     about 512 KiB, which the controller's 1 MiB body limit takes: none is lost."""
@@ -1416,21 +1444,8 @@ def test_access_log_backlog_ships_in_bodies_the_controller_takes(rig):
     ctl.max_body = 1 << 20
     gate = threading.Event()
     ctl.post_gate = (b"?split-", gate)
-    n, clients = 1000, 25
-    statuses = []
-
-    def client(k):
-        c = router.conn()
-        try:
-            for i in range(k, n, clients):
-                c.request("GET", f"/echo?split-{i:04d}-" + "x" * 1000, headers={"Host": "split.test"})
-                r = c.getresponse()
-                r.read()
-                statuses.append(r.status)
-        finally:
-            c.close()
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    n, statuses = 1000, collections.Counter()
+    threads = _line_senders(router, "split.test", "split-", statuses, n)
     try:
         for t in threads:
             t.start()
@@ -1438,13 +1453,8 @@ def test_access_log_backlog_ships_in_bodies_the_controller_takes(rig):
             t.join(timeout=60)
     finally:
         gate.set()
-    assert statuses == [200] * n, collections.Counter(statuses)
-
-    def arrived():
-        with ctl.cond:
-            return len({l["message"].split("?split-")[1][:4] for l in ctl.access_lines if "?split-" in l["message"]})
-
-    wait_until(lambda: arrived() == n, timeout=20, what=f"all {n} lines")
+    assert statuses == {200: n}, statuses
+    wait_until(lambda: _lines_arrived(ctl, "split-") == n, timeout=20, what=f"all {n} lines")
     with ctl.cond:
         sizes = list(ctl.post_sizes)
     assert max(sizes) <= (512 + 16) * 1024, sizes
@@ -1613,23 +1623,8 @@ def test_access_log_shipper_is_lifted_when_behind(rig):
     ctl.post_gate = (b"?held", gate)
     assert router.get("lift.test", path="/echo?held")[0].status == 200
     wait_until(lambda: ctl.post_gate is None, timeout=5, what="the shipper held in its POST")
-    n, clients = 1000, 25
-    statuses = collections.Counter()
-    lock = threading.Lock()
-
-    def client(k):
-        c = router.conn()
-        try:
-            for i in range(k, n, clients):
-                c.request("GET", f"/echo?lift-{i:04d}-" + "x" * 1000, headers={"Host": "lift.test"})
-                r = c.getresponse()
-                r.read()
-                with lock:
-                    statuses[r.status] += 1
-        finally:
-            c.close()
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    n, statuses = 1000, collections.Counter()
+    threads = _line_senders(router, "lift.test", "lift-", statuses, n)
     try:
         for t in threads:
             t.start()
@@ -1643,12 +1638,7 @@ def test_access_log_shipper_is_lifted_when_behind(rig):
         for t in threads:
             t.join(timeout=60)
     assert statuses == {200: n}, statuses
-
-    def arrived():
-        with ctl.cond:
-            return len({l["message"].split("?lift-")[1][:4] for l in ctl.access_lines if "?lift-" in l["message"]})
-
-    wait_until(lambda: arrived() == n, timeout=20, what=f"all {n} lines")
+    wait_until(lambda: _lines_arrived(ctl, "lift-") == n, timeout=20, what=f"all {n} lines")
 
 
 def test_access_log_shipper_yields_to_the_workers(rig):
