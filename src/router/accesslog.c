@@ -56,7 +56,6 @@ struct access_shipper {
         size_t n;
         struct sbuf body;  /* the JSON body, kept between batches (no allocation once it has grown) */
         bool can_idle;     /* CAP_SYS_NICE: may leave SCHED_IDLE again (see shipper_sched) */
-        bool idle;         /* running as SCHED_IDLE (the shipper's own view; a worker may raise it) */
         _Atomic pid_t tid; /* the shipper thread's, once it runs with can_idle (0 before) */
         bool kicked;       /* under mu: a worker's batch reached AL_SHIP_BYTES */
         _Atomic bool busy; /* set with kicked, cleared once no kicked batch is left (access_queue_shipping) */
@@ -305,29 +304,17 @@ static bool have_cap_sys_nice(void)
  * a CPU no worker wants, and a worker's wake-up preempts it at once (a nice-10 thread can keep its CPU until
  * its slice ends). With the bench's 1-connection load its tail latency came closer to nginx's. A worker that
  * keeps its CPU busy would starve an idle-class thread, so when a batch reaches a quarter of a queue's limits
- * the shipper goes back to SCHED_OTHER at nice 10 (lifted by the worker, shipper_raise, or by itself after
- * shipping such a batch) until its batches are small again. Leaving SCHED_IDLE needs
- * CAP_SYS_NICE; without it the shipper stays at nice 10 throughout.
+ * the worker lifts the shipper to SCHED_OTHER at nice 10 (shipper_raise); here, after shipping, it goes
+ * back to SCHED_IDLE once its batches are under an eighth. Leaving SCHED_IDLE needs CAP_SYS_NICE; without it
+ * the shipper stays at nice 10 throughout.
  */
-static void shipper_sched(struct access_shipper *s, size_t most_lines, size_t most_bytes)
+static void shipper_sched(const struct access_shipper *s, size_t most_lines, size_t most_bytes)
 {
-        if (!s->can_idle)
+        if (!s->can_idle || most_lines >= AL_QUEUE_MAX / 8 || most_bytes >= AL_QUEUE_BYTES / 8)
                 return;
-        s->idle = sched_getscheduler(0) == SCHED_IDLE; /* a worker may have raised it (shipper_raise) */
-        bool big = most_lines >= AL_QUEUE_MAX / 4 || most_bytes >= AL_QUEUE_BYTES / 4;
-        bool small = most_lines < AL_QUEUE_MAX / 8 && most_bytes < AL_QUEUE_BYTES / 8;
         struct sched_param sp = { 0 };
-        if (s->idle && big) {
-                if (sched_setscheduler(0, SCHED_OTHER, &sp) == 0) {
-                        s->idle = false;
-                        (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
-                } else {
-                        log_debug("access logs: leave SCHED_IDLE: %s", strerror(errno));
-                }
-        } else if (!s->idle && small) {
-                if (sched_setscheduler(0, SCHED_IDLE, &sp) == 0)
-                        s->idle = true;
-        }
+        if (sched_getscheduler(0) != SCHED_IDLE && sched_setscheduler(0, SCHED_IDLE, &sp) < 0)
+                log_debug("access logs: SCHED_IDLE: %s", strerror(errno));
 }
 
 static void *shipper_thread(void *arg)
