@@ -397,6 +397,10 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                  proxy_tls_address(p) ? ", TLS on " : "", proxy_tls_address(p) ?: "", o.workers,
                  o.balance == RT_LEAST_CONN ? "least-connection" : "round-robin", o.controller,
                  ms ? ", metrics on " : "", ms ? o.metrics_listen : "");
+        if (o.busy_poll_us > 0 && proxy_busy_poll_us(p) == 0)
+                log_info("busy polling off: %u workers on %u CPU%s (a polling worker would take the CPU from "
+                         "the others)",
+                         o.workers, proxy_cpus(p), proxy_cpus(p) == 1 ? "" : "s");
         int sig = 0;
         while (sigwait(&set, &sig) != 0)
                 ;

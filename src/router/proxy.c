@@ -24,6 +24,7 @@
 #include <inttypes.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <string.h>
 #include <strings.h>
@@ -233,6 +234,7 @@ struct proxy {
         struct route_store *store;
         struct worker *workers;
         unsigned n_workers;
+        unsigned n_cpus; /* in the affinity mask at start; busy polling is off with more workers */
         char address[INET6_ADDRSTRLEN + 8];
 };
 
@@ -2371,6 +2373,26 @@ const char *proxy_tls_address(const struct proxy *p)
         return p->tls_address[0] ? p->tls_address : NULL;
 }
 
+/* The CPUs this thread may run on (its affinity mask: taskset, a cpuset cgroup), at least 1. */
+static unsigned cpus_allowed(void)
+{
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        if (sched_getaffinity(0, sizeof(set), &set) < 0)
+                return (unsigned)MAX(1L, sysconf(_SC_NPROCESSORS_ONLN));
+        return (unsigned)MAX(1, CPU_COUNT(&set));
+}
+
+unsigned proxy_busy_poll_us(const struct proxy *p)
+{
+        return p->o.busy_poll_us;
+}
+
+unsigned proxy_cpus(const struct proxy *p)
+{
+        return p->n_cpus;
+}
+
 int proxy_start(const struct router_opts *o, struct route_store *store, struct proxy **ret, struct berr **err)
 {
         struct addrinfo *ai = NULL;
@@ -2381,6 +2403,14 @@ int proxy_start(const struct router_opts *o, struct route_store *store, struct p
         p->o = *o;
         p->store = store;
         p->n_workers = o->workers ? o->workers : 1;
+        p->n_cpus = cpus_allowed();
+        if (p->n_workers > p->n_cpus)
+                /*
+                 * A worker that polls while another worker shares its CPU takes that CPU from a worker with
+                 * events, and from the SCHED_IDLE access log shipper. Measured with 2 workers on 1 CPU at 64
+                 * connections: p99 5.9 ms against 3.3 ms for the same router without polling.
+                 */
+                p->o.busy_poll_us = 0;
         p->workers = xcalloc(p->n_workers, sizeof(*p->workers));
         for (unsigned i = 0; i < p->n_workers; i++) {
                 struct worker *w = &p->workers[i];

@@ -166,6 +166,10 @@ struct access_queue *const *proxy_access_queues(const struct proxy *p, size_t *n
 const char *proxy_tls_address(const struct proxy *p);
 /* The bound address ("127.0.0.1:9080"); valid until proxy_free. */
 const char *proxy_address(const struct proxy *p);
+/* The busy-poll window the workers use: router.busy_poll_us, or 0 with more workers than proxy_cpus. */
+unsigned proxy_busy_poll_us(const struct proxy *p);
+/* The CPUs the router may run on (its affinity mask when it started). */
+unsigned proxy_cpus(const struct proxy *p);
 /* Stop accepting, let in-flight requests finish up to drain_timeout_ms, join the workers. */
 void proxy_stop(struct proxy *p);
 void proxy_free(struct proxy *p);

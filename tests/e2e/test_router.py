@@ -335,7 +335,7 @@ def dead_port():
 
 
 class Router:
-    def __init__(self, controller_url, tmp, workers=2, config=None, token=TOKEN):
+    def __init__(self, controller_url, tmp, workers=2, config=None, token=TOKEN, cpus=None):
         self.port = free_port()
         self.tmp = tmp
         token_file = os.path.join(tmp, "internal-token")
@@ -350,7 +350,8 @@ class Router:
         self.cmd = [berthcli.BERTH_BIN, "--data-dir", tmp, "--config", cfg, "router",
                     "--listen", f"127.0.0.1:{self.port}", "--controller", controller_url,
                     "--workers", str(workers), "--internal-token-file", token_file]
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pin)
         wait_until(self._accepting, timeout=15, what="the router to listen")
 
     def _accepting(self):
@@ -906,10 +907,11 @@ def test_body_ending_at_close_with_data_and_fin_together(rig, split_head):
 # ---------------------------------------------------------------------------------------------- issue 6
 
 
-def extra_router(rig, config, workers=2):
-    """A second router on the rig's controller with its own config (stopped by the rig)."""
+def extra_router(rig, config, workers=2, cpus=None):
+    """A second router on the rig's controller with its own config (stopped by the rig), on the CPUs given
+    (its affinity) or on all."""
     d = tempfile.mkdtemp(dir=rig["tmp"])
-    r = Router(rig["ctl"].url, d, workers=workers, config=config)
+    r = Router(rig["ctl"].url, d, workers=workers, config=config, cpus=cpus)
     rig.setdefault("extras", []).append(r)
     return r
 
@@ -1590,6 +1592,21 @@ def test_busy_polling_is_budgeted(rig):
     assert set(statuses) == {404} and sum(statuses.values()) > 1000, statuses
     share = used / (secs * os.sysconf("SC_CLK_TCK"))
     assert share < 0.5, f"the router used {share:.0%} of a CPU for {sum(statuses.values())} requests"
+
+
+def test_busy_polling_is_off_with_more_workers_than_cpus(rig):
+    """A worker that polls while another worker shares its CPU takes the CPU from the one with events (and
+    from the idle-class access log shipper): with more workers than the CPUs the router may run on (its
+    affinity, as taskset or a cpuset sets it), the workers always sleep, and the router says so. With as
+    many CPUs as workers, they poll."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    crowded = extra_router(rig, "router:\n  busy_poll_us: 10000\n", workers=2, cpus={cpu})
+    alone = extra_router(rig, "router:\n  busy_poll_us: 10000\n", workers=1, cpus={cpu})
+    for r in (crowded, alone):
+        wait_until(lambda: r.get("nowhere.test")[0].status == 404, timeout=5, what="the router")
+    wait_until(lambda: "router listening" in alone.output(), timeout=5, what="the router's start line")
+    assert "busy polling off: 2 workers on 1 CPU " in crowded.output(), crowded.output()
+    assert "busy polling off" not in alone.output(), alone.output()
 
 
 def _thread_policies(pid):
