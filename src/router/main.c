@@ -393,14 +393,20 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 proxy_free(p);
                 return 1;
         }
-        log_info("router listening on %s%s%s (%u workers, %s), routes from %s%s%s", proxy_address(p),
+        /* Busy polling is off with more workers than CPUs (proxy_start): a polling worker would take the
+         * CPU from the others. */
+        char polling[64];
+        if (proxy_busy_poll_us(p) > 0)
+                snprintf(polling, sizeof(polling), "busy polling %u us", proxy_busy_poll_us(p));
+        else if (o.busy_poll_us > 0)
+                snprintf(polling, sizeof(polling), "busy polling off: %u workers on %u CPU%s", o.workers,
+                         proxy_cpus(p), proxy_cpus(p) == 1 ? "" : "s");
+        else
+                snprintf(polling, sizeof(polling), "busy polling off");
+        log_info("router listening on %s%s%s (%u worker%s, %s, %s), routes from %s%s%s", proxy_address(p),
                  proxy_tls_address(p) ? ", TLS on " : "", proxy_tls_address(p) ?: "", o.workers,
-                 o.balance == RT_LEAST_CONN ? "least-connection" : "round-robin", o.controller,
-                 ms ? ", metrics on " : "", ms ? o.metrics_listen : "");
-        if (o.busy_poll_us > 0 && proxy_busy_poll_us(p) == 0)
-                log_info("busy polling off: %u workers on %u CPU%s (a polling worker would take the CPU from "
-                         "the others)",
-                         o.workers, proxy_cpus(p), proxy_cpus(p) == 1 ? "" : "s");
+                 o.workers == 1 ? "" : "s", o.balance == RT_LEAST_CONN ? "least-connection" : "round-robin",
+                 polling, o.controller, ms ? ", metrics on " : "", ms ? o.metrics_listen : "");
         int sig = 0;
         while (sigwait(&set, &sig) != 0)
                 ;

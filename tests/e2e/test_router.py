@@ -1604,9 +1604,9 @@ def test_busy_polling_is_off_with_more_workers_than_cpus(rig):
     alone = extra_router(rig, "router:\n  busy_poll_us: 10000\n", workers=1, cpus={cpu})
     for r in (crowded, alone):
         wait_until(lambda: r.get("nowhere.test")[0].status == 404, timeout=5, what="the router")
-    wait_until(lambda: "router listening" in alone.output(), timeout=5, what="the router's start line")
-    assert "busy polling off: 2 workers on 1 CPU " in crowded.output(), crowded.output()
-    assert "busy polling off" not in alone.output(), alone.output()
+        wait_until(lambda: "router listening" in r.output(), timeout=5, what="the router's start line")
+    assert "(2 workers, round-robin, busy polling off: 2 workers on 1 CPU)" in crowded.output(), crowded.output()
+    assert "(1 worker, round-robin, busy polling 10000 us)" in alone.output(), alone.output()
 
 
 def _thread_policies(pid):
