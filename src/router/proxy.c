@@ -1708,11 +1708,12 @@ static void client_run(struct client *c)
                 }
                 if (client_frame_request(c) < 0) {
                         c->close_after = true;
-                        if (!c->resp_started)
-                                client_respond(c, 400, NULL, NULL, "Invalid chunked body");
-                        else
+                        if (c->resp_started) {
                                 client_close(c);
-                        return;
+                                return;
+                        }
+                        client_respond(c, 400, NULL, NULL, "Invalid chunked body");
+                        continue; /* on to writing it (edge-triggered: no later event would) */
                 }
 
                 if (c->client_eof && !c->req_done && (c->st == CS_CONNECT || c->st == CS_PROXY)) {

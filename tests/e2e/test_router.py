@@ -495,6 +495,33 @@ def test_parser_limits(rig):
     assert out.startswith(b"HTTP/1.1 400 "), out[:100]
 
 
+BAD_CHUNKS = [b"zz\r\n", b"-5\r\n", b"5\nhello\r\n", b"5\r\nhelloXX", b"1" * 40 + b"\r\n", b"5;\x01\r\n"]
+
+
+def test_bad_chunked_request_body_400(rig):
+    """A request body whose chunked framing is broken, in any of several ways, gets 400 "Invalid chunked
+    body" and the connection closed at once, whether the bad bytes came with the head or after the head was
+    at the backend (the backend connection is dropped, not pooled). The router answered nothing at all before,
+    and the client waited for its own timeout."""
+    b0, _ = rig["backends"]
+    serve(rig, [route("chunk.test", [b0.port])])
+    head = b"POST /upload?case=%d HTTP/1.1\r\nHost: chunk.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for i, bad in enumerate(BAD_CHUNKS):
+        out = rig["router"].raw(head % i + bad, timeout=5)
+        assert out.startswith(b"HTTP/1.1 400 ") and out.endswith(b"Invalid chunked body\n"), (bad, out)
+        assert b"\r\nConnection: close\r\n" in out, out
+        later = 100 + i
+        with socket.create_connection(("127.0.0.1", rig["router"].port), timeout=5) as s:
+            s.sendall(head % later + b"5\r\nhello\r\n")
+            wait_until(lambda: any(p == "/upload?case=%d" % later for _, p, _ in b0.requests), timeout=5,
+                       what="the head at the backend")
+            s.sendall(bad)
+            out = read_to_end(s)
+        assert out.startswith(b"HTTP/1.1 400 ") and out.endswith(b"Invalid chunked body\n"), (bad, out)
+    r, body = rig["router"].get("chunk.test", "/upload", method="POST", body=b"fine")
+    assert r.status == 200 and json.loads(body)["len"] == 4
+
+
 def test_refused_endpoint_retried(rig):
     b0, _ = rig["backends"]
     serve(rig, [route("retry.test", [dead_port(), b0.port, dead_port()])])
