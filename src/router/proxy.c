@@ -1330,7 +1330,10 @@ static int client_frame_response(struct client *c)
         return 0;
 }
 
-/* Parse the backend's response head (and interim 1xx heads). Returns < 0 on a malformed response. */
+/*
+ * Parse the backend's response head (and interim 1xx heads). Returns < 0 on a malformed response, or a 101 to
+ * a request that asked for no upgrade.
+ */
 static int client_parse_response(struct client *c)
 {
         struct worker *w = c->w;
@@ -1344,13 +1347,20 @@ static int client_parse_response(struct client *c)
                         return 0;
                 }
                 if (r < 0)
-                        return -EBADMSG;
+                        return r == HTTP_PARSE_TOO_LARGE ? -E2BIG : -EBADMSG;
                 bool tunnel = h->status == 101 && c->req_upgrade;
+                if (h->status == 101 && !tunnel)
+                        return -EPROTO; /* switching protocols unasked (Go's ReverseProxy: 502 too) */
                 if (h->status >= 100 && h->status < 200 && !tunnel) {
-                        /* Interim responses (100 Continue, 103) go through as they are. */
-                        buf_append(&c->out, c->uin.d + c->uin.start, (size_t)r);
+                        /*
+                         * Interim responses (100 Continue, 103) go through as they are, except to an HTTP/1.0
+                         * client, which must not get one (RFC 9110, 15.2).
+                         */
+                        if (c->req_minor > 0) {
+                                buf_append(&c->out, c->uin.d + c->uin.start, (size_t)r);
+                                c->resp_started = true;
+                        }
                         buf_consume(&c->uin, (size_t)r);
-                        c->resp_started = true;
                         continue;
                 }
                 struct conn_tokens ct;
@@ -1789,7 +1799,15 @@ static void client_run(struct client *c)
                         }
                 }
                 if (c->st == CS_PROXY && c->up) {
-                        if (client_parse_response(c) < 0) {
+                        int pr = client_parse_response(c);
+                        if (pr < 0) {
+                                const struct rt_endpoint *ep = &c->route->eps[c->ep];
+                                log_warn("endpoint %s:%u of %s: %s", ep->host, ep->port, c->route->host,
+                                         pr == -EPROTO
+                                             ? "101 Switching Protocols to a request without Upgrade"
+                                         : pr == -E2BIG ? "response head too large"
+                                                        : "malformed response head");
+                                metrics_add(&c->w->m.backend_errors, 1);
                                 if (!c->resp_started) {
                                         client_respond_bad_gateway(c);
                                         continue;

@@ -847,6 +847,75 @@ class ClosingBackend(RawBackend):
                 c.recv(4096)
 
 
+class CannedBackend(RawBackend):
+    """Answers each request on a connection with the canned bytes its path names (``answers[path]``)."""
+
+    NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self, answers):
+        self.answers = answers
+        super().__init__()
+
+    def _serve(self, c):
+        with c:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        d = c.recv(65536)
+                    except ConnectionResetError:  # the router dropped a connection whose answer it refused
+                        return
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                c.sendall(self.answers.get(head.split(b" ")[1].decode(), self.NOT_FOUND))
+
+
+def test_interim_and_malformed_responses(rig):
+    """1xx from the backend: 100 and 103 reach an HTTP/1.1 client before the answer, an HTTP/1.0 client gets
+    only the answer (RFC 9110 15.2); a 101 to a request that asked for no upgrade is 502, as a malformed or
+    oversized response head and one with both Content-Length and Transfer-Encoding are. Each 502 is logged and
+    counted, and the client's connection stays usable. (An unasked 101 was passed on as an interim response,
+    and the client's connection then closed with nothing.)"""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    cb = CannedBackend({
+        "/early": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + ok,
+        "/continue": b"HTTP/1.1 100 Continue\r\n\r\n" + ok,
+        "/switch": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw",
+        "/status": b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
+        "/both": b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "/huge": b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(200))
+                 + b"Content-Length: 2\r\n\r\nok",
+        "/ok": ok,
+        "/echo": ok,  # what serve() asks for
+    })
+    rig.setdefault("extras", []).append(cb)
+    mport = free_port()
+    router = extra_router(rig, f"router:\n  metrics_listen: 127.0.0.1:{mport}\n")
+    serve(rig, [route("canned.test", [cb.port])])
+    wait_until(lambda: router.get("canned.test", "/ok")[0].status == 200, timeout=5, what="the extra's table")
+    close = b"GET /ok HTTP/1.1\r\nHost: canned.test\r\nConnection: close\r\n\r\n"  # ends each exchange
+    for path, interim in (("/early", b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"),
+                          ("/continue", b"HTTP/1.1 100 Continue\r\n\r\n")):
+        out = router.raw(b"GET %s HTTP/1.1\r\nHost: canned.test\r\n\r\n" % path.encode() + close)
+        assert out.startswith(interim + b"HTTP/1.1 200 OK\r\n"), out
+        assert out.count(b"HTTP/1.1 200 OK") == 2, out
+        out = router.raw(b"GET %s HTTP/1.0\r\nHost: canned.test\r\n\r\n" % path.encode())
+        assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nok"), out
+    errors = "berth_router_backend_errors_total"
+    m0 = _metrics(mport)[errors]
+    for i, path in enumerate(("/switch", "/status", "/both", "/huge")):
+        out = router.raw(b"GET %s HTTP/1.1\r\nHost: canned.test\r\n\r\n" % path.encode() + close)
+        assert out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), (path, out)
+        assert b"X-Cf-Routererror: endpoint_failure" in out and out.endswith(b"\r\n\r\nok"), (path, out)
+        assert _metrics(mport)[errors] == m0 + i + 1, path
+    log = router.output()
+    assert "of canned.test: 101 Switching Protocols to a request without Upgrade" in log, log
+    assert "of canned.test: response head too large" in log, log
+    assert log.count("of canned.test: malformed response head") == 2, log
+
+
 def test_backend_closing_pooled_connections(rig):
     cb = ClosingBackend()
     rig.setdefault("extras", []).append(cb)
