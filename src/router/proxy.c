@@ -1072,6 +1072,28 @@ static int client_instance_pin(struct client *c, const struct http_head *h, cons
         return -2;
 }
 
+/*
+ * An absolute-form target (RFC 9112 3.2.2: "http://example.com:8080/path?q"): sets *auth to its authority and
+ * *path to the rest (possibly empty, or starting with '?'). Returns false for any other form.
+ */
+static bool target_absolute(const char *t, size_t n, const char **auth, size_t *auth_len, const char **path,
+                            size_t *path_len)
+{
+        size_t s = n >= 7 && strncasecmp(t, "http://", 7) == 0    ? 7
+                   : n >= 8 && strncasecmp(t, "https://", 8) == 0 ? 8
+                                                                  : 0;
+        if (s == 0)
+                return false;
+        size_t e = s;
+        while (e < n && t[e] != '/' && t[e] != '?' && t[e] != '#')
+                e++;
+        *auth = t + s;
+        *auth_len = e - s;
+        *path = t + e;
+        *path_len = n - e;
+        return true;
+}
+
 /* Build the request for the backend from the parsed head h and route it. */
 static void client_dispatch(struct client *c, const struct http_head *h)
 {
@@ -1094,9 +1116,28 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 c->req_mode = BODY_NONE;
         c->req_done = c->req_mode == BODY_NONE;
 
+        /*
+         * An absolute-form target names the host: the request is routed by its authority, not by the Host
+         * header, and goes to the backend in origin-form with the authority as its Host (RFC 9112 3.2.2; Go's
+         * server, and so Gorouter, and nginx do the same). HTTP/1.1 still needs a Host header (as Go's
+         * server).
+         */
+        const char *target = h->target, *hostv = h->host, *auth = NULL;
+        size_t target_len = h->target_len, hostv_len = h->host_len, auth_len = 0;
+        if (target_absolute(h->target, h->target_len, &auth, &auth_len, &target, &target_len)) {
+                if (memchr(auth, '@', auth_len)) {
+                        client_respond(c, 400, NULL, NULL, "Invalid request");
+                        return;
+                }
+                if (h->host || h->minor_version == 0)
+                        hostv = auth, hostv_len = auth_len;
+        }
+        /* The target sent on, and logged: origin-form ("/" before an absolute-form's empty path or query). */
+        bool slash = auth && (target_len == 0 || target[0] != '/');
+
         /* Gorouter (handlers/lookup.go): an empty Host, or one equal to the client's IP, is 400. */
         char host[RT_MAX_HOST + 1];
-        int hl = h->host ? route_host_normalize(h->host, h->host_len, host, sizeof(host)) : -1;
+        int hl = hostv ? route_host_normalize(hostv, hostv_len, host, sizeof(host)) : -1;
         if (hl > 0 && strcmp(host, c->peer_ip) == 0)
                 hl = -1;
         if (hl < 0) {
@@ -1104,8 +1145,8 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 return;
         }
         refresh_table(w);
-        struct rt_route *rt =
-            (struct rt_route *)route_table_lookup(w->table, host, (size_t)hl, h->target, h->target_len);
+        struct rt_route *rt = (struct rt_route *)route_table_lookup(
+            w->table, host, (size_t)hl, slash ? "/" : target, slash ? 1 : target_len);
         if (!rt) {
                 char msg[RT_MAX_HOST + 64];
                 snprintf(msg, sizeof(msg), "Requested route ('%s') does not exist.", host);
@@ -1130,9 +1171,11 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         b->start = b->end = 0;
         /* An HTTP/1.0 client gets an HTTP/1.0 request upstream, so the backend does not answer chunked. */
         buf_append(b, h->method, h->method_len);
-        buf_append(b, " ", 1);
-        buf_append(b, h->target, h->target_len);
+        buf_append(b, slash ? " /" : " ", slash ? 2 : 1);
+        buf_append(b, target, target_len);
         buf_append(b, h->minor_version == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n", 11);
+        if (auth)
+                buf_header(b, "Host", 4, auth, auth_len);
         const struct http_header *xff = NULL;
         struct buf *xffv = &w->xff; /* the X-Forwarded-For value sent, also for the access log */
         xffv->start = xffv->end = 0;
@@ -1143,7 +1186,7 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                         buf_header(b, hh->name, hh->name_len, hh->value, hh->value_len);
                         continue;
                 }
-                if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh))
+                if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh) || (auth && name_is(hh, "Host")))
                         continue;
                 if (name_is(hh, "X-Forwarded-For")) {
                         /* Several X-Forwarded-For lines are joined, as Go's SetXForwarded does. */
@@ -1193,7 +1236,9 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 buf_append(a, "] \"", 3);
                 acc_field(a, h->method, h->method_len, 32);
                 buf_append(a, " ", 1);
-                acc_field(a, h->target, h->target_len, 1024);
+                if (slash)
+                        buf_append(a, "/", 1);
+                acc_field(a, target, target_len, 1024);
                 buf_append(a, " HTTP/1.", 8);
                 buf_append_int(a, h->minor_version);
                 buf_append(a, "\"", 1);

@@ -455,6 +455,34 @@ def test_host_case_and_port_ignored(rig):
     assert r.status == 200
 
 
+def test_absolute_form_target_routes_by_its_authority(rig):
+    """A request whose target is absolute ("GET http://host/path", RFC 9112 3.2.2) is routed by the target's
+    host, not the Host header, and reaches the app in origin-form with that host as its Host, as Go's server
+    (so Gorouter) and nginx do; an empty path becomes "/". HTTP/1.1 still needs a Host header; userinfo in the
+    authority is refused. (The target went on as it came, and the Host header chose the route.)"""
+    b0, b1 = rig["backends"]
+    serve(rig, [route("abs.test", [b0.port]), route("other.test", [b1.port])])
+    router, ctl = rig["router"], rig["ctl"]
+
+    def ask(raw):
+        out = router.raw(raw)
+        assert out.startswith(b"HTTP/1.1 200 OK\r\n"), out
+        return json.loads(out.split(b"\r\n\r\n", 1)[1])
+
+    got = ask(b"GET http://abs.test/echo?x=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+    assert (got["backend"], got["path"], got["headers"]["host"]) == ("b0", "/echo?x=1", ["abs.test"]), got
+    got = ask(b"GET HTTP://ABS.test:8080?q=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+    assert (got["backend"], got["path"], got["headers"]["host"]) == ("b0", "/?q=1", ["ABS.test:8080"]), got
+    got = ask(b"GET http://abs.test HTTP/1.0\r\n\r\n")
+    assert (got["backend"], got["path"], got["headers"]["host"]) == ("b0", "/", ["abs.test"]), got
+    out = router.raw(b"GET http://abs.test/echo HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"X-Cf-Routererror: empty_host" in out, out
+    out = router.raw(b"GET http://user@abs.test/echo HTTP/1.1\r\nHost: abs.test\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out
+    wait_until(lambda: any('"GET /echo?x=1 HTTP/1.1" 200 ' in l["message"] for l in ctl.access_lines), timeout=5,
+               what="the access log line, in origin-form")
+
+
 def test_unknown_route_404(rig):
     b0, _ = rig["backends"]
     serve(rig, [route("known.test", [b0.port])])
