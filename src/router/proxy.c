@@ -1475,6 +1475,25 @@ static int client_parse_response(struct client *c)
 
 enum io_result { IO_AGAIN, IO_PROGRESS, IO_EOF, IO_ERROR };
 
+/*
+ * A plain HTTP request on the TLS port (OpenSSL saw "GET " where a handshake belongs): answer it in plain
+ * text with what went wrong, as Go's server (so Gorouter) and nginx do, rather than a reset. What the client
+ * sent is read first (up to 64 KiB), so that closing does not reset the connection under the answer.
+ */
+static void tls_plain_http_answer(int fd)
+{
+        static const char msg[] = "400 Bad Request: Client sent an HTTP request to an HTTPS server.\n";
+        char ans[256], sink[4096];
+        int n = snprintf(ans, sizeof(ans),
+                         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                         "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                         sizeof(msg) - 1, msg);
+        for (int i = 0; i < 16 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+                ;
+        (void)send(fd, ans, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        shutdown(fd, SHUT_WR);
+}
+
 /* TLS: one SSL_read (which may also run the handshake); the hints follow what OpenSSL wants. */
 static enum io_result tls_read_into(struct handle *h, SSL *ssl, struct buf *b, int *ret_errno)
 {
@@ -1496,6 +1515,9 @@ static enum io_result tls_read_into(struct handle *h, SSL *ssl, struct buf *b, i
         case SSL_ERROR_ZERO_RETURN:
                 return IO_EOF;
         default:
+                if (!SSL_is_init_finished(ssl) && ERR_GET_LIB(ERR_peek_error()) == ERR_LIB_SSL &&
+                    ERR_GET_REASON(ERR_peek_error()) == SSL_R_HTTP_REQUEST)
+                        tls_plain_http_answer(h->fd);
                 *ret_errno = EPROTO;
                 return IO_ERROR;
         }
