@@ -159,7 +159,8 @@ struct client {
         uint64_t resp_remaining;
         struct http_chunked resp_chunk;
         bool resp_done;
-        size_t resp_fwd; /* approved bytes at uin.start not yet written */
+        size_t resp_fwd;   /* approved bytes at uin.start not yet written */
+        bool resp_dechunk; /* a chunked answer to an HTTP/1.0 client: its data only, ended by our close */
         bool up_eof;
         bool tunnel_c2u_shut, tunnel_u2c_shut;
         bool hup_seen; /* the client's shutdown was looked at for this request (client_gone) */
@@ -841,7 +842,7 @@ static void client_reset(struct client *c)
         c->tried = 0;
         c->attempts = 0;
         c->ep = -1;
-        c->resp_head_done = c->resp_started = c->resp_done = c->resp_keep_alive = false;
+        c->resp_head_done = c->resp_started = c->resp_done = c->resp_keep_alive = c->resp_dechunk = false;
         c->resp_mode = BODY_NONE;
         c->resp_remaining = 0;
         memset(&c->resp_chunk, 0, sizeof(c->resp_chunk));
@@ -1354,7 +1355,31 @@ static int client_frame_response(struct client *c)
                 c->resp_done = c->resp_remaining == 0;
                 return 0;
         }
-        if (c->resp_mode == BODY_CHUNKED) {
+        if (c->resp_mode == BODY_CHUNKED && c->resp_dechunk) {
+                /*
+                 * One pass over the new bytes: chunk data moves down over the framing before it (rd >= wr
+                 * throughout), what is left undecoded (a chunk line cut short) follows it, and the buffer
+                 * ends the framing earlier.
+                 */
+                char *base = c->uin.d + c->uin.start;
+                size_t rd = c->resp_fwd, wr = c->resp_fwd, end = buf_len(&c->uin);
+                while (rd < end) {
+                        size_t used = 0, doff = 0, dlen = 0;
+                        int r = http_chunked_decode(&c->resp_chunk, base + rd, end - rd, &used, &doff, &dlen);
+                        if (r < 0)
+                                return -EBADMSG;
+                        memmove(base + wr, base + rd + doff, dlen);
+                        wr += dlen;
+                        rd += used;
+                        if (r == 1)
+                                c->resp_done = true;
+                        if (r == 1 || used == 0)
+                                break;
+                }
+                memmove(base + wr, base + rd, end - rd);
+                c->uin.end -= rd - wr;
+                c->resp_fwd = wr;
+        } else if (c->resp_mode == BODY_CHUNKED) {
                 const char *p = c->uin.d + c->uin.start + c->resp_fwd;
                 while (avail > 0) {
                         size_t used = 0, doff = 0, dlen = 0;
@@ -1415,7 +1440,9 @@ static int client_parse_response(struct client *c)
                 } else if (c->req_head || h->status == 204 || h->status == 304) {
                         c->resp_mode = BODY_NONE;
                 } else if (h->chunked) {
+                        /* Chunked to an HTTP/1.0 request breaks RFC 9112 6.1; its client gets the data. */
                         c->resp_mode = BODY_CHUNKED;
+                        c->resp_dechunk = c->req_minor == 0;
                 } else if (h->content_length >= 0) {
                         c->resp_mode = BODY_LENGTH;
                         c->resp_remaining = (uint64_t)h->content_length;
@@ -1423,7 +1450,7 @@ static int client_parse_response(struct client *c)
                         c->resp_mode = BODY_CLOSE;
                 }
                 c->resp_keep_alive = h->keep_alive && c->resp_mode != BODY_CLOSE && !tunnel;
-                if (c->resp_mode == BODY_CLOSE || w->stopping)
+                if (c->resp_mode == BODY_CLOSE || c->resp_dechunk || w->stopping)
                         c->close_after = true;
                 c->status = h->status;
                 const struct rt_endpoint *ep = &c->route->eps[c->ep];
@@ -1440,7 +1467,8 @@ static int client_parse_response(struct client *c)
                                 buf_header(&c->out, hh->name, hh->name_len, hh->value, hh->value_len);
                                 continue;
                         }
-                        if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh))
+                        if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh) ||
+                            (c->resp_dechunk && name_is(hh, "Transfer-Encoding")))
                                 continue;
                         if (name_is(hh, "Set-Cookie") &&
                             set_cookie_is(hh->value, hh->value_len, "JSESSIONID")) {

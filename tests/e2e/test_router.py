@@ -683,6 +683,27 @@ def test_chunked_upload_and_large_downloads(rig):
     c.close()
 
 
+def test_chunked_answer_to_http10_client_is_dechunked(rig):
+    """A backend that answers an HTTP/1.0 request chunked anyway (RFC 9112 6.1 forbids it; the router sends
+    such requests on as HTTP/1.0): the client gets the data alone, without Transfer-Encoding, ended by the
+    router's close, for one large chunked body and for one trickling in 4 KiB chunks. (The chunk framing
+    reached the client as if it were the body.)"""
+    b0, _ = rig["backends"]
+    serve(rig, [route("ten.test", [b0.port])])
+    for path, n in (("/big?n=%d&chunked=1", 3000017), ("/trickle?n=%d&ms=0.2", 100003)):
+        out = rig["router"].raw(b"GET " + (path % n).encode() + b" HTTP/1.0\r\nHost: ten.test\r\n\r\n", timeout=30)
+        head, body = out.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+        assert b"transfer-encoding" not in head.lower() and b"\r\nConnection: close" in head, head
+        assert len(body) == n and body == pattern(n), (path, len(body))
+    # HTTP/1.1 clients still get the chunks as they come.
+    c = rig["router"].conn()
+    c.request("GET", "/big?n=5000&chunked=1", headers={"Host": "ten.test"})
+    r = c.getresponse()
+    assert r.getheader("Transfer-Encoding") == "chunked" and r.read() == pattern(5000)
+    c.close()
+
+
 def test_upgrade_tunnel(rig):
     echo = UpgradeEcho()
     rig.setdefault("extras", []).append(echo)
