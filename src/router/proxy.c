@@ -1450,7 +1450,12 @@ static int client_parse_response(struct client *c)
                         c->resp_mode = BODY_CLOSE;
                 }
                 c->resp_keep_alive = h->keep_alive && c->resp_mode != BODY_CLOSE && !tunnel;
-                if (c->resp_mode == BODY_CLOSE || c->resp_dechunk || w->stopping)
+                /*
+                 * An answer before the whole request body (a 401 or 413 to an Expect: 100-continue, say) ends
+                 * the connection once written: the rest of the body may never come. Say so in its head.
+                 */
+                if (c->resp_mode == BODY_CLOSE || c->resp_dechunk || w->stopping ||
+                    (c->req_mode != BODY_NONE && !c->req_done && !tunnel))
                         c->close_after = true;
                 c->status = h->status;
                 const struct rt_endpoint *ep = &c->route->eps[c->ep];

@@ -965,6 +965,21 @@ def test_interim_and_malformed_responses(rig):
     assert log.count("of canned.test: malformed response head") == 2, log
 
 
+def test_answer_before_the_body_closes_and_says_so(rig):
+    """A backend that answers before the request body has come (401 to a POST with Expect: 100-continue, as
+    an app checking credentials does): the client gets the answer at once, with "Connection: close", and the
+    connection closes (the body it held back may never come). (The close came without the header.)"""
+    cb = CannedBackend({"/login": b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+                        "/echo": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"})
+    rig.setdefault("extras", []).append(cb)
+    serve(rig, [route("early.test", [cb.port])])
+    with socket.create_connection(("127.0.0.1", rig["router"].port), timeout=10) as s:
+        s.sendall(b"POST /login HTTP/1.1\r\nHost: early.test\r\nContent-Length: 100000\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        out = read_to_end(s)
+    assert out == b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", out
+
+
 def test_backend_closing_pooled_connections(rig):
     cb = ClosingBackend()
     rig.setdefault("extras", []).append(cb)
