@@ -1358,8 +1358,8 @@ static int client_frame_response(struct client *c)
         if (c->resp_mode == BODY_CHUNKED && c->resp_dechunk) {
                 /*
                  * One pass over the new bytes: chunk data moves down over the framing before it (rd >= wr
-                 * throughout), what is left undecoded (a chunk line cut short) follows it, and the buffer
-                 * ends the framing earlier.
+                 * throughout; the decoder keeps a chunk line cut short in its state), anything after the
+                 * last chunk follows it, and the buffer ends that much framing earlier.
                  */
                 char *base = c->uin.d + c->uin.start;
                 size_t rd = c->resp_fwd, wr = c->resp_fwd, end = buf_len(&c->uin);
