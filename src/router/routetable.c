@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <netdb.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "lib/json.h"
@@ -192,7 +193,11 @@ static int parse_path(const char *p, char **ret, size_t *ret_len)
                 return -EINVAL;
         while (n > 0 && p[n - 1] == '/')
                 n--;
-        *ret = xstrndup(p, n);
+        /* Lowercase, as Gorouter keys its routes (route.Uri.RouteKey); requests match it ignoring case. */
+        char *d = xstrndup(p, n);
+        for (size_t i = 0; i < n; i++)
+                d[i] = (char)tolower((unsigned char)d[i]);
+        *ret = d;
         *ret_len = n;
         return 0;
 }
@@ -334,7 +339,7 @@ static const struct rt_route *lookup_host(const struct route_table *t, const cha
                         const struct rt_route *c = &t->routes[i];
                         if (c->path_len == 0)
                                 return c;
-                        if (path_len >= c->path_len && memcmp(path, c->path, c->path_len) == 0 &&
+                        if (path_len >= c->path_len && strncasecmp(path, c->path, c->path_len) == 0 &&
                             (path_len == c->path_len || path[c->path_len] == '/'))
                                 return c;
                 }
@@ -353,15 +358,24 @@ const struct rt_route *route_table_lookup(const struct route_table *t, const cha
         const struct rt_route *r = lookup_host(t, host, host_len, path, path_len);
         if (r)
                 return r;
-        /* Wildcard routes: "*.apps.example" serves any name directly below apps.example. */
-        const char *dot = memchr(host, '.', host_len);
-        if (!dot || host_len > RT_MAX_HOST)
+        /*
+         * Wildcard routes, the nearest first, as Gorouter's route.Uri.NextWildcard: "a.b.apps.example" tries
+         * "*.b.apps.example", then "*.apps.example", then "*.example".
+         */
+        if (host_len > RT_MAX_HOST)
                 return NULL;
         char w[RT_MAX_HOST + 2];
-        size_t rest = host_len - (size_t)(dot - host);
         w[0] = '*';
-        memcpy(w + 1, dot, rest);
-        return lookup_host(t, w, rest + 1, path, path_len);
+        for (const char *dot = memchr(host, '.', host_len); dot;
+             dot = memchr(dot + 1, '.', host_len - (size_t)(dot + 1 - host))) {
+                size_t rest = host_len - (size_t)(dot - host);
+                if (rest < 2)
+                        break; /* a trailing dot: nothing after it */
+                memcpy(w + 1, dot, rest);
+                if ((r = lookup_host(t, w, rest + 1, path, path_len)))
+                        return r;
+        }
+        return NULL;
 }
 
 static bool ep_full(const struct rt_endpoint *ep, unsigned max_conns)

@@ -109,7 +109,34 @@ static void test_lookup(void **state)
         assert_null(look(t, "apps.localhost", "/"));
         assert_string_equal(look(t, "a.wild.localhost", "/")->route_guid, "r5");
         assert_null(look(t, "wild.localhost", "/"));
-        assert_null(look(t, "a.b.wild.localhost", "/"));
+        /* Gorouter's wildcards cover every depth below their domain (route.Uri.NextWildcard). */
+        assert_string_equal(look(t, "a.b.wild.localhost", "/")->route_guid, "r5");
+        /* Paths match ignoring case, as Gorouter lowercases the whole route key. */
+        assert_string_equal(look(t, "web.apps.localhost", "/API")->route_guid, "r2");
+        assert_string_equal(look(t, "web.apps.localhost", "/Api/V2/x")->route_guid, "r3");
+        route_table_unref(t);
+}
+
+static void test_nearest_wildcard_and_path_case(void **state)
+{
+        (void)state;
+        struct route_table *t =
+            build("{\"index\":1,\"routes\":["
+                  "{\"host\":\"*.w.test\",\"route_guid\":\"far\",\"app_guid\":\"a\",\"endpoints\":[]},"
+                  "{\"host\":\"*.b.w.test\",\"route_guid\":\"near\",\"app_guid\":\"a\",\"endpoints\":[]},"
+                  "{\"host\":\"x.b.w.test\",\"path\":\"/Docs/\",\"route_guid\":\"docs\",\"app_guid\":\"a\","
+                  "\"endpoints\":[]}]}",
+                  NULL);
+        assert_string_equal(look(t, "a.b.w.test", "/")->route_guid, "near");
+        assert_string_equal(look(t, "a.a.b.w.test", "/")->route_guid, "near");
+        assert_string_equal(look(t, "a.c.w.test", "/")->route_guid, "far");
+        assert_string_equal(look(t, "b.w.test", "/")->route_guid, "far");
+        assert_null(look(t, "w.test", "/"));
+        assert_null(look(t, "test", "/"));
+        /* An exact host with only a path route: other paths fall through to the wildcards, as in Gorouter. */
+        assert_string_equal(look(t, "x.b.w.test", "/docs/a")->route_guid, "docs");
+        assert_string_equal(look(t, "x.b.w.test", "/DOCS")->route_guid, "docs");
+        assert_string_equal(look(t, "x.b.w.test", "/other")->route_guid, "near");
         route_table_unref(t);
 }
 
@@ -283,6 +310,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_normalize),
                 cmocka_unit_test(test_lookup),
+                cmocka_unit_test(test_nearest_wildcard_and_path_case),
                 cmocka_unit_test(test_round_robin_and_failures),
                 cmocka_unit_test(test_least_conn_limit_and_sticky),
                 cmocka_unit_test(test_cookies),
