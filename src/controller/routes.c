@@ -146,8 +146,11 @@ static void router_poll_end(struct ctl *c, const char *peer)
                 }
 }
 
+/* A DNS label, or "*" (a wildcard route: every name below its domain without a route of its own). */
 static bool host_valid(const char *h)
 {
+        if (strcmp(h, "*") == 0)
+                return true;
         size_t n = strlen(h);
         if (n == 0 || n > ROUTE_HOST_MAX || h[0] == '-' || h[n - 1] == '-')
                 return false;
@@ -341,7 +344,13 @@ static void routes_create(struct api_req *r, struct http_response *resp)
         const char *space = rel_guid(r->body, "space"), *domain = rel_guid(r->body, "domain");
         if (!json_is_string(hj) || !host_valid(json_string_value(hj))) {
                 api_unprocessable(resp, "Host must be a DNS label: 1-63 lowercase letters, digits or '-', not"
-                                        " starting or ending with '-'");
+                                        " starting or ending with '-'; or '*' for a wildcard route");
+                return;
+        }
+        if (strcmp(json_string_value(hj), "*") == 0 && !r->user.admin) {
+                /* Every domain here is shared: a wildcard would take every unrouted name of all tenants. */
+                api_error(resp, 403, 10003, "CF-NotAuthorized",
+                          "You are not authorized to create a wildcard route on a shared domain.");
                 return;
         }
         if (pj && !json_is_null(pj) && (!json_is_string(pj) || !path_valid(json_string_value(pj)))) {

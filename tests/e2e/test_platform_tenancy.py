@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from berthplatform import app_images, enable_docker, errors_of, plat  # noqa: F401 (fixtures)
+from berthplatform import app_images, enable_docker, errors_of, parse_environ, plat  # noqa: F401 (fixtures)
 
 ORG, SA, SB = "tenancy", "space-a", "space-b"
 
@@ -128,6 +128,42 @@ def test_auditor_reads_but_cannot_write(plat, tenancy, app_images):
     assert r.status_code == 403
     assert _app_state(plat, a) == before
     assert plat.app_names() == names_before
+
+
+def test_wildcard_route_is_admins_and_routes_every_unrouted_name(plat, tenancy):
+    """A wildcard route (host "*"), as Cloud Foundry's: every domain here is shared, so only an admin may create
+    one (a developer gets 403 and nothing is created); it serves every name below the domain at any depth
+    that has no route of its own, while routed names keep theirs. (The host "*" was refused as not a DNS
+    label, and the router matched one level only.)"""
+    p = plat
+    dom = p.api_json("GET", "/v3/domains")["resources"][0]["guid"]
+    body = {"host": "*", "relationships": {"space": {"data": {"guid": tenancy[SA]}},
+                                           "domain": {"data": {"guid": dom}}}}
+    before = p.api_json("GET", "/v3/routes?per_page=5000")["pagination"]["total_results"]
+    r = p.api("POST", "/v3/routes", json=body, token=tenancy["dev_token"])
+    assert r.status_code == 403 and errors_of(r)["code"] == 10003, r.text
+    assert "wildcard" in errors_of(r)["detail"]
+    assert p.api_json("GET", "/v3/routes?per_page=5000")["pagination"]["total_results"] == before
+    route = p.api_json("POST", "/v3/routes", status=201, json=body)
+    try:
+        assert route["host"] == "*" and route["url"] == "*." + p.domain
+        p.api_json("POST", f"/v3/routes/{route['guid']}/destinations",
+                   json={"destinations": [{"app": {"guid": tenancy["app-a"]}}]})
+        def app_of(r):
+            return json.loads(parse_environ(r.content)["VCAP_APPLICATION"])["application_name"]
+
+        for name in ("anything", "deep.er"):
+            assert app_of(p.wait_route(p.host(name), "/cgi-bin/env", timeout=30)) == "app-a"
+        # A name with a route of its own keeps it.
+        own = p.api_json("POST", "/v3/routes", status=201, json={"host": "own-b", "relationships": {
+            "space": {"data": {"guid": tenancy[SB]}}, "domain": {"data": {"guid": dom}}}})
+        p.api_json("POST", f"/v3/routes/{own['guid']}/destinations",
+                   json={"destinations": [{"app": {"guid": tenancy["app-b"]}}]})
+        p.wait_route("own-b", "/cgi-bin/env", timeout=30, pred=lambda r: app_of(r) == "app-b")
+        p.api_json("DELETE", f"/v3/routes/{own['guid']}", status=202)
+    finally:
+        p.api_json("DELETE", f"/v3/routes/{route['guid']}", status=202)
+    p.wait_route("anything", status=404, timeout=10)
 
 
 def test_bad_token(plat):
