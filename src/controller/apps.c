@@ -434,7 +434,14 @@ static void space_name_of(struct ctl *c, const char *space, char *buf, size_t n)
 static int process_create(struct ctl *c, const char *app_guid, const char *type, struct berr **err)
 {
         char guid[37], ver[37], now[21];
-        ctl_uuid(guid);
+        /*
+         * The web process has its app's guid, as Cloud Controller gives it: so X-CF-Process-Instance
+         * "PROCESS_GUID:INDEX" through the router names the same instances as X-CF-App-Instance.
+         */
+        if (strcmp(type, "web") == 0)
+                snprintf(guid, sizeof(guid), "%s", app_guid);
+        else
+                ctl_uuid(guid);
         ctl_uuid(ver);
         ctl_now(now);
         return xdb_exec(
