@@ -1355,9 +1355,10 @@ static int client_frame_response(struct client *c)
                 c->resp_done = c->resp_remaining == 0;
                 return 0;
         }
-        if (c->resp_mode == BODY_CHUNKED && c->resp_dechunk) {
+        if (c->resp_mode == BODY_CHUNKED) {
                 /*
-                 * One pass over the new bytes: chunk data moves down over the framing before it (rd >= wr
+                 * One pass over the new bytes, approving them up to the last chunk. De-chunking for an
+                 * HTTP/1.0 client, chunk data moves down over the framing before it instead (wr <= rd
                  * throughout; the decoder keeps a chunk line cut short in its state), anything after the
                  * last chunk follows it, and the buffer ends that much framing earlier.
                  */
@@ -1368,34 +1369,23 @@ static int client_frame_response(struct client *c)
                         int r = http_chunked_decode(&c->resp_chunk, base + rd, end - rd, &used, &doff, &dlen);
                         if (r < 0)
                                 return -EBADMSG;
-                        memmove(base + wr, base + rd + doff, dlen);
-                        wr += dlen;
+                        if (c->resp_dechunk) {
+                                memmove(base + wr, base + rd + doff, dlen);
+                                wr += dlen;
+                        } else {
+                                wr = rd + used;
+                        }
                         rd += used;
                         if (r == 1)
                                 c->resp_done = true;
                         if (r == 1 || used == 0)
                                 break;
                 }
-                memmove(base + wr, base + rd, end - rd);
-                c->uin.end -= rd - wr;
-                c->resp_fwd = wr;
-        } else if (c->resp_mode == BODY_CHUNKED) {
-                const char *p = c->uin.d + c->uin.start + c->resp_fwd;
-                while (avail > 0) {
-                        size_t used = 0, doff = 0, dlen = 0;
-                        int r = http_chunked_decode(&c->resp_chunk, p, avail, &used, &doff, &dlen);
-                        if (r < 0)
-                                return -EBADMSG;
-                        c->resp_fwd += used;
-                        p += used;
-                        avail -= used;
-                        if (r == 1) {
-                                c->resp_done = true;
-                                break;
-                        }
-                        if (used == 0)
-                                break;
+                if (c->resp_dechunk) {
+                        memmove(base + wr, base + rd, end - rd);
+                        c->uin.end -= rd - wr;
                 }
+                c->resp_fwd = wr;
         }
         return 0;
 }
