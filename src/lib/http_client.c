@@ -198,6 +198,8 @@ static int perform(struct http_client *c, const char *method, const char *url, c
         if (body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
             strcmp(method, "PATCH") == 0) {
                 curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? (const char *)body : "");
+                if (c->o.send_chunk)
+                        curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, (long)c->o.send_chunk);
                 curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? body_len : 0));
         }
         CURLcode rc = curl_easy_perform(h);

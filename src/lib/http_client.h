@@ -17,6 +17,7 @@ struct http_client_opts {
         bool insecure;               /* skip TLS verification (login --skip-ssl-validation) */
         unsigned timeout_ms;         /* whole request; 0: 30 s */
         unsigned connect_timeout_ms; /* 0: 5 s */
+        unsigned send_chunk;         /* the most a request body's write hands the kernel at once; 0: 64 KiB */
 };
 
 struct http_client;
