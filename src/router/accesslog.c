@@ -24,9 +24,10 @@
  * The most a POST hands the kernel in one write (curl's least upload buffer; its default is 64 KiB). On
  * loopback a write also runs the receiver's TCP input, and this kernel does not preempt a thread inside a
  * system call, so a worker woken meanwhile waits for the write to end even though the shipper is
- * SCHED_IDLE. A 64 KiB write took 50-140 µs here, and at 10,000 requests/s (about 7 MB/s of JSON) about
- * one request in a hundred met one: in interleaved rounds at 1 connection (bench/router.sh), median p99
- * 310 and 214 µs with 64 KiB writes, 204 and 183 µs with 16 KiB ones, nginx 202 and 184 µs.
+ * SCHED_IDLE. At 11,600 requests/s (1 connection, bench/router.sh) the shipper spends 1.5 % of the time in
+ * system calls (60 ms in 4 s), as large a share as p99 looks at; in 64 KiB writes, that is stretches of
+ * 50-140 µs (timed by strace). Two sets of 20 interleaved rounds at 1 connection, median p99: 310 and
+ * 214 µs with 64 KiB writes, 204 and 183 µs with 16 KiB ones, nginx 202 and 184 µs.
  */
 #define AL_SEND_CHUNK 16384
 
