@@ -8,7 +8,10 @@
  *                   is exclusive (EEXIST) and atomic with its content, so concurrent creators in
  *                   different processes never share an address and a crash never leaves a torn lease.
  *   net/lock        flock()ed while the netns directory's mount is set up or torn down.
- *   net/ip_forward.orig  present only if berth switched net.ipv4.ip_forward on (teardown restores it).
+ *
+ * Host-wide, under /run/berth/ip_forward/<inode of the network namespace>/ (see fwd_acquire):
+ *   orig            present while berth has switched net.ipv4.ip_forward on in that namespace;
+ *   <bridge>        one per bridge set up there, by any data dir: the last teardown switches it back off.
  *   netns/          a bind mount of itself, shared (like `ip netns` does with /run/netns); netns/<id> is
  *                   a bind mount of the container's network namespace (nsfs).
  *
@@ -1316,24 +1319,112 @@ static int netns_configure(struct mnl_socket *ns, uint32_t ip, const struct net_
 
 /* ---- host ---- */
 
-#define IP_FORWARD      "/proc/sys/net/ipv4/ip_forward"
-#define IP_FORWARD_ORIG "ip_forward.orig"
+#define IP_FORWARD "/proc/sys/net/ipv4/ip_forward"
+#define FWD_DIR    "/run/berth/ip_forward"
 
-static int enable_ip_forward(int netfd, struct berr **err)
+/*
+ * net.ipv4.ip_forward is one per network namespace, shared by every bridge and data dir in it, so its record
+ * is too: FWD_DIR/<namespace inode>/ holds "orig" while berth has switched it on there and an entry per
+ * bridge set up since. Teardown switches it off again when it removes the last entry and "orig" is there.
+ * (A record per data dir, as before, let one data dir's teardown switch forwarding off under another's
+ * containers, and a second bridge's teardown under the first's.) flock() on the directory orders every
+ * process's setups and teardowns; the last one out removes the directory, and a process that opened it just
+ * before sees it unlinked once it holds the lock and opens it anew. create: false opens only an existing one
+ * (*ret -1 when there is none).
+ */
+static int fwd_open(bool create, int *ret, char path[static 64], struct berr **err)
 {
+        struct stat st;
+        if (stat("/proc/self/ns/net", &st) < 0)
+                return berr_set_errno(err, -errno, "network: stat /proc/self/ns/net");
+        snprintf(path, 64, FWD_DIR "/%llu", (unsigned long long)st.st_ino);
+        for (int tries = 0; tries < 100; tries++) {
+                int r, fd = -1;
+                if (create && (r = open_dir(path, 0700, &fd, err)) < 0)
+                        return r;
+                if (!create && (fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+                        if (errno != ENOENT)
+                                return berr_set_errno(err, -errno, "network: open %s", path);
+                        *ret = -1;
+                        return 0;
+                }
+                struct stat ds;
+                if (flock(fd, LOCK_EX) < 0 || fstat(fd, &ds) < 0) {
+                        r = -errno;
+                        close(fd);
+                        return berr_set_errno(err, r, "network: lock %s", path);
+                }
+                if (ds.st_nlink > 0) {
+                        *ret = fd;
+                        return 0;
+                }
+                close(fd); /* removed by a teardown while we waited for the lock */
+        }
+        return berr_set(err, -EAGAIN, "network: %s keeps being removed", path);
+}
+
+/* Switch ip_forward on (recording that berth did, if it was off) and enter bridge as one of its users. */
+static int fwd_acquire(const char *bridge, struct berr **err)
+{
+        char path[64];
+        _cleanup_close_ int fd = -1;
+        int r = fwd_open(true, &fd, path, err);
+        if (r < 0)
+                return r;
+        _cleanup_close_ int entry = openat(fd, bridge, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (entry < 0)
+                return berr_set_errno(err, -errno, "network: create %s/%s", path, bridge);
         _cleanup_free_ char *v = NULL;
         size_t len = 0;
-        int r = fs_read_file_at(AT_FDCWD, IP_FORWARD, 16, &v, &len);
-        if (r < 0)
+        if ((r = fs_read_file_at(AT_FDCWD, IP_FORWARD, 16, &v, &len)) < 0)
                 return berr_set_errno(err, r, "network: read %s", IP_FORWARD);
         if (v[0] == '1')
                 return 0;
-        /* Remember that berth switched it on, so that teardown leaves the host as it found it. */
-        if ((r = fs_write_file_atomic_at(netfd, IP_FORWARD_ORIG, "0\n", 2, 0600)) < 0)
-                return berr_set_errno(err, r, "network: record the previous ip_forward");
+        _cleanup_close_ int orig = openat(fd, "orig", O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (orig < 0)
+                return berr_set_errno(err, -errno, "network: record the previous ip_forward in %s", path);
         if ((r = write_file(IP_FORWARD, "1")) < 0)
                 return berr_set_errno(err, r, "network: enable %s (containers' traffic is forwarded)",
                                       IP_FORWARD);
+        return 0;
+}
+
+/* Remove bridge from ip_forward's users; the last one switches it back off if berth switched it on. */
+static int fwd_release(const char *bridge, struct berr **err)
+{
+        char path[64];
+        _cleanup_close_ int fd = -1;
+        int r = fwd_open(false, &fd, path, err);
+        if (r < 0 || fd < 0)
+                return r;
+        if (unlinkat(fd, bridge, 0) < 0 && errno != ENOENT)
+                return berr_set_errno(err, -errno, "network: remove %s/%s", path, bridge);
+        int dup_fd = dup(fd);
+        DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+        if (!d) {
+                r = -errno;
+                if (dup_fd >= 0)
+                        close(dup_fd);
+                return berr_set_errno(err, r, "network: list %s", path);
+        }
+        bool users = false, orig = false;
+        struct dirent *de;
+        while ((de = readdir(d)))
+                if (strcmp(de->d_name, "orig") == 0)
+                        orig = true;
+                else if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+                        users = true;
+        closedir(d);
+        if (users)
+                return 0;
+        if (orig) {
+                if ((r = write_file(IP_FORWARD, "0")) < 0)
+                        return berr_set_errno(err, r, "network: restore %s", IP_FORWARD);
+                if (unlinkat(fd, "orig", 0) < 0)
+                        return berr_set_errno(err, -errno, "network: remove %s/orig", path);
+        }
+        if (rmdir(path) < 0 && errno != ENOENT && errno != ENOTEMPTY)
+                return berr_set_errno(err, -errno, "network: remove %s", path);
         return 0;
 }
 
@@ -1392,7 +1483,7 @@ int cell_net_setup_host(const char *data_dir, const struct cell_net_config *c, s
                 r = berr_set_errno(err, r, "network: set %s up", p.bridge);
                 goto fail;
         }
-        if ((r = enable_ip_forward(netfd, err)) < 0)
+        if ((r = fwd_acquire(p.bridge, err)) < 0)
                 goto fail;
         rules = host_ruleset(&p);
         if ((r = nft_run(rules, false, NULL, err)) < 0) {
@@ -1668,6 +1759,8 @@ int cell_net_teardown_host(const char *data_dir, const struct cell_net_config *c
                 return berr_set(err, r, "network: %s", berr_msg(e));
         if (br.index > 0 && (r = link_del(sk, br.index)) < 0 && r != -ENODEV)
                 return berr_set_errno(err, r, "network: delete bridge %s", p.bridge);
+        if ((r = fwd_release(p.bridge, err)) < 0)
+                return r;
         if (netfd < 0)
                 return 0;
         /* The netns directory's own mount, once no namespace file is left in it. */
@@ -1685,13 +1778,6 @@ int cell_net_teardown_host(const char *data_dir, const struct cell_net_config *c
                 }
                 if (empty && umount2(nsdir, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
                         return berr_set_errno(err, -errno, "network: unmount %s", nsdir);
-        }
-        /* ip_forward back off if berth switched it on and no container of this data dir is left. */
-        if (faccessat(netfd, IP_FORWARD_ORIG, F_OK, AT_SYMLINK_NOFOLLOW) == 0 &&
-            lease_walk(netfd, NULL, NULL) == 0) {
-                if ((r = write_file(IP_FORWARD, "0")) < 0)
-                        return berr_set_errno(err, r, "network: restore %s", IP_FORWARD);
-                unlinkat(netfd, IP_FORWARD_ORIG, 0);
         }
         return 0;
 }

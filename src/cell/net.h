@@ -65,7 +65,8 @@ int cell_net_destroy(const char *data_dir, const struct cell_net_config *c, cons
 /*
  * Remove the bridge and the nft table when no container uses them (tests, `berth cell reset`): -EBUSY while
  * a lease in the subnet or a port on the bridge is left. Also unmounts <data-dir>/cell/netns once empty and
- * switches net.ipv4.ip_forward off again if cell_net_setup_host() switched it on and no lease is left.
+ * switches net.ipv4.ip_forward off again if cell_net_setup_host() switched it on and no other bridge set up
+ * since, by this or any other data dir, is left in this network namespace.
  */
 int cell_net_teardown_host(const char *data_dir, const struct cell_net_config *c, struct berr **err);
 

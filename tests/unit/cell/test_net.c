@@ -1161,8 +1161,9 @@ static int read_ip_forward(void)
 }
 
 /*
- * ip_forward is switched on by setup and back off by teardown only if it was off. The host's is on (and
- * others rely on it), so this runs in a network namespace of its own, where ip_forward is per namespace.
+ * ip_forward is switched on by setup and back off by the last teardown only if it was off. The rest of
+ * this file's tests need it on in the host's namespace, so this runs in a namespace of its own, where
+ * ip_forward is per namespace.
  */
 static void test_ip_forward_restored(void **state)
 {
@@ -1195,7 +1196,32 @@ static void test_ip_forward_restored(void **state)
                 close(fd);
                 if (cell_net_setup_host(dir, &c, NULL) < 0 || cell_net_teardown_host(dir, &c, NULL) < 0)
                         _exit(17);
-                _exit(read_ip_forward() == 1 ? 0 : 18);
+                if (read_ip_forward() != 1)
+                        _exit(18);
+                /*
+                 * Off, then two bridges of two data dirs: the one that switched forwarding on is torn down
+                 * first and leaves it on for the other's containers; the last one switches it off and leaves
+                 * no record behind.
+                 */
+                fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
+                if (fd < 0 || write(fd, "0", 1) != 1)
+                        _exit(19);
+                close(fd);
+                struct cell_net_config c2 = { .bridge = "bfwd1",
+                                              .nft_table = "bfwd1",
+                                              .subnet = "10.204.1.0/24" };
+                char *dir2 = xasprintf("%s/fwd2", T.dir);
+                if (cell_net_setup_host(dir2, &c2, NULL) < 0 || cell_net_setup_host(dir, &c, NULL) < 0)
+                        _exit(20);
+                if (cell_net_teardown_host(dir2, &c2, NULL) < 0 || read_ip_forward() != 1)
+                        _exit(21);
+                if (cell_net_teardown_host(dir, &c, NULL) < 0 || read_ip_forward() != 0)
+                        _exit(22);
+                struct stat ns;
+                if (stat("/proc/self/ns/net", &ns) < 0)
+                        _exit(23);
+                char *rec = xasprintf("/run/berth/ip_forward/%llu", (unsigned long long)ns.st_ino);
+                _exit(access(rec, F_OK) < 0 && errno == ENOENT ? 0 : 24);
         }
         int st;
         assert_int_equal(waitpid(pid, &st, 0), pid);
