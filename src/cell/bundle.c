@@ -128,7 +128,7 @@ int bundle_config_build(const struct process_spec *p, const struct bundle_opts *
         /* A joined user namespace already has this mapping; runc requires it stated all the same. */
         if (o->cgroups_path)
                 json_object_set_new(lin, "cgroupsPath", json_string(o->cgroups_path));
-        json_object_set_new(lin, "seccomp", seccomp_profile_json());
+        json_object_set_new(lin, "seccomp", seccomp_profile_json(o->i386_image));
         json_t *doc =
             json_pack("{s:s, s:o, s:{s:s, s:b}, s:o, s:o}", "ociVersion", "1.0.2", "process", process, "root",
                       "path", o->rootfs, "readonly", 0, "mounts", mounts, "linux", lin);

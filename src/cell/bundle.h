@@ -8,6 +8,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "cell/process.h"
@@ -28,6 +29,7 @@ struct bundle_opts {
         uint64_t memory_bytes;    /* 0: unlimited */
         uint64_t pids;            /* 0: BUNDLE_DEFAULT_PIDS */
         uint64_t cpu_shares;      /* 0: unset */
+        bool i386_image;          /* linux/386: socket(2) through socketcall(2) stays allowed (seccomp.h) */
 };
 
 /* Build the config document. Caller owns *ret. */

@@ -665,6 +665,8 @@ int cell_container_create(struct cell *c, struct image_store *s, const struct ce
                 }
                 free(extra);
         }
+        const char *arch =
+            json_string_value(json_object_get(json_object_get(image, "config"), "architecture"));
         struct bundle_opts bo = {
                 .rootfs = rootfs,
                 .hostname = hostname,
@@ -674,6 +676,7 @@ int cell_container_create(struct cell *c, struct image_store *s, const struct ce
                 .memory_bytes = o->memory_bytes,
                 .pids = o->pids,
                 .cpu_shares = o->memory_bytes ? bundle_cpu_shares_for_memory(o->memory_bytes) : 0,
+                .i386_image = arch && strcmp(arch, "386") == 0,
         };
         if ((r = bundle_config_build(p, &bo, &doc, err)) < 0)
                 goto fail;

@@ -306,7 +306,6 @@ static const char *const allowed[] = {
         "signalfd4",
         "sigprocmask",
         "sigreturn",
-        "socketcall",
         "socketpair",
         "splice",
         "stat",
@@ -362,7 +361,7 @@ static const char *const allowed[] = {
         "setdomainname",
 };
 
-json_t *seccomp_profile_json(void)
+json_t *seccomp_profile_json(bool i386_image)
 {
         json_t *names = json_array();
         for (size_t i = 0; i < ARRAY_SIZE(allowed); i++)
@@ -394,7 +393,12 @@ json_t *seccomp_profile_json(void)
                       "args", "index", 0, "value", (json_int_t)39, "op", "SCMP_CMP_EQ");
         json_array_append_new(syscalls, sock_high);
         json_array_append_new(syscalls, sock_39);
-        return json_pack("{s:s, s:i, s:[s, s, s], s:o}", "defaultAction", "SCMP_ACT_ERRNO", "defaultErrnoRet",
-                         1, "architectures", "SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "syscalls",
-                         syscalls);
+        json_t *arches = json_pack("[s, s]", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32");
+        if (i386_image) { /* seccomp.h */
+                json_array_append_new(arches, json_string("SCMP_ARCH_X86"));
+                json_array_append_new(
+                    syscalls, json_pack("{s:[s], s:s}", "names", "socketcall", "action", "SCMP_ACT_ALLOW"));
+        }
+        return json_pack("{s:s, s:i, s:o, s:o}", "defaultAction", "SCMP_ACT_ERRNO", "defaultErrnoRet", 1,
+                         "architectures", arches, "syscalls", syscalls);
 }

@@ -733,38 +733,22 @@ static void times_and_boot(void)
         out("hostname_after", "%s", h);
 }
 
-static void sockets_and_reach(int argc, char **argv)
+/*
+ * The i386 ABI (int 0x80) of this 64-bit process: an amd64 image gets none (SIGSYS); a linux/386 image gets
+ * it, under the same filter. In a child: where the kernel runs no i386 code (ia32_emulation off), int 0x80 is
+ * a SIGSEGV.
+ */
+static void i386_abi(void)
 {
-        int s = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
-        res("socket_raw_icmp", s);
-        if (s >= 0)
-                close(s);
-        s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(0x0003));
-        res("socket_packet", s);
-        if (s >= 0)
-                close(s);
-        s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        res("socket_vsock", s);
-        if (s >= 0)
-                close(s);
-        s = socket(AF_ALG, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        res("socket_alg", s);
-        if (s >= 0)
-                close(s);
-        struct if_nameindex *ifs = if_nameindex();
-        char buf[512] = "";
-        size_t len = 0;
-        for (struct if_nameindex *i = ifs; i && i->if_index; i++)
-                len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%s", len ? "," : "", i->if_name);
-        if (ifs)
-                if_freenameindex(ifs);
-        out("netifs", "%s", buf);
-        /* the i386 ABI (int 0x80) of this 64-bit process: the same filter must apply */
-        /* in a child: where the kernel runs no i386 code (ia32_emulation off), int 0x80 is a SIGSEGV */
         static unsigned int sargs[3]; /* .bss of a non-PIE static binary: below 4 GiB */
         pid_t child = fork();
         if (child == 0 && (uintptr_t)sargs < 0xffffffffu) {
                 res32("i386_getpid", sys32(20, 0, 0, 0));
+                sargs[0] = AF_INET, sargs[1] = SOCK_STREAM, sargs[2] = 0;
+                long in = sys32(102 /* socketcall */, 1 /* SYS_SOCKET */, (long)(uintptr_t)sargs, 0);
+                res32("i386_socketcall_inet", in);
+                if (in >= 0)
+                        close((int)in);
                 sargs[0] = AF_VSOCK, sargs[1] = SOCK_STREAM, sargs[2] = 0;
                 long r = sys32(102 /* socketcall */, 1 /* SYS_SOCKET */, (long)(uintptr_t)sargs, 0);
                 res32("i386_socketcall_vsock", r);
@@ -796,6 +780,35 @@ static void sockets_and_reach(int argc, char **argv)
                 out("i386_abi", "unavailable-signal-%d", WTERMSIG(ws));
         else
                 out("i386_abi", "not-tried");
+}
+
+static void sockets_and_reach(int argc, char **argv)
+{
+        int s = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
+        res("socket_raw_icmp", s);
+        if (s >= 0)
+                close(s);
+        s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(0x0003));
+        res("socket_packet", s);
+        if (s >= 0)
+                close(s);
+        s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        res("socket_vsock", s);
+        if (s >= 0)
+                close(s);
+        s = socket(AF_ALG, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        res("socket_alg", s);
+        if (s >= 0)
+                close(s);
+        struct if_nameindex *ifs = if_nameindex();
+        char buf[512] = "";
+        size_t len = 0;
+        for (struct if_nameindex *i = ifs; i && i->if_index; i++)
+                len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%s", len ? "," : "", i->if_name);
+        if (ifs)
+                if_freenameindex(ifs);
+        out("netifs", "%s", buf);
+        i386_abi();
         if (argc < 7)
                 return;
         /* the host's services: TCP on the host's address and on its loopback (here: our own lo) */
@@ -1323,6 +1336,10 @@ int main(int argc, char **argv)
         const char *m = argv[1];
         if (!strcmp(m, "main"))
                 return mode_main(argc - 2, argv + 2);
+        if (!strcmp(m, "i386")) {
+                i386_abi();
+                return 0;
+        }
         if (!strcmp(m, "suidcheck"))
                 return mode_suidcheck(argc > 2 ? argv[2] : "");
         if (!strcmp(m, "status"))
