@@ -1160,6 +1160,15 @@ static int read_ip_forward(void)
         return r;
 }
 
+static bool write_ip_forward(const char *v)
+{
+        int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
+        bool ok = fd >= 0 && write(fd, v, 1) == 1;
+        if (fd >= 0)
+                close(fd);
+        return ok;
+}
+
 /*
  * ip_forward is switched on by setup and back off by the last teardown only if it was off. The rest of
  * this file's tests need it on in the host's namespace, so this runs in a namespace of its own, where
@@ -1177,10 +1186,8 @@ static void test_ip_forward_restored(void **state)
                                              .subnet = "10.204.0.0/24" };
                 if (unshare(CLONE_NEWNET) < 0)
                         _exit(10);
-                int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
-                if (fd < 0 || write(fd, "0", 1) != 1)
+                if (!write_ip_forward("0"))
                         _exit(11);
-                close(fd);
                 if (cell_net_setup_host(dir, &c, NULL) < 0)
                         _exit(12);
                 if (read_ip_forward() != 1)
@@ -1190,10 +1197,8 @@ static void test_ip_forward_restored(void **state)
                 if (read_ip_forward() != 0)
                         _exit(15);
                 /* On already: left on. */
-                fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
-                if (fd < 0 || write(fd, "1", 1) != 1)
+                if (!write_ip_forward("1"))
                         _exit(16);
-                close(fd);
                 if (cell_net_setup_host(dir, &c, NULL) < 0 || cell_net_teardown_host(dir, &c, NULL) < 0)
                         _exit(17);
                 if (read_ip_forward() != 1)
@@ -1203,10 +1208,8 @@ static void test_ip_forward_restored(void **state)
                  * first and leaves it on for the other's containers; the last one switches it off and leaves
                  * no record behind.
                  */
-                fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
-                if (fd < 0 || write(fd, "0", 1) != 1)
+                if (!write_ip_forward("0"))
                         _exit(19);
-                close(fd);
                 struct cell_net_config c2 = { .bridge = "bfwd1",
                                               .nft_table = "bfwd1",
                                               .subnet = "10.204.1.0/24" };
