@@ -116,6 +116,8 @@ cleanup() {
         if [ -d "$DATA/cell" ] && [ -x "$BERTH" ]; then
                 "$BERTH" --data-dir "$DATA" --config "$CFG" ps -aq 2>/dev/null |
                         xargs -r "$BERTH" --data-dir "$DATA" --config "$CFG" rm -f >/dev/null 2>&1 || true
+                # the bridge, its rules and the ip_forward switch berth may have turned on
+                "$BERTH" --data-dir "$DATA" --config "$CFG" network prune >/dev/null 2>&1 || true
         fi
         ip link del "$DEMO_BRIDGE" 2>/dev/null || true
         nft delete table inet "$DEMO_TABLE" 2>/dev/null || true

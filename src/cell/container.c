@@ -1108,6 +1108,19 @@ static int by_created_desc(const void *a, const void *b)
                       json_string_value(json_object_get(x, "Created")) ?: "");
 }
 
+int cell_network_prune(struct cell *c, struct berr **err)
+{
+        _cleanup_json_ json_t *list = NULL;
+        int r = cell_container_list(c, true, &list, err);
+        if (r < 0)
+                return r;
+        if (json_array_size(list) > 0)
+                return berr_set(err, -EBUSY,
+                                "network: %zu container(s) exist; remove them first (berth rm -f)",
+                                json_array_size(list));
+        return cell_net_teardown_host(c->data_dir, &c->net, err);
+}
+
 int cell_container_list(struct cell *c, bool all, json_t **ret, struct berr **err)
 {
         DIR *d = opendir(c->containers_dir);

@@ -113,6 +113,12 @@ int cell_container_inspect(struct cell *c, const char *id, json_t **ret, struct 
 int cell_container_running(struct cell *c, const char *id, int *ret_monitor_pid, struct berr **err);
 /* Inspect documents of all containers (all=false: only running), newest first. */
 int cell_container_list(struct cell *c, bool all, json_t **ret, struct berr **err);
+/*
+ * Remove the containers' network from the host (cell_net_teardown_host: the bridge, its nftables table, and
+ * ip_forward if berth switched it on and no other berth bridge is left). -EBUSY while a container of this
+ * data dir exists or any container is on the bridge. Idempotent; the next container sets it up again.
+ */
+int cell_network_prune(struct cell *c, struct berr **err);
 /* Send the image's StopSignal (default SIGTERM), SIGKILL after timeout_s; waits until it exited. */
 int cell_container_stop(struct cell *c, const char *id, int timeout_s, struct berr **err);
 int cell_container_kill(struct cell *c, const char *id, int sig, struct berr **err);

@@ -27,6 +27,7 @@ int cmd_exec(struct cli_globals *g, int argc, char **argv, struct berr **err);
 int cmd_stop(struct cli_globals *g, int argc, char **argv, struct berr **err);
 int cmd_kill(struct cli_globals *g, int argc, char **argv, struct berr **err);
 int cmd_rm(struct cli_globals *g, int argc, char **argv, struct berr **err);
+int cmd_network(struct cli_globals *g, int argc, char **argv, struct berr **err);
 int cmd_inspect(struct cli_globals *g, int argc, char **argv, struct berr **err);
 /* The platform (full binary only): argv[0] is the command name (login, push, app-stop, stop, logs, ...). */
 int cmd_platform(struct cli_globals *g, int argc, char **argv, struct berr **err);

@@ -577,3 +577,24 @@ int cmd_rm(struct cli_globals *g, int argc, char **argv, struct berr **err)
                 return CLI_EXIT_USAGE;
         return each_container(g, argc, argv, true, op_rm, &force, err);
 }
+
+int cmd_network(struct cli_globals *g, int argc, char **argv, struct berr **err)
+{
+        static const char usage[] =
+            "Usage: berth network prune\n\n"
+            "Remove the containers' network from the host: the cell's bridge, its nftables table, and\n"
+            "net.ipv4.ip_forward's switch if berth turned it on and no other berth bridge is left. Refused\n"
+            "while a container exists; the next container sets the network up again.\n";
+        if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+                fputs(usage, stdout);
+                return 0;
+        }
+        if (argc != 2 || strcmp(argv[1], "prune") != 0) {
+                fputs(usage, stderr);
+                return CLI_EXIT_USAGE;
+        }
+        _cleanup_(cell_closep) struct cell *cell = NULL;
+        if (cli_cell_open(g, NULL, &cell, err) < 0 || cell_network_prune(cell, err) < 0)
+                return CLI_EXIT_FAILURE;
+        return 0;
+}

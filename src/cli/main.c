@@ -155,6 +155,8 @@ static const struct {
         { "rm", cmd_rm, "remove containers" },
         { "inspect", cmd_inspect, "print containers' state as JSON" },
         { "container", cmd_container, "the container commands by their full name (container stop ...)" },
+        { "network", cmd_network,
+          "network prune: remove the containers' bridge and rules once none is left" },
         { "up", CMD_UP, "run a whole single-node platform (controller, cell, router) in the foreground" },
         { "controller", CMD_DAEMON, "run the controller daemon (API, store, scheduler)" },
         { "cell", CMD_DAEMON, "run the cell agent daemon (runs app instances)" },

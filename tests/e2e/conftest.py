@@ -193,6 +193,11 @@ def cell_network_config():
         f.write(CELL_CONFIG_YAML)
     os.environ["BERTH_CONFIG"] = path
     yield path
+    # the bridge, its rules and the ip_forward switch berth may have turned on (every container is gone by
+    # now); then, whatever a failed run left, by hand
+    empty = tempfile.mkdtemp(prefix="berth-e2e-prune-")
+    berthcli.run_berth("--data-dir", empty, "network", "prune", check=False)
+    shutil.rmtree(empty, ignore_errors=True)
     os.environ.pop("BERTH_CONFIG", None)
     subprocess.run(["ip", "link", "del", E2E_BRIDGE], capture_output=True)
     subprocess.run(["nft", "delete", "table", "inet", E2E_TABLE], capture_output=True)

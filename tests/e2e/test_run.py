@@ -120,3 +120,44 @@ def test_runc_is_selectable(run_image):
     r = run("--runtime", "runc")
     assert r.returncode == 5, r.stderr
     assert "1000000000" in r.stdout
+
+
+def test_network_prune(session_registry, berth_data, tmp_path):
+    """`berth network prune` removes the containers' bridge, its nftables table and its ip_forward record, and
+    is refused (changing nothing) while a container exists. Its own bridge, subnet and table: the session's
+    stay up for the other tests."""
+    n = os.getpid() % 100000
+    bridge, table = f"btprn{n}", f"berth_prune_{n}"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"cell:\n  network:\n    bridge: {bridge}\n    subnet: 10.159.{n % 200}.0/24\n"
+                   f"    nft_table: {table}\n")
+    img = ib.busybox_image(config={"Cmd": ["sleep", "600"]})
+    repo = f"run/prune{n}:v"
+    session_registry.push(img, repo)
+    ref = session_registry.ref(repo)
+
+    def link_exists():
+        return subprocess.run(["ip", "link", "show", "dev", bridge], capture_output=True).returncode == 0
+
+    def table_exists():
+        return subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode == 0
+
+    def forward_users():
+        d = f"/run/berth/ip_forward/{os.stat('/proc/self/ns/net').st_ino}"
+        return set(os.listdir(d)) if os.path.isdir(d) else set()
+
+    try:
+        cid = berth(berth_data, "run", "-d", ref, config=str(cfg)).stdout.strip()
+        assert link_exists() and table_exists() and bridge in forward_users()
+        r = berth(berth_data, "network", "prune", config=str(cfg), check=False)
+        assert r.returncode != 0 and "1 container(s) exist" in r.stderr, r.stderr
+        assert link_exists() and table_exists() and bridge in forward_users()
+        berth(berth_data, "rm", "-f", cid, config=str(cfg))
+        berth(berth_data, "network", "prune", config=str(cfg))
+        assert not link_exists() and not table_exists() and bridge not in forward_users()
+        berth(berth_data, "network", "prune", config=str(cfg))  # again: nothing to do
+        r = berth(berth_data, "network", "nonsense", config=str(cfg), check=False)
+        assert r.returncode == 2 and "Usage: berth network prune" in r.stderr
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
