@@ -63,10 +63,10 @@ int cell_net_create(const char *data_dir, const struct cell_net_config *c, const
 int cell_net_destroy(const char *data_dir, const struct cell_net_config *c, const char *id,
                      struct berr **err);
 /*
- * Remove the bridge and the nft table when no container uses them (tests, `berth network prune`): -EBUSY while
- * a lease in the subnet or a port on the bridge is left. Also unmounts <data-dir>/cell/netns once empty and
- * switches net.ipv4.ip_forward off again if cell_net_setup_host() switched it on and no other bridge set up
- * since, by this or any other data dir, is left in this network namespace.
+ * Remove the bridge and the nft table when no container uses them (tests, `berth network prune`): -EBUSY
+ * while a lease in the subnet or a port on the bridge is left. Also unmounts <data-dir>/cell/netns once empty
+ * and switches net.ipv4.ip_forward off again if cell_net_setup_host() switched it on and no other bridge set
+ * up since, by this or any other data dir, is left in this network namespace.
  */
 int cell_net_teardown_host(const char *data_dir, const struct cell_net_config *c, struct berr **err);
 
