@@ -8,12 +8,12 @@
  *                   is exclusive (EEXIST) and atomic with its content, so concurrent creators in
  *                   different processes never share an address and a crash never leaves a torn lease.
  *   net/lock        flock()ed while the netns directory's mount is set up or torn down.
- *
- * Host-wide, under /run/berth/ip_forward/<inode of the network namespace>/ (see fwd_acquire):
- *   orig            present while berth has switched net.ipv4.ip_forward on in that namespace;
- *   <bridge>        one per bridge set up there, by any data dir: the last teardown switches it back off.
  *   netns/          a bind mount of itself, shared (like `ip netns` does with /run/netns); netns/<id> is
  *                   a bind mount of the container's network namespace (nsfs).
+ *
+ * Host-wide, under /run/berth/ip_forward/<inode of the network namespace>/ (see fwd_open):
+ *   orig            present while berth has switched net.ipv4.ip_forward on in that namespace;
+ *   <bridge>        one per bridge set up there, by any data dir: the last teardown switches it back off.
  *
  * The nftables table (family inet) of one bridge B and subnet S:
  *   map hostports  { inet_proto . inet_service : verdict }  one element per published host port, "jump
