@@ -1399,14 +1399,9 @@ static int fwd_release(const char *bridge, struct berr **err)
                 return r;
         if (unlinkat(fd, bridge, 0) < 0 && errno != ENOENT)
                 return berr_set_errno(err, -errno, "network: remove %s/%s", path, bridge);
-        int dup_fd = dup(fd);
-        DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
-        if (!d) {
-                r = -errno;
-                if (dup_fd >= 0)
-                        close(dup_fd);
-                return berr_set_errno(err, r, "network: list %s", path);
-        }
+        DIR *d = opendir(path); /* the directory fd holds: the lock keeps it from being removed */
+        if (!d)
+                return berr_set_errno(err, -errno, "network: list %s", path);
         bool users = false, orig = false;
         struct dirent *de;
         while ((de = readdir(d)))
