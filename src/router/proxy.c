@@ -222,6 +222,7 @@ struct worker {
         bool stopping;
         int64_t drain_deadline;
         struct http_head scratch;
+        unsigned char kinds[HTTP_MAX_HEADERS]; /* the scratch head's fields' enum hdr_kind (head_kinds) */
         unsigned char rnd[PX_RANDOM_BYTES];
         size_t rnd_pos;
 };
@@ -522,17 +523,89 @@ static void uuid_v4(struct worker *w, char out[37])
         *o = '\0';
 }
 
-static bool name_is(const struct http_header *h, const char *name)
+/*
+ * The header fields the router acts on. Each field of a head is told apart once (head_kinds), and every later
+ * decision reads its kind instead of comparing its name again. HK_CONNECTION to HK_PROXY are hop-by-hop.
+ */
+enum hdr_kind {
+        HK_OTHER,
+        HK_CONNECTION,
+        HK_KEEP_ALIVE,
+        HK_TE,
+        HK_TRAILER,
+        HK_UPGRADE,
+        HK_PROXY, /* any "Proxy-*" field */
+        HK_HOST,
+        HK_COOKIE,
+        HK_REFERER,
+        HK_USER_AGENT,
+        HK_XFF,
+        HK_XFP,
+        HK_X_REQUEST_START,
+        HK_X_VCAP_REQUEST_ID,
+        HK_X_CF_APPLICATIONID,
+        HK_X_CF_INSTANCEINDEX,
+        HK_X_CF_INSTANCEID,
+        HK_X_CF_APP_INSTANCE,
+        HK_X_CF_PROCESS_INSTANCE,
+        HK_SET_COOKIE,
+        HK_TRANSFER_ENCODING,
+};
+
+#define HK(name, kind)                       \
+        {                                    \
+                name, sizeof(name) - 1, kind \
+        }
+static const struct {
+        const char *name;
+        unsigned char len;
+        unsigned char kind;
+} hdr_kinds[] = {
+        HK("Host", HK_HOST),
+        HK("Connection", HK_CONNECTION),
+        HK("Keep-Alive", HK_KEEP_ALIVE),
+        HK("TE", HK_TE),
+        HK("Trailer", HK_TRAILER),
+        HK("Upgrade", HK_UPGRADE),
+        HK("Cookie", HK_COOKIE),
+        HK("Referer", HK_REFERER),
+        HK("User-Agent", HK_USER_AGENT),
+        HK("X-Forwarded-For", HK_XFF),
+        HK("X-Forwarded-Proto", HK_XFP),
+        HK("X-Request-Start", HK_X_REQUEST_START),
+        HK("X-Vcap-Request-Id", HK_X_VCAP_REQUEST_ID),
+        HK("X-CF-ApplicationID", HK_X_CF_APPLICATIONID),
+        HK("X-CF-InstanceIndex", HK_X_CF_INSTANCEINDEX),
+        HK("X-CF-InstanceID", HK_X_CF_INSTANCEID),
+        HK("X-CF-App-Instance", HK_X_CF_APP_INSTANCE),
+        HK("X-CF-Process-Instance", HK_X_CF_PROCESS_INSTANCE),
+        HK("Set-Cookie", HK_SET_COOKIE),
+        HK("Transfer-Encoding", HK_TRANSFER_ENCODING),
+};
+#undef HK
+
+static enum hdr_kind hdr_kind(const struct http_header *h)
 {
-        return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
+        for (size_t i = 0; i < sizeof(hdr_kinds) / sizeof(hdr_kinds[0]); i++)
+                if (h->name_len == hdr_kinds[i].len &&
+                    strncasecmp(h->name, hdr_kinds[i].name, h->name_len) == 0)
+                        return (enum hdr_kind)hdr_kinds[i].kind;
+        /* RFC 9110 7.6.1: hop-by-hop fields, never forwarded (Upgrade is re-added for an upgrade). */
+        if (h->name_len >= 6 && strncasecmp(h->name, "Proxy-", 6) == 0)
+                return HK_PROXY;
+        return HK_OTHER;
 }
 
-/* RFC 9110 7.6.1: hop-by-hop fields, never forwarded (Upgrade is re-added for an upgrade). */
-static bool is_hop_by_hop(const struct http_header *h)
+static bool kind_hop_by_hop(unsigned char k)
 {
-        return name_is(h, "Connection") || name_is(h, "Keep-Alive") || name_is(h, "TE") ||
-               name_is(h, "Trailer") || name_is(h, "Upgrade") ||
-               (h->name_len >= 6 && strncasecmp(h->name, "Proxy-", 6) == 0);
+        return k >= HK_CONNECTION && k <= HK_PROXY;
+}
+
+/* Fills kinds[i] with the kind of hd's header i. kinds has room for HTTP_MAX_HEADERS. */
+static void head_kinds(const struct http_head *hd, unsigned char *kinds)
+{
+        for (size_t i = 0; i < hd->n_headers; i++)
+                kinds[i] = (unsigned char)hdr_kind(&hd->headers[i]);
 }
 
 struct conn_tokens {
@@ -542,13 +615,14 @@ struct conn_tokens {
 };
 
 /* The field names listed by the Connection headers (RFC 9110 7.6.1), up to PX_CONN_TOKENS. */
-static void conn_tokens_collect(const struct http_head *hd, struct conn_tokens *ct)
+static void conn_tokens_collect(const struct http_head *hd, const unsigned char *kinds,
+                                struct conn_tokens *ct)
 {
         ct->n = 0;
         for (size_t i = 0; i < hd->n_headers; i++) {
-                const struct http_header *h = &hd->headers[i];
-                if (!name_is(h, "Connection"))
+                if (kinds[i] != HK_CONNECTION)
                         continue;
+                const struct http_header *h = &hd->headers[i];
                 const char *p = h->value, *e = h->value + h->value_len;
                 while (p < e && ct->n < PX_CONN_TOKENS) {
                         while (p < e && (*p == ',' || *p == ' ' || *p == '\t'))
@@ -1041,23 +1115,19 @@ static bool instance_header_parse(const char *v, size_t len, int *ret_index)
  * Gorouter's app instance routing (handlers/lookup.go): X-CF-App-Instance (or X-CF-Process-Instance; an app's
  * web process has the app's guid) "GUID:INDEX" sends the request to that instance of the route's app and no
  * other. A value not of that form is 400 invalid_cf_app_instance_header; an instance the route does not have
- * is 400 unknown_route. Returns the endpoint's index in rt, -1 without the header, or -2 once it answered.
+ * is 400 unknown_route. pin is the first such header (NULL: none), process whether it is
+ * X-CF-Process-Instance. Returns the endpoint's index in rt, -1 without the header, or -2 once it answered.
  */
-static int client_instance_pin(struct client *c, const struct http_head *h, const struct rt_route *rt,
-                               const char *host)
+static int client_instance_pin(struct client *c, const struct http_header *pin, bool process,
+                               const struct rt_route *rt, const char *host)
 {
-        const struct http_header *pin = NULL;
-        for (size_t i = 0; i < h->n_headers && !pin; i++)
-                if (name_is(&h->headers[i], "X-CF-App-Instance") ||
-                    name_is(&h->headers[i], "X-CF-Process-Instance"))
-                        pin = &h->headers[i];
         if (!pin)
                 return -1;
         int index = 0;
         if (!instance_header_parse(pin->value, pin->value_len, &index)) {
                 client_respond(c, 400, "invalid_cf_app_instance_header", NULL,
-                               name_is(pin, "X-CF-App-Instance") ? "Invalid X-CF-App-Instance Header"
-                                                                 : "Invalid X-CF-Process-Instance Header");
+                               process ? "Invalid X-CF-Process-Instance Header"
+                                       : "Invalid X-CF-App-Instance Header");
                 return -2;
         }
         size_t gl = 36;
@@ -1154,7 +1224,22 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 client_respond(c, 404, "unknown_route", "no-cache, no-store", msg);
                 return;
         }
-        if ((c->pin = client_instance_pin(c, h, rt, host)) == -2)
+        /* One pass tells the fields apart; the ones looked for by name are noted on the way. */
+        unsigned char *kinds = w->kinds;
+        const struct http_header *pin = NULL, *ref = NULL, *ua = NULL;
+        bool pin_process = false;
+        head_kinds(h, kinds);
+        for (size_t i = 0; i < h->n_headers; i++) {
+                if (kinds[i] == HK_REFERER)
+                        ref = &h->headers[i];
+                else if (kinds[i] == HK_USER_AGENT)
+                        ua = &h->headers[i];
+                else if ((kinds[i] == HK_X_CF_APP_INSTANCE || kinds[i] == HK_X_CF_PROCESS_INSTANCE) && !pin) {
+                        pin = &h->headers[i];
+                        pin_process = kinds[i] == HK_X_CF_PROCESS_INSTANCE;
+                }
+        }
+        if ((c->pin = client_instance_pin(c, pin, pin_process, rt, host)) == -2)
                 return;
         if (rt->n_eps == 0) {
                 char msg[RT_MAX_HOST + 64];
@@ -1166,7 +1251,7 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         c->route = rt;
 
         struct conn_tokens ct;
-        conn_tokens_collect(h, &ct);
+        conn_tokens_collect(h, kinds, &ct);
         struct buf *b = &c->up_prefix;
         wbuf_get(w, b, PX_SMALL_CAP);
         b->start = b->end = 0;
@@ -1183,13 +1268,14 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         bool have_proto = false, have_start = false;
         for (size_t i = 0; i < h->n_headers; i++) {
                 const struct http_header *hh = &h->headers[i];
-                if (name_is(hh, "Upgrade") && c->req_upgrade) {
+                unsigned char k = kinds[i];
+                if (k == HK_UPGRADE && c->req_upgrade) {
                         buf_header(b, hh->name, hh->name_len, hh->value, hh->value_len);
                         continue;
                 }
-                if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh) || (auth && name_is(hh, "Host")))
+                if (kind_hop_by_hop(k) || conn_tokens_has(&ct, hh) || (auth && k == HK_HOST))
                         continue;
-                if (name_is(hh, "X-Forwarded-For")) {
+                if (k == HK_XFF) {
                         /* Several X-Forwarded-For lines are joined, as Go's SetXForwarded does. */
                         if (xff)
                                 buf_append(xffv, ", ", 2);
@@ -1197,15 +1283,13 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                         xff = hh;
                         continue;
                 }
-                if (name_is(hh, "X-Vcap-Request-Id") || name_is(hh, "X-CF-ApplicationID") ||
-                    name_is(hh, "X-CF-InstanceIndex") || name_is(hh, "X-CF-InstanceID") ||
-                    name_is(hh, "X-CF-App-Instance") || name_is(hh, "X-CF-Process-Instance"))
-                        continue;
-                if (name_is(hh, "Cookie"))
+                if (k >= HK_X_VCAP_REQUEST_ID && k <= HK_X_CF_PROCESS_INSTANCE)
+                        continue; /* the router sets these */
+                if (k == HK_COOKIE)
                         cookie_value(hh->value, hh->value_len, "__VCAP_ID__", c->sticky, sizeof(c->sticky));
-                if (name_is(hh, "X-Forwarded-Proto"))
+                else if (k == HK_XFP)
                         have_proto = true;
-                if (name_is(hh, "X-Request-Start"))
+                else if (k == HK_X_REQUEST_START)
                         have_start = true;
                 buf_header(b, hh->name, hh->name_len, hh->value, hh->value_len);
         }
@@ -1244,13 +1328,6 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                 buf_append_int(a, h->minor_version);
                 buf_append(a, "\"", 1);
                 c->acc_mid = a->end;
-                const struct http_header *ref = NULL, *ua = NULL;
-                for (size_t i = 0; i < h->n_headers; i++) {
-                        if (name_is(&h->headers[i], "Referer"))
-                                ref = &h->headers[i];
-                        else if (name_is(&h->headers[i], "User-Agent"))
-                                ua = &h->headers[i];
-                }
                 buf_append(a, "\"", 1);
                 acc_field(a, ref ? ref->value : NULL, ref ? ref->value_len : 0, 512);
                 buf_append(a, "\" \"", 3);
@@ -1423,8 +1500,10 @@ static int client_parse_response(struct client *c)
                         buf_consume(&c->uin, (size_t)r);
                         continue;
                 }
+                unsigned char *kinds = w->kinds;
+                head_kinds(h, kinds);
                 struct conn_tokens ct;
-                conn_tokens_collect(h, &ct);
+                conn_tokens_collect(h, kinds, &ct);
                 if (tunnel) {
                         c->resp_mode = BODY_CLOSE;
                 } else if (c->req_head || h->status == 204 || h->status == 304) {
@@ -1458,15 +1537,15 @@ static int client_parse_response(struct client *c)
                 buf_append(&c->out, "\r\n", 2);
                 for (size_t i = 0; i < h->n_headers; i++) {
                         const struct http_header *hh = &h->headers[i];
-                        if (tunnel && name_is(hh, "Upgrade")) {
+                        unsigned char k = kinds[i];
+                        if (tunnel && k == HK_UPGRADE) {
                                 buf_header(&c->out, hh->name, hh->name_len, hh->value, hh->value_len);
                                 continue;
                         }
-                        if (is_hop_by_hop(hh) || conn_tokens_has(&ct, hh) ||
-                            (c->resp_dechunk && name_is(hh, "Transfer-Encoding")))
+                        if (kind_hop_by_hop(k) || conn_tokens_has(&ct, hh) ||
+                            (c->resp_dechunk && k == HK_TRANSFER_ENCODING))
                                 continue;
-                        if (name_is(hh, "Set-Cookie") &&
-                            set_cookie_is(hh->value, hh->value_len, "JSESSIONID")) {
+                        if (k == HK_SET_COOKIE && set_cookie_is(hh->value, hh->value_len, "JSESSIONID")) {
                                 vcap = true;
                                 set_cookie_attrs(hh->value, hh->value_len, &ca);
                         }
