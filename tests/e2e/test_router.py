@@ -603,6 +603,34 @@ def test_headers_added(rig):
     h = json.loads(body)["headers"]
     assert h["x-forwarded-proto"] == ["https"] and h["x-request-start"] == ["123"]
     assert h["x-forwarded-for"] == ["127.0.0.1"]
+    # Field names match in any case: each of the router's own headers is replaced, each hop-by-hop one dropped,
+    # and present ones are kept once.
+    _, body = rig["router"].get("hdr.test", headers={
+        "x-forwarded-for": "198.51.100.1",
+        "X-FORWARDED-PROTO": "https",
+        "x-request-start": "7",
+        "X-VCAP-REQUEST-ID": "forged",
+        "x-cf-applicationid": "forged",
+        "X-CF-INSTANCEINDEX": "9",
+        "x-cf-instanceid": "forged",
+        "connection": "x-LOWER",
+        "X-Lower": "hop",
+        "TRAILER": "X-T",
+        "keep-alive": "timeout=1",
+        "PROXY-CONNECTION": "keep-alive",
+        "te": "trailers",
+        "X-Kept-Too": "yes",
+    })
+    h = json.loads(body)["headers"]
+    assert h["x-forwarded-for"] == ["198.51.100.1, 127.0.0.1"]
+    assert h["x-forwarded-proto"] == ["https"] and h["x-request-start"] == ["7"]
+    assert len(h["x-vcap-request-id"]) == 1 and h["x-vcap-request-id"][0] != "forged"
+    assert h["x-cf-applicationid"] == ["the-app-guid"]
+    assert h["x-cf-instanceindex"] == ["0"]
+    assert h["x-cf-instanceid"] == [f"inst-0-{b0.port}"]
+    for gone in ("x-lower", "trailer", "keep-alive", "proxy-connection", "te", "connection"):
+        assert gone not in h, gone
+    assert h["x-kept-too"] == ["yes"]
 
 
 def test_keep_alive_both_sides(rig):
