@@ -525,64 +525,63 @@ static void uuid_v4(struct worker *w, char out[37])
 
 /*
  * The header fields the router acts on. Each field of a head is told apart once (head_kinds), and every later
- * decision reads its kind instead of comparing its name again. HK_CONNECTION to HK_PROXY are hop-by-hop.
+ * decision reads its kind instead of comparing its name again. HF_CONNECTION to HF_PROXY are hop-by-hop.
  */
 enum hdr_kind {
-        HK_OTHER,
-        HK_CONNECTION,
-        HK_KEEP_ALIVE,
-        HK_TE,
-        HK_TRAILER,
-        HK_UPGRADE,
-        HK_PROXY, /* any "Proxy-*" field */
-        HK_HOST,
-        HK_COOKIE,
-        HK_REFERER,
-        HK_USER_AGENT,
-        HK_XFF,
-        HK_XFP,
-        HK_X_REQUEST_START,
-        HK_X_VCAP_REQUEST_ID,
-        HK_X_CF_APPLICATIONID,
-        HK_X_CF_INSTANCEINDEX,
-        HK_X_CF_INSTANCEID,
-        HK_X_CF_APP_INSTANCE,
-        HK_X_CF_PROCESS_INSTANCE,
-        HK_SET_COOKIE,
-        HK_TRANSFER_ENCODING,
+        HF_OTHER,
+        HF_CONNECTION,
+        HF_KEEP_ALIVE,
+        HF_TE,
+        HF_TRAILER,
+        HF_UPGRADE,
+        HF_PROXY, /* any "Proxy-*" field */
+        HF_HOST,
+        HF_COOKIE,
+        HF_REFERER,
+        HF_USER_AGENT,
+        HF_XFF,
+        HF_XFP,
+        HF_X_REQUEST_START,
+        HF_X_VCAP_REQUEST_ID,
+        HF_X_CF_APPLICATIONID,
+        HF_X_CF_INSTANCEINDEX,
+        HF_X_CF_INSTANCEID,
+        HF_X_CF_APP_INSTANCE,
+        HF_X_CF_PROCESS_INSTANCE,
+        HF_SET_COOKIE,
+        HF_TRANSFER_ENCODING,
 };
 
-#define HK(name, kind)                       \
-        {                                    \
-                name, sizeof(name) - 1, kind \
-        }
+/* clang-format off */
+#define HF(name, kind) { name, sizeof(name) - 1, kind }
+/* clang-format on */
 static const struct {
         const char *name;
         unsigned char len;
         unsigned char kind;
 } hdr_kinds[] = {
-        HK("Host", HK_HOST),
-        HK("Connection", HK_CONNECTION),
-        HK("Keep-Alive", HK_KEEP_ALIVE),
-        HK("TE", HK_TE),
-        HK("Trailer", HK_TRAILER),
-        HK("Upgrade", HK_UPGRADE),
-        HK("Cookie", HK_COOKIE),
-        HK("Referer", HK_REFERER),
-        HK("User-Agent", HK_USER_AGENT),
-        HK("X-Forwarded-For", HK_XFF),
-        HK("X-Forwarded-Proto", HK_XFP),
-        HK("X-Request-Start", HK_X_REQUEST_START),
-        HK("X-Vcap-Request-Id", HK_X_VCAP_REQUEST_ID),
-        HK("X-CF-ApplicationID", HK_X_CF_APPLICATIONID),
-        HK("X-CF-InstanceIndex", HK_X_CF_INSTANCEINDEX),
-        HK("X-CF-InstanceID", HK_X_CF_INSTANCEID),
-        HK("X-CF-App-Instance", HK_X_CF_APP_INSTANCE),
-        HK("X-CF-Process-Instance", HK_X_CF_PROCESS_INSTANCE),
-        HK("Set-Cookie", HK_SET_COOKIE),
-        HK("Transfer-Encoding", HK_TRANSFER_ENCODING),
+        HF("Host", HF_HOST),
+        HF("Connection", HF_CONNECTION),
+        HF("Keep-Alive", HF_KEEP_ALIVE),
+        HF("TE", HF_TE),
+        HF("Trailer", HF_TRAILER),
+        HF("Upgrade", HF_UPGRADE),
+        HF("Cookie", HF_COOKIE),
+        HF("Referer", HF_REFERER),
+        HF("User-Agent", HF_USER_AGENT),
+        HF("X-Forwarded-For", HF_XFF),
+        HF("X-Forwarded-Proto", HF_XFP),
+        HF("X-Request-Start", HF_X_REQUEST_START),
+        HF("X-Vcap-Request-Id", HF_X_VCAP_REQUEST_ID),
+        HF("X-CF-ApplicationID", HF_X_CF_APPLICATIONID),
+        HF("X-CF-InstanceIndex", HF_X_CF_INSTANCEINDEX),
+        HF("X-CF-InstanceID", HF_X_CF_INSTANCEID),
+        HF("X-CF-App-Instance", HF_X_CF_APP_INSTANCE),
+        HF("X-CF-Process-Instance", HF_X_CF_PROCESS_INSTANCE),
+        HF("Set-Cookie", HF_SET_COOKIE),
+        HF("Transfer-Encoding", HF_TRANSFER_ENCODING),
 };
-#undef HK
+#undef HF
 
 static enum hdr_kind hdr_kind(const struct http_header *h)
 {
@@ -592,13 +591,13 @@ static enum hdr_kind hdr_kind(const struct http_header *h)
                         return (enum hdr_kind)hdr_kinds[i].kind;
         /* RFC 9110 7.6.1: hop-by-hop fields, never forwarded (Upgrade is re-added for an upgrade). */
         if (h->name_len >= 6 && strncasecmp(h->name, "Proxy-", 6) == 0)
-                return HK_PROXY;
-        return HK_OTHER;
+                return HF_PROXY;
+        return HF_OTHER;
 }
 
 static bool kind_hop_by_hop(unsigned char k)
 {
-        return k >= HK_CONNECTION && k <= HK_PROXY;
+        return k >= HF_CONNECTION && k <= HF_PROXY;
 }
 
 /* Fills kinds[i] with the kind of hd's header i. kinds has room for HTTP_MAX_HEADERS. */
@@ -620,7 +619,7 @@ static void conn_tokens_collect(const struct http_head *hd, const unsigned char 
 {
         ct->n = 0;
         for (size_t i = 0; i < hd->n_headers; i++) {
-                if (kinds[i] != HK_CONNECTION)
+                if (kinds[i] != HF_CONNECTION)
                         continue;
                 const struct http_header *h = &hd->headers[i];
                 const char *p = h->value, *e = h->value + h->value_len;
@@ -1230,13 +1229,13 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         bool pin_process = false;
         head_kinds(h, kinds);
         for (size_t i = 0; i < h->n_headers; i++) {
-                if (kinds[i] == HK_REFERER)
+                if (kinds[i] == HF_REFERER)
                         ref = &h->headers[i];
-                else if (kinds[i] == HK_USER_AGENT)
+                else if (kinds[i] == HF_USER_AGENT)
                         ua = &h->headers[i];
-                else if ((kinds[i] == HK_X_CF_APP_INSTANCE || kinds[i] == HK_X_CF_PROCESS_INSTANCE) && !pin) {
+                else if ((kinds[i] == HF_X_CF_APP_INSTANCE || kinds[i] == HF_X_CF_PROCESS_INSTANCE) && !pin) {
                         pin = &h->headers[i];
-                        pin_process = kinds[i] == HK_X_CF_PROCESS_INSTANCE;
+                        pin_process = kinds[i] == HF_X_CF_PROCESS_INSTANCE;
                 }
         }
         if ((c->pin = client_instance_pin(c, pin, pin_process, rt, host)) == -2)
@@ -1269,13 +1268,13 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         for (size_t i = 0; i < h->n_headers; i++) {
                 const struct http_header *hh = &h->headers[i];
                 unsigned char k = kinds[i];
-                if (k == HK_UPGRADE && c->req_upgrade) {
+                if (k == HF_UPGRADE && c->req_upgrade) {
                         buf_header(b, hh->name, hh->name_len, hh->value, hh->value_len);
                         continue;
                 }
-                if (kind_hop_by_hop(k) || conn_tokens_has(&ct, hh) || (auth && k == HK_HOST))
+                if (kind_hop_by_hop(k) || conn_tokens_has(&ct, hh) || (auth && k == HF_HOST))
                         continue;
-                if (k == HK_XFF) {
+                if (k == HF_XFF) {
                         /* Several X-Forwarded-For lines are joined, as Go's SetXForwarded does. */
                         if (xff)
                                 buf_append(xffv, ", ", 2);
@@ -1283,13 +1282,13 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                         xff = hh;
                         continue;
                 }
-                if (k >= HK_X_VCAP_REQUEST_ID && k <= HK_X_CF_PROCESS_INSTANCE)
+                if (k >= HF_X_VCAP_REQUEST_ID && k <= HF_X_CF_PROCESS_INSTANCE)
                         continue; /* the router sets these */
-                if (k == HK_COOKIE)
+                if (k == HF_COOKIE)
                         cookie_value(hh->value, hh->value_len, "__VCAP_ID__", c->sticky, sizeof(c->sticky));
-                else if (k == HK_XFP)
+                else if (k == HF_XFP)
                         have_proto = true;
-                else if (k == HK_X_REQUEST_START)
+                else if (k == HF_X_REQUEST_START)
                         have_start = true;
                 buf_header(b, hh->name, hh->name_len, hh->value, hh->value_len);
         }
@@ -1538,14 +1537,14 @@ static int client_parse_response(struct client *c)
                 for (size_t i = 0; i < h->n_headers; i++) {
                         const struct http_header *hh = &h->headers[i];
                         unsigned char k = kinds[i];
-                        if (tunnel && k == HK_UPGRADE) {
+                        if (tunnel && k == HF_UPGRADE) {
                                 buf_header(&c->out, hh->name, hh->name_len, hh->value, hh->value_len);
                                 continue;
                         }
                         if (kind_hop_by_hop(k) || conn_tokens_has(&ct, hh) ||
-                            (c->resp_dechunk && k == HK_TRANSFER_ENCODING))
+                            (c->resp_dechunk && k == HF_TRANSFER_ENCODING))
                                 continue;
-                        if (k == HK_SET_COOKIE && set_cookie_is(hh->value, hh->value_len, "JSESSIONID")) {
+                        if (k == HF_SET_COOKIE && set_cookie_is(hh->value, hh->value_len, "JSESSIONID")) {
                                 vcap = true;
                                 set_cookie_attrs(hh->value, hh->value_len, &ca);
                         }
