@@ -6,6 +6,7 @@ restage after a tag move, the route table long poll, stats and logs.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -973,3 +974,50 @@ def test_real_cell_push_via_api(plat, app_images):
     wait_for(lambda: plat.route_get("apiweb").status_code == 503, timeout=8, what="no endpoints after flag off")
     assert plat.api("PATCH", "/v3/feature_flags/diego_docker", json={"enabled": True}).status_code == 200
     plat.wait_route("apiweb", "/", timeout=90)
+
+
+def _zstd(data: bytes) -> bytes:
+    return subprocess.run(["zstd", "-cq"], input=data, capture_output=True, check=True).stdout
+
+
+def test_internal_logs_take_zstd_bodies(ctl, cell):
+    """The routers' access log POSTs come zstd-compressed (Content-Encoding: zstd): their lines land in the
+    app's RTR logs, from one frame or several. A body that is not zstd or ends inside a frame is 400, one that
+    decodes to over 1 MiB is 413, another coding is 415; none of them stores anything."""
+    set_flag(ctl, True)
+    g = create_app(ctl, name="zlog")["guid"]
+    hdr = {"Authorization": "Bearer " + ctl.internal_token(), "Content-Type": "application/json"}
+
+    def post(body, enc):
+        return requests.post(f"{ctl.url}/internal/v1/logs", data=body, headers={**hdr, "Content-Encoding": enc},
+                             timeout=10)
+
+    def line(msg, s):
+        return {"app_guid": g, "timestamp": f"2026-11-29T18:00:0{s}.000000000Z", "message": msg}
+
+    def rtr():
+        logs = ctl.api("GET", f"/v3/apps/{g}/logs?lines=100").json()["resources"]
+        return [l["message"] for l in logs if l["source_type"] == "RTR"]
+
+    plain = json.dumps({"lines": [line("refused", 0)]}).encode()
+    r = post(plain, "zstd")
+    assert r.status_code == 400 and errors(r)["code"] == 1001 and "zstd body is not valid" in errors(r)["detail"]
+    r = post(_zstd(plain)[:-4], "zstd")
+    assert r.status_code == 400 and "ends inside a zstd frame" in errors(r)["detail"], r.text
+    assert post(b"", "zstd").status_code == 400
+    bomb = _zstd(json.dumps({"lines": [line("x" * 2_000_000, 0)]}).encode())
+    assert len(bomb) < 10_000
+    r = post(bomb, "zstd")
+    assert r.status_code == 413 and "more than 1048576 bytes" in errors(r)["detail"], r.text
+    r = post(gzip.compress(plain), "gzip")
+    assert r.status_code == 415 and r.headers.get("Accept-Encoding") == "zstd", r.text
+    assert "gzip is not supported" in errors(r)["detail"]
+    assert rtr() == []
+
+    r = post(_zstd(json.dumps({"lines": [line("one", 1), line("two", 2)]}).encode()), "zstd")
+    assert r.status_code == 202 and r.json() == {"accepted": 2}, r.text
+    r = post(_zstd(b'{"lines":[') + _zstd(json.dumps(line("three", 3)).encode() + b"]}"), "zstd")
+    assert r.status_code == 202 and r.json() == {"accepted": 1}, r.text
+    r = post(json.dumps({"lines": [line("four", 4)]}).encode(), "identity")
+    assert r.status_code == 202 and r.json() == {"accepted": 1}, r.text
+    assert rtr() == ["one", "two", "three", "four"]

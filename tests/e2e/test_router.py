@@ -50,6 +50,9 @@ class FakeController:
         self.post_sizes = []  # body bytes of each access log POST
         self.post_gate = None  # (marker, Event): the next access log POST with marker waits for it (4 s at most)
         self.max_body = None  # bytes: larger access log POSTs get 413, as the controller's 1 MiB limit
+        self.refuse_zstd = False  # answer zstd access log POSTs 415, as a controller without zstd would
+        self.encodings = []  # Content-Encoding of each access log POST ("" for none)
+        self.wire_sizes = []  # bytes of each access log POST as sent (post_sizes: as decoded)
         self.stopped = False
         ctl = self
 
@@ -88,6 +91,17 @@ class FakeController:
                 data = self.rfile.read(n)
                 if self.path != "/internal/v1/logs" or self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self._send(404, b"{}")
+                enc = self.headers.get("Content-Encoding", "")
+                with ctl.cond:
+                    ctl.encodings.append(enc)
+                    ctl.wire_sizes.append(n)
+                if enc == "zstd":
+                    if ctl.refuse_zstd:
+                        return self._send(415, b'{"errors":[]}')
+                    data = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=True).stdout
+                    n = len(data)
+                elif enc:
+                    return self._send(415, b'{"errors":[]}')
                 gate = ctl.post_gate
                 if gate is not None and gate[0] in data:
                     ctl.post_gate = None
@@ -1543,6 +1557,8 @@ def test_access_log_lines_reach_the_controller(rig):
                what="the access log line")
     line = next(l for l in ctl.access_lines if "/echo?q=1" in l["message"])
     assert line["app_guid"] == "app-guid-log"
+    with ctl.cond:
+        assert ctl.encodings and set(ctl.encodings) == {"zstd"}, ctl.encodings  # compressed (accesslog.c)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", line["timestamp"]), line
     m = line["message"]
     assert re.match(r'log\.test - \[\S+\] "GET /echo\?q=1 HTTP/1\.1" 200 0 \d+ "http://r/" "curl/\?8\?" '
@@ -1557,6 +1573,24 @@ def test_access_log_lines_reach_the_controller(rig):
     rig["router"].get("log.test", path="/echo?after")
     wait_until(lambda: any("/echo?after" in l["message"] for l in ctl.access_lines), timeout=5, what="the line")
     assert not any("nope.test" in l["message"] for l in ctl.access_lines[n:])
+
+
+def test_access_log_goes_plain_to_a_controller_without_zstd(rig):
+    """The access log POSTs go zstd-compressed; a controller that answers 415 gets the same lines again as
+    plain JSON, and plain bodies from then on."""
+    b0, _ = rig["backends"]
+    serve(rig, [route("plain.test", [b0.port], app="app-guid-plain")])
+    ctl = rig["ctl"]
+    ctl.refuse_zstd = True
+    for i in range(2):
+        assert rig["router"].get("plain.test", path=f"/echo?plain{i}")[0].status == 200
+        wait_until(lambda: any(f"/echo?plain{i}" in l["message"] for l in ctl.access_lines), timeout=5,
+                   what=f"line {i}")
+    with ctl.cond:
+        enc = list(ctl.encodings)
+        lines = [l["message"] for l in ctl.access_lines if "/echo?plain" in l["message"]]
+    assert len(enc) >= 3 and enc[0] == "zstd" and set(enc[1:]) == {""}, enc
+    assert len(lines) == 2, lines  # each line once: the refused body's lines were not counted twice
 
 
 def one_worker_router(rig, host, app, config=""):
@@ -1647,6 +1681,9 @@ def test_access_log_backlog_ships_in_bodies_the_controller_takes(rig):
         sizes = list(ctl.post_sizes)
     assert max(sizes) <= (512 + 16) * 1024, sizes
     assert sum(s > 400 * 1024 for s in sizes) >= 2, sizes  # the backlog went in several full bodies
+    with ctl.cond:
+        wire = list(ctl.wire_sizes)
+    assert sum(wire) * 4 < sum(sizes), (wire, sizes)  # compressed
 
 
 def _cpu_ticks(pid):
