@@ -512,7 +512,7 @@ static void api_dispatch(struct ctl *c, const struct http_request *req, struct h
                 _cleanup_free_ char *decoded = NULL;
                 /*
                  * Content-Encoding (RFC 9110 8.4): zstd is taken (the routers' access log POSTs; JSON is
-                 * about 8 times smaller); any other coding is 415, as a body that cannot be read.
+                 * about 12 times smaller); any other coding is 415, as a body that cannot be read.
                  */
                 const char *ce = http_request_header(req, "Content-Encoding");
                 if (ce && *ce && strcasecmp(ce, "identity") != 0) {
