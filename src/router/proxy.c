@@ -525,7 +525,8 @@ static void uuid_v4(struct worker *w, char out[37])
 
 /*
  * The header fields the router acts on. Each field of a head is told apart once (head_kinds), and every later
- * decision reads its kind instead of comparing its name again. HF_CONNECTION to HF_PROXY are hop-by-hop.
+ * decision reads its kind instead of comparing its name again. HF_CONNECTION to HF_PROXY are hop-by-hop;
+ * HF_X_VCAP_REQUEST_ID to HF_X_CF_PROCESS_INSTANCE are the router's to set (a client's are dropped).
  */
 enum hdr_kind {
         HF_OTHER,
@@ -1227,8 +1228,8 @@ static void client_dispatch(struct client *c, const struct http_head *h)
         unsigned char *kinds = w->kinds;
         const struct http_header *pin = NULL, *ref = NULL, *ua = NULL;
         bool pin_process = false;
-        head_kinds(h, kinds);
         for (size_t i = 0; i < h->n_headers; i++) {
+                kinds[i] = (unsigned char)hdr_kind(&h->headers[i]);
                 if (kinds[i] == HF_REFERER)
                         ref = &h->headers[i];
                 else if (kinds[i] == HF_USER_AGENT)
@@ -1283,7 +1284,7 @@ static void client_dispatch(struct client *c, const struct http_head *h)
                         continue;
                 }
                 if (k >= HF_X_VCAP_REQUEST_ID && k <= HF_X_CF_PROCESS_INSTANCE)
-                        continue; /* the router sets these */
+                        continue; /* the router's to set (enum hdr_kind) */
                 if (k == HF_COOKIE)
                         cookie_value(hh->value, hh->value_len, "__VCAP_ID__", c->sticky, sizeof(c->sticky));
                 else if (k == HF_XFP)
