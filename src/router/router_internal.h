@@ -274,6 +274,14 @@ uint64_t access_queue_dropped(const struct access_queue *q);
 bool access_queue_shipping(const struct access_queue *q);
 
 /*
+ * Write s (len bytes) to out as a JSON string: quoted, '"' and '\\' escaped, control bytes as \u escapes and
+ * bytes >= 0x7f as "\u003f" ('?': the lines are ASCII; a stray byte of another encoding must not make a batch
+ * invalid UTF-8). out has room for 6 * len + 2 bytes (it may be written anywhere in that range); returns the
+ * bytes written (no NUL).
+ */
+size_t access_json_escape(char *out, const char *s, size_t len);
+
+/*
  * POST the queued lines to {controller}/internal/v1/logs from a thread of its own, every access_log_flush_ms
  * or as soon as a worker's batch reaches AL_SHIP_BYTES (best effort: a controller that is down loses them,
  * counted). index is the router's RTR/<index>.
