@@ -13,7 +13,8 @@
  *
  * Host-wide, under /run/berth/ip_forward/<inode of the network namespace>/ (see fwd_open):
  *   orig            present while berth has switched net.ipv4.ip_forward on in that namespace;
- *   <bridge>        one per bridge set up there, by any data dir: the last teardown switches it back off.
+ *   <bridge>        one per bridge set up there, by any data dir: the last teardown switches it back off
+ *                   (a teardown forgets the entries of bridges deleted behind berth's back).
  *
  * The nftables table (family inet) of one bridge B and subnet S:
  *   map hostports  { inet_proto . inet_service : verdict }  one element per published host port, "jump
@@ -39,6 +40,7 @@
 #include <linux/ip.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <nftables/libnftables.h>
 #include <pthread.h>
@@ -1404,11 +1406,29 @@ static int fwd_release(const char *bridge, struct berr **err)
                 return berr_set_errno(err, -errno, "network: list %s", path);
         bool users = false, orig = false;
         struct dirent *de;
-        while ((de = readdir(d)))
-                if (strcmp(de->d_name, "orig") == 0)
+        while ((de = readdir(d))) {
+                if (strcmp(de->d_name, "orig") == 0) {
                         orig = true;
-                else if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-                        users = true;
+                        continue;
+                }
+                if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                        continue;
+                /*
+                 * A bridge deleted behind berth's back (ip link del) needs forwarding no more: its entry
+                 * goes, or it would keep forwarding on until reboot. A setup enters its bridge only once the
+                 * bridge exists, and under this lock, so no live bridge's entry is taken for a stale one.
+                 */
+                if (if_nametoindex(de->d_name) == 0 && errno == ENODEV) {
+                        if (unlinkat(fd, de->d_name, 0) < 0 && errno != ENOENT) {
+                                r = berr_set_errno(err, -errno, "network: remove %s/%s", path, de->d_name);
+                                closedir(d);
+                                return r;
+                        }
+                        log_info("network: forgot bridge %s in %s: it no longer exists", de->d_name, path);
+                        continue;
+                }
+                users = true;
+        }
         closedir(d);
         if (users)
                 return 0;
