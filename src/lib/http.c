@@ -21,12 +21,17 @@
 #define HTTP_CHUNKED_MAX_LINE    4096
 #define HTTP_CHUNKED_MAX_TRAILER (64 * 1024)
 
-/* RFC 9110 5.6.2: tchar. */
+/* RFC 9110 5.6.2: tchar (a table: every header name's bytes go through it). */
+static const bool tchar[256] = {
+        ['0' ... '9'] = true, ['A' ... 'Z'] = true, ['a' ... 'z'] = true, ['!'] = true,  ['#'] = true,
+        ['$'] = true,         ['%'] = true,         ['&'] = true,         ['\''] = true, ['*'] = true,
+        ['+'] = true,         ['-'] = true,         ['.'] = true,         ['^'] = true,  ['_'] = true,
+        ['`'] = true,         ['|'] = true,         ['~'] = true,
+};
+
 static bool is_tchar(unsigned char c)
 {
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-                return true;
-        return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+        return tchar[c];
 }
 
 /* RFC 9110 5.5: field-vchar, SP and HTAB (obs-text included); no other controls, no DEL. */
