@@ -26,13 +26,15 @@
 #define ROUTER_DRAIN_TIMEOUT_MS   10000
 #define ROUTER_MAX_TIMEOUT_MS     86400000
 
-#define ROUTER_BACKEND_MAX_CONNS 500 /* Gorouter's router.backends.max_conns */
-#define ROUTER_MAX_CONNS_CEILING 1000000
-#define ROUTER_BUSY_POLL_US      1000 /* router.busy_poll_us (docs/PLATFORM.md) */
-#define ROUTER_BUSY_POLL_MAX_US  10000
-#define ROUTER_LOG_FLUSH_MS      AL_FLUSH_MS /* router.access_log_flush_ms */
-#define ROUTER_LOG_FLUSH_MIN_MS  10
-#define ROUTER_LOG_FLUSH_MAX_MS  60000
+#define ROUTER_BACKEND_MAX_CONNS  500 /* Gorouter's router.backends.max_conns */
+#define ROUTER_MAX_CONNS_CEILING  1000000
+#define ROUTER_BUSY_POLL_US       1000 /* router.busy_poll_us (docs/PLATFORM.md) */
+#define ROUTER_BUSY_POLL_MAX_US   10000
+#define ROUTER_ANSWER_POLL_US     60 /* router.answer_poll_us (docs/PLATFORM.md) */
+#define ROUTER_ANSWER_POLL_MAX_US 1000
+#define ROUTER_LOG_FLUSH_MS       AL_FLUSH_MS /* router.access_log_flush_ms */
+#define ROUTER_LOG_FLUSH_MIN_MS   10
+#define ROUTER_LOG_FLUSH_MAX_MS   60000
 
 #define EXIT_USAGE 2
 
@@ -131,6 +133,7 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                                             "balancing_algorithm",
                                             "backend_max_conns",
                                             "busy_poll_us",
+                                            "answer_poll_us",
                                             "access_log_flush_ms",
                                             "metrics_listen",
                                             "tls_listen",
@@ -205,6 +208,8 @@ static int apply_config(const json_t *sec, struct router_opts *o, struct berr **
                              &o->backend_max_conns, err)) < 0 ||
             (r = get_bounded(sec, "busy_poll_us", 0, " (off)", ROUTER_BUSY_POLL_MAX_US, &o->busy_poll_us,
                              err)) < 0 ||
+            (r = get_bounded(sec, "answer_poll_us", 0, " (off)", ROUTER_ANSWER_POLL_MAX_US,
+                             &o->answer_poll_us, err)) < 0 ||
             (r = get_bounded(sec, "access_log_flush_ms", ROUTER_LOG_FLUSH_MIN_MS, "", ROUTER_LOG_FLUSH_MAX_MS,
                              &o->access_log_flush_ms, err)) < 0 ||
             (r = get_bounded(sec, "dial_timeout_ms", 1, "", ROUTER_MAX_TIMEOUT_MS, &o->dial_timeout_ms,
@@ -265,6 +270,7 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 .balance = RT_ROUND_ROBIN,
                 .backend_max_conns = ROUTER_BACKEND_MAX_CONNS,
                 .busy_poll_us = ROUTER_BUSY_POLL_US,
+                .answer_poll_us = ROUTER_ANSWER_POLL_US,
                 .access_log_flush_ms = ROUTER_LOG_FLUSH_MS,
         };
         int r = apply_config(cfg ? cfg->router : NULL, &o, err);
@@ -393,16 +399,18 @@ int router_main(const struct berth_config *cfg, int argc, char **argv, struct be
                 proxy_free(p);
                 return 1;
         }
-        /* Busy polling is off with more workers than CPUs (proxy_start): a polling worker would take the
-         * CPU from the others. */
-        char polling[64];
+        /* Busy and answer polling are off with more workers than CPUs (proxy_start): a polling worker would
+         * take the CPU from the others. */
+        char polling[96], answer[40] = "";
+        if (proxy_answer_poll_us(p) > 0)
+                snprintf(answer, sizeof(answer), ", answer polling %u us", proxy_answer_poll_us(p));
         if (proxy_busy_poll_us(p) > 0)
-                snprintf(polling, sizeof(polling), "busy polling %u us", proxy_busy_poll_us(p));
-        else if (o.busy_poll_us > 0)
+                snprintf(polling, sizeof(polling), "busy polling %u us%s", proxy_busy_poll_us(p), answer);
+        else if ((o.busy_poll_us > 0 || o.answer_poll_us > 0) && proxy_answer_poll_us(p) == 0)
                 snprintf(polling, sizeof(polling), "busy polling off: %u workers on %u CPU%s", o.workers,
                          proxy_cpus(p), proxy_cpus(p) == 1 ? "" : "s");
         else
-                snprintf(polling, sizeof(polling), "busy polling off");
+                snprintf(polling, sizeof(polling), "busy polling off%s", answer);
         log_info("router listening on %s%s%s (%u worker%s, %s, %s), routes from %s%s%s", proxy_address(p),
                  proxy_tls_address(p) ? ", TLS on " : "", proxy_tls_address(p) ?: "", o.workers,
                  o.workers == 1 ? "" : "s", o.balance == RT_LEAST_CONN ? "least-connection" : "round-robin",

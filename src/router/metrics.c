@@ -81,6 +81,14 @@ char *metrics_render(const struct router_metrics *m)
                 "berth_router_open_backend_connections %" PRId64 "\n",
                 LD(m->open_backend_connections));
         fprintf(f,
+                "# HELP berth_router_answer_polls_total Waits for a backend's answer spent polling "
+                "(router.answer_poll_us), by how they ended: the answer came, or the worker went to sleep "
+                "first (the window or the polling budget ended).\n"
+                "# TYPE berth_router_answer_polls_total counter\n"
+                "berth_router_answer_polls_total{result=\"answered\"} %" PRIu64 "\n"
+                "berth_router_answer_polls_total{result=\"slept\"} %" PRIu64 "\n",
+                LD(m->answer_polls[1]), LD(m->answer_polls[0]));
+        fprintf(f,
                 "# HELP berth_router_access_log_lines_dropped_total Access log lines lost: a worker's queue "
                 "was full, or the controller did not take them.\n"
                 "# TYPE berth_router_access_log_lines_dropped_total counter\n"

@@ -145,6 +145,8 @@ struct router_opts {
         size_t n_tls_certs;
         unsigned backend_max_conns; /* per backend address, all workers; 0: no limit */
         unsigned busy_poll_us; /* how long a worker polls without sleeping after its last event; 0: never */
+        unsigned
+            answer_poll_us; /* how long a worker polls for a backend's answer instead of sleeping; 0: never */
         unsigned access_log_flush_ms; /* the longest a line waits to be shipped (a full batch goes at once) */
 };
 
@@ -168,6 +170,8 @@ const char *proxy_tls_address(const struct proxy *p);
 const char *proxy_address(const struct proxy *p);
 /* The busy-poll window the workers use: router.busy_poll_us, or 0 with more workers than proxy_cpus. */
 unsigned proxy_busy_poll_us(const struct proxy *p);
+/* The answer-poll window the workers use: router.answer_poll_us, or 0 as with busy polling. */
+unsigned proxy_answer_poll_us(const struct proxy *p);
 /* The CPUs the router may run on (its affinity mask when it started). */
 unsigned proxy_cpus(const struct proxy *p);
 /* Stop accepting, let in-flight requests finish up to drain_timeout_ms, join the workers. */
@@ -205,6 +209,8 @@ struct router_metrics {
         _Atomic uint64_t latency[RM_LATENCY_BUCKETS + 1]; /* per bucket (not cumulative), last: +Inf */
         _Atomic uint64_t latency_sum_us;
         _Atomic uint64_t backend_errors; /* failed dials, and backends lost before a response */
+        /* Answer polling (router.answer_poll_us): [0] the worker slept first, [1] the answer came. */
+        _Atomic uint64_t answer_polls[2];
         _Atomic uint64_t connections_accepted;
         _Atomic int64_t open_connections;         /* client connections */
         _Atomic int64_t open_backend_connections; /* in use or pooled */

@@ -1697,6 +1697,8 @@ def test_bounded_settings_are_checked(rig):
     """Each integer setting out of its range (or not an integer) is refused, naming the setting."""
     cfg = os.path.join(rig["tmp"], "bounds.yaml")
     cases = [("busy_poll_us", "-1", "router.busy_poll_us must be between 0 (off) and 10000"),
+             ("answer_poll_us", "-1", "router.answer_poll_us must be between 0 (off) and 1000"),
+             ("answer_poll_us", "1001", "router.answer_poll_us must be between 0 (off) and 1000"),
              ("busy_poll_us", "10001", "router.busy_poll_us must be between 0 (off) and 10000"),
              ("busy_poll_us", "fast", "busy_poll_us"),
              ("workers", "0", "router.workers must be between 1 and "),
@@ -1820,16 +1822,67 @@ def test_busy_polling_is_budgeted(rig):
 def test_busy_polling_is_off_with_more_workers_than_cpus(rig):
     """A worker that polls while another worker shares its CPU takes the CPU from the one with events (and
     from the idle-class access log shipper): with more workers than the CPUs the router may run on (its
-    affinity, as taskset or a cpuset sets it), the workers always sleep, and the router says so. With as
-    many CPUs as workers, they poll."""
+    affinity, as taskset or a cpuset sets it), the workers always sleep (busy and answer polling both off),
+    and the router says so. With as many CPUs as workers, they poll; answer polling alone can be had."""
     cpu = sorted(os.sched_getaffinity(0))[0]
     crowded = extra_router(rig, "router:\n  busy_poll_us: 10000\n", workers=2, cpus={cpu})
     alone = extra_router(rig, "router:\n  busy_poll_us: 10000\n", workers=1, cpus={cpu})
-    for r in (crowded, alone):
+    answer_only = extra_router(rig, "router:\n  busy_poll_us: 0\n  answer_poll_us: 500\n", workers=1, cpus={cpu})
+    neither = extra_router(rig, "router:\n  busy_poll_us: 0\n  answer_poll_us: 0\n", workers=1, cpus={cpu})
+    for r in (crowded, alone, answer_only, neither):
         wait_until(lambda: r.get("nowhere.test")[0].status == 404, timeout=5, what="the router")
         wait_until(lambda: "router listening" in r.output(), timeout=5, what="the router's start line")
     assert "(2 workers, round-robin, busy polling off: 2 workers on 1 CPU)" in crowded.output(), crowded.output()
-    assert "(1 worker, round-robin, busy polling 10000 us)" in alone.output(), alone.output()
+    assert "(1 worker, round-robin, busy polling 10000 us, answer polling 60 us)" in alone.output(), alone.output()
+    assert "(1 worker, round-robin, busy polling off, answer polling 500 us)" in answer_only.output()
+    assert "(1 worker, round-robin, busy polling off)" in neither.output(), neither.output()
+
+
+def _answer_polls(mport):
+    m = _metrics(mport)
+    return (m['berth_router_answer_polls_total{result="answered"}'],
+            m['berth_router_answer_polls_total{result="slept"}'])
+
+
+def test_answer_polling_follows_the_backends_pace(rig):
+    """Once a request has gone to a backend, a worker polls for the answer instead of sleeping, when answers
+    lately came within router.answer_poll_us: one connection's requests to a quick backend are answered
+    while the worker polls. A backend that takes milliseconds closes the window after its first answers
+    (the worker sleeps through its waits instead of burning the CPU), and quick answers open it again. A
+    router with answer_poll_us 0 never polls for an answer."""
+    b0, _ = rig["backends"]
+    serve(rig, [route("quick.test", [b0.port])])
+    mport, off_port = free_port(), free_port()
+    router = extra_router(rig, f"router:\n  answer_poll_us: 1000\n  metrics_listen: 127.0.0.1:{mport}\n",
+                          workers=1)
+    off = extra_router(rig, f"router:\n  answer_poll_us: 0\n  metrics_listen: 127.0.0.1:{off_port}\n",
+                       workers=1)
+    for r in (router, off):
+        wait_until(lambda: r.get("quick.test")[0].status == 200, timeout=5, what="the route")
+
+    def run(r, path, n):
+        c = r.conn()
+        try:
+            for _ in range(n):
+                c.request("GET", path, headers={"Host": "quick.test"})
+                resp = c.getresponse()
+                resp.read()
+                assert resp.status == 200
+        finally:
+            c.close()
+
+    run(router, "/echo", 300)
+    answered, slept = _answer_polls(mport)
+    assert answered >= 10, (answered, slept)
+    # 5 ms answers: the average passes 1,000 µs after two of them, and the worker stops polling for them.
+    run(router, "/slow?s=0.005", 40)
+    answered2, slept2 = _answer_polls(mport)
+    assert answered2 - answered <= 1 and slept2 - slept <= 3, (answered, slept, answered2, slept2)
+    run(router, "/echo", 300)
+    answered3, _ = _answer_polls(mport)
+    assert answered3 - answered2 >= 10, (answered2, answered3)
+    run(off, "/echo", 100)
+    assert _answer_polls(off_port) == (0, 0)
 
 
 def _thread_policies(pid):
