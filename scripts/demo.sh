@@ -260,6 +260,16 @@ for _ in $(seq 300); do
 done
 [ "$code" = 200 ] || die "the app did not answer 200 through the router (last status: ${code:-none})"
 echo "first 200 through the router $((($(date +%s%N) - START_NS) / 1000000)) ms after the push began"
+# The second instance may still be starting: wait until the router has sent a request to each (at most 30 s).
+seen=""
+for _ in $(seq 300); do
+        out=$(curl -s --max-time 2 -H "Host: $HOST" "${URL}cgi-bin/hello" 2>/dev/null || true)
+        case "$out" in *"instance 0 "*) seen="$seen 0" ;; *"instance 1 "*) seen="$seen 1" ;; esac
+        case "$seen" in *0*1* | *1*0*) break ;; esac
+        sleep 0.1
+done
+case "$seen" in *0*1* | *1*0*) ;; *) die "the router did not reach both instances within 30 s" ;; esac
+echo "both instances answered through the router $((($(date +%s%N) - START_NS) / 1000000)) ms after the push began"
 
 bold "Fetching it through the router (Host: $HOST): round-robin over the two instances"
 run curl -fsS -H "Host: $HOST" "$URL"
