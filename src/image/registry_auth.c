@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "image/registry_internal.h"
+#include "lib/http.h"
 #include "lib/json.h"
 #include "lib/log.h"
 
@@ -56,12 +57,6 @@ const char *auth_challenge_param(const struct auth_challenge *c, const char *nam
         return NULL;
 }
 
-/* RFC 9110 tchar. */
-static bool is_tchar(unsigned char ch)
-{
-        return isalnum(ch) || (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
 static bool is_token68_char(unsigned char ch)
 {
         return isalnum(ch) || (ch && strchr("-._~+/", ch));
@@ -73,7 +68,7 @@ static bool is_token68_char(unsigned char ch)
  */
 static bool is_value_char(unsigned char ch)
 {
-        return is_tchar(ch) || (ch && strchr("/:@[]?=", ch));
+        return http_is_tchar(ch) || (ch && strchr("/:@[]?=", ch));
 }
 
 static bool is_ows(char ch)
@@ -91,7 +86,7 @@ static const char *skip_ows(const char *p)
 static size_t token_len(const char *p)
 {
         size_t n = 0;
-        while (is_tchar((unsigned char)p[n]))
+        while (http_is_tchar((unsigned char)p[n]))
                 n++;
         return n;
 }

@@ -21,18 +21,12 @@
 #define HTTP_CHUNKED_MAX_LINE    4096
 #define HTTP_CHUNKED_MAX_TRAILER (64 * 1024)
 
-/* RFC 9110 5.6.2: tchar (a table: every header name's bytes go through it). */
-static const bool tchar[256] = {
+const bool http_tchar[256] = {
         ['0' ... '9'] = true, ['A' ... 'Z'] = true, ['a' ... 'z'] = true, ['!'] = true,  ['#'] = true,
         ['$'] = true,         ['%'] = true,         ['&'] = true,         ['\''] = true, ['*'] = true,
         ['+'] = true,         ['-'] = true,         ['.'] = true,         ['^'] = true,  ['_'] = true,
         ['`'] = true,         ['|'] = true,         ['~'] = true,
 };
-
-static bool is_tchar(unsigned char c)
-{
-        return tchar[c];
-}
 
 /* RFC 9110 5.5: field-vchar, SP and HTAB (obs-text included); no other controls, no DEL. */
 static bool is_field_char(unsigned char c)
@@ -116,7 +110,7 @@ static ssize_t parse_version(const struct head_parser *p, size_t *i, struct http
 static ssize_t parse_request_line(const struct head_parser *p, size_t *pos, struct http_head *h)
 {
         size_t i = *pos;
-        while (i < p->len && is_tchar((unsigned char)p->buf[i]))
+        while (i < p->len && http_is_tchar((unsigned char)p->buf[i]))
                 i++;
         if (i >= p->len)
                 return need_more(p);
@@ -214,7 +208,7 @@ static ssize_t parse_fields(const struct head_parser *p, size_t *pos, struct htt
                 }
                 /* RFC 9112 5.2: obs-fold (a line starting with whitespace) is rejected. */
                 size_t n = i;
-                while (i < p->len && is_tchar((unsigned char)p->buf[i]))
+                while (i < p->len && http_is_tchar((unsigned char)p->buf[i]))
                         i++;
                 if (i >= p->len)
                         return need_more(p);

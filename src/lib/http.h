@@ -17,6 +17,13 @@
 
 #define HTTP_MAX_HEADERS 100
 
+/* RFC 9110 5.6.2 tchar, a byte of a token (header names, methods, auth schemes): a table lookup. */
+extern const bool http_tchar[256];
+static inline bool http_is_tchar(unsigned char c)
+{
+        return http_tchar[c];
+}
+
 struct http_header {
         const char *name;
         size_t name_len;
